@@ -1,0 +1,53 @@
+"""Evaluation metrics: plain functions of probabilities and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(probs).argmax(axis=1) == np.asarray(labels)).mean())
+
+
+def nll(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean negative log-likelihood of the true label."""
+    p = np.asarray(probs, dtype=np.float64)[np.arange(len(labels)), np.asarray(labels)]
+    return float(-np.log(np.clip(p, eps, 1.0)).mean())
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE with equal-width confidence bins: Σ_b (|b|/n)·|acc(b) − conf(b)|."""
+    probs = np.asarray(probs, dtype=np.float64)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    bins = np.clip((conf * n_bins).astype(int), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = bins == b
+        if m.any():
+            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(ece)
+
+
+def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> float:
+    """Fraction of examples on which two models predict the same top label."""
+    return float((np.asarray(probs_a).argmax(axis=1) == np.asarray(probs_b).argmax(axis=1)).mean())
+
+
+def gap_closed(student: float, labeled_only: float, teacher: float) -> float:
+    """(student − labeled-only) / (teacher − labeled-only): 1 means the student caught up with
+    the teacher, 0 means distillation added nothing. NaN when the teacher is no better than
+    the labeled-only student (the ratio is then meaningless)."""
+    denom = teacher - labeled_only
+    if abs(denom) < 1e-9:
+        return float("nan")
+    return float((student - labeled_only) / denom)
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, reference_probs: np.ndarray | None = None) -> dict:
+    """The standard metric block written to metrics.json."""
+    out = {"accuracy": accuracy(probs, labels), "nll": nll(probs, labels),
+           "ece": expected_calibration_error(probs, labels), "n": int(len(labels))}
+    if reference_probs is not None:
+        out["agreement_with_teacher"] = agreement(probs, reference_probs)
+    return out

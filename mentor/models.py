@@ -1,0 +1,112 @@
+"""Built-in model architectures (used as students and as teachers trained on A), and the
+featurizers that turn a data set's raw inputs into float tensors for them.
+
+Any `torch.nn.Module` mapping a float batch (n, d) to logits (n, C) can replace these.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import TfidfVectorizer
+from torch import nn
+
+from .errors import ConfigError
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; `hidden=()` gives multinomial logistic regression."""
+
+    def __init__(self, in_features: int, n_classes: int, hidden: tuple[int, ...] = (64,), dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks and a linear head for small grey images; takes flattened input."""
+
+    def __init__(self, image_shape: tuple[int, int, int], n_classes: int, channels: tuple[int, int] = (16, 32),
+                 dropout: float = 0.0):
+        super().__init__()
+        c, h, w = image_shape
+        self.image_shape = tuple(image_shape)
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if min(h, w) >= 8 else nn.Identity(),
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c2 * 16, n_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x.view(x.shape[0], *self.image_shape)))
+
+
+def build_model(kind: str, *, in_features: int, n_classes: int, image_shape=None,
+                hidden: tuple[int, ...] = (64,), dropout: float = 0.0) -> nn.Module:
+    """Model by name: 'logistic', 'mlp', 'cnn' (images only), 'tfidf' (= logistic on TF-IDF)."""
+    if kind in ("logistic", "tfidf"):
+        return MLP(in_features, n_classes, hidden=())
+    if kind == "mlp":
+        return MLP(in_features, n_classes, hidden=tuple(hidden), dropout=dropout)
+    if kind == "cnn":
+        if image_shape is None:
+            raise ConfigError("model 'cnn' needs image data (a data set with image_shape); use 'mlp' for tabular data.")
+        return SmallCNN(tuple(image_shape), n_classes, dropout=dropout)
+    raise ConfigError(f"unknown model kind {kind!r}; choose one of logistic, mlp, cnn, tfidf, "
+                      "or pass your own torch.nn.Module through the Python API.")
+
+
+class Featurizer:
+    """Raw inputs → float32 matrix. Fitted on inputs only (never labels), so fitting on the
+    unlabeled pool is legitimate. Kinds: 'identity', 'standardize', 'tfidf'."""
+
+    def __init__(self, kind: str = "identity", max_features: int = 5000):
+        self.kind = kind
+        self.max_features = max_features
+
+    def fit(self, inputs) -> "Featurizer":
+        if self.kind == "standardize":
+            x = np.asarray(inputs, dtype=np.float64)
+            self.mean_ = x.mean(axis=0)
+            self.scale_ = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
+        elif self.kind == "tfidf":
+            self.vectorizer_ = TfidfVectorizer(max_features=self.max_features, sublinear_tf=True,
+                                               ngram_range=(1, 2), min_df=2)
+            self.vectorizer_.fit(list(inputs))
+        elif self.kind != "identity":
+            raise ConfigError(f"unknown featurizer {self.kind!r}; use identity, standardize or tfidf.")
+        return self
+
+    def transform(self, inputs) -> np.ndarray:
+        if self.kind == "standardize":
+            return ((np.asarray(inputs, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
+        if self.kind == "tfidf":
+            return self.vectorizer_.transform(list(inputs)).astype(np.float32).toarray()
+        return np.asarray(inputs, dtype=np.float32)
+
+    @property
+    def n_features(self) -> int | None:
+        if self.kind == "tfidf":
+            return len(self.vectorizer_.vocabulary_)
+        if self.kind == "standardize":
+            return len(self.mean_)
+        return None
+
+
+def default_featurizer(kind: str, data_kind: str) -> str:
+    """Text needs TF-IDF; tabular data is standardised; images are already in [0, 1]."""
+    if data_kind == "text":
+        return "tfidf"
+    if data_kind == "tabular":
+        return "standardize"
+    return "identity"

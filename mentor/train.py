@@ -1,0 +1,209 @@
+"""The bundled trainer: plain CE on the labeled set A plus a distillation term on the pool U.
+
+The distillation term is an *objective*: any object with
+`pool_loss(student_logits, teacher_probs, pool_index) -> per-example losses` (see
+`VanillaObjective`). Corrections (weights, mixed predictions, schedules) plug in there or
+through `pool_weights`, so this loop never needs to know which paper a method comes from.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError, DataError
+from .losses import per_example_distillation
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    min_steps: int = 500             # small sets: repeat epochs until this many optimiser steps
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    distill_weight: float = 1.0      # λ: weight of the pool term relative to CE on A
+    device: str = "auto"             # "auto" picks CUDA when available
+    amp: bool = True                 # bfloat16 autocast on CUDA; ignored on CPU
+    seed: int = 0
+    checkpoint_path: str | None = None  # save after each epoch; resume from it when present
+    progress: bool = False
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+class VanillaObjective:
+    """Plain distillation: hard (teacher's top label) or soft (teacher distribution at τ)."""
+
+    def __init__(self, mode: str = "soft", temperature: float = 1.0):
+        if mode not in ("soft", "hard"):
+            raise ConfigError(f"distillation mode must be 'soft' or 'hard', got {mode!r}")
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}")
+        self.mode, self.temperature = mode, temperature
+
+    def pool_loss(self, student_logits, teacher_probs, pool_index):
+        return per_example_distillation(student_logits, teacher_probs, mode=self.mode, temperature=self.temperature)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def check_pool_weights(weights, n_pool: int) -> np.ndarray:
+    """Per-example weights on the pool must be finite, ≥ 0, one per pool example, not all zero."""
+    w = np.asarray(weights, dtype=np.float32)
+    if w.shape != (n_pool,):
+        raise DataError(f"pool_weights must have shape ({n_pool},) (one per pool example), got {w.shape}.")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise DataError("pool_weights must be finite and non-negative; check the weighting function.")
+    if not w.any():
+        raise DataError("all pool_weights are zero: the student would ignore the whole pool. "
+                        "Check the reliability fit (is the teacher never right on V?) or use vanilla distillation.")
+    return w
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray, *,
+                  x_pool: np.ndarray | None = None, teacher_probs: np.ndarray | None = None,
+                  objective=None, pool_weights: np.ndarray | None = None,
+                  config: TrainConfig | None = None) -> TrainResult:
+    """Train `model` in place on CE(A) + λ·mean_U(w·objective).
+
+    Each epoch visits every example of A ∪ U once in a seeded random order; a batch mixes both
+    kinds, and its loss is the sum of the per-example terms divided by the batch size.
+    """
+    cfg = config or TrainConfig()
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    gen = seed_everything(cfg.seed)
+    n_lab = len(x_labeled)
+    n_pool = 0 if x_pool is None else len(x_pool)
+    if n_pool and (teacher_probs is None or len(teacher_probs) != n_pool):
+        raise DataError(f"teacher_probs must have one row per pool example ({n_pool}), "
+                        f"got {None if teacher_probs is None else len(teacher_probs)}.")
+    if n_lab + n_pool == 0:
+        raise DataError("nothing to train on: both the labeled set and the pool are empty.")
+    objective = objective or VanillaObjective()
+    model.to(device)
+    xl = torch.as_tensor(np.asarray(x_labeled, dtype=np.float32), device=device)
+    yl = torch.as_tensor(np.asarray(y_labeled, dtype=np.int64), device=device)
+    if n_pool:
+        xu = torch.as_tensor(np.asarray(x_pool, dtype=np.float32), device=device)
+        tu = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32), device=device)
+        wu = None if pool_weights is None else torch.as_tensor(check_pool_weights(pool_weights, n_pool), device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    result = TrainResult()
+    start_epoch = 0
+    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state.get("config") != asdict(cfg):
+            raise ConfigError(f"checkpoint {ckpt} was written with another training config; "
+                              "delete it or point checkpoint_path elsewhere to start afresh.")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        objective.load_state_dict(state.get("objective", {}))
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.history = state["history"]
+        start_epoch = result.resumed_from_epoch = state["epoch"]
+    use_amp = cfg.amp and device.type == "cuda"
+    bs = cfg.batch_size
+    n_total = n_lab + n_pool
+    n_epochs = max(cfg.epochs, -(-cfg.min_steps // -(-n_total // bs)))
+    progress = None
+    if cfg.progress:
+        from rich.progress import Progress
+        progress = Progress(transient=True)
+        progress.start()
+        task = progress.add_task("training student", total=n_epochs, completed=start_epoch)
+    try:
+        for epoch in range(start_epoch, n_epochs):
+            model.train()
+            order = torch.randperm(n_total, generator=gen).to(device)
+            total, steps = 0.0, 0
+            for s in range(0, n_total, bs):
+                idx = order[s:s + bs]
+                lab = idx[idx < n_lab]
+                pool_idx = idx[idx >= n_lab] - n_lab
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = torch.zeros((), device=device)
+                    if len(lab):
+                        loss = loss + F.cross_entropy(model(xl[lab]).float(), yl[lab], reduction="sum")
+                    if len(pool_idx):
+                        per = objective.pool_loss(model(xu[pool_idx]).float(), tu[pool_idx], pool_idx)
+                        if wu is not None:
+                            per = per * wu[pool_idx]
+                        loss = loss + cfg.distill_weight * per.sum()
+                    loss = loss / len(idx)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+                steps += 1
+            if hasattr(objective, "on_epoch_end"):
+                objective.on_epoch_end(epoch)
+            result.history.append({"epoch": epoch + 1, "loss": total / max(steps, 1)})
+            if ckpt is not None:
+                ckpt.parent.mkdir(parents=True, exist_ok=True)
+                _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "objective": objective.state_dict(), "generator": gen.get_state(),
+                                    "torch_rng": torch.get_rng_state(), "history": result.history,
+                                    "epoch": epoch + 1, "config": asdict(cfg)}, ckpt)
+            if progress is not None:
+                progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {total / max(steps, 1):.4f}")
+    finally:
+        if progress is not None:
+            progress.stop()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 4096, device: str = "auto") -> np.ndarray:
+    """Softmax outputs of `model` on a float array, in batches, in eval mode."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    out = []
+    for s in range(0, len(x), batch_size):
+        xb = torch.as_tensor(np.asarray(x[s:s + batch_size], dtype=np.float32), device=dev)
+        out.append(torch.softmax(model(xb).float(), dim=-1).cpu().numpy())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32)
