@@ -1,0 +1,215 @@
+"""Benchmarks anyone can rerun: `mentor bench quality` and `mentor bench speed`.
+
+Quality follows the papers' protocol on real data (teacher trained on A only, corrections may
+look at V, the test split is touched only for the reported number) and writes one JSON row per
+(dataset, method, seed). Speed measures ratios inside one run, so machine noise cancels.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import RunConfig, parse_config
+from .errors import ConfigError
+
+BASE_METHODS = ["teacher", "labeled-only", "vanilla-hard", "vanilla-soft"]
+
+
+def suite_configs(suite: str) -> dict[str, dict]:
+    """Per-dataset config templates. Sizes are set so the teacher (trained on A only) is clearly
+    better than the labeled-only student yet makes real mistakes."""
+    smoke = {
+        "digits": {"data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 300, "n_test": 400},
+                   "teacher": {"kind": "mlp"}, "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 30}},
+    }
+    standard = {
+        "fashion-mnist": {"data": {"name": "fashion-mnist"},
+                          "split": {"n_labeled": 1000, "n_val": 1000, "n_pool": 20000},
+                          "teacher": {"kind": "cnn", "epochs": 30}, "student": {"kind": "mlp", "hidden": [32]},
+                          "train": {"epochs": 10}},
+        "letter": {"data": {"name": "letter"}, "split": {"n_labeled": 1000, "n_val": 1000, "n_test": 4000},
+                   "teacher": {"kind": "hgb"}, "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 30}},
+        "fortunes": {"data": {"name": "fortunes"}, "split": {"n_labeled": 500, "n_val": 500, "n_test": 1000},
+                     "teacher": {"kind": "minilm"}, "student": {"kind": "tfidf"}, "train": {"epochs": 20}},
+        "mnist1d": {"data": {"name": "mnist1d", "options": {"n": 12000}},
+                    "split": {"n_labeled": 2000, "n_val": 1000, "n_test": 2000},
+                    "teacher": {"kind": "mlp", "hidden": [512, 256], "epochs": 200},
+                    "student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 30}},
+    }
+    suites = {"smoke": smoke, "standard": standard}
+    if suite not in suites:
+        raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
+    return suites[suite]
+
+
+def _append_row(path: Path | None, row: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row, default=float) + "\n")
+        fh.flush()
+
+
+def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None = None,
+            datasets: list[str] | None = None, json_out: Path | None = None, work_dir: Path = Path("bench-out"),
+            log: Callable = print) -> list[dict]:
+    """Run the protocol for every (dataset, seed) and every method; returns the rows."""
+    from .methods import METHODS
+    from .pipeline import get_teacher, label, prepare, student_test_probs, teacher_outputs, train
+    from .evaluate import accuracy
+    configs = suite_configs(suite)
+    names = datasets or list(configs)
+    unknown = [d for d in names if d not in configs]
+    if unknown:
+        raise ConfigError(f"data sets {unknown} are not in suite {suite!r} ({', '.join(configs)}).")
+    methods = methods or BASE_METHODS + sorted(m for m in METHODS if m not in BASE_METHODS)
+    bad = [m for m in methods if m not in METHODS and m not in ("teacher", "labeled-only")]
+    if bad:
+        raise ConfigError(f"unknown methods {bad}; available: teacher, labeled-only, {', '.join(sorted(METHODS))}.")
+    if json_out is not None and Path(json_out).exists():
+        Path(json_out).unlink()
+    rows = []
+    for name in names:
+        for seed in range(seeds):
+            cfg = parse_config({**configs[name], "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
+            t0 = time.perf_counter()
+            ctx = prepare(cfg)
+            teacher = get_teacher(ctx)
+            store = label(ctx, teacher)
+            y_test = ctx.data.labels[ctx.splits.test]
+            t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
+            base = {"dataset": name, "seed": seed, "suite": suite, "teacher_accuracy": t_acc,
+                    "n_labeled": len(ctx.splits.labeled), "n_pool": len(ctx.splits.pool),
+                    "n_val": len(ctx.splits.val), "n_test": len(ctx.splits.test),
+                    "teacher_fingerprint": store.fingerprint, "teacher_kind": cfg.teacher.kind,
+                    "student": cfg.student.kind, "setup_seconds": time.perf_counter() - t0}
+            for method in methods:
+                t1 = time.perf_counter()
+                if method == "teacher":
+                    acc = t_acc
+                else:
+                    lab = method == "labeled-only"
+                    train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
+                    acc = accuracy(student_test_probs(ctx, method), y_test)
+                row = {**base, "method": method, "test_accuracy": acc, "seconds": time.perf_counter() - t1}
+                rows.append(row)
+                _append_row(json_out, row)
+                log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """Mean ± std (over seeds) of test accuracy per data set and method, as a Markdown table."""
+    out = ["| dataset | method | test accuracy (%) | seeds |", "|---|---|---|---|"]
+    keys = []
+    for r in rows:
+        k = (r["dataset"], r["method"])
+        if k not in keys:
+            keys.append(k)
+    for d, m in keys:
+        acc = np.array([100 * r["test_accuracy"] for r in rows if r["dataset"] == d and r["method"] == m])
+        out.append(f"| {d} | {m} | {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.2f} | {len(acc)} |")
+    return "\n".join(out)
+
+
+def machine_info() -> dict:
+    import os
+    import torch
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out: Path | None = None,
+          repeats: int = 3) -> dict:
+    """Three ratios, each from the same examples in one process (best of `repeats`)."""
+    import shutil
+    import torch
+    from .data import load_dataset
+    from .methods import MethodContext, plan_method
+    from .models import build_model
+    from .store import TeacherStore
+    from .teachers import train_model_teacher
+    from .train import TrainConfig, train_student
+
+    try:
+        ds = load_dataset("fashion-mnist")
+    except Exception:  # the digits fallback keeps the benchmark runnable everywhere
+        ds = load_dataset("digits")
+    reps = -(-n // len(ds))
+    feats = np.tile(ds.features, (reps, 1))[:n]
+    ids = np.array([f"x{i}" for i in range(n)])
+    teacher = train_model_teacher("cnn", ds.features[:1000], ds.labels[:1000], n_classes=ds.n_classes,
+                                  data_kind=ds.kind, image_shape=ds.image_shape, epochs=1, seed=0)
+    bs = 1024
+
+    def bare():
+        for s in range(0, n, bs):
+            teacher.predict_proba(feats[s:s + bs])
+
+    def stored():
+        d = Path(work_dir) / "store"
+        shutil.rmtree(d, ignore_errors=True)
+        st = TeacherStore(d, fingerprint=teacher.fingerprint, n_classes=ds.n_classes)
+        st.label(teacher, ((ids[s:s + bs], feats[s:s + bs]) for s in range(0, n, bs)))
+        return st
+
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    t_bare, t_store = best(bare), best(stored)
+    store = stored()
+    t_read_all = best(lambda: store.read(ids))
+    t_iter = best(lambda: sum(len(b[0]) for b in store.iter_batches(8192)))
+    probs = store.read(ids)
+
+    # one epoch of plain CE on all n examples vs one epoch of vanilla-soft distillation on the same
+    x = feats[:n].astype(np.float32)
+    y = probs.argmax(1)
+    n_cls = ds.n_classes
+
+    def epoch(distill: bool, method: str = "vanilla-soft"):
+        torch.manual_seed(0)
+        model = build_model("mlp", in_features=x.shape[1], n_classes=n_cls, hidden=(128,))
+        cfg = TrainConfig(epochs=1, min_steps=0, seed=0, device="cpu")
+        if distill:
+            plan = plan_method(method, MethodContext(n_classes=n_cls, teacher_probs_pool=probs))
+            return train_student(model, x[:0], y[:0], x_pool=x, teacher_probs=probs, objective=plan.objective,
+                                 pool_weights=plan.pool_weights, config=cfg).seconds
+        return train_student(model, x, y, config=cfg).seconds
+
+    t_ce = min(epoch(False) for _ in range(repeats))
+    method_ratios = {}
+    from .methods import METHODS
+    for m in sorted(METHODS):
+        try:
+            method_ratios[m] = min(epoch(True, m) for _ in range(repeats)) / t_ce
+        except Exception as e:  # methods needing a validation set or two passes are skipped here
+            method_ratios[m] = f"skipped: {type(e).__name__}"
+    train_rate = n / t_ce
+    result = {
+        "n_examples": n, "dataset": ds.name, "teacher": "SmallCNN (built-in)", "teacher_batch": bs,
+        "labeling_throughput_ratio_store_vs_bare": t_bare / t_store,
+        "bare_teacher_examples_per_s": n / t_bare, "store_labeling_examples_per_s": n / t_store,
+        "distill_step_cost_ratio_vs_ce": method_ratios,
+        "ce_training_examples_per_s": train_rate,
+        "store_read_rows_per_s": n / t_read_all, "store_stream_rows_per_s": n / t_iter,
+        "store_read_vs_training_consumption": (n / t_iter) / train_rate,
+        "machine": machine_info(), "repeats": repeats,
+    }
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,182 @@
+"""Command line: `mentor demo | run | label | train | evaluate | methods | bench ...`.
+
+Thin: every command validates its config, calls the Python API in `mentor.pipeline` /
+`mentor.bench`, and prints a short table. Errors from bad input are shown as one clear message
+(no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import RunConfig, load_config, parse_config
+from .errors import MentorError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="mentor: distill a big teacher into a small student with few labels and an unlabeled pool.")
+bench_app = typer.Typer(no_args_is_help=True, help="Rerunnable benchmarks (quality, speed).")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+
+def _guard(fn):
+    """Show MentorError as a clean message instead of a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MentorError as e:
+            Console(stderr=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _overrides(sets: list[str] | None) -> dict:
+    out = {}
+    for item in sets or []:
+        if "=" not in item:
+            raise MentorError(f"--set expects KEY=VALUE (e.g. --set seed=3), got {item!r}")
+        import yaml
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _config(path: Path, sets: list[str] | None) -> RunConfig:
+    return load_config(path, _overrides(sets))
+
+
+def print_summary(metrics: dict) -> None:
+    table = Table(title=f"{metrics['data']['name']}: {metrics['sizes']}")
+    table.add_column("model")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("NLL", justify="right")
+    table.add_column("ECE", justify="right")
+    for label, key in (("teacher", "teacher"), ("labeled-only student", "labeled_only"),
+                       (f"distilled student ({metrics['method']})", "student")):
+        if key in metrics:
+            m = metrics[key]
+            table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}")
+    console.print(table)
+    if "gap_closed" in metrics:
+        console.print(f"gap closed: {metrics['gap_closed']:.2f}   "
+                      f"agreement with teacher: {metrics['student'].get('agreement_with_teacher', float('nan')):.3f}")
+
+
+SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
+
+
+@app.command()
+@_guard
+def demo(output_dir: Path = typer.Option(Path("results/demo"), help="Where to write the run folder."),
+         seed: int = typer.Option(0, help="Random seed.")):
+    """Distil on the embedded digits data: prints teacher, labeled-only and distilled student accuracies."""
+    from .pipeline import run
+    from .presets import demo_config
+    cfg = demo_config(output_dir=str(output_dir), seed=seed)
+    metrics = run(cfg)
+    print_summary(metrics)
+    console.print(f"results in {output_dir}/metrics.json")
+
+
+@app.command("run")
+@_guard
+def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README)."), set_: Optional[list[str]] = SetOpt):
+    """End-to-end from one config: split, teacher, store, students, metrics.json."""
+    from .pipeline import run
+    cfg = _config(config, set_)
+    metrics = run(cfg)
+    print_summary(metrics)
+    console.print(f"results in {cfg.output_dir}/metrics.json")
+
+
+@app.command("label")
+@_guard
+def label_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+    """Only store teacher outputs (skips ids already stored)."""
+    from .pipeline import label, prepare
+    ctx = prepare(_config(config, set_))
+    store = label(ctx)
+    console.print(f"store {store.path}: {len(store)} rows, teacher {store.fingerprint}, spent {store.spent:g}")
+
+
+@app.command("train")
+@_guard
+def train_cmd(config: Path, set_: Optional[list[str]] = SetOpt,
+              labeled_only: bool = typer.Option(False, help="Train the labeled-only baseline instead.")):
+    """Train the student from stored teacher outputs (resumes from its checkpoint)."""
+    from .pipeline import prepare, train
+    cfg = _config(config, set_)
+    ctx = prepare(cfg)
+    info = train(ctx, labeled_only=labeled_only)
+    console.print(json.dumps(info, indent=2, default=str))
+
+
+@app.command("evaluate")
+@_guard
+def evaluate_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+    """Score teacher and students on the test split; writes metrics.json."""
+    from .pipeline import evaluate, prepare
+    metrics = evaluate(prepare(_config(config, set_)))
+    print_summary(metrics)
+
+
+@app.command("methods")
+def methods_cmd():
+    """List the distillation methods a config may name."""
+    from .methods import METHODS
+    for name in sorted(METHODS):
+        doc = (METHODS[name].__doc__ or "").strip().splitlines()
+        console.print(f"{name:24s} {doc[0] if doc else ''}")
+
+
+@app.command("check-config")
+@_guard
+def check_config(config: Path, set_: Optional[list[str]] = SetOpt):
+    """Validate a config and print it with every default filled in."""
+    from .config import dump_config
+    console.print(dump_config(_config(config, set_)))
+
+
+@bench_app.command("quality")
+@_guard
+def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, seconds) or standard."),
+                  seeds: int = typer.Option(3, help="Number of seeds."),
+                  methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
+                  datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
+                  work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
+    """Protocol on real data; one row per (dataset, method, seed); prints mean ± std."""
+    from .bench import quality, summarize
+    rows = quality(suite, seeds=seeds, methods=methods.split(",") if methods else None,
+                   datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
+                   log=console.print)
+    console.print(summarize(rows))
+
+
+@bench_app.command("speed")
+@_guard
+def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
+                n: int = typer.Option(20000, help="Examples to label / train on."),
+                work_dir: Path = typer.Option(Path("bench-out/speed"))):
+    """Ratios measured in one run: store vs bare teacher, distillation vs CE step, store reads."""
+    from .bench import speed
+    result = speed(n=n, work_dir=work_dir, json_out=json_out)
+    console.print_json(json.dumps(result))
+
+
+def main():  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

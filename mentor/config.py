@@ -1,0 +1,158 @@
+"""The run configuration: one typed, validated document for `mentor run`.
+
+Every option is declared here with its default and a comment on what it does. Unknown keys are
+errors (a typo must not silently fall back to a default), and the whole config is validated
+before any data is loaded or any teacher is paid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    name: str | None = "digits"          # built-in data set: digits, fashion-mnist, letter, fortunes, mnist1d
+    path: str | None = None              # or your own file (.parquet, .csv, .npz); overrides `name`
+    id_column: str = "id"
+    label_column: str = "label"          # empty for unlabeled rows
+    text_column: str = "text"            # a text column makes this a text task
+    feature_columns: list[str] | None = None  # default: a vector column, else all numeric columns
+    n_classes: int | None = None         # default: inferred from the labels
+    options: dict = Field(default_factory=dict)  # extra loader arguments, e.g. {n: 20000} for mnist1d
+
+
+class SplitConfig(_Strict):
+    n_labeled: int = 100                 # A: the teacher (if trained here) and the student see these labels
+    n_val: int = 300                     # V: labeled, never seen by the teacher; used by corrections
+    n_test: int | None = None            # test: default 20% of labeled rows (or the official test split)
+    n_pool: int | None = None            # U: default everything left
+
+
+class TeacherConfig(_Strict):
+    kind: Literal["mlp", "cnn", "hgb", "logistic", "minilm", "file", "torchscript"] = "mlp"
+    path: str | None = None              # file of outputs (kind file) or TorchScript model (kind torchscript)
+    output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module holds
+    id_column: str = "id"                # id column of the teacher file
+    cost_per_example: float = 0.0        # what one teacher call costs (money, GPU-seconds); recorded
+    epochs: int = 60                     # built-in teachers trained on A
+    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+
+    @model_validator(mode="after")
+    def _needs_path(self):
+        if self.kind in ("file", "torchscript") and not self.path:
+            raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
+        return self
+
+
+class StoreConfig(_Strict):
+    path: str | None = None              # default: <output_dir>/store; reuse one to never pay twice
+    top_k: int | None = None             # keep only the top-k probabilities (big label spaces)
+    precision: Literal["float32", "float16"] = "float32"
+    shard_size: int = 4096               # rows per Parquet shard
+    batch_size: int = 1024               # examples per teacher call
+
+
+class StudentConfig(_Strict):
+    kind: Literal["logistic", "mlp", "cnn", "tfidf"] | None = None  # default: tfidf for text, else mlp
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    dropout: float = 0.0
+    max_features: int = 5000             # TF-IDF vocabulary size for text students
+
+
+class TrainSection(_Strict):
+    epochs: int = 30
+    min_steps: int = 500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    distill_weight: float = 1.0          # weight of the pool (teacher) term relative to CE on A
+    temperature: float = 1.0             # soft-target temperature (τ² factor applied)
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = False
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    output_dir: str = "results/run"
+    method: str = "vanilla-soft"         # see `mentor methods`
+    baseline: bool = True                # also train the labeled-only student (needed for gap closed)
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    train: TrainSection = Field(default_factory=TrainSection)
+
+    @model_validator(mode="after")
+    def _check_method(self):
+        from .methods import METHODS
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
+        if self.data.path is None and self.data.name is None:
+            raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - {loc}: unknown key; remove it or fix its spelling (see the README's config reference)")
+        else:
+            lines.append(f"  - {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict | None, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path, overrides: dict | None = None) -> RunConfig:
+    """Read and validate a YAML config; relative paths inside it are resolved against its folder."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level.")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    cfg = parse_config(data, str(path))
+    base = path.parent
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
+        value = getattr(section, attr)
+        if value and not Path(value).is_absolute():
+            setattr(section, attr, str((base / value).resolve()))
+    if not Path(cfg.output_dir).is_absolute():
+        cfg.output_dir = str((base / cfg.output_dir).resolve())
+    return cfg
+
+
+def _set_dotted(data: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
