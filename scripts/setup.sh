@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up mentor in ./.venv on a fresh machine. Idempotent: a second run installs nothing new.
+#   bash scripts/setup.sh          # core + everything the tests and benchmarks use
+#   bash scripts/setup.sh --no-data   # skip the Debian data packages (the demo needs none)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WITH_DATA=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-data) WITH_DATA=0 ;;
+    *) echo "unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+# torch first: the pinned CPU build lies on this machine's disk; anything installed before it
+# would pull a multi-GB CUDA build instead.
+if ! python -c "import torch" 2>/dev/null; then
+  pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+fi
+pip install -q -e ".[data,text,test]" 2>&1 | grep -v "^WARNING: Location" || true
+if [ "$WITH_DATA" = 1 ]; then
+  bash scripts/install-data.sh
+fi
+python -c "import mentor, torch; print('mentor ready (torch', torch.__version__ + ')')"
