@@ -26,7 +26,7 @@ from .errors import DataError, StoreError
 from .evaluate import classification_report, gap_closed
 from .methods import MethodContext, plan_method
 from .models import Featurizer, build_model, default_featurizer
-from .store import TeacherStore
+from .store import MANIFEST_NAME, TeacherStore
 from .teachers import FileTeacher, Teacher, TorchTeacher, load_teacher, save_teacher, train_model_teacher
 from .train import TrainConfig, predict_proba, train_student
 
@@ -112,7 +112,7 @@ def store_path(ctx: RunContext) -> Path:
 def open_store(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     s = ctx.cfg.store
     if teacher is None:
-        if not (store_path(ctx) / "manifest.json").exists():
+        if not (store_path(ctx) / MANIFEST_NAME).exists():
             raise StoreError(f"no teacher outputs at {store_path(ctx)}; run `mentor label` (or `mentor run`) first.")
         return TeacherStore.open(store_path(ctx))
     return TeacherStore(store_path(ctx), fingerprint=teacher.fingerprint, n_classes=ctx.n_classes, top_k=s.top_k,

@@ -6,12 +6,12 @@ from .config import RunConfig, parse_config
 
 
 def demo_config(output_dir: str = "results/demo", seed: int = 0) -> RunConfig:
-    """digits: a teacher MLP trained on 100 labels, a 16-unit MLP student, the rest as pool."""
+    """digits: an MLP teacher trained on 100 labels, a logistic-regression student, the rest as pool."""
     return parse_config({
         "seed": seed, "output_dir": output_dir, "method": "vanilla-soft",
         "data": {"name": "digits"},
         "split": {"n_labeled": 100, "n_val": 300, "n_test": 400},
         "teacher": {"kind": "mlp"},
-        "student": {"kind": "mlp", "hidden": [16]},
+        "student": {"kind": "logistic"},
         "train": {"epochs": 30},
     })
