@@ -56,7 +56,9 @@ def _config(path: Path, sets: list[str] | None) -> RunConfig:
 
 
 def print_summary(metrics: dict) -> None:
-    table = Table(title=f"{metrics['data']['name']}: {metrics['sizes']}")
+    z = metrics["sizes"]
+    table = Table(title=f"{metrics['data']['name']}: A={z['n_labeled']} V={z['n_val']} U={z['n_pool']} "
+                        f"test={z['n_test']}")
     table.add_column("model")
     table.add_column("test accuracy", justify="right")
     table.add_column("NLL", justify="right")
