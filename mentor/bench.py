@@ -30,8 +30,8 @@ def suite_configs(suite: str) -> dict[str, dict]:
     }
     standard = {
         "fashion-mnist": {"data": {"name": "fashion-mnist"},
-                          "split": {"n_labeled": 1000, "n_val": 1000, "n_pool": 20000},
-                          "teacher": {"kind": "cnn", "epochs": 30}, "student": {"kind": "mlp", "hidden": [32]},
+                          "split": {"n_labeled": 2000, "n_val": 1000, "n_pool": 20000},
+                          "teacher": {"kind": "cnn", "epochs": 30}, "student": {"kind": "logistic"},
                           "train": {"epochs": 10}},
         "letter": {"data": {"name": "letter"}, "split": {"n_labeled": 1000, "n_val": 1000, "n_test": 4000},
                    "teacher": {"kind": "hgb"}, "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 30}},
@@ -39,7 +39,7 @@ def suite_configs(suite: str) -> dict[str, dict]:
                      "teacher": {"kind": "minilm"}, "student": {"kind": "tfidf"}, "train": {"epochs": 20}},
         "mnist1d": {"data": {"name": "mnist1d", "options": {"n": 12000}},
                     "split": {"n_labeled": 2000, "n_val": 1000, "n_test": 2000},
-                    "teacher": {"kind": "mlp", "hidden": [512, 256], "epochs": 200},
+                    "teacher": {"kind": "cnn1d", "epochs": 60},
                     "student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 30}},
     }
     suites = {"smoke": smoke, "standard": standard}

@@ -39,7 +39,7 @@ class SplitConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    kind: Literal["mlp", "cnn", "hgb", "logistic", "minilm", "file", "torchscript"] = "mlp"
+    kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript"] = "mlp"
     path: str | None = None              # file of outputs (kind file) or TorchScript model (kind torchscript)
     output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module holds
     id_column: str = "id"                # id column of the teacher file
@@ -63,7 +63,7 @@ class StoreConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    kind: Literal["logistic", "mlp", "cnn", "tfidf"] | None = None  # default: tfidf for text, else mlp
+    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf"] | None = None  # default: tfidf for text, else mlp
     hidden: list[int] = Field(default_factory=lambda: [64])
     dropout: float = 0.0
     max_features: int = 5000             # TF-IDF vocabulary size for text students
@@ -71,7 +71,7 @@ class StudentConfig(_Strict):
 
 class TrainSection(_Strict):
     epochs: int = 30
-    min_steps: int = 500
+    min_steps: int = 2000               # small labeled sets: repeat epochs until this many optimiser steps
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0

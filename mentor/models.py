@@ -36,7 +36,7 @@ class MLP(nn.Module):
 class SmallCNN(nn.Module):
     """Two conv blocks and a linear head for small grey images; takes flattened input."""
 
-    def __init__(self, image_shape: tuple[int, int, int], n_classes: int, channels: tuple[int, int] = (16, 32),
+    def __init__(self, image_shape: tuple[int, int, int], n_classes: int, channels: tuple[int, int] = (32, 64),
                  dropout: float = 0.0):
         super().__init__()
         c, h, w = image_shape
@@ -51,9 +51,24 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(x.shape[0], *self.image_shape)))
 
 
+class CNN1D(nn.Module):
+    """Two 1-d conv blocks and a linear head for signals (n, length), e.g. MNIST-1D."""
+
+    def __init__(self, length: int, n_classes: int, channels: tuple[int, int] = (32, 64), dropout: float = 0.0):
+        super().__init__()
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            nn.Conv1d(1, c1, 5, padding=2), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(c1, c2, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(8))
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(c2 * 8, n_classes))
+
+    def forward(self, x):
+        return self.head(self.features(x.view(x.shape[0], 1, -1)))
+
+
 def build_model(kind: str, *, in_features: int, n_classes: int, image_shape=None,
                 hidden: tuple[int, ...] = (64,), dropout: float = 0.0) -> nn.Module:
-    """Model by name: 'logistic', 'mlp', 'cnn' (images only), 'tfidf' (= logistic on TF-IDF)."""
+    """Model by name: 'logistic', 'mlp', 'cnn' (images only), 'cnn1d' (signals), 'tfidf' (= logistic on TF-IDF)."""
     if kind in ("logistic", "tfidf"):
         return MLP(in_features, n_classes, hidden=())
     if kind == "mlp":
@@ -62,7 +77,9 @@ def build_model(kind: str, *, in_features: int, n_classes: int, image_shape=None
         if image_shape is None:
             raise ConfigError("model 'cnn' needs image data (a data set with image_shape); use 'mlp' for tabular data.")
         return SmallCNN(tuple(image_shape), n_classes, dropout=dropout)
-    raise ConfigError(f"unknown model kind {kind!r}; choose one of logistic, mlp, cnn, tfidf, "
+    if kind == "cnn1d":
+        return CNN1D(in_features, n_classes, dropout=dropout)
+    raise ConfigError(f"unknown model kind {kind!r}; choose one of logistic, mlp, cnn, cnn1d, tfidf, "
                       "or pass your own torch.nn.Module through the Python API.")
 
 

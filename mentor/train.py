@@ -26,7 +26,7 @@ from .losses import per_example_distillation
 @dataclass
 class TrainConfig:
     epochs: int = 30
-    min_steps: int = 500             # small sets: repeat epochs until this many optimiser steps
+    min_steps: int = 2000            # small sets: repeat epochs until this many optimiser steps
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
