@@ -30,6 +30,11 @@ class MethodContext:
     # two-pass methods (train, inspect, retrain) reuse the caller's training setup.
     train_and_predict_pool: Callable | None = None
     options: dict = field(default_factory=dict)
+    # Like train_and_predict_pool but returns (pool probabilities, V probabilities): the
+    # disagreement weights need the first-pass student on V too.
+    train_and_predict: Callable | None = None
+    # Epochs the trainer will run (TrainConfig.epochs raised by min_steps); schedules need it.
+    n_epochs: int | None = None
 
 
 @dataclass
@@ -69,3 +74,138 @@ def _vanilla_soft(ctx: MethodContext) -> MethodPlan:
 @register_method("vanilla-hard")
 def _vanilla_hard(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(VanillaObjective("hard"))
+
+
+# ---------------------------------------------------------------------------------------------- corrections
+# Weighted distillation, SLaM and the noise-handling baselines (mentor/corrections.py). All fit
+# what they need on V only; options come from ctx.options (documented per factory).
+
+from .corrections import (ForwardCorrectionObjective, SlamObjective, TaidObjective,  # noqa: E402
+                          choose_threshold, disagreement_weights, margin_weights, slam_alpha, slam_k,
+                          threshold_mask, weight_stats)
+from .reliability import Reliability, fit_reliability, teacher_margin  # noqa: E402
+
+
+def _require_val(ctx: MethodContext, method: str) -> None:
+    if ctx.teacher_probs_val is None or ctx.val_labels is None:
+        raise ConfigError(f"method {method!r} needs the teacher's outputs on the validation set V (and V's labels) "
+                          "to estimate where the teacher is wrong; label V with the teacher (a teacher file must "
+                          "cover V's ids) or choose a vanilla method.")
+
+
+def _reliability(ctx: MethodContext, method: str) -> Reliability:
+    _require_val(ctx, method)
+    return fit_reliability(ctx.teacher_probs_val, ctx.val_labels, n_classes=ctx.n_classes,
+                           min_val=int(ctx.options.get("min_val", 50)))
+
+
+def _weighted_margin(ctx: MethodContext, mode: str) -> MethodPlan:
+    rel = _reliability(ctx, f"weighted-margin{'-hard' if mode == 'hard' else ''}")
+    w = margin_weights(ctx.teacher_probs_pool, rel)
+    return MethodPlan(VanillaObjective(mode, ctx.temperature if mode == "soft" else 1.0), pool_weights=w,
+                      info={"weights": weight_stats(w), "reliability": rel.to_dict()})
+
+
+@register_method("weighted-margin")
+def _weighted_margin_soft(ctx: MethodContext) -> MethodPlan:
+    """Weighted distillation (soft targets): weight = teacher accuracy at its margin, fitted on V."""
+    return _weighted_margin(ctx, "soft")
+
+
+@register_method("weighted-margin-hard")
+def _weighted_margin_hard(ctx: MethodContext) -> MethodPlan:
+    """Weighted distillation (teacher's top label): weight = teacher accuracy at its margin, fitted on V."""
+    return _weighted_margin(ctx, "hard")
+
+
+@register_method("weighted-disagreement")
+def _weighted_disagreement(ctx: MethodContext) -> MethodPlan:
+    """Weighted distillation, two passes: weight from teacher-vs-first-student disagreement (soft).
+
+    Trains a plain soft student first (ctx.train_and_predict), scores ½‖t − f0‖₁, maps it to
+    P(teacher right) with a non-increasing isotonic fit on V, retrains with those weights.
+    Options: min_val.
+    """
+    rel = _reliability(ctx, "weighted-disagreement")
+    if ctx.train_and_predict is None:
+        raise ConfigError("method 'weighted-disagreement' trains a first-pass student and needs its outputs on the "
+                          "pool and on V: the caller must set MethodContext.train_and_predict.")
+    first = VanillaObjective("soft", ctx.temperature)
+    pool_probs, val_probs = ctx.train_and_predict(MethodPlan(first))
+    w = disagreement_weights(ctx.teacher_probs_pool, pool_probs, ctx.teacher_probs_val, val_probs, ctx.val_labels,
+                             min_val=int(ctx.options.get("min_val", 50)))
+    return MethodPlan(VanillaObjective("soft", ctx.temperature), pool_weights=w,
+                      info={"weights": weight_stats(w), "reliability": rel.to_dict()})
+
+
+def _slam(ctx: MethodContext, mode: str, normalized: bool, name: str) -> MethodPlan:
+    rel = _reliability(ctx, name)
+    k = slam_k(rel, ctx.n_classes, rule=str(ctx.options.get("slam_k_rule", "topk-accuracy")),
+               level=float(ctx.options.get("slam_k_level", 0.9)))
+    alpha = slam_alpha(teacher_margin(ctx.teacher_probs_pool), rel, ctx.options.get("slam_alpha_floor"),
+                       normalized=normalized, k=k)
+    floor = 1.0 / k if normalized else 0.5
+    info = {"k": k, "alpha": {**weight_stats(alpha), "at_floor_fraction": float(np.mean(alpha <= floor + 1e-9))},
+            "normalized": normalized, "mode": mode, "reliability": rel.to_dict()}
+    return MethodPlan(SlamObjective(alpha, np.full(len(alpha), k), mode=mode, normalized=normalized), info=info)
+
+
+@register_method("slam")
+def _slam_soft(ctx: MethodContext) -> MethodPlan:
+    """SLaM (soft targets, unnormalised mix): α = teacher accuracy at its margin (floor ½), k from top-k accuracy on V.
+
+    Options: slam_k_rule ("topk-accuracy" or "fixed:K"), slam_k_level (0.9), slam_alpha_floor, min_val.
+    """
+    return _slam(ctx, "soft", False, "slam")
+
+
+@register_method("slam-hard")
+def _slam_hard(ctx: MethodContext) -> MethodPlan:
+    """SLaM with the teacher's top label as target (unnormalised mix, α floor ½)."""
+    return _slam(ctx, "hard", False, "slam-hard")
+
+
+@register_method("slam-normalized")
+def _slam_normalized(ctx: MethodContext) -> MethodPlan:
+    """SLaM, normalised mix (second term ÷ (k − 1), α floor 1/k), soft targets."""
+    return _slam(ctx, "soft", True, "slam-normalized")
+
+
+@register_method("threshold")
+def _threshold(ctx: MethodContext) -> MethodPlan:
+    """Baseline: keep pseudo-labels whose teacher confidence clears a threshold chosen on V (hard targets).
+
+    The threshold maximises correct² / kept on V (clean pseudo-labels × precision); option
+    "threshold" overrides it. Kept examples weigh 1, the rest 0 (not renormalised, as in
+    FixMatch-style masking).
+    """
+    _require_val(ctx, "threshold")
+    if "threshold" in ctx.options:
+        thr, on_val = float(ctx.options["threshold"]), {}
+    else:
+        thr, on_val = choose_threshold(ctx.teacher_probs_val, ctx.val_labels)
+    mask = threshold_mask(ctx.teacher_probs_pool, thr)
+    if not mask.any():
+        raise ConfigError(f"no pool example reaches the confidence threshold {thr:.4f}; lower it.")
+    return MethodPlan(VanillaObjective("hard"), pool_weights=mask,
+                      info={"threshold": thr, "pool_coverage": float(mask.mean()), "val": on_val})
+
+
+@register_method("forward-correction")
+def _forward_correction(ctx: MethodContext) -> MethodPlan:
+    """Baseline: forward loss correction with one global noise rate ε = 1 − teacher accuracy on V (hard targets)."""
+    rel = _reliability(ctx, "forward-correction")
+    obj = ForwardCorrectionObjective(1.0 - rel.accuracy, ctx.n_classes, mode="hard")
+    return MethodPlan(obj, info={"eps": obj.eps, "reliability": rel.to_dict()})
+
+
+@register_method("taid")
+def _taid(ctx: MethodContext) -> MethodPlan:
+    """TAID: interpolated target softmax((1 − t)·z_s + t·log teacher), t linear 0.4 → 1.0 over the epochs.
+
+    Uses ctx.n_epochs for the schedule (option taid_epochs overrides; 30 if neither is known).
+    Needs no validation set.
+    """
+    n = int(ctx.options.get("taid_epochs") or ctx.n_epochs or 30)
+    obj = TaidObjective(n, float(ctx.options.get("taid_t_start", 0.4)), float(ctx.options.get("taid_t_end", 1.0)))
+    return MethodPlan(obj, info={"taid_epochs": n, "t_start": obj.t_start, "t_end": obj.t_end})
