@@ -176,6 +176,33 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
     console.print_json(json.dumps(result))
 
 
+@app.command("lm-distill")
+@_guard
+def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see mentor.lm.LMDistillConfig)."),
+                   set_: Optional[list[str]] = SetOpt):
+    """Distil SmolLM2-135M into a small student on real text; writes curve.csv and summary.json."""
+    from .lm import load_lm_config, run_lm_distill
+    cfg = load_lm_config(config, _overrides(set_))
+    s = run_lm_distill(cfg, log=console.print)
+    console.print(f"init={s['init']} loss={s['loss']} val_loss={s['val_loss']:.4f} "
+                  f"(teacher {s['teacher_val_loss']:.4f}) after {s['tokens']} tokens; "
+                  f"results in {cfg.output_dir}/summary.json")
+
+
+@bench_app.command("guide")
+@_guard
+def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU) or standard."),
+                    seeds: int = typer.Option(1, help="Number of seeds."),
+                    arms: Optional[str] = typer.Option(None, help="Comma-separated arms (default: all)."),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
+                    work_dir: Path = typer.Option(Path("bench-out/guide"), help="Run folders and teacher store.")):
+    """GUIDE vs weight selection vs KD vs GUIDE+KD at equal training tokens; gap reduction vs random."""
+    from .lm import bench_guide, summarize_guide
+    rows = bench_guide(suite, seeds=seeds, arms=arms.split(",") if arms else None, json_out=json_out,
+                       work_dir=work_dir, log=console.print)
+    console.print(summarize_guide(rows))
+
+
 def main():  # pragma: no cover
     app()
 

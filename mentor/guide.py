@@ -225,14 +225,20 @@ def _layer_map(n_teacher: int, n_student: int, layers, default: str) -> list[int
 
 @torch.no_grad()
 def initialize_student(student, teacher, method: str = "guide", *, center: bool = False, n_blocks: int = 1,
-                       rescale_norm: bool = True, layers=None, teacher_tokenizer=None,
-                       student_tokenizer=None) -> dict:
+                       rescale_norm: bool = True, final_norm: str = "default", layers=None,
+                       teacher_tokenizer=None, student_tokenizer=None) -> dict:
     """Initialise `student` in place from `teacher` with `method`; returns what was done.
 
     `center`: centre the embedding rows before the PCA (guide). `n_blocks`: how many leading
     blocks guide transfers (the paper: 1). `layers`: teacher block index per student block
     (weight-selection: first blocks by default; layer-copy: evenly spaced by default).
+    `final_norm` (guide only): "default" leaves the student's final RMSNorm gain at its own init
+    (ones), "teacher" uses the teacher's gain projected through M (times the norm rescale). With
+    tied embeddings the projected gain makes the untrained student's logits very peaked on the
+    input token (initial loss ~50 nats on SmolLM2), so "default" is the default (reconstructed).
     """
+    if final_norm not in ("default", "teacher"):
+        raise ConfigError(f"final_norm must be 'default' or 'teacher', got {final_norm!r}.")
     check_compatible(teacher, student, method, teacher_tokenizer=teacher_tokenizer,
                      student_tokenizer=student_tokenizer)
     info: dict = {"method": method}
@@ -265,10 +271,9 @@ def initialize_student(student, teacher, method: str = "guide", *, center: bool 
     student.model.embed_tokens.weight.copy_((E_T.to(torch.float64) @ M64).to(student.model.embed_tokens.weight.dtype))
     for ti, si in pairs:
         transfer_block(teacher.model.layers[ti], student.model.layers[si], M, t, s, fold=fold, norm_scale=norm_scale)
-    g_f = project_gain(teacher.model.norm.weight, M64)
-    if method == "guide":
-        g_f = g_f * norm_scale
-    student.model.norm.weight.copy_(g_f.to(student.model.norm.weight.dtype))
+    if method != "guide" or final_norm == "teacher":
+        g_f = project_gain(teacher.model.norm.weight, M64) * norm_scale
+        student.model.norm.weight.copy_(g_f.to(student.model.norm.weight.dtype))
     if not tied_s:  # lm_head reads the final-normed residual stream
         src = teacher.lm_head.weight if not tied_t else E_T
         student.lm_head.weight.copy_((src.to(torch.float64) @ M64).to(student.lm_head.weight.dtype))
