@@ -86,6 +86,7 @@ class RunConfig(_Strict):
     seed: int = 0
     output_dir: str = "results/run"
     method: str = "vanilla-soft"         # see `mentor methods`
+    method_options: dict = Field(default_factory=dict)  # e.g. {slam_k_rule: "fixed:2", slam_alpha_floor: 0.5}
     baseline: bool = True                # also train the labeled-only student (needed for gap closed)
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)

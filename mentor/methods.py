@@ -26,11 +26,8 @@ class MethodContext:
     val_labels: np.ndarray | None = None
     temperature: float = 1.0
     seed: int = 0
-    # Trains a student with a given plan and returns its probabilities on the pool; lets
-    # two-pass methods (train, inspect, retrain) reuse the caller's training setup.
-    train_and_predict_pool: Callable | None = None
     options: dict = field(default_factory=dict)
-    # Like train_and_predict_pool but returns (pool probabilities, V probabilities): the
+    # Trains a student with a given plan and returns (pool probabilities, V probabilities): the
     # disagreement weights need the first-pass student on V too.
     train_and_predict: Callable | None = None
     # Epochs the trainer will run (TrainConfig.epochs raised by min_steps); schedules need it.

@@ -28,7 +28,7 @@ from .methods import MethodContext, plan_method
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
 from .teachers import FileTeacher, Teacher, TorchTeacher, load_teacher, save_teacher, train_model_teacher
-from .train import TrainConfig, predict_proba, train_student
+from .train import TrainConfig, epochs_for, predict_proba, train_student
 
 
 @dataclass
@@ -182,7 +182,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
     model = student if student is not None else _new_student(ctx, x_lab.shape[1])
     # the checkpoint name carries everything that defines this training run, so a changed method,
     # teacher or student never resumes from another run's checkpoint
-    ckpt = ctx.out / "checkpoints" / (f"{name}-" + _key(labeled_only or method, ctx.cfg.student.model_dump(),
+    ckpt = ctx.out / "checkpoints" / (f"{name}-" + _key(labeled_only or method, ctx.cfg.method_options,
+                                                       ctx.cfg.student.model_dump(),
                                                        ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, ctx.cfg.data.model_dump(),
                                                        None if labeled_only else (store or open_store(ctx)).fingerprint)
                                       + ".pt")
@@ -196,15 +197,18 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         t_val = teacher_outputs(store, data.ids[sp.val], required=False)
         cfg_t = ctx.cfg.train
 
-        def train_and_predict_pool(plan):  # for two-pass methods
+        x_val = feat.transform(data.features[sp.val])  # inputs only; the featurizer stays fit on A ∪ U
+
+        def train_and_predict(plan):  # for two-pass methods: a first student's outputs on U and V
             m = _new_student(ctx, x_lab.shape[1])
             train_student(m, x_lab, y_lab, x_pool=x_pool, teacher_probs=t_pool, objective=plan.objective,
                           pool_weights=plan.pool_weights, config=_train_config(ctx, None))
-            return predict_proba(m, x_pool)
+            return predict_proba(m, x_pool), predict_proba(m, x_val)
 
         mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=t_pool, teacher_probs_val=t_val,
                              val_labels=data.labels[sp.val], temperature=cfg_t.temperature, seed=ctx.cfg.seed,
-                             train_and_predict_pool=train_and_predict_pool)
+                             train_and_predict=train_and_predict, options=dict(ctx.cfg.method_options),
+                             n_epochs=epochs_for(len(x_lab) + len(x_pool), _train_config(ctx, None)))
         plan = plan_method(method, mctx)
         info.update(plan.info)
         result = train_student(model, x_lab, y_lab, x_pool=x_pool, teacher_probs=t_pool, objective=plan.objective,

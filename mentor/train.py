@@ -93,6 +93,12 @@ def check_pool_weights(weights, n_pool: int) -> np.ndarray:
     return w
 
 
+def epochs_for(n_examples: int, cfg: TrainConfig) -> int:
+    """Epochs the trainer will run: `cfg.epochs`, or more when that gives fewer than `cfg.min_steps` steps."""
+    steps_per_epoch = max(-(-n_examples // cfg.batch_size), 1)
+    return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -146,7 +152,7 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
     use_amp = cfg.amp and device.type == "cuda"
     bs = cfg.batch_size
     n_total = n_lab + n_pool
-    n_epochs = max(cfg.epochs, -(-cfg.min_steps // -(-n_total // bs)))
+    n_epochs = epochs_for(n_total, cfg)
     progress = None
     if cfg.progress:
         from rich.progress import Progress
