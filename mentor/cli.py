@@ -132,6 +132,26 @@ def evaluate_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
     print_summary(metrics)
 
 
+@app.command("audit")
+@_guard
+def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+    """Teacher reliability on V: curve (PNG + numbers), per-class accuracy, estimated pool error rate."""
+    from .audit import audit_run
+    from .pipeline import prepare
+    ctx = prepare(_config(config, set_))
+    a = audit_run(ctx)
+    console.print(f"teacher accuracy on V: {a['accuracy']:.3f} (V = {a['n_val']})   "
+                  f"estimated error rate on the pool: {a['estimated_pool_error_rate']:.3f} "
+                  f"(~{a['estimated_pool_errors']:.0f} of {a['n_pool']} pseudo-labels wrong)")
+    console.print("P(right | margin): " + "  ".join(
+        f"{m:.1f}:{v:.2f}" for m, v in zip(a["curve"]["margin"], a["curve"]["accuracy"])))
+    console.print(f"top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
+    console.print(f"calibration temperature on V: {a['calibration_temperature']:.2f}")
+    if a.get("fallback"):
+        console.print(f"[yellow]note:[/] {a['fallback']}")
+    console.print(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
+
+
 @app.command("methods")
 def methods_cmd():
     """List the distillation methods a config may name."""
@@ -201,6 +221,43 @@ def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on C
     rows = bench_guide(suite, seeds=seeds, arms=arms.split(",") if arms else None, json_out=json_out,
                        work_dir=work_dir, log=console.print)
     console.print(summarize_guide(rows))
+
+
+@app.command("active")
+@_guard
+def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys plus strategy, budget, ... (see mentor.active)."),
+               set_: Optional[list[str]] = SetOpt):
+    """Spend a budget of teacher calls round by round (RAD, margin, ...); writes active.json and active.png."""
+    from .active import load_active_config, run_active
+    cfg = load_active_config(config, _overrides(set_))
+    res = run_active(cfg)
+    table = Table(title=f"{res['dataset']}: {res['strategy']} (seed {res['seed']}), AUC {100 * res['auc']:.2f}")
+    table.add_column("queries", justify="right")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("spent", justify="right")
+    for q, a, s in zip(res["queries"], res["test_accuracy"], res["spent_per_round"]):
+        table.add_row(str(q), f"{100 * a:.2f}%", f"{s:g}")
+    console.print(table)
+    if res["stopped"]:
+        console.print(res["stopped"])
+    console.print(f"results in {cfg.output_dir}/active.json and active.png")
+
+
+@bench_app.command("active")
+@_guard
+def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or standard."),
+                     seeds: int = typer.Option(3, help="Number of seeds."),
+                     strategies: Optional[str] = typer.Option(None, help="Comma-separated (default random,margin,entropy,rad)."),
+                     datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
+                     correction: str = typer.Option("vanilla-soft", help="Distillation method for each retraining."),
+                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
+                     work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
+    """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc."""
+    from .active import bench_active, summarize_active
+    rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
+                        datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
+                        log=console.print, correction=correction)
+    console.print(summarize_active(rows))
 
 
 def main():  # pragma: no cover
