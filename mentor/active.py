@@ -572,8 +572,9 @@ def selection_speed(n: int = 1_000_000, n_classes: int = 10, *, b: int = 1000, r
     (best of `repeats`): rad (gains, game, DepRound), margin, entropy, and DepRound alone (both
     methods). Greedy k-center (coreset on `kcenter_dim`-d embeddings, pcoreset on the
     probabilities; `kcenter_b` picks from `kcenter_centres` labeled centres) is timed at growing
-    pool sizes until one run takes over kcenter_max_seconds / 4; the pool handled in 60 s is
-    *extrapolated* from the growth exponent of the last two measured sizes."""
+    pool sizes (doubling from 10,000) until one run takes over kcenter_max_seconds / 4 or the
+    pool reaches 4·n; the pool handled in 60 s is *extrapolated* from the last measured size
+    along the growth exponent fitted (log-log least squares) to the measured sizes."""
     from .selection import select_coreset, select_pcoreset
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, n_classes)).astype(np.float32) * 2
@@ -612,7 +613,11 @@ def selection_speed(n: int = 1_000_000, n_classes: int = 10, *, b: int = 1000, r
             if times[-1] > kcenter_max_seconds / 4 or m >= 4 * n:
                 break
             m *= 2
-        slope = (math.log(times[-1] / times[-2]) / math.log(sizes[-1] / sizes[-2])) if len(sizes) > 1 else 1.0
+        # least-squares fit of log time on log size over the sizes above 0.05 s (noise below);
+        # the 60-s pool is extrapolated along that line, not measured
+        keep = [i for i, t in enumerate(times) if t > 0.05] or list(range(len(times)))
+        ls, lt = np.log([sizes[i] for i in keep]), np.log([times[i] for i in keep])
+        slope = float(np.polyfit(ls, lt, 1)[0]) if len(keep) > 1 else 1.0
         slope = max(slope, 0.5)
         kc[name] = {"pool_sizes": sizes, "seconds": times, "growth_exponent": slope,
                     "pool_in_60s": int(sizes[-1] * (60.0 / times[-1]) ** (1.0 / slope))}

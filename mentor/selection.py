@@ -210,12 +210,16 @@ def k_center(points, centres, b: int, rng, *, chunk_bytes: int = 1 << 27) -> np.
         d = sq[:, None] - 2.0 * (x @ cc.T) + np.einsum("ij,ij->i", cc, cc)[None, :]
         np.minimum(dist, d.min(axis=1), out=dist)
     chosen = np.empty(b, dtype=np.int64)
-    for j in range(b):
-        i = int(_rng(rng).integers(n)) if j == 0 and not len(c) else int(np.argmax(dist))
-        chosen[j] = i
-        d = sq - 2.0 * (x @ x[i]) + sq[i]
-        np.minimum(dist, d, out=dist)
-        dist[i] = -np.inf  # never again
+    from threadpoolctl import threadpool_limits  # (a scikit-learn dependency)
+    # one matrix-vector product per pick: memory-bound, and waking BLAS threads for each one
+    # costs ~10 ms on a busy machine, so the loop runs single-threaded
+    with threadpool_limits(1):
+        for j in range(b):
+            i = int(_rng(rng).integers(n)) if j == 0 and not len(c) else int(np.argmax(dist))
+            chosen[j] = i
+            d = sq - 2.0 * (x @ x[i]) + sq[i]
+            np.minimum(dist, d, out=dist)
+            dist[i] = -np.inf  # never again
     return chosen
 
 
