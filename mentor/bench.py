@@ -42,10 +42,54 @@ def suite_configs(suite: str) -> dict[str, dict]:
                     "teacher": {"kind": "cnn1d", "epochs": 60},
                     "student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 30}},
     }
+    synthetic = {
+        # the papers' theory setting: linearly separable data with a margin, a teacher whose mistakes
+        # concentrate at small margin (a file of outputs, written by `write_synthetic_margin`), a linear student
+        "synthetic-margin": {"data": {"path": "synthetic-margin/data.parquet"},
+                             "split": {"n_labeled": 100, "n_val": 500, "n_test": 2000},
+                             "teacher": {"kind": "file", "path": "synthetic-margin/teacher.parquet"},
+                             "student": {"kind": "logistic"}, "train": {"epochs": 20}},
+    }
+    standard = {**standard, **synthetic}
+    smoke = {**smoke, **synthetic}
     suites = {"smoke": smoke, "standard": standard}
     if suite not in suites:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
     return suites[suite]
+
+
+def write_synthetic_margin(folder: Path, *, n: int = 12000, dim: int = 20, gamma: float = 0.1,
+                           noise_scale: float = 0.4, seed: int = 1234) -> tuple[Path, Path]:
+    """Separable data with margin `gamma` and a teacher wrong with probability ½·exp(−|w·x|/s).
+
+    The teacher's confidence grows with |w·x| (plus noise), so its margin is informative about its
+    mistakes: the regime in which the weighting papers prove their corrections remove the bias.
+    Deterministic in `seed`; the files are rewritten only if absent.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    folder = Path(folder)
+    data_path, teacher_path = folder / "data.parquet", folder / "teacher.parquet"
+    if data_path.exists() and teacher_path.exists():
+        return data_path, teacher_path
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=dim)
+    w /= np.linalg.norm(w)
+    x = rng.normal(size=(3 * n, dim))
+    s = x @ w
+    keep = np.abs(s) >= gamma
+    x, s = x[keep][:n], s[keep][:n]
+    y = (s > 0).astype(np.int64)
+    wrong = rng.uniform(size=n) < 0.5 * np.exp(-np.abs(s) / noise_scale)
+    y_teacher = np.where(wrong, 1 - y, y)
+    conf = 1.0 / (1.0 + np.exp(-(3.0 * np.abs(s) + rng.normal(scale=0.5, size=n))))
+    conf = np.clip(conf, 0.5, 1.0 - 1e-6)
+    probs = np.where(y_teacher[:, None] == np.arange(2), conf[:, None], 1.0 - conf[:, None])
+    ids = [f"s{i:06d}" for i in range(n)]
+    pq.write_table(pa.table({"id": ids, "x": [list(r) for r in x.astype(np.float32)], "label": y}), data_path)
+    pq.write_table(pa.table({"id": ids, "probs": [list(r) for r in probs]}), teacher_path)
+    return data_path, teacher_path
 
 
 def _append_row(path: Path | None, row: dict) -> None:
@@ -77,8 +121,13 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
         Path(json_out).unlink()
     rows = []
     for name in names:
+        template = configs[name]
+        if name == "synthetic-margin":
+            data_path, teacher_path = write_synthetic_margin(Path(work_dir) / "synthetic-margin")
+            template = {**template, "data": {"path": str(data_path.resolve())},
+                        "teacher": {**template["teacher"], "path": str(teacher_path.resolve())}}
         for seed in range(seeds):
-            cfg = parse_config({**configs[name], "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
+            cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
             t0 = time.perf_counter()
             ctx = prepare(cfg)
             teacher = get_teacher(ctx)

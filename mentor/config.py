@@ -126,6 +126,20 @@ def parse_config(data: dict | None, source: str = "<dict>") -> RunConfig:
 def load_config(path, overrides: dict | None = None) -> RunConfig:
     """Read and validate a YAML config; relative paths inside it are resolved against its folder."""
     path = Path(path)
+    data = read_yaml_mapping(path, overrides)
+    cfg = parse_config(data, str(path))
+    base = path.parent
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
+        value = getattr(section, attr)
+        if value and not Path(value).is_absolute():
+            setattr(section, attr, str((base / value).resolve()))
+    if not Path(cfg.output_dir).is_absolute():
+        cfg.output_dir = str((base / cfg.output_dir).resolve())
+    return cfg
+
+
+def read_yaml_mapping(path: Path, overrides: dict | None = None) -> dict:
+    """A YAML file's top-level mapping with dotted `overrides` (e.g. {"split.n_val": 500}) applied."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist.")
     try:
@@ -136,15 +150,7 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
         raise ConfigError(f"config file {path} must hold a mapping at the top level.")
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
-    cfg = parse_config(data, str(path))
-    base = path.parent
-    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
-        value = getattr(section, attr)
-        if value and not Path(value).is_absolute():
-            setattr(section, attr, str((base / value).resolve()))
-    if not Path(cfg.output_dir).is_absolute():
-        cfg.output_dir = str((base / cfg.output_dir).resolve())
-    return cfg
+    return data
 
 
 def _set_dotted(data: dict, key: str, value) -> None:

@@ -32,10 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import yaml
 from pydantic import Field, ValidationError
 
-from .config import _format_errors, _set_dotted, _Strict
+from .config import _format_errors, _Strict, read_yaml_mapping
 from .errors import ConfigError, DataError, StoreError
 from .lm_losses import LM_LOSSES, TAIDSchedule, TopK, next_token_ce
 from .store import _atomic_write, _sha256_file
@@ -130,17 +129,7 @@ def parse_lm_config(data: dict | None, source: str = "<dict>") -> LMDistillConfi
 def load_lm_config(path, overrides: dict | None = None) -> LMDistillConfig:
     """Read a YAML config; relative paths in it are resolved against its folder."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level.")
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
-    cfg = parse_lm_config(data, str(path))
+    cfg = parse_lm_config(read_yaml_mapping(path, overrides), str(path))
     for section, attr in ((cfg, "output_dir"), (cfg.store, "path"), (cfg.teacher, "folder"), (cfg.corpus, "path")):
         value = getattr(section, attr)
         if value and not Path(value).expanduser().is_absolute():
