@@ -32,6 +32,8 @@ class MethodContext:
     train_and_predict: Callable | None = None
     # Epochs the trainer will run (TrainConfig.epochs raised by min_steps); schedules need it.
     n_epochs: int | None = None
+    # The student's input features on the pool (after its featurizer); filters that fit a model need them.
+    pool_features: np.ndarray | None = None
 
 
 @dataclass
@@ -186,6 +188,41 @@ def _threshold(ctx: MethodContext) -> MethodPlan:
         raise ConfigError(f"no pool example reaches the confidence threshold {thr:.4f}; lower it.")
     return MethodPlan(VanillaObjective("hard"), pool_weights=mask,
                       info={"threshold": thr, "pool_coverage": float(mask.mean()), "val": on_val})
+
+
+@register_method("cleanlab-filter")
+def _cleanlab_filter(ctx: MethodContext) -> MethodPlan:
+    """Baseline: drop pseudo-labels that confident learning (cleanlab) flags, from out-of-fold probabilities.
+
+    A logistic regression on the student's features is fit to the teacher's hard labels with
+    5-fold cross-validation; cleanlab's `find_label_issues` flags labels that disagree with the
+    out-of-fold probabilities; flagged examples weigh 0, the rest are distilled (hard targets).
+    Needs no validation set. Option "cleanlab_folds" (default 5).
+    """
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError as e:  # pragma: no cover - cleanlab is a core dependency
+        raise ConfigError("method cleanlab-filter needs the cleanlab package: pip install cleanlab") from e
+    if ctx.pool_features is None:
+        raise ConfigError("method cleanlab-filter needs the pool's features (MethodContext.pool_features).")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_predict
+    labels = ctx.teacher_probs_pool.argmax(1)
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise ConfigError("cleanlab-filter: the teacher gives the same label to the whole pool; nothing to compare.")
+    remap = np.searchsorted(present, labels)  # cleanlab wants labels 0..K-1 with every class present
+    folds = int(ctx.options.get("cleanlab_folds", 5))
+    counts = np.bincount(remap)
+    folds = max(2, min(folds, int(counts.min()))) if counts.min() >= 2 else 2
+    oof = cross_val_predict(LogisticRegression(max_iter=300), ctx.pool_features, remap, cv=folds,
+                            method="predict_proba")
+    issues = find_label_issues(remap, oof, filter_by="prune_by_noise_rate")
+    keep = (~issues).astype(np.float32)
+    if not keep.any():
+        raise ConfigError("cleanlab flagged every pseudo-label; the teacher looks unusable on this pool.")
+    return MethodPlan(VanillaObjective("hard"), pool_weights=keep,
+                      info={"flagged_fraction": float(issues.mean()), "folds": folds})
 
 
 @register_method("forward-correction")

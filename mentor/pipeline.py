@@ -208,7 +208,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=t_pool, teacher_probs_val=t_val,
                              val_labels=data.labels[sp.val], temperature=cfg_t.temperature, seed=ctx.cfg.seed,
                              train_and_predict=train_and_predict, options=dict(ctx.cfg.method_options),
-                             n_epochs=epochs_for(len(x_lab) + len(x_pool), _train_config(ctx, None)))
+                             n_epochs=epochs_for(len(x_lab) + len(x_pool), _train_config(ctx, None)),
+                             pool_features=x_pool)
         plan = plan_method(method, mctx)
         info.update(plan.info)
         result = train_student(model, x_lab, y_lab, x_pool=x_pool, teacher_probs=t_pool, objective=plan.objective,

@@ -355,3 +355,20 @@ def test_taid_resumes_its_schedule_from_a_checkpoint(tmp_path, digits_ctx):
     resumed = cr.TaidObjective(n_epochs=3)
     train_student(_model(), xl, yl, x_pool=xu, teacher_probs=tu, objective=resumed, config=cfg)  # nothing left to do
     assert resumed.t == pytest.approx(obj.t) == pytest.approx(1.0)
+
+
+def test_cleanlab_filter_flags_mostly_teacher_mistakes(digits_ctx):
+    from dataclasses import replace
+    from sklearn.datasets import load_digits
+    ctx, (xl, yl, xu, tu), cfg = digits_ctx
+    y_pool = load_digits().target[260:860]
+    plan = plan_method("cleanlab-filter", replace(ctx, pool_features=xu))
+    dropped = plan.pool_weights == 0
+    wrong = tu.argmax(1) != y_pool
+    assert 0 < dropped.mean() < 0.6
+    assert dropped[wrong].mean() > 2 * dropped[~wrong].mean()  # confident learning finds the teacher's errors
+    res = train_student(_model(), xl, yl, x_pool=xu, teacher_probs=tu, objective=plan.objective,
+                        pool_weights=plan.pool_weights, config=cfg)
+    assert np.isfinite(res.history[-1]["loss"])
+    with pytest.raises(ConfigError, match="pool's features"):
+        plan_method("cleanlab-filter", ctx)
