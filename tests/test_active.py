@@ -64,7 +64,7 @@ def first_run(tmp_path_factory):
 
 
 @pytest.fixture
-def tmp_out(first_run, tmp_path):
+def tmp_out(tmp_path):
     return tmp_path
 
 
@@ -214,3 +214,9 @@ def test_cli_active(first_run, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "budget of zero" in r.stderr
     shutil.rmtree(tmp_path)
+
+
+def test_continue_training_with_coreset_and_a_correction(tmp_out):
+    res = run_active(_cfg(tmp_out, strategy="coreset", budget=[15, 25], retrain="continue", correction="slam"))
+    assert res["queries"] == [0, 15, 25] and res["correction"] == "slam"
+    assert all(0.0 < a <= 1.0 for a in res["test_accuracy"])
