@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import Field, ValidationError, model_validator
 
-from .config import RunConfig, _format_errors, _set_dotted
+from .config import RunConfig, _format_errors, _set_dotted, read_yaml_mapping
 from .errors import ConfigError, DataError
 from .selection import SELECTORS, dep_round, rad_gains, rad_probabilities, select
 
@@ -114,18 +114,8 @@ def parse_active_config(data: dict | None, source: str = "<dict>") -> ActiveConf
 def load_active_config(path, overrides: dict | None = None) -> ActiveConfig:
     """Read a YAML active config; relative paths (data, teacher, store, cost file, output) are
     resolved against its folder, like `mentor.config.load_config`."""
-    import yaml
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist.")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level.")
-    for key, value in (overrides or {}).items():
-        _set_dotted(data, key, value)
+    data = read_yaml_mapping(path, overrides)
     cfg = parse_active_config(data, str(path))
     base = path.parent
 

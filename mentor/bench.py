@@ -59,12 +59,14 @@ def suite_configs(suite: str) -> dict[str, dict]:
 
 
 def write_synthetic_margin(folder: Path, *, n: int = 12000, dim: int = 20, gamma: float = 0.1,
-                           noise_scale: float = 0.4, seed: int = 1234) -> tuple[Path, Path]:
-    """Separable data with margin `gamma` and a teacher wrong with probability ½·exp(−|w·x|/s).
+                           tilt_degrees: float = 20.0, noise_scale: float = 0.3, seed: int = 1234) -> tuple[Path, Path]:
+    """Separable data (labels sign(w·x), margin ≥ `gamma`) and a teacher that is wrong near the boundary.
 
-    The teacher's confidence grows with |w·x| (plus noise), so its margin is informative about its
-    mistakes: the regime in which the weighting papers prove their corrections remove the bias.
-    Deterministic in `seed`; the files are rewritten only if absent.
+    The teacher classifies with a tilted direction w_T (angle `tilt_degrees` from w), so its errors
+    are systematic and lie where |w_T·x| is small, and on top flips labels with probability
+    ½·exp(−|w_T·x|/s). Its confidence grows with |w_T·x|, so its margin is informative about its
+    mistakes: the regime the weighting papers analyse. A student that copies the teacher copies
+    the tilt. Deterministic in `seed`; files are written only if absent.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -76,14 +78,20 @@ def write_synthetic_margin(folder: Path, *, n: int = 12000, dim: int = 20, gamma
     rng = np.random.default_rng(seed)
     w = rng.normal(size=dim)
     w /= np.linalg.norm(w)
+    u = rng.normal(size=dim)
+    u -= (u @ w) * w
+    u /= np.linalg.norm(u)
+    theta = np.deg2rad(tilt_degrees)
+    w_t = np.cos(theta) * w + np.sin(theta) * u
     x = rng.normal(size=(3 * n, dim))
-    s = x @ w
-    keep = np.abs(s) >= gamma
-    x, s = x[keep][:n], s[keep][:n]
-    y = (s > 0).astype(np.int64)
-    wrong = rng.uniform(size=n) < 0.5 * np.exp(-np.abs(s) / noise_scale)
-    y_teacher = np.where(wrong, 1 - y, y)
-    conf = 1.0 / (1.0 + np.exp(-(3.0 * np.abs(s) + rng.normal(scale=0.5, size=n))))
+    keep = np.abs(x @ w) >= gamma
+    x = x[keep][:n]
+    y = (x @ w > 0).astype(np.int64)
+    s_t = x @ w_t
+    y_teacher = (s_t > 0).astype(np.int64)
+    flip = rng.uniform(size=n) < 0.5 * np.exp(-np.abs(s_t) / noise_scale)
+    y_teacher = np.where(flip, 1 - y_teacher, y_teacher)
+    conf = 1.0 / (1.0 + np.exp(-(3.0 * np.abs(s_t) + rng.normal(scale=0.3, size=n))))
     conf = np.clip(conf, 0.5, 1.0 - 1e-6)
     probs = np.where(y_teacher[:, None] == np.arange(2), conf[:, None], 1.0 - conf[:, None])
     ids = [f"s{i:06d}" for i in range(n)]
@@ -177,7 +185,7 @@ def machine_info() -> dict:
 
 
 def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out: Path | None = None,
-          repeats: int = 3) -> dict:
+          repeats: int = 3, selection: bool = True) -> dict:
     """Three ratios, each from the same examples in one process (best of `repeats`)."""
     import shutil
     import torch
@@ -258,6 +266,9 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         "store_read_vs_training_consumption": (n / t_iter) / train_rate,
         "machine": machine_info(), "repeats": repeats,
     }
+    if selection:
+        from .active import selection_speed
+        result["selection"] = selection_speed(n=1_000_000, n_classes=10)
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(json_out).write_text(json.dumps(result, indent=2))
