@@ -45,6 +45,7 @@ class TeacherConfig(_Strict):
     id_column: str = "id"                # id column of the teacher file
     cost_per_example: float = 0.0        # what one teacher call costs (money, GPU-seconds); recorded
     epochs: int = 60                     # built-in teachers trained on A
+    min_steps: int = 2000                # ... for at least this many optimiser steps
     hidden: list[int] = Field(default_factory=lambda: [256, 128])
 
     @model_validator(mode="after")

@@ -99,7 +99,7 @@ def get_teacher(ctx: RunContext) -> Teacher:
     teacher = train_model_teacher(t.kind, data.features[sp.labeled], data.labels[sp.labeled],
                                   n_classes=data.n_classes, data_kind=data.kind, image_shape=data.image_shape,
                                   seed=ctx.cfg.seed, epochs=t.epochs, hidden=tuple(t.hidden),
-                                  device=ctx.cfg.train.device)
+                                  device=ctx.cfg.train.device, min_steps=t.min_steps)
     teacher.cost_per_example = t.cost_per_example
     save_teacher(teacher, path)
     return teacher

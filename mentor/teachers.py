@@ -251,7 +251,8 @@ def _as_matrix(column, name: str) -> np.ndarray:
 # Teachers trained on the labeled set A (the honest protocol: the teacher never sees V or U labels)
 
 def train_model_teacher(kind: str, features, labels, *, n_classes: int, data_kind: str, image_shape=None,
-                        seed: int = 0, epochs: int = 60, hidden=(256, 128), device: str = "auto") -> Teacher:
+                        seed: int = 0, epochs: int = 60, hidden=(256, 128), device: str = "auto",
+                        min_steps: int = 2000) -> Teacher:
     """Fit a built-in teacher on A. Kinds: 'mlp', 'cnn' (images), 'hgb' (gradient-boosted trees),
     'logistic', 'minilm' (frozen sentence encoder + logistic head, text)."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -269,7 +270,8 @@ def train_model_teacher(kind: str, features, labels, *, n_classes: int, data_kin
     torch.manual_seed(seed)
     model = build_model(kind, in_features=x.shape[1], n_classes=n_classes, image_shape=image_shape,
                         hidden=tuple(hidden), dropout=0.1)
-    train_student(model, x, labels, config=TrainConfig(epochs=epochs, seed=seed, device=device, weight_decay=1e-4))
+    train_student(model, x, labels, config=TrainConfig(epochs=epochs, min_steps=min_steps, seed=seed, device=device,
+                                                       weight_decay=1e-4))
     model.cpu()
     teacher = TorchTeacher(model, n_classes, featurizer=feat, device=device)
     teacher.kind = kind

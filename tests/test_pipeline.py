@@ -27,13 +27,15 @@ def _cli(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
+    """The real `mentor demo`, run once through the CLI; later tests reuse its folder."""
     out = tmp_path_factory.mktemp("demo")
-    cfg = demo_config(output_dir=str(out), seed=0)
-    return out, run(cfg)
+    res = _cli("demo", "--output-dir", str(out))
+    assert res.returncode == 0, res.stderr
+    return out, json.loads((out / "metrics.json").read_text()), res.stdout
 
 
 def test_demo_distilled_student_beats_labeled_only(demo_run):
-    out, m = demo_run
+    out, m, _ = demo_run
     assert set(m) >= {"test_accuracy", "teacher", "labeled_only", "student", "gap_closed", "config"}
     assert m["teacher"]["accuracy"] > m["labeled_only"]["accuracy"]
     assert m["test_accuracy"] > m["labeled_only"]["accuracy"]  # distillation on the pool must help here
@@ -46,7 +48,7 @@ def test_demo_distilled_student_beats_labeled_only(demo_run):
 
 
 def test_rerun_pays_nothing_twice_and_reproduces(demo_run):
-    out, m = demo_run
+    out, m, _ = demo_run
     m2 = run(demo_config(output_dir=str(out), seed=0))
     last = json.loads((out / "teacher.json").read_text())["last_label_run"]
     assert last["n_new"] == 0 and last["n_skipped"] == 997 + 300 + 400
@@ -54,8 +56,9 @@ def test_rerun_pays_nothing_twice_and_reproduces(demo_run):
 
 
 def test_store_of_another_teacher_is_refused(demo_run, tmp_path):
-    out, _ = demo_run
+    out, *_ = demo_run
     cfg = demo_config(output_dir=str(tmp_path), seed=1)  # seed 1 trains a different teacher
+    cfg.teacher.min_steps = 100
     cfg.store.path = str(out / "store")
     ctx = prepare(cfg)
     with pytest.raises(StoreError, match="holds outputs of teacher"):
@@ -81,7 +84,7 @@ def _user_files(tmp_path: Path, *, bad_teacher=None):
     cfg = {"seed": 0, "output_dir": "run", "method": "vanilla-soft",
            "data": {"path": "data.parquet"}, "split": {"n_labeled": 100, "n_val": 200, "n_test": 300},
            "teacher": {"kind": "file", "path": "teacher.parquet", "output": "probs"},
-           "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 10}}
+           "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 10, "min_steps": 200}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "config.yaml"
 
@@ -133,8 +136,8 @@ def test_unknown_config_key_is_named(tmp_path):
         parse_config({"teacher": {"kind": "file"}})
 
 
-def test_demo_cli_prints_the_three_accuracies(tmp_path):
-    res = _cli("demo", "--output-dir", str(tmp_path / "d"))
-    assert res.returncode == 0, res.stderr
-    for word in ("teacher", "labeled-only student", "distilled student"):
-        assert word in res.stdout
+def test_demo_cli_prints_the_three_accuracies(demo_run):
+    out, m, stdout = demo_run
+    for word in ("teacher", "labeled-only student", "distilled student (vanilla-soft)"):
+        assert word in stdout
+    assert f"{100 * m['test_accuracy']:.2f}%" in stdout and f"{100 * m['teacher']['accuracy']:.2f}%" in stdout

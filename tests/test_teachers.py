@@ -114,7 +114,8 @@ def test_builtin_teacher_trains_on_labels_and_roundtrips(tmp_path):
     from sklearn.datasets import load_digits
     x, y = load_digits(return_X_y=True)
     x = (x / 16).astype(np.float32)
-    t = train_model_teacher("mlp", x[:300], y[:300], n_classes=10, data_kind="image", image_shape=(1, 8, 8), epochs=5)
+    t = train_model_teacher("mlp", x[:300], y[:300], n_classes=10, data_kind="image", image_shape=(1, 8, 8), epochs=5,
+                            min_steps=300)
     acc = (t.predict_proba(x[1000:]).argmax(1) == y[1000:]).mean()
     assert acc > 0.8
     save_teacher(t, tmp_path / "t.pkl")

@@ -70,8 +70,8 @@ def test_distillation_helps_the_student_on_digits(toy):
     y_all = load_digits().target
     clean = np.eye(10, dtype=np.float32)[y_all[100:500]]  # an oracle teacher
     a, b = _model(), _model()
-    train_student(a, xl, yl, config=TrainConfig(epochs=20))
-    train_student(b, xl, yl, x_pool=xu, teacher_probs=clean, config=TrainConfig(epochs=20))
+    train_student(a, xl, yl, config=TrainConfig(epochs=20, min_steps=300))
+    train_student(b, xl, yl, x_pool=xu, teacher_probs=clean, config=TrainConfig(epochs=20, min_steps=300))
     acc = lambda m: (predict_proba(m, xt).argmax(1) == yt).mean()
     assert acc(b) > acc(a) + 0.02
 
