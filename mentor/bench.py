@@ -253,15 +253,19 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
                                  pool_weights=plan.pool_weights, config=cfg).seconds
         return train_student(model, x, y, config=cfg).seconds
 
-    t_ce = min(epoch(False) for _ in range(repeats))
-    epoch_seconds = {}
+    # interleaved rounds (CE, then every method, repeated) and medians, so drift in the machine's
+    # load hits every arm alike
     from .methods import METHODS
-    for m in sorted(METHODS):
-        if m in ("weighted-disagreement", "cleanlab-filter"):
-            continue  # their training step is a vanilla/weighted step; their extra cost is a whole first pass
-        epoch_seconds[m] = min(epoch(True, m) for _ in range(repeats))
-    method_ratios = {m: t / t_ce for m, t in epoch_seconds.items()}
-    vs_vanilla = {m: t / epoch_seconds["vanilla-soft"] for m, t in epoch_seconds.items()}
+    arms = ["ce"] + [m for m in sorted(METHODS) if m not in ("weighted-disagreement", "cleanlab-filter")]
+    # (those two train like vanilla/weighted per step; their extra cost is a whole first pass or fit)
+    times: dict[str, list[float]] = {a: [] for a in arms}
+    for _ in range(max(repeats, 5)):
+        for a in arms:
+            times[a].append(epoch(False) if a == "ce" else epoch(True, a))
+    med = {a: float(np.median(v)) for a, v in times.items()}
+    t_ce = med.pop("ce")
+    method_ratios = {m: t / t_ce for m, t in med.items()}
+    vs_vanilla = {m: t / med["vanilla-soft"] for m, t in med.items()}
     train_rate = n / t_ce
     result = {
         "n_examples": n, "dataset": ds.name, "teacher": "SmallCNN (built-in)", "teacher_batch": bs,
