@@ -585,13 +585,10 @@ def selection_speed(n: int = 1_000_000, n_classes: int = 10, *, b: int = 1000, r
     probs /= probs.sum(1, keepdims=True)
     cand = np.arange(n)
 
+    from .bench import best_of
+
     def best(fn):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return best_of(fn, repeats)
 
     res: dict = {"n": n, "n_classes": n_classes, "b": b, "repeats": repeats, "seconds": {}}
     for name in ("margin", "entropy"):

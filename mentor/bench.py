@@ -176,6 +176,16 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def best_of(fn, repeats: int = 3) -> float:
+    """Fastest of `repeats` wall-clock timings of fn(): the least disturbed by other load."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def machine_info() -> dict:
     import os
     import torch
@@ -221,12 +231,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         return st
 
     def best(fn):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return best_of(fn, repeats)
 
     t_bare, t_store = best(bare), best(stored)
     store = stored()
