@@ -239,7 +239,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     t_iter = best(lambda: sum(len(b[0]) for b in store.iter_batches(8192)))
     probs = store.read(ids)
 
-    # one epoch of plain CE on all n examples vs one epoch of each distillation method on the same
+    # three epochs of plain CE on all n examples vs three of each distillation method on the same
     # examples; methods that read V get the first 1,000 examples (with their true labels) as V
     x = feats[:n].astype(np.float32)
     y = probs.argmax(1)
@@ -251,7 +251,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     def epoch(distill: bool, method: str = "vanilla-soft"):
         torch.manual_seed(0)
         model = build_model("mlp", in_features=x.shape[1], n_classes=n_cls, hidden=(128,))
-        cfg = TrainConfig(epochs=1, min_steps=0, seed=0, device="cpu")
+        cfg = TrainConfig(epochs=3, min_steps=0, seed=0, device="cpu")
         if distill:
             plan = plan_method(method, ctx)  # set-up (fits on V) is not part of the step cost
             return train_student(model, x[:0], y[:0], x_pool=x, teacher_probs=probs, objective=plan.objective,
@@ -264,7 +264,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     arms = ["ce"] + [m for m in sorted(METHODS) if m not in ("weighted-disagreement", "cleanlab-filter")]
     # (those two train like vanilla/weighted per step; their extra cost is a whole first pass or fit)
     times: dict[str, list[float]] = {a: [] for a in arms}
-    for _ in range(max(repeats, 5)):
+    for _ in range(max(repeats, 7)):
         for a in arms:
             times[a].append(epoch(False) if a == "ce" else epoch(True, a))
     med = {a: float(np.median(v)) for a, v in times.items()}
