@@ -257,6 +257,9 @@ def train_model_teacher(kind: str, features, labels, *, n_classes: int, data_kin
     'logistic', 'minilm' (frozen sentence encoder + logistic head, text)."""
     labels = np.asarray(labels, dtype=np.int64)
     if kind == "minilm":
+        if data_kind != "text":
+            raise ConfigError(f"teacher 'minilm' is a sentence encoder and reads text, but this data is {data_kind}; "
+                              "use teacher kind mlp, cnn, cnn1d, hgb or logistic.")
         return EncoderTeacher.fit(features, labels, n_classes=n_classes, seed=seed)
     if data_kind == "text":
         raise ConfigError(f"teacher {kind!r} cannot read text; use teacher kind 'minilm' for text data.")

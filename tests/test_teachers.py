@@ -123,6 +123,8 @@ def test_builtin_teacher_trains_on_labels_and_roundtrips(tmp_path):
     assert t2.fingerprint == t.fingerprint and np.allclose(t2.predict_proba(x[:10]), t.predict_proba(x[:10]))
     with pytest.raises(ConfigError, match="minilm"):
         train_model_teacher("mlp", np.array(["a", "b"], dtype=object), np.array([0, 1]), n_classes=2, data_kind="text")
+    with pytest.raises(ConfigError, match="reads text, but this data is image"):
+        train_model_teacher("minilm", x[:10], y[:10], n_classes=10, data_kind="image")
 
 
 def test_minilm_teacher_on_real_text():
