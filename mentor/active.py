@@ -37,9 +37,9 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from .config import RunConfig, _format_errors, _set_dotted, read_yaml_mapping
+from .config import RunConfig, _set_dotted, read_yaml_mapping, validate_config
 from .errors import ConfigError, DataError
 from .selection import SELECTORS, dep_round, rad_gains, rad_probabilities, select
 
@@ -105,10 +105,7 @@ class ActiveConfig(RunConfig):
 
 
 def parse_active_config(data: dict | None, source: str = "<dict>") -> ActiveConfig:
-    try:
-        return ActiveConfig.model_validate(data or {})
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+    return validate_config(ActiveConfig, data, source)
 
 
 def load_active_config(path, overrides: dict | None = None) -> ActiveConfig:

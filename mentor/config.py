@@ -117,11 +117,16 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict | None, source: str = "<dict>") -> RunConfig:
+def validate_config(model: type[BaseModel], data: dict | None, source: str = "<dict>"):
+    """Validate `data` against a config model; every problem becomes one ConfigError naming its key."""
     try:
-        return RunConfig.model_validate(data or {})
+        return model.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, source)) from None
+
+
+def parse_config(data: dict | None, source: str = "<dict>") -> RunConfig:
+    return validate_config(RunConfig, data, source)
 
 
 def load_config(path, overrides: dict | None = None) -> RunConfig:

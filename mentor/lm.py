@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from .config import _format_errors, _Strict, read_yaml_mapping
+from .config import _Strict, read_yaml_mapping, validate_config
 from .errors import ConfigError, DataError, StoreError
 from .lm_losses import LM_LOSSES, TAIDSchedule, TopK, next_token_ce
 from .store import _atomic_write, _sha256_file
@@ -120,10 +120,7 @@ class LMDistillConfig(_Strict):
 
 
 def parse_lm_config(data: dict | None, source: str = "<dict>") -> LMDistillConfig:
-    try:
-        return LMDistillConfig.model_validate(data or {})
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+    return validate_config(LMDistillConfig, data, source)
 
 
 def load_lm_config(path, overrides: dict | None = None) -> LMDistillConfig:
