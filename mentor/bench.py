@@ -45,7 +45,7 @@ def suite_configs(suite: str) -> dict[str, dict]:
     synthetic = {
         # the papers' theory setting: linearly separable data with a margin, a teacher whose mistakes
         # concentrate at small margin (a file of outputs, written by `write_synthetic_margin`), a linear student
-        "synthetic-margin": {"data": {"path": "synthetic-margin/data.parquet"},
+        "synthetic-margin": {"synthetic": {}, "data": {"path": "synthetic-margin/data.parquet"},
                              "split": {"n_labeled": 100, "n_val": 500, "n_test": 2000},
                              "teacher": {"kind": "file", "path": "synthetic-margin/teacher.parquet"},
                              "student": {"kind": "logistic"}, "train": {"epochs": 20}},
@@ -111,12 +111,15 @@ def _append_row(path: Path | None, row: dict) -> None:
 
 def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None = None,
             datasets: list[str] | None = None, json_out: Path | None = None, work_dir: Path = Path("bench-out"),
-            log: Callable = print) -> list[dict]:
-    """Run the protocol for every (dataset, seed) and every method; returns the rows."""
+            log: Callable = print, configs: dict[str, dict] | None = None) -> list[dict]:
+    """Run the protocol for every (dataset, seed) and every method; returns the rows.
+
+    `configs` replaces the suite's templates (name -> partial RunConfig dict), for studies
+    beyond the built-in suites."""
     from .methods import METHODS
     from .pipeline import get_teacher, label, prepare, student_test_probs, teacher_outputs, train
     from .evaluate import accuracy
-    configs = suite_configs(suite)
+    configs = configs or suite_configs(suite)
     names = datasets or list(configs)
     unknown = [d for d in names if d not in configs]
     if unknown:
@@ -130,8 +133,11 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     rows = []
     for name in names:
         template = configs[name]
-        if name == "synthetic-margin":
-            data_path, teacher_path = write_synthetic_margin(Path(work_dir) / "synthetic-margin")
+        if "synthetic" in template:  # generator arguments of write_synthetic_margin
+            template = dict(template)
+            gen = template.pop("synthetic")
+            tag = "-".join(f"{k}{v}" for k, v in sorted(gen.items())) or "default"
+            data_path, teacher_path = write_synthetic_margin(Path(work_dir) / "synthetic-margin" / tag, **gen)
             template = {**template, "data": {"path": str(data_path.resolve())},
                         "teacher": {**template["teacher"], "path": str(teacher_path.resolve())}}
         for seed in range(seeds):

@@ -90,10 +90,8 @@ def _topk_mask(teacher_probs: torch.Tensor, k) -> torch.Tensor:
 def _mix_terms(student_probs, teacher_probs, alpha, k, normalized):
     """(α as a column, second term (1 − α)(1 − f_j)[j ∈ topk](/(k − 1)))."""
     n, c = teacher_probs.shape
+    _check_k(k, c, normalized)
     kk = torch.as_tensor(k, device=teacher_probs.device)
-    if bool(((kk < 1) | (kk > c)).any()) or (normalized and bool((kk < 2).any())):
-        raise ConfigError(f"SLaM k must lie in [{2 if normalized else 1}, {c}] (n_classes={c}); "
-                          "the normalised mix divides by k − 1, so it needs k ≥ 2.")
     a = _column(alpha, n, student_probs)
     second = (1 - a) * (1 - student_probs) * _topk_mask(teacher_probs, kk).to(student_probs.dtype)
     if normalized:
@@ -110,22 +108,58 @@ def slam_mix(student_probs: torch.Tensor, teacher_probs: torch.Tensor, alpha, k,
     return a * student_probs + second
 
 
+def slam_coefficients(alpha, k, topk_mask: torch.Tensor, normalized: bool = False):
+    """Per-example constants that make the SLaM mix one fused op per step.
+
+    On the top-k classes `mix_j = α·f_j + (1 − α)(1 − f_j)/d = b·f_j + c` with d = 1 (or k − 1
+    normalised), `b = α − (1 − α)/d` and `c = (1 − α)/d`; elsewhere `mix_j = α·f_j`. Returns
+    `(log α, b, c, on)` as (n, 1), (n, 1), (n, 1), (n, C) tensors, where `on` marks the entries
+    that use `b·f + c` (top-k and α < 1). They depend only on the teacher, so a training loop
+    computes them once per pool example instead of sorting the teacher's outputs every step.
+    """
+    n, c_ = topk_mask.shape
+    dtype = torch.float32 if not torch.is_floating_point(torch.as_tensor(alpha)) else torch.as_tensor(alpha).dtype
+    a = _column(alpha, n, torch.empty(0, dtype=dtype, device=topk_mask.device))
+    d = _column(k, n, a) - 1 if normalized else torch.ones_like(a)
+    c = (1 - a) / d
+    return torch.log(a), a - c, c, topk_mask.bool() & (c > 0)
+
+
+def slam_loss_from_coefficients(student_logits: torch.Tensor, target_probs: torch.Tensor, log_alpha, b, c, on):
+    """`−Σ_j target_j · log mix_j` given `slam_coefficients` (the fast path of `slam_loss`).
+
+    Where the second term is 0 (outside the top k, or α = 1) `log mix_j = log α + log f_j`
+    exactly, so α = 1 is plain distillation to the last digit and tiny student probabilities
+    keep their gradient; elsewhere `mix_j ≥ c > 0` and the log is safe (clamped for rounding).
+    """
+    logf = F.log_softmax(student_logits, dim=-1)
+    mixed = torch.log(torch.addcmul(c, b, logf.exp()).clamp(EPS, 1.0))
+    log_mix = torch.where(on, mixed, log_alpha + logf)
+    return -(target_probs * log_mix).sum(dim=-1)
+
+
+def _check_k(k, n_classes: int, normalized: bool) -> None:
+    kk = torch.as_tensor(k)
+    if bool(((kk < 1) | (kk > n_classes)).any()) or (normalized and bool((kk < 2).any())):
+        raise ConfigError(f"SLaM k must lie in [{2 if normalized else 1}, {n_classes}] (n_classes={n_classes}); "
+                          "the normalised mix divides by k − 1, so it needs k ≥ 2.")
+
+
 def slam_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, alpha, k, normalized: bool = False,
               teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-example `−Σ_j target_j · log(clamp(mix_j))` with the SLaM mix of the student's softmax.
+    """Per-example `−Σ_j target_j · log(mix_j)` with the SLaM mix of the student's softmax.
 
     `target_probs` is the teacher distribution (soft) or its one-hot argmax (hard); the top-k set
     comes from `teacher_probs` (defaults to `target_probs`, right for soft targets; pass the
-    teacher's probabilities for hard ones). Where the second term is 0 (classes outside the
-    top k, or α = 1) `log mix_j = log α + log_softmax_j` exactly, so α = 1 is plain
-    distillation to the last digit and tiny student probabilities keep their gradient;
-    elsewhere the mix is bounded away from 0 and clamped inside the log.
+    teacher's probabilities for hard ones). `alpha` and `k` are scalars or per-example (n,)
+    tensors. Same value as scoring `slam_mix` (see `slam_loss_from_coefficients` for how
+    α = 1 and tiny probabilities stay exact).
     """
-    logf = F.log_softmax(student_logits, dim=-1)
-    f = logf.exp()
-    a, second = _mix_terms(f, target_probs if teacher_probs is None else teacher_probs, alpha, k, normalized)
-    log_mix = torch.where(second > 0, torch.log((a * f + second).clamp(EPS, 1.0)), torch.log(a) + logf)
-    return -(target_probs * log_mix).sum(dim=-1)
+    t = target_probs if teacher_probs is None else teacher_probs
+    _check_k(k, t.shape[-1], normalized)
+    alpha = torch.as_tensor(alpha, dtype=student_logits.dtype, device=student_logits.device)
+    coef = slam_coefficients(alpha, k, _topk_mask(t, torch.as_tensor(k, device=t.device)), normalized)
+    return slam_loss_from_coefficients(student_logits, target_probs, *coef)
 
 
 def sign_change_alpha(normalized: bool, k=2):
@@ -206,10 +240,14 @@ def _check_mode(mode: str) -> str:
 class SlamObjective(_PerExample):
     """SLaM on the pool: per-example α and k (arrays over the pool, indexed by `pool_index`).
 
-    Targets are the teacher's probabilities at temperature 1 (soft) or its one-hot top label (hard).
+    Targets are the teacher's probabilities at temperature 1 (soft) or its one-hot top label
+    (hard). Given `teacher_probs_pool` (same order as α), the mix's constants and top-k sets are
+    computed once here (`slam_coefficients`), so a step costs one fused op more than plain
+    distillation; without it they are recomputed from each batch's teacher outputs.
     """
 
-    def __init__(self, alpha: np.ndarray, k: np.ndarray, mode: str = "soft", normalized: bool = False):
+    def __init__(self, alpha: np.ndarray, k: np.ndarray, mode: str = "soft", normalized: bool = False,
+                 teacher_probs_pool: np.ndarray | None = None):
         alpha, k = np.asarray(alpha, dtype=np.float64), np.asarray(k, dtype=np.int64)
         if alpha.shape != k.shape or alpha.ndim != 1:
             raise ConfigError(f"alpha and k must be 1-d arrays over the pool of equal length, got {alpha.shape}, {k.shape}.")
@@ -218,13 +256,38 @@ class SlamObjective(_PerExample):
         if (alpha < sign_change_alpha(normalized, k) - 1e-9).any() or (alpha > 1).any():
             raise ConfigError("SLaM α below the sign-change point (½, or 1/k normalised) or above 1 would push "
                               "the student away from the teacher; clip it with `slam_alpha`.")
-        super().__init__(alpha=alpha.astype(np.float32), k=k)
+        arrays = {"alpha": alpha.astype(np.float32), "k": k}
+        if teacher_probs_pool is not None:
+            arrays.update(_pool_coefficients(np.asarray(teacher_probs_pool, dtype=np.float32), arrays["alpha"], k,
+                                             normalized))
+        super().__init__(**arrays)
         self.mode, self.normalized = _check_mode(mode), normalized
 
     def pool_loss(self, student_logits, teacher_probs, pool_index):
         target = distillation_targets(teacher_probs, self.mode)
+        if "coef" in self._np:
+            coef = self._get("coef", pool_index).to(student_logits.dtype)
+            return slam_loss_from_coefficients(student_logits, target, coef[:, 0:1], coef[:, 1:2], coef[:, 2:3],
+                                               self._get("on", pool_index))
         return slam_loss(student_logits, target, self._get("alpha", pool_index).to(student_logits.dtype),
                          self._get("k", pool_index), self.normalized, teacher_probs=teacher_probs)
+
+
+def _pool_coefficients(teacher_probs: np.ndarray, alpha: np.ndarray, k: np.ndarray, normalized: bool,
+                       chunk: int = 65536) -> dict:
+    """`slam_coefficients` over the whole pool, in chunks (the top-k sort needs n×C indices)."""
+    if teacher_probs.ndim != 2 or len(teacher_probs) != len(alpha):
+        raise ConfigError(f"teacher_probs_pool must be (n_pool, C) with n_pool = len(alpha) = {len(alpha)}, "
+                          f"got {teacher_probs.shape}.")
+    _check_k(k, teacher_probs.shape[1], normalized)
+    coef, on = [], []
+    for s in range(0, len(alpha), chunk):
+        t, kk = torch.from_numpy(teacher_probs[s:s + chunk]), torch.from_numpy(k[s:s + chunk])
+        la, b, c, o = slam_coefficients(torch.from_numpy(alpha[s:s + chunk]), kk, _topk_mask(t, kk), normalized)
+        coef.append(torch.cat([la, b, c], dim=1).numpy())
+        on.append(o.numpy())
+    return {"coef": np.concatenate(coef) if coef else np.zeros((0, 3), np.float32),
+            "on": np.concatenate(on) if on else np.zeros((0, teacher_probs.shape[1]), bool)}
 
 
 # ---------------------------------------------------------------------------------------------- baselines
@@ -283,8 +346,12 @@ class ForwardCorrectionObjective:
 
     def pool_loss(self, student_logits, teacher_probs, pool_index):
         target = distillation_targets(teacher_probs, self.mode)
-        return slam_loss(student_logits, target, 1.0 - self.eps, self.n_classes, normalized=True,
-                         teacher_probs=teacher_probs)
+        logf = F.log_softmax(student_logits, dim=-1)
+        if self.eps == 0:  # f·T = f: plain distillation
+            return -(target * logf).sum(dim=-1)
+        c = self.eps / (self.n_classes - 1)  # every class is in the "top C": one affine map for all
+        log_mix = torch.log((logf.exp() * (1 - self.eps - c) + c).clamp(EPS, 1.0))
+        return -(target * log_mix).sum(dim=-1)
 
     def state_dict(self) -> dict:
         return {}

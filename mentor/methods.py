@@ -146,7 +146,8 @@ def _slam(ctx: MethodContext, mode: str, normalized: bool, name: str) -> MethodP
     floor = 1.0 / k if normalized else 0.5
     info = {"k": k, "alpha": {**weight_stats(alpha), "at_floor_fraction": float(np.mean(alpha <= floor + 1e-9))},
             "normalized": normalized, "mode": mode, "reliability": rel.to_dict()}
-    return MethodPlan(SlamObjective(alpha, np.full(len(alpha), k), mode=mode, normalized=normalized), info=info)
+    return MethodPlan(SlamObjective(alpha, np.full(len(alpha), k), mode=mode, normalized=normalized,
+                                    teacher_probs_pool=ctx.teacher_probs_pool), info=info)
 
 
 @register_method("slam")

@@ -372,3 +372,27 @@ def test_cleanlab_filter_flags_mostly_teacher_mistakes(digits_ctx):
     assert np.isfinite(res.history[-1]["loss"])
     with pytest.raises(ConfigError, match="pool's features"):
         plan_method("cleanlab-filter", ctx)
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_slam_precomputed_pool_coefficients_match_per_step_loss(normalized):
+    """The objective's once-per-pool constants give the same loss and gradient as recomputing the
+    top-k set from each batch, including per-example k, α = 1 rows and one-hot (tied) teachers."""
+    logits, teacher = _rand(n=40, c=6, seed=3)
+    teacher = teacher.float()
+    teacher[:5] = F.one_hot(teacher[:5].argmax(1), 6).float()  # ties at 0 in the top-k sort
+    k = np.random.default_rng(0).integers(2, 6, size=40)
+    alpha = np.random.default_rng(1).uniform(0.5, 1.0, size=40)
+    alpha[::7] = 1.0
+    if normalized:
+        alpha = np.maximum(alpha, 1.0 / k)
+    fast = cr.SlamObjective(alpha, k, mode="soft", normalized=normalized, teacher_probs_pool=teacher.numpy())
+    slow = cr.SlamObjective(alpha, k, mode="soft", normalized=normalized)
+    assert "coef" in fast._np and "coef" not in slow._np
+    idx = torch.tensor([3, 0, 17, 8, 39, 1, 5])
+    z = logits.float()[idx]
+    lf, gf = _grad(lambda q: fast.pool_loss(q, teacher[idx], idx), z)
+    ls, gs = _grad(lambda q: slow.pool_loss(q, teacher[idx], idx), z)
+    assert torch.allclose(lf, ls, atol=1e-6) and torch.allclose(gf, gs, atol=1e-6)
+    with pytest.raises(ConfigError, match="teacher_probs_pool"):
+        cr.SlamObjective(alpha, k, teacher_probs_pool=teacher.numpy()[:10])
