@@ -494,7 +494,7 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
     teacher and the store (so `spent` is what each strategy paid that earlier ones had not)."""
-    from .bench import _append_row, suite_configs
+    from .bench import _append_row, materialise, suite_configs
     from .pipeline import get_teacher, prepare
     configs = suite_configs(suite)
     names = datasets or list(configs)
@@ -509,7 +509,7 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
         Path(json_out).unlink()
     rows = []
     for name in names:
-        template = _materialise(name, configs[name], Path(work_dir))
+        template = materialise(configs[name], Path(work_dir))
         for seed in range(seeds):
             base = {**template, "seed": seed, "output_dir": str(work_dir / "active" / suite / name / f"seed-{seed}")}
             for key, value in (overrides or {}).items():
@@ -536,18 +536,6 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
                     f"{100 * res['test_accuracy'][-1]:.2f}  (teacher {100 * (res.get('teacher_test_accuracy') or 0):.2f})")
             plot_curves(curves, ctx.out / "active.png", title=f"{name} seed {seed}")
     return rows
-
-
-def _materialise(name: str, template: dict, work_dir: Path) -> dict:
-    """Suite entries backed by generated files (the synthetic margin set, when mentor.bench has
-    its writer) get their files written and absolute paths, as `mentor bench quality` does."""
-    from . import bench
-    writer = getattr(bench, "write_synthetic_margin", None)
-    if name != "synthetic-margin" or writer is None:
-        return template
-    data_path, teacher_path = writer(work_dir / "synthetic-margin")
-    return {**template, "data": {**template["data"], "path": str(Path(data_path).resolve())},
-            "teacher": {**template["teacher"], "path": str(Path(teacher_path).resolve())}}
 
 
 def summarize_active(rows: list[dict]) -> str:

@@ -100,6 +100,19 @@ def write_synthetic_margin(folder: Path, *, n: int = 12000, dim: int = 20, gamma
     return data_path, teacher_path
 
 
+def materialise(template: dict, work_dir: Path) -> dict:
+    """A suite entry with generated data (a "synthetic" key holding `write_synthetic_margin`
+    arguments) gets its files written under `work_dir` and their absolute paths filled in."""
+    if "synthetic" not in template:
+        return template
+    template = dict(template)
+    gen = template.pop("synthetic")
+    tag = "-".join(f"{k}{v}" for k, v in sorted(gen.items())) or "default"
+    data_path, teacher_path = write_synthetic_margin(Path(work_dir) / "synthetic-margin" / tag, **gen)
+    return {**template, "data": {**template["data"], "path": str(data_path.resolve())},
+            "teacher": {**template["teacher"], "path": str(teacher_path.resolve())}}
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return
@@ -132,14 +145,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
         Path(json_out).unlink()
     rows = []
     for name in names:
-        template = configs[name]
-        if "synthetic" in template:  # generator arguments of write_synthetic_margin
-            template = dict(template)
-            gen = template.pop("synthetic")
-            tag = "-".join(f"{k}{v}" for k, v in sorted(gen.items())) or "default"
-            data_path, teacher_path = write_synthetic_margin(Path(work_dir) / "synthetic-margin" / tag, **gen)
-            template = {**template, "data": {"path": str(data_path.resolve())},
-                        "teacher": {**template["teacher"], "path": str(teacher_path.resolve())}}
+        template = materialise(configs[name], Path(work_dir))
         for seed in range(seeds):
             cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
             t0 = time.perf_counter()
