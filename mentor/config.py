@@ -39,9 +39,15 @@ class SplitConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript"] = "mlp"
+    kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript", "http"] = "mlp"
     path: str | None = None              # file of outputs (kind file) or TorchScript model (kind torchscript)
-    output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module holds
+    output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module / server holds
+    url: str | None = None               # kind http: endpoint answering POST {"ids", "inputs"} (README: remote teacher)
+    batch_size: int | None = Field(None, ge=1)  # kind http: examples per request; default store.batch_size
+    timeout_s: float = Field(60.0, gt=0)  # kind http: timeout of one request
+    max_retries: int = Field(5, ge=0)    # kind http: retries on connection errors, timeouts, HTTP 429 and 5xx
+    headers_env: dict[str, str] = Field(default_factory=dict)  # kind http: header -> env variable holding its value
+    model_version: str | None = None     # kind http: part of the fingerprint; change it when the served model changes
     id_column: str = "id"                # id column of the teacher file
     cost_per_example: float = 0.0        # what one teacher call costs (money, GPU-seconds); recorded
     epochs: int = 60                     # built-in teachers trained on A
@@ -52,6 +58,12 @@ class TeacherConfig(_Strict):
     def _needs_path(self):
         if self.kind in ("file", "torchscript") and not self.path:
             raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
+        if self.kind == "http" and not self.url:
+            raise ValueError("teacher kind 'http' needs teacher.url (e.g. http://localhost:8000/predict)")
+        if self.kind == "http" and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"teacher.url must start with http:// or https://, got {self.url!r}")
+        if self.kind != "http" and self.url:
+            raise ValueError(f"teacher.url is only used by teacher kind 'http' (kind is {self.kind!r})")
         return self
 
 
@@ -103,6 +115,11 @@ class RunConfig(_Strict):
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
             raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
+        if self.teacher.kind == "http":
+            # the store writes once per teacher call: make one call one request, so that a failure
+            # or a kill never loses an answer already paid for
+            n = min(self.store.batch_size, self.teacher.batch_size or self.store.batch_size)
+            self.store.batch_size = self.teacher.batch_size = n
         return self
 
 

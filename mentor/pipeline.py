@@ -27,7 +27,8 @@ from .evaluate import classification_report, gap_closed
 from .methods import MethodContext, plan_method
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
-from .teachers import FileTeacher, Teacher, TorchTeacher, load_teacher, save_teacher, train_model_teacher
+from .teachers import (FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
+                       train_model_teacher)
 from .train import TrainConfig, epochs_for, predict_proba, train_student
 
 
@@ -77,9 +78,12 @@ def prepare(cfg: RunConfig) -> RunContext:
 
 # ---------------------------------------------------------------------------------------------- teacher
 
+_HTTP_KEYS = {"url", "batch_size", "timeout_s", "max_retries", "headers_env", "model_version"}
+
+
 def get_teacher(ctx: RunContext) -> Teacher:
-    """The configured teacher: a file, a TorchScript module, or a built-in model trained on A
-    (cached in the run folder under a key of everything that determines it)."""
+    """The configured teacher: a file, a TorchScript module, an HTTP endpoint, or a built-in model
+    trained on A (cached in the run folder under a key of everything that determines it)."""
     t, data, sp = ctx.cfg.teacher, ctx.data, ctx.splits
     if t.kind == "file":
         teacher = FileTeacher(t.path, data.n_classes, output=t.output, id_column=t.id_column,
@@ -92,7 +96,12 @@ def get_teacher(ctx: RunContext) -> Teacher:
         module = torch.jit.load(t.path, map_location="cpu")
         return TorchTeacher(module, data.n_classes, output="probs" if t.output == "probs" else "logits",
                             cost_per_example=t.cost_per_example)
-    key = _key(t.model_dump(), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed)
+    if t.kind == "http":
+        return RemoteTeacher(t.url, data.n_classes, output=t.output, batch_size=t.batch_size or ctx.cfg.store.batch_size,
+                             timeout_s=t.timeout_s, max_retries=t.max_retries, headers_env=t.headers_env,
+                             model_version=t.model_version, cost_per_example=t.cost_per_example)
+    # the http-only keys stay out of the key, so teachers cached before they existed are found
+    key = _key(t.model_dump(exclude=_HTTP_KEYS), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed)
     path = ctx.out / f"teacher-{t.kind}-{key}.pkl"
     if path.exists():
         return load_teacher(path)
