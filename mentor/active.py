@@ -494,13 +494,10 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
     teacher and the store (so `spent` is what each strategy paid that earlier ones had not)."""
-    from .bench import _append_row, materialise, suite_configs
+    from .bench import _append_row, materialise, select_datasets, suite_configs
     from .pipeline import get_teacher, prepare
     configs = suite_configs(suite)
-    names = datasets or list(configs)
-    unknown = [d for d in names if d not in configs]
-    if unknown:
-        raise ConfigError(f"data sets {unknown} are not in suite {suite!r} ({', '.join(configs)}).")
+    names = select_datasets(configs, datasets, suite)
     strategies = strategies or DEFAULT_STRATEGIES
     bad = [s for s in strategies if s not in SELECTORS]
     if bad:

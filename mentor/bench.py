@@ -21,32 +21,45 @@ from .errors import ConfigError
 BASE_METHODS = ["teacher", "labeled-only", "vanilla-hard", "vanilla-soft"]
 
 
+def _strengths(template: dict, sizes: tuple[int, int]) -> dict[str, dict]:
+    """Two teacher strengths of one data set: the same template with a small and a larger A
+    (the teacher and the labeled-only student both learn from A)."""
+    return {f"A{n}": {**template, "split": {**template["split"], "n_labeled": n}} for n in sizes}
+
+
 def suite_configs(suite: str) -> dict[str, dict]:
-    """Per-dataset config templates. Sizes are set so the teacher (trained on A only) is clearly
-    better than the labeled-only student yet makes real mistakes."""
+    """Per-dataset config templates, keyed `name` or `name/A<n_labeled>` (two teacher strengths).
+
+    smoke: minutes. standard: the real data sets at a small and a larger A, with deep students
+    (two hidden layers of 256) where the input is a feature vector — students that can memorise
+    a teacher's mistakes, the regime the robust-distillation papers study — plus the synthetic
+    case of their theory."""
     smoke = {
         "digits": {"data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 300, "n_test": 400},
                    "teacher": {"kind": "mlp"}, "student": {"kind": "logistic"}, "train": {"epochs": 30}},
     }
-    standard = {
-        "fashion-mnist": {"data": {"name": "fashion-mnist"},
-                          "split": {"n_labeled": 2000, "n_val": 1000, "n_pool": 20000},
-                          "teacher": {"kind": "cnn", "epochs": 30}, "student": {"kind": "logistic"},
-                          "train": {"epochs": 10}},
-        "letter": {"data": {"name": "letter"}, "split": {"n_labeled": 1000, "n_val": 1000, "n_test": 4000},
-                   "teacher": {"kind": "hgb"}, "student": {"kind": "mlp", "hidden": [16]}, "train": {"epochs": 30}},
-        "fortunes": {"data": {"name": "fortunes"}, "split": {"n_labeled": 500, "n_val": 500, "n_test": 1000},
-                     "teacher": {"kind": "minilm"}, "student": {"kind": "tfidf"}, "train": {"epochs": 20}},
-        "mnist1d": {"data": {"name": "mnist1d", "options": {"n": 12000}},
-                    "split": {"n_labeled": 2000, "n_val": 1000, "n_test": 2000},
-                    "teacher": {"kind": "cnn1d", "epochs": 60},
-                    "student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 30}},
+    deep = {"kind": "mlp", "hidden": [256, 256]}
+    real = {
+        "fashion-mnist": ({"data": {"name": "fashion-mnist"}, "split": {"n_val": 1000, "n_pool": 20000},
+                           "teacher": {"kind": "cnn", "epochs": 30}, "student": deep, "train": {"epochs": 10}},
+                          (1000, 4000)),
+        "letter": ({"data": {"name": "letter"}, "split": {"n_val": 1000, "n_test": 4000},
+                    "teacher": {"kind": "hgb"}, "student": deep, "train": {"epochs": 30}}, (300, 1000)),
+        "fortunes": ({"data": {"name": "fortunes"}, "split": {"n_val": 500, "n_test": 1000},
+                      "teacher": {"kind": "minilm"}, "student": {"kind": "tfidf"}, "train": {"epochs": 20}},
+                     (500, 1500)),
+        "mnist1d": ({"data": {"name": "mnist1d", "options": {"n": 12000}}, "split": {"n_val": 1000, "n_test": 2000},
+                     "teacher": {"kind": "cnn1d", "epochs": 60}, "student": deep, "train": {"epochs": 30}},
+                    (500, 2000)),
     }
+    standard = {f"{name}/{tag}": cfg for name, (template, sizes) in real.items()
+                for tag, cfg in _strengths(template, sizes).items()}
     synthetic = {
         # the papers' theory setting: linearly separable data with a margin, a teacher whose mistakes
-        # concentrate at small margin (a file of outputs, written by `write_synthetic_margin`), a linear student
-        "synthetic-margin": {"synthetic": {}, "data": {"path": "synthetic-margin/data.parquet"},
-                             "split": {"n_labeled": 100, "n_val": 500, "n_test": 2000},
+        # concentrate at small margin (a file of outputs, written by `write_synthetic_margin`), a
+        # linear student; 20 labels in 50 dimensions, so the teacher beats the labeled-only student
+        "synthetic-margin": {"synthetic": {"dim": 50}, "data": {"path": "synthetic-margin/data.parquet"},
+                             "split": {"n_labeled": 20, "n_val": 500, "n_test": 2000},
                              "teacher": {"kind": "file", "path": "synthetic-margin/teacher.parquet"},
                              "student": {"kind": "logistic"}, "train": {"epochs": 20}},
     }
@@ -56,6 +69,22 @@ def suite_configs(suite: str) -> dict[str, dict]:
     if suite not in suites:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
     return suites[suite]
+
+
+def select_datasets(configs: dict[str, dict], names: list[str] | None, suite: str) -> list[str]:
+    """Entries named in `names` (all when None); a bare name selects all its strengths
+    (`letter` → `letter/A300`, `letter/A1000`)."""
+    if not names:
+        return list(configs)
+    out, unknown = [], []
+    for n in names:
+        hits = [k for k in configs if k == n or k.startswith(n + "/")]
+        out += [h for h in hits if h not in out]
+        if not hits:
+            unknown.append(n)
+    if unknown:
+        raise ConfigError(f"data sets {unknown} are not in suite {suite!r} ({', '.join(configs)}).")
+    return out
 
 
 def write_synthetic_margin(folder: Path, *, n: int = 12000, dim: int = 20, gamma: float = 0.1,
@@ -133,10 +162,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     from .pipeline import get_teacher, label, prepare, student_test_probs, teacher_outputs, train
     from .evaluate import accuracy
     configs = configs or suite_configs(suite)
-    names = datasets or list(configs)
-    unknown = [d for d in names if d not in configs]
-    if unknown:
-        raise ConfigError(f"data sets {unknown} are not in suite {suite!r} ({', '.join(configs)}).")
+    names = select_datasets(configs, datasets, suite)
     methods = methods or BASE_METHODS + sorted(m for m in METHODS if m not in BASE_METHODS)
     bad = [m for m in methods if m not in METHODS and m not in ("teacher", "labeled-only")]
     if bad:

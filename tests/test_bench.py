@@ -56,3 +56,13 @@ def test_tiny_quality_run_writes_complete_rows(tmp_path):
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["n_labeled"] == 20 and r["n_test"] == 300
     assert rows[0]["test_accuracy"] == rows[0]["teacher_accuracy"]
     assert "| syn | slam-hard |" in bench.summarize(rows)
+
+
+def test_bare_dataset_name_selects_both_teacher_strengths():
+    configs = bench.suite_configs("standard")
+    assert bench.select_datasets(configs, ["letter"], "standard") == ["letter/A300", "letter/A1000"]
+    assert bench.select_datasets(configs, ["letter/A1000", "synthetic-margin"], "standard") == [
+        "letter/A1000", "synthetic-margin"]
+    assert {configs[k]["split"]["n_labeled"] for k in ("letter/A300", "letter/A1000")} == {300, 1000}
+    with pytest.raises(ConfigError, match="lettre"):
+        bench.select_datasets(configs, ["lettre"], "standard")
