@@ -159,7 +159,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     `configs` replaces the suite's templates (name -> partial RunConfig dict), for studies
     beyond the built-in suites."""
     from .methods import METHODS
-    from .pipeline import get_teacher, label, prepare, student_test_probs, teacher_outputs, train
+    from .pipeline import get_teacher, label, prepare, student_probs, student_test_probs, teacher_outputs, train
     from .evaluate import accuracy
     configs = configs or suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
@@ -180,6 +180,8 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
             store = label(ctx, teacher)
             y_test = ctx.data.labels[ctx.splits.test]
             t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
+            y_val = ctx.data.labels[ctx.splits.val]
+            t_val = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.val]), y_val)
             base = {"dataset": name, "seed": seed, "suite": suite, "teacher_accuracy": t_acc,
                     "n_labeled": len(ctx.splits.labeled), "n_pool": len(ctx.splits.pool),
                     "n_val": len(ctx.splits.val), "n_test": len(ctx.splits.test),
@@ -188,12 +190,15 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
             for method in methods:
                 t1 = time.perf_counter()
                 if method == "teacher":
-                    acc = t_acc
+                    acc, val_acc = t_acc, t_val
                 else:
                     lab = method == "labeled-only"
                     train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
                     acc = accuracy(student_test_probs(ctx, method), y_test)
-                row = {**base, "method": method, "test_accuracy": acc, "seconds": time.perf_counter() - t1}
+                    val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
+                # val_accuracy: what a user can see to choose a method (V also fits the corrections)
+                row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
+                       "seconds": time.perf_counter() - t1}
                 rows.append(row)
                 _append_row(json_out, row)
                 log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
@@ -212,6 +217,28 @@ def summarize(rows: list[dict]) -> str:
         acc = np.array([100 * r["test_accuracy"] for r in rows if r["dataset"] == d and r["method"] == m])
         out.append(f"| {d} | {m} | {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.2f} | {len(acc)} |")
     return "\n".join(out)
+
+
+def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict]:
+    """Per data set: in each seed, the method among `methods` with the best accuracy on V (what a
+    user can see), and that method's test accuracy; mean ± std over seeds and how often each was
+    chosen. This is the honest number for "use whichever correction looks best on V"."""
+    out = {}
+    for d in dict.fromkeys(r["dataset"] for r in rows):
+        picks, accs = [], []
+        for seed in sorted({r["seed"] for r in rows if r["dataset"] == d}):
+            cand = [r for r in rows if r["dataset"] == d and r["seed"] == seed and r["method"] in methods
+                    and r.get("val_accuracy") is not None]
+            if not cand:
+                continue
+            best = max(cand, key=lambda r: (r["val_accuracy"], -methods.index(r["method"])))
+            picks.append(best["method"])
+            accs.append(100 * best["test_accuracy"])
+        if accs:
+            a = np.array(accs)
+            out[d] = {"test_accuracy_mean": float(a.mean()), "test_accuracy_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+                      "chosen": {m: picks.count(m) for m in dict.fromkeys(picks)}, "seeds": len(a)}
+    return out
 
 
 def best_of(fn, repeats: int = 3) -> float:

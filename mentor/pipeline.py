@@ -242,9 +242,14 @@ def load_student(ctx: RunContext, name: str = "student"):
     return model, feat, state["info"]
 
 
-def student_test_probs(ctx: RunContext, name: str) -> np.ndarray:
+def student_probs(ctx: RunContext, name: str, rows: np.ndarray) -> np.ndarray:
+    """A trained student's probabilities on the given data rows (e.g. ctx.splits.val)."""
     model, feat, _ = load_student(ctx, name)
-    return predict_proba(model, feat.transform(ctx.data.features[ctx.splits.test]), device=ctx.cfg.train.device)
+    return predict_proba(model, feat.transform(ctx.data.features[rows]), device=ctx.cfg.train.device)
+
+
+def student_test_probs(ctx: RunContext, name: str) -> np.ndarray:
+    return student_probs(ctx, name, ctx.splits.test)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -52,7 +52,8 @@ def test_tiny_quality_run_writes_complete_rows(tmp_path):
     assert [r["method"] for r in rows] == ["teacher", "labeled-only", "slam-hard"]
     assert [json.loads(line) for line in out.read_text().splitlines()] == json.loads(json.dumps(rows))
     for r in rows:
-        assert {"dataset", "seed", "method", "test_accuracy", "teacher_accuracy", "teacher_fingerprint"} <= set(r)
+        assert {"dataset", "seed", "method", "test_accuracy", "val_accuracy", "teacher_accuracy",
+                "teacher_fingerprint"} <= set(r)
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["n_labeled"] == 20 and r["n_test"] == 300
     assert rows[0]["test_accuracy"] == rows[0]["teacher_accuracy"]
     assert "| syn | slam-hard |" in bench.summarize(rows)
@@ -66,3 +67,14 @@ def test_bare_dataset_name_selects_both_teacher_strengths():
     assert {configs[k]["split"]["n_labeled"] for k in ("letter/A300", "letter/A1000")} == {300, 1000}
     with pytest.raises(ConfigError, match="lettre"):
         bench.select_datasets(configs, ["lettre"], "standard")
+
+
+def test_choice_on_validation_uses_val_accuracy_per_seed_never_test():
+    rows = []
+    for seed, (va, vb) in enumerate([(0.9, 0.8), (0.7, 0.95)]):
+        rows += [{"dataset": "d", "seed": seed, "method": "a", "val_accuracy": va, "test_accuracy": 0.5},
+                 {"dataset": "d", "seed": seed, "method": "b", "val_accuracy": vb, "test_accuracy": 0.99},
+                 {"dataset": "d", "seed": seed, "method": "c", "val_accuracy": 1.0, "test_accuracy": 0.1}]
+    got = bench.chosen_on_validation(rows, ["a", "b"])["d"]
+    assert got["chosen"] == {"a": 1, "b": 1}
+    assert got["test_accuracy_mean"] == pytest.approx((50 + 99) / 2)
