@@ -142,6 +142,17 @@ def materialise(template: dict, work_dir: Path) -> dict:
             "teacher": {**template["teacher"], "path": str(teacher_path.resolve())}}
 
 
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a `--json` file (one JSON object per line)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"rows file {path} does not exist; write one with `mentor bench quality --json {path}`.")
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not a JSON-lines file of benchmark rows: {e}") from None
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return
@@ -217,6 +228,42 @@ def summarize(rows: list[dict]) -> str:
         acc = np.array([100 * r["test_accuracy"] for r in rows if r["dataset"] == d and r["method"] == m])
         out.append(f"| {d} | {m} | {acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.2f} | {len(acc)} |")
     return "\n".join(out)
+
+
+def _mean_std(a) -> str:
+    a = np.asarray(a, dtype=np.float64)
+    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+
+
+def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
+    """Markdown: test accuracy (mean ± std over seeds) per method × data set, the gain over
+    `baseline` paired by seed (same split and teacher, so most seed noise cancels), and the
+    method chosen on V per seed (`chosen_on_validation`) among the distillation methods."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cell = {(r["dataset"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in rows}
+    head = "| method | " + " | ".join(datasets) + " |\n|---|" + "---|" * len(datasets)
+    acc, gain = [head], [head]
+    for m in methods:
+        a_cells, g_cells = [], []
+        for d in datasets:
+            seeds = sorted(s for (dd, mm, s) in cell if dd == d and mm == m)
+            a_cells.append(_mean_std([cell[d, m, s] for s in seeds]) if seeds else "")
+            paired = [cell[d, m, s] - cell[d, baseline, s] for s in seeds if (d, baseline, s) in cell]
+            g_cells.append(f"{np.mean(paired):+.2f} ± {np.std(paired, ddof=1) if len(paired) > 1 else 0.0:.2f}"
+                           if paired and m not in (baseline, "teacher") else "")
+        acc.append(f"| {m} | " + " | ".join(a_cells) + " |")
+        if m not in (baseline, "teacher", "labeled-only"):
+            gain.append(f"| {m} | " + " | ".join(g_cells) + " |")
+    distill = [m for m in methods if m not in ("teacher", "labeled-only")]
+    chosen = chosen_on_validation(rows, distill)
+    pick = ["| data set | test accuracy of the method chosen on V | chosen (seeds) |", "|---|---|---|"]
+    for d, c in chosen.items():
+        pick.append(f"| {d} | {c['test_accuracy_mean']:.2f} ± {c['test_accuracy_std']:.2f} | "
+                    + ", ".join(f"{m} ({n})" for m, n in c["chosen"].items()) + " |")
+    return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
+            + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)
+            + ("\n\nChoosing the method on V, per seed:\n\n" + "\n".join(pick) if chosen else ""))
 
 
 def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict]:

@@ -178,11 +178,20 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                   work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
     """Protocol on real data; one row per (dataset, method, seed); prints mean ± std."""
-    from .bench import quality, summarize
+    from .bench import quality, report
     rows = quality(suite, seeds=seeds, methods=methods.split(",") if methods else None,
                    datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
                    log=console.print)
-    console.print(summarize(rows))
+    console.print(report(rows))
+
+
+@bench_app.command("report")
+@_guard
+def bench_report(rows_file: Path = typer.Argument(..., help="JSON rows written by `mentor bench quality --json`."),
+                 baseline: str = typer.Option("vanilla-soft", help="Method the paired gains are measured against.")):
+    """Tables from saved quality rows: accuracy per method × data set, paired gains, choice on V."""
+    from .bench import read_rows, report
+    print(report(read_rows(rows_file), baseline=baseline))
 
 
 @bench_app.command("speed")

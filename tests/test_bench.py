@@ -78,3 +78,18 @@ def test_choice_on_validation_uses_val_accuracy_per_seed_never_test():
     got = bench.chosen_on_validation(rows, ["a", "b"])["d"]
     assert got["chosen"] == {"a": 1, "b": 1}
     assert got["test_accuracy_mean"] == pytest.approx((50 + 99) / 2)
+
+
+def test_report_pairs_gains_by_seed(tmp_path):
+    rows = [{"dataset": "d", "seed": s, "method": m, "test_accuracy": acc, "val_accuracy": 0.5}
+            for s, base in enumerate([0.70, 0.90])
+            for m, acc in (("vanilla-soft", base), ("slam", base + 0.01), ("teacher", 0.8))]
+    text = bench.report(rows)
+    assert "| slam | +1.00 ± 0.00 |" in text  # unpaired spread would be 14 points
+    assert "| vanilla-soft | 80.00 ± 14.14 |" in text
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert bench.read_rows(path) == rows
+    path.write_text("not json")
+    with pytest.raises(ConfigError, match="JSON-lines"):
+        bench.read_rows(path)
