@@ -529,6 +529,7 @@ def bench_guide(suite: str = "smoke", *, seeds: int = 1, arms: list[str] | None 
             losses[arm] = s["val_loss"]
             gap = losses["random"] - s["teacher_val_loss"]
             row = {"arm": arm, "seed": seed, "suite": suite, "val_loss": s["val_loss"],
+                   "init_val_loss": s["curve"][0]["val_loss"],  # before any training: what the initialiser alone gives
                    "teacher_val_loss": s["teacher_val_loss"], "tokens": s["tokens"],
                    "gap_reduction": (losses["random"] - s["val_loss"]) / gap if gap > 0 else float("nan"),
                    "seconds": s["seconds"], "device": s["device"], "student_parameters": s["init_info"]["parameters"],
@@ -545,10 +546,12 @@ def bench_guide(suite: str = "smoke", *, seeds: int = 1, arms: list[str] | None 
 
 def summarize_guide(rows: list[dict]) -> str:
     """Mean ± std over seeds of validation loss and gap reduction per arm (Markdown)."""
-    out = ["| arm | val loss | gap reduction | seeds |", "|---|---|---|---|"]
+    out = ["| arm | val loss at init | val loss | gap reduction | seeds |", "|---|---|---|---|---|"]
     for arm in dict.fromkeys(r["arm"] for r in rows):
         v = np.array([r["val_loss"] for r in rows if r["arm"] == arm])
         g = np.array([r["gap_reduction"] for r in rows if r["arm"] == arm])
         sd = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
-        out.append(f"| {arm} | {v.mean():.4f} ± {sd(v):.4f} | {g.mean():+.3f} ± {sd(g):.3f} | {len(v)} |")
+        i = np.array([r.get("init_val_loss", np.nan) for r in rows if r["arm"] == arm])
+        out.append(f"| {arm} | {i.mean():.3f} ± {sd(i):.3f} | {v.mean():.4f} ± {sd(v):.4f} | {g.mean():+.3f} ± {sd(g):.3f} "
+                   f"| {len(v)} |")
     return "\n".join(out)

@@ -128,6 +128,11 @@ def test_bench_rows_have_gap_reduction(tmp_path, corpus, monkeypatch):
     assert all(r["gap_reduction"] == 0.0 or np.isnan(r["gap_reduction"]) for r in rows if r["arm"] == "random")
     assert all({"arm", "seed", "val_loss", "teacher_val_loss", "tokens", "gap_reduction"} <= set(r) for r in rows)
     assert len(out.read_text().splitlines()) == 10 and "| guide+kd |" in lm.summarize_guide(rows)
+    init = {(r["seed"], r["arm"]): r["init_val_loss"] for r in rows}
+    for seed in (0, 1):  # the loss does not change the initialisation: same init, same starting loss
+        assert init[seed, "random"] == pytest.approx(init[seed, "kd"])
+        assert init[seed, "guide"] == pytest.approx(init[seed, "guide+kd"])
+        assert init[seed, "guide"] != pytest.approx(init[seed, "random"])
     with pytest.raises(ConfigError, match="unknown arms"):
         lm.bench_guide("smoke", arms=["distill"])
 
