@@ -174,7 +174,8 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     from .evaluate import accuracy
     configs = configs or suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
-    methods = methods or BASE_METHODS + sorted(m for m in METHODS if m not in BASE_METHODS)
+    # auto is left out by default: its number is `chosen_on_validation` of the other rows (see `report`)
+    methods = methods or BASE_METHODS + sorted(m for m in METHODS if m not in BASE_METHODS and m != "auto")
     bad = [m for m in methods if m not in METHODS and m not in ("teacher", "labeled-only")]
     if bad:
         raise ConfigError(f"unknown methods {bad}; available: teacher, labeled-only, {', '.join(sorted(METHODS))}.")
@@ -373,8 +374,8 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     # interleaved rounds (CE, then every method, repeated) and medians, so drift in the machine's
     # load hits every arm alike
     from .methods import METHODS
-    arms = ["ce"] + [m for m in sorted(METHODS) if m not in ("weighted-disagreement", "cleanlab-filter")]
-    # (those two train like vanilla/weighted per step; their extra cost is a whole first pass or fit)
+    arms = ["ce"] + [m for m in sorted(METHODS) if m not in ("weighted-disagreement", "cleanlab-filter", "auto")]
+    # (those train like vanilla/weighted/the chosen method per step; their extra cost is whole first passes or a fit)
     times: dict[str, list[float]] = {a: [] for a in arms}
     for _ in range(max(repeats, 7)):
         for a in arms:

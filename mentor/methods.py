@@ -244,3 +244,38 @@ def _taid(ctx: MethodContext) -> MethodPlan:
     n = int(ctx.options.get("taid_epochs") or ctx.n_epochs or 30)
     obj = TaidObjective(n, float(ctx.options.get("taid_t_start", 0.4)), float(ctx.options.get("taid_t_end", 1.0)))
     return MethodPlan(obj, info={"taid_epochs": n, "t_start": obj.t_start, "t_end": obj.t_end})
+
+
+# ---------------------------------------------------------------------------------------------- choice on V
+
+AUTO_CANDIDATES = ["vanilla-soft", "vanilla-hard", "weighted-margin", "slam", "slam-hard"]
+
+
+@register_method("auto")
+def _auto(ctx: MethodContext) -> MethodPlan:
+    """Train each candidate method, keep the one with the best accuracy on V (ties: earlier candidate).
+
+    Whether a correction helps depends on the regime (BENCHMARKS.md), and V is the only honest
+    judge a user has. Costs one training per candidate more than the chosen method. V also fits
+    the corrections' one-dimensional reliability curve, so their V accuracy is slightly
+    optimistic. Option auto_candidates (default vanilla-soft, vanilla-hard, weighted-margin,
+    slam, slam-hard; any registered methods except auto).
+    """
+    _require_val(ctx, "auto")
+    if ctx.train_and_predict is None:
+        raise ConfigError("method 'auto' trains every candidate and needs their outputs on V: the caller must set "
+                          "MethodContext.train_and_predict.")
+    candidates = list(ctx.options.get("auto_candidates", AUTO_CANDIDATES))
+    bad = [c for c in candidates if c not in METHODS or c == "auto"]
+    if bad or not candidates:
+        raise ConfigError(f"auto_candidates {bad or candidates} must be a non-empty list of registered methods other "
+                          f"than auto; available: {', '.join(sorted(m for m in METHODS if m != 'auto'))}.")
+    val_labels = np.asarray(ctx.val_labels)
+    scores = {}
+    for name in candidates:
+        _, val_probs = ctx.train_and_predict(plan_method(name, ctx))
+        scores[name] = float((np.asarray(val_probs).argmax(1) == val_labels).mean())
+    chosen = max(candidates, key=lambda c: (scores[c], -candidates.index(c)))
+    plan = plan_method(chosen, ctx)  # fresh: stateful objectives (TAID) start their schedule again
+    plan.info = {**plan.info, "auto": {"chosen": chosen, "val_accuracy": scores}}
+    return plan

@@ -93,3 +93,19 @@ def test_report_pairs_gains_by_seed(tmp_path):
     path.write_text("not json")
     with pytest.raises(ConfigError, match="JSON-lines"):
         bench.read_rows(path)
+
+
+def test_method_auto_equals_the_choice_on_v_computed_from_rows(tmp_path):
+    """`method: auto` retrains the V-best candidate; training is seeded, so its test accuracy is
+    exactly what `chosen_on_validation` reads off the candidates' rows (how BENCHMARKS reports it)."""
+    cands = ["vanilla-soft", "slam-hard", "weighted-margin-hard"]
+    configs = {"syn": {"synthetic": {"n": 1500, "dim": 10}, "data": {"path": "x"},
+                       "split": {"n_labeled": 20, "n_val": 200, "n_test": 300},
+                       "teacher": {"kind": "file", "path": "x"}, "student": {"kind": "logistic"},
+                       "train": {"epochs": 3, "min_steps": 0}, "method_options": {"auto_candidates": cands}}}
+    rows = bench.quality("custom", seeds=1, methods=cands + ["auto"], configs=configs, work_dir=tmp_path,
+                         log=lambda *_: None)
+    by = {r["method"]: r for r in rows}
+    chosen = bench.chosen_on_validation(rows, cands)["syn"]
+    assert by["auto"]["test_accuracy"] * 100 == pytest.approx(chosen["test_accuracy_mean"])
+    assert by["auto"]["val_accuracy"] == max(by[c]["val_accuracy"] for c in cands)

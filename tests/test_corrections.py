@@ -396,3 +396,25 @@ def test_slam_precomputed_pool_coefficients_match_per_step_loss(normalized):
     assert torch.allclose(lf, ls, atol=1e-6) and torch.allclose(gf, gs, atol=1e-6)
     with pytest.raises(ConfigError, match="teacher_probs_pool"):
         cr.SlamObjective(alpha, k, teacher_probs_pool=teacher.numpy()[:10])
+
+
+def test_auto_keeps_the_candidate_with_best_validation_accuracy(digits_ctx):
+    ctx, (xl, yl, xu, tu), cfg = digits_ctx
+    cands = ["vanilla-soft", "slam-hard", "threshold"]
+    seen = []
+    real = ctx.train_and_predict
+
+    def spy(plan):
+        out = real(plan)
+        seen.append(float((out[1].argmax(1) == ctx.val_labels).mean()))
+        return out
+
+    auto_ctx = MethodContext(**{**ctx.__dict__, "train_and_predict": spy, "options": {"auto_candidates": cands}})
+    plan = plan_method("auto", auto_ctx)
+    info = plan.info["auto"]
+    assert list(info["val_accuracy"]) == cands and list(info["val_accuracy"].values()) == seen
+    assert info["val_accuracy"][info["chosen"]] == max(seen)
+    assert type(plan.objective) is type(plan_method(info["chosen"], ctx).objective)
+    for bad in (["auto"], ["nope"], []):
+        with pytest.raises(ConfigError, match="auto_candidates"):
+            plan_method("auto", MethodContext(**{**ctx.__dict__, "options": {"auto_candidates": bad}}))
