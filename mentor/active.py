@@ -37,7 +37,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from .config import RunConfig, _set_dotted, read_yaml_mapping, validate_config
 from .errors import ConfigError, DataError
@@ -311,7 +311,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     ctx.cfg) gives the active keys and `out` (default ctx.out) the folder for the round state,
     active.json and active.png, so several strategies can share one split, teacher and store."""
     from .evaluate import accuracy
-    from .methods import MethodContext, plan_method
+    from .methods import MethodContext, plan_method, train_with_plan
     from .pipeline import _featurizer, _new_student, _train_config, open_store
     from .train import predict_proba, train_student
 
@@ -381,8 +381,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
 
             def train_and_predict(plan):  # two-pass corrections: a first student's outputs on the queried set and V
                 m = _new_student(ctx, x_lab.shape[1])
-                train_student(m, x_lab, y_lab, x_pool=xq, teacher_probs=tq, objective=plan.objective,
-                              pool_weights=plan.pool_weights, config=replace(tcfg, checkpoint_path=None))
+                train_with_plan(m, x_lab, y_lab, xq, tq, plan, replace(tcfg, checkpoint_path=None))
                 return predict_proba(m, xq, device=device), predict_proba(
                     m, feat.transform(data.features[sp.val]), device=device)
 
@@ -391,8 +390,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
                                  train_and_predict=train_and_predict,
                                  options=dict(getattr(cfg, "method_options", {}) or {}), n_epochs=n_epochs)
             plan = plan_method(cfg.correction, mctx)
-            train_student(model, x_lab, y_lab, x_pool=xq, teacher_probs=tq, objective=plan.objective,
-                          pool_weights=plan.pool_weights, config=tcfg)
+            train_with_plan(model, x_lab, y_lab, xq, tq, plan, tcfg)
         acc = accuracy(predict_proba(model, x_test, device=device), y_test)
         tmp = student_path(r).with_name(student_path(r).name + ".tmp")
         torch.save(model.state_dict(), tmp)

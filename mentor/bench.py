@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .config import RunConfig, parse_config
+from .config import parse_config
 from .errors import ConfigError
 
 BASE_METHODS = ["teacher", "labeled-only", "vanilla-hard", "vanilla-soft"]
@@ -313,7 +313,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     import shutil
     import torch
     from .data import load_dataset
-    from .methods import MethodContext, plan_method
+    from .methods import MethodContext, plan_method, train_with_plan
     from .models import build_model
     from .store import TeacherStore
     from .teachers import TorchTeacher
@@ -367,8 +367,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         cfg = TrainConfig(epochs=3, min_steps=0, seed=0, device="cpu")
         if distill:
             plan = plan_method(method, ctx)  # set-up (fits on V) is not part of the step cost
-            return train_student(model, x[:0], y[:0], x_pool=x, teacher_probs=probs, objective=plan.objective,
-                                 pool_weights=plan.pool_weights, config=cfg).seconds
+            return train_with_plan(model, x[:0], y[:0], x, probs, plan, cfg).seconds
         return train_student(model, x, y, config=cfg).seconds
 
     # interleaved rounds (CE, then every method, repeated) and medians, so drift in the machine's

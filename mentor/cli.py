@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import RunConfig, load_config, parse_config
+from .config import RunConfig, load_config
 from .errors import MentorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,

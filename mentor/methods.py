@@ -41,6 +41,18 @@ class MethodPlan:
     objective: object
     pool_weights: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    # replaces the teacher's outputs on the pool as training targets (e.g. re-tempered on V)
+    pool_targets: np.ndarray | None = None
+
+    def targets(self, teacher_probs_pool: np.ndarray) -> np.ndarray:
+        return teacher_probs_pool if self.pool_targets is None else self.pool_targets
+
+
+def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, plan: MethodPlan, config):
+    """`train_student` with a plan's objective, pool weights and (when it replaces them) targets."""
+    from .train import train_student
+    return train_student(model, x_labeled, y_labeled, x_pool=x_pool, teacher_probs=plan.targets(teacher_probs_pool),
+                         objective=plan.objective, pool_weights=plan.pool_weights, config=config)
 
 
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
@@ -62,12 +74,44 @@ def get_method(name: str) -> Callable[[MethodContext], MethodPlan]:
 
 
 def plan_method(name: str, ctx: MethodContext) -> MethodPlan:
+    """The named method's plan. Option `calibrate_teacher: true` first re-tempers the teacher on V
+    (one temperature, minimum NLL) and gives every method the calibrated outputs."""
+    if ctx.options.get("calibrate_teacher") and name != "calibrated-soft":
+        ctx, temperature = calibrated_context(ctx, name)
+        plan = get_method(name)(ctx)
+        plan.pool_targets = ctx.teacher_probs_pool
+        plan.info = {**plan.info, "teacher_temperature": temperature}
+        return plan
     return get_method(name)(ctx)
 
 
 @register_method("vanilla-soft")
 def _vanilla_soft(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(VanillaObjective("soft", ctx.temperature))
+
+
+def calibrated_context(ctx: MethodContext, method: str) -> tuple[MethodContext, float]:
+    """ctx with the teacher's pool and V outputs re-tempered by the temperature fitted on V."""
+    from dataclasses import replace
+
+    from .reliability import apply_temperature, fit_temperature
+    _require_val(ctx, method)
+    temperature = fit_temperature(ctx.teacher_probs_val, ctx.val_labels)
+    return replace(ctx, teacher_probs_pool=apply_temperature(ctx.teacher_probs_pool, temperature).astype(np.float32),
+                   teacher_probs_val=apply_temperature(ctx.teacher_probs_val, temperature).astype(np.float32)), temperature
+
+
+@register_method("calibrated-soft")
+def _calibrated_soft(ctx: MethodContext) -> MethodPlan:
+    """Soft distillation on the teacher re-tempered on V (one temperature, minimum NLL on V).
+
+    A teacher trained on a few labels is usually overconfident; its soft targets then say too
+    little about its doubts. Temperature scaling on V fixes the confidence without moving any
+    argmax. Unlike KD's τ, the student is trained and evaluated at temperature 1.
+    """
+    cal, temperature = calibrated_context(ctx, "calibrated-soft")
+    return MethodPlan(VanillaObjective("soft", ctx.temperature), pool_targets=cal.teacher_probs_pool,
+                      info={"teacher_temperature": temperature})
 
 
 @register_method("vanilla-hard")
@@ -248,7 +292,7 @@ def _taid(ctx: MethodContext) -> MethodPlan:
 
 # ---------------------------------------------------------------------------------------------- choice on V
 
-AUTO_CANDIDATES = ["vanilla-soft", "vanilla-hard", "weighted-margin", "slam", "slam-hard"]
+AUTO_CANDIDATES = ["vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
 
 
 @register_method("auto")
@@ -258,8 +302,8 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     Whether a correction helps depends on the regime (BENCHMARKS.md), and V is the only honest
     judge a user has. Costs one training per candidate more than the chosen method. V also fits
     the corrections' one-dimensional reliability curve, so their V accuracy is slightly
-    optimistic. Option auto_candidates (default vanilla-soft, vanilla-hard, weighted-margin,
-    slam, slam-hard; any registered methods except auto).
+    optimistic. Option auto_candidates (default vanilla-soft, vanilla-hard, calibrated-soft,
+    weighted-margin, slam, slam-hard; any registered methods except auto).
     """
     _require_val(ctx, "auto")
     if ctx.train_and_predict is None:

@@ -7,7 +7,6 @@ Any `torch.nn.Module` mapping a float batch (n, d) to logits (n, C) can replace 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 

@@ -24,7 +24,7 @@ from .config import RunConfig, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .errors import DataError, StoreError
 from .evaluate import classification_report, gap_closed
-from .methods import MethodContext, plan_method
+from .methods import MethodContext, plan_method, train_with_plan
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
 from .teachers import (FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
@@ -210,8 +210,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
 
         def train_and_predict(plan):  # for two-pass methods: a first student's outputs on U and V
             m = _new_student(ctx, x_lab.shape[1])
-            train_student(m, x_lab, y_lab, x_pool=x_pool, teacher_probs=t_pool, objective=plan.objective,
-                          pool_weights=plan.pool_weights, config=_train_config(ctx, None))
+            train_with_plan(m, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, None))
             return predict_proba(m, x_pool), predict_proba(m, x_val)
 
         mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=t_pool, teacher_probs_val=t_val,
@@ -221,8 +220,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              pool_features=x_pool)
         plan = plan_method(method, mctx)
         info.update(plan.info)
-        result = train_student(model, x_lab, y_lab, x_pool=x_pool, teacher_probs=t_pool, objective=plan.objective,
-                               pool_weights=plan.pool_weights, config=_train_config(ctx, ckpt))
+        result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
     tmp = ctx.out / f"{name}.pt.tmp"

@@ -16,7 +16,7 @@ from mentor.reliability import apply_temperature, fit_reliability, fit_temperatu
 from mentor.train import TrainConfig, VanillaObjective, predict_proba, train_student
 
 CORRECTION_METHODS = ["weighted-margin", "weighted-margin-hard", "weighted-disagreement", "slam", "slam-hard",
-                      "slam-normalized", "threshold", "forward-correction", "taid"]
+                      "slam-normalized", "threshold", "forward-correction", "taid", "calibrated-soft"]
 
 
 def _rand(n=6, c=5, seed=0):
@@ -418,3 +418,21 @@ def test_auto_keeps_the_candidate_with_best_validation_accuracy(digits_ctx):
     for bad in (["auto"], ["nope"], []):
         with pytest.raises(ConfigError, match="auto_candidates"):
             plan_method("auto", MethodContext(**{**ctx.__dict__, "options": {"auto_candidates": bad}}))
+
+
+def test_calibrated_soft_retempers_an_overconfident_teacher_on_v_without_moving_argmax(digits_ctx):
+    ctx, (xl, yl, xu, tu), cfg = digits_ctx
+    from mentor.reliability import apply_temperature
+    sharp = dict(teacher_probs_pool=apply_temperature(ctx.teacher_probs_pool, 0.25).astype(np.float32),
+                 teacher_probs_val=apply_temperature(ctx.teacher_probs_val, 0.25).astype(np.float32))
+    over = MethodContext(**{**ctx.__dict__, **sharp})
+    plan = plan_method("calibrated-soft", over)
+    assert plan.info["teacher_temperature"] > 2.0  # undoes most of the 4x sharpening
+    assert np.array_equal(plan.pool_targets.argmax(1), over.teacher_probs_pool.argmax(1))
+    assert plan.pool_targets.max(1).mean() < over.teacher_probs_pool.max(1).mean()
+    assert plan.targets(over.teacher_probs_pool) is plan.pool_targets
+    # the option gives any method the calibrated outputs (and the same temperature)
+    slam = plan_method("slam", MethodContext(**{**over.__dict__, "options": {"calibrate_teacher": True}}))
+    assert slam.info["teacher_temperature"] == pytest.approx(plan.info["teacher_temperature"])
+    assert np.allclose(slam.pool_targets, plan.pool_targets)
+    assert plan_method("slam", over).pool_targets is None
