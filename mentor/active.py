@@ -533,16 +533,21 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
     return rows
 
 
-def summarize_active(rows: list[dict]) -> str:
-    """Mean ± std over seeds of the AUC and the final accuracy per (dataset, strategy), Markdown."""
-    out = ["| dataset | strategy | AUC (%) | final accuracy (%) | seeds |", "|---|---|---|---|---|"]
+def summarize_active(rows: list[dict], baseline: str = "random") -> str:
+    """Mean ± std over seeds of the AUC and the final accuracy per (dataset, strategy), and the AUC
+    gain over `baseline` paired by seed (same split, teacher and store), Markdown."""
+    out = [f"| dataset | strategy | AUC (%) | AUC − {baseline} (paired) | final accuracy (%) | seeds |",
+           "|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["dataset"], r["strategy"]) for r in rows))
+    auc = {(r["dataset"], r["strategy"], r["seed"]): 100 * r["auc"] for r in rows}
+    sd = (lambda v: np.std(v, ddof=1) if len(v) > 1 else 0.0)
     for d, s in keys:
         sel = [r for r in rows if r["dataset"] == d and r["strategy"] == s]
         a = np.array([100 * r["auc"] for r in sel])
         f = np.array([100 * r["test_accuracy"][-1] for r in sel])
-        sd = (lambda v: v.std(ddof=1) if len(v) > 1 else 0.0)
-        out.append(f"| {d} | {s} | {a.mean():.2f} ± {sd(a):.2f} | {f.mean():.2f} ± {sd(f):.2f} | {len(sel)} |")
+        g = [auc[d, s, r["seed"]] - auc[d, baseline, r["seed"]] for r in sel if (d, baseline, r["seed"]) in auc]
+        gain = f"{np.mean(g):+.2f} ± {sd(g):.2f}" if g and s != baseline else ""
+        out.append(f"| {d} | {s} | {a.mean():.2f} ± {sd(a):.2f} | {gain} | {f.mean():.2f} ± {sd(f):.2f} | {len(sel)} |")
     return "\n".join(out)
 
 

@@ -109,3 +109,11 @@ def test_method_auto_equals_the_choice_on_v_computed_from_rows(tmp_path):
     chosen = bench.chosen_on_validation(rows, cands)["syn"]
     assert by["auto"]["test_accuracy"] * 100 == pytest.approx(chosen["test_accuracy_mean"])
     assert by["auto"]["val_accuracy"] == max(by[c]["val_accuracy"] for c in cands)
+
+
+def test_active_summary_pairs_auc_gains_by_seed():
+    from mentor.active import summarize_active
+    rows = [{"dataset": "d", "strategy": s, "seed": seed, "auc": base + (0.01 if s == "rad" else 0.0),
+             "test_accuracy": [0.5, base]} for seed, base in enumerate([0.6, 0.9]) for s in ("random", "rad")]
+    text = summarize_active(rows)
+    assert "| d | rad | 76.00 ± 21.21 | +1.00 ± 0.00 |" in text
