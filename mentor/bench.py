@@ -63,7 +63,10 @@ def suite_configs(suite: str) -> dict[str, dict]:
                              "teacher": {"kind": "file", "path": "synthetic-margin/teacher.parquet"},
                              "student": {"kind": "logistic"}, "train": {"epochs": 20}},
     }
-    standard = {**standard, **synthetic}
+    # the same geometry with a nearly perfect teacher (3° tilt, little flip noise): corrections must not hurt here
+    near_perfect = {"synthetic-near-perfect": {**synthetic["synthetic-margin"],
+                                               "synthetic": {"dim": 50, "tilt_degrees": 3.0, "noise_scale": 0.05}}}
+    standard = {**standard, **synthetic, **near_perfect}
     smoke = {**smoke, **synthetic}
     suites = {"smoke": smoke, "standard": standard}
     if suite not in suites:
