@@ -60,18 +60,41 @@ def print_summary(metrics: dict) -> None:
     table = Table(title=f"{metrics['data']['name']}: A={z['n_labeled']} V={z['n_val']} U={z['n_pool']} "
                         f"test={z['n_test']}")
     table.add_column("model")
-    table.add_column("test accuracy", justify="right")
+    table.add_column("test acc.", justify="right")
     table.add_column("NLL", justify="right")
     table.add_column("ECE", justify="right")
+    table.add_column("V acc.", justify="right")
+    val = {"teacher": metrics.get("teacher_val_accuracy")}
     for label, key in (("teacher", "teacher"), ("labeled-only student", "labeled_only"),
                        (f"distilled student ({metrics['method']})", "student")):
         if key in metrics:
             m = metrics[key]
-            table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}")
+            v = val.get(key, m.get("val_accuracy"))
+            table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}",
+                          "" if v is None else f"{100 * v:.2f}%")
     console.print(table)
+    hint = regime_hint(metrics)
+    if hint:
+        console.print(hint)
     if "gap_closed" in metrics:
         console.print(f"gap closed: {metrics['gap_closed']:.2f}   "
                       f"agreement with teacher: {metrics['student'].get('agreement_with_teacher', float('nan')):.3f}")
+
+
+def regime_hint(metrics: dict) -> str | None:
+    """Which kind of correction tends to pay, from V only (README: "Which one should I use?")."""
+    t, s = metrics.get("teacher_val_accuracy"), metrics.get("student", {}).get("val_accuracy")
+    if t is None or s is None:
+        return None
+    head = f"On V the distilled student ({100 * s:.1f}%) "
+    if s >= t - 0.005:
+        return (head + f"reaches its teacher ({100 * t:.1f}%): what is left is the teacher's noise; corrections "
+                "such as slam-hard tend to help here (or use method: auto).")
+    if s < t - 0.03:
+        return (head + f"stays well below its teacher ({100 * t:.1f}%): it is capacity-bound; keep soft targets "
+                "(calibrated-soft) and avoid filtering corrections (or use method: auto).")
+    return (head + f"is close to its teacher ({100 * t:.1f}%): no clear regime; compare corrections on V "
+            "with method: auto.")
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
@@ -242,7 +265,7 @@ def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys pl
     res = run_active(cfg)
     table = Table(title=f"{res['dataset']}: {res['strategy']} (seed {res['seed']}), AUC {100 * res['auc']:.2f}")
     table.add_column("queries", justify="right")
-    table.add_column("test accuracy", justify="right")
+    table.add_column("test acc.", justify="right")
     table.add_column("spent", justify="right")
     for q, a, s in zip(res["queries"], res["test_accuracy"], res["spent_per_round"]):
         table.add_row(str(q), f"{100 * a:.2f}%", f"{s:g}")

@@ -267,10 +267,14 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
                      "student": student, "train_info": info}
     if t_test is not None:
         metrics["teacher"] = classification_report(t_test, y_test)
+    y_val = data.labels[sp.val]
+    student["val_accuracy"] = float((student_probs(ctx, "student", sp.val).argmax(1) == y_val).mean())
     if t_val is not None:
-        metrics["teacher_val_accuracy"] = float((t_val.argmax(1) == data.labels[sp.val]).mean())
+        metrics["teacher_val_accuracy"] = float((t_val.argmax(1) == y_val).mean())
     if (ctx.out / "labeled-only.pt").exists():
         metrics["labeled_only"] = classification_report(student_test_probs(ctx, "labeled-only"), y_test, t_test)
+        metrics["labeled_only"]["val_accuracy"] = float(
+            (student_probs(ctx, "labeled-only", sp.val).argmax(1) == y_val).mean())
         if t_test is not None:
             metrics["gap_closed"] = gap_closed(student["accuracy"], metrics["labeled_only"]["accuracy"],
                                                metrics["teacher"]["accuracy"])
