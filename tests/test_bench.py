@@ -117,3 +117,14 @@ def test_active_summary_pairs_auc_gains_by_seed():
              "test_accuracy": [0.5, base]} for seed, base in enumerate([0.6, 0.9]) for s in ("random", "rad")]
     text = summarize_active(rows)
     assert "| d | rad | 76.00 ± 21.21 | +1.00 ± 0.00 |" in text
+
+
+def test_selection_speed_reports_and_checks_the_kcenter_extrapolation():
+    from mentor.active import selection_speed
+    res = selection_speed(n=20_000, repeats=1, kcenter_b=20, kcenter_centres=20, kcenter_dim=8,
+                          kcenter_max_seconds=0.2)
+    assert set(res["seconds"]) >= {"margin", "entropy", "rad", "dep_round_systematic"}
+    for name in ("coreset", "pcoreset"):
+        kc = res["kcenter"][name]
+        assert kc["pool_in_60s"] >= kc["pool_sizes"][-1] and kc["verified_seconds"] > 0
+        assert kc["verified_pool"] == min(kc["pool_in_60s"], 8 * 20_000)
