@@ -311,7 +311,7 @@ def machine_info() -> dict:
 
 
 def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out: Path | None = None,
-          repeats: int = 3, selection: bool = True) -> dict:
+          repeats: int = 3, selection: bool = True, student_hidden: tuple[int, ...] = (128,)) -> dict:
     """Three ratios, each from the same examples in one process (best of `repeats`)."""
     import shutil
     import torch
@@ -366,7 +366,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
 
     def epoch(distill: bool, method: str = "vanilla-soft"):
         torch.manual_seed(0)
-        model = build_model("mlp", in_features=x.shape[1], n_classes=n_cls, hidden=(128,))
+        model = build_model("mlp", in_features=x.shape[1], n_classes=n_cls, hidden=tuple(student_hidden))
         cfg = TrainConfig(epochs=3, min_steps=0, seed=0, device="cpu")
         if distill:
             plan = plan_method(method, ctx)  # set-up (fits on V) is not part of the step cost
@@ -389,6 +389,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     train_rate = n / t_ce
     result = {
         "n_examples": n, "dataset": ds.name, "teacher": "SmallCNN (built-in)", "teacher_batch": bs,
+        "student_hidden": list(student_hidden),
         "labeling_throughput_ratio_store_vs_bare": t_bare / t_store,
         "bare_teacher_examples_per_s": n / t_bare, "store_labeling_examples_per_s": n / t_store,
         "distill_step_cost_ratio_vs_ce": method_ratios,

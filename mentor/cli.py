@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import RunConfig, load_config
-from .errors import MentorError
+from .errors import ConfigError, MentorError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="mentor: distill a big teacher into a small student with few labels and an unlabeled pool.")
@@ -221,10 +221,16 @@ def bench_report(rows_file: Path = typer.Argument(..., help="JSON rows written b
 @_guard
 def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
                 n: int = typer.Option(20000, help="Examples to label / train on."),
-                work_dir: Path = typer.Option(Path("bench-out/speed"))):
+                work_dir: Path = typer.Option(Path("bench-out/speed")),
+                hidden: str = typer.Option("128", help="Student MLP hidden sizes for the step-cost ratios, e.g. 1024,1024."),
+                selection: bool = typer.Option(True, help="Also time the active-learning selectors.")):
     """Ratios measured in one run: store vs bare teacher, distillation vs CE step, store reads."""
     from .bench import speed
-    result = speed(n=n, work_dir=work_dir, json_out=json_out)
+    try:
+        sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+    except ValueError:
+        raise ConfigError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
+    result = speed(n=n, work_dir=work_dir, json_out=json_out, student_hidden=sizes, selection=selection)
     console.print_json(json.dumps(result))
 
 
