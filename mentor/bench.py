@@ -259,15 +259,20 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         acc.append(f"| {m} | " + " | ".join(a_cells) + " |")
         if m not in (baseline, "teacher", "labeled-only"):
             gain.append(f"| {m} | " + " | ".join(g_cells) + " |")
-    distill = [m for m in methods if m not in ("teacher", "labeled-only")]
-    chosen = chosen_on_validation(rows, distill)
-    pick = ["| data set | test accuracy of the method chosen on V | chosen (seeds) |", "|---|---|---|"]
+    from .methods import AUTO_CANDIDATES
+    candidates = [m for m in AUTO_CANDIDATES if m in methods]
+    chosen = chosen_on_validation(rows, candidates)
+    pick = [f"| data set | test accuracy of the method chosen on V | − {baseline} (paired) | chosen (seeds) |",
+            "|---|---|---|---|"]
     for d, c in chosen.items():
+        diff = [acc - cell[d, baseline, s] for s, (_, acc) in c["per_seed"].items() if (d, baseline, s) in cell]
         pick.append(f"| {d} | {c['test_accuracy_mean']:.2f} ± {c['test_accuracy_std']:.2f} | "
+                    + (f"{np.mean(diff):+.2f} ± {np.std(diff, ddof=1) if len(diff) > 1 else 0.0:.2f}" if diff else "") + " | "
                     + ", ".join(f"{m} ({n})" for m, n in c["chosen"].items()) + " |")
     return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
             + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)
-            + ("\n\nChoosing the method on V, per seed:\n\n" + "\n".join(pick) if chosen else ""))
+            + (f"\n\nChoosing on V per seed among {', '.join(candidates)} (what `method: auto` picks):\n\n"
+               + "\n".join(pick) if chosen else ""))
 
 
 def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict]:
@@ -276,7 +281,7 @@ def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict
     chosen. This is the honest number for "use whichever correction looks best on V"."""
     out = {}
     for d in dict.fromkeys(r["dataset"] for r in rows):
-        picks, accs = [], []
+        picks, accs, seeds = [], [], []
         for seed in sorted({r["seed"] for r in rows if r["dataset"] == d}):
             cand = [r for r in rows if r["dataset"] == d and r["seed"] == seed and r["method"] in methods
                     and r.get("val_accuracy") is not None]
@@ -285,10 +290,12 @@ def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict
             best = max(cand, key=lambda r: (r["val_accuracy"], -methods.index(r["method"])))
             picks.append(best["method"])
             accs.append(100 * best["test_accuracy"])
+            seeds.append(seed)
         if accs:
             a = np.array(accs)
             out[d] = {"test_accuracy_mean": float(a.mean()), "test_accuracy_std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-                      "chosen": {m: picks.count(m) for m in dict.fromkeys(picks)}, "seeds": len(a)}
+                      "chosen": {m: picks.count(m) for m in dict.fromkeys(picks)}, "seeds": len(a),
+                      "per_seed": dict(zip(seeds, zip(picks, accs)))}
     return out
 
 
