@@ -437,10 +437,16 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
         commit(r, queried_ids + pool_ids[chosen].tolist(), acc, paid)
 
     rounds = state["rounds"]
+    pool_labels = data.labels[sp.pool]
+    # how often the teacher was wrong on each round's new picks (true pool labels are read only to
+    # report this, never to select): the points an uncertainty sampler buys are often mislabeled
+    query_errors = [None] + [
+        float((store.read(rnd["ids"]).argmax(1) != pool_labels[[pos_of[x] for x in rnd["ids"]]]).mean())
+        if rnd["ids"] else None for rnd in rounds[1:]]
     result = {"strategy": cfg.strategy, "seed": cfg.seed, "correction": cfg.correction, "retrain": cfg.retrain,
               "queries": [x["queries"] for x in rounds], "test_accuracy": [x["test_accuracy"] for x in rounds],
               "auc": auc([x["queries"] for x in rounds], [x["test_accuracy"] for x in rounds]),
-              "spent": budget.spent(store), "spent_per_round": [x["spent"] for x in rounds],
+              "teacher_error_of_queries": query_errors, "spent": budget.spent(store), "spent_per_round": [x["spent"] for x in rounds],
               "setup_spent_at_start": state["spent_at_start"], "schedule": schedule, "stopped": stopped,
               "teacher_val_accuracy": teacher_val_acc, "teacher_fingerprint": store.fingerprint,
               "n_pool": n_pool, "n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_test": len(sp.test),
@@ -521,6 +527,7 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
                 res = active_loop(ctx, teacher, cfg=cfg, out=ctx.out / f"strategy-{strategy}", log=None)
                 row = {"dataset": name, "strategy": strategy, "seed": seed, "suite": suite, "queries": res["queries"],
                        "test_accuracy": res["test_accuracy"], "auc": res["auc"], "spent": res["spent"],
+                       "teacher_error_of_queries": res["teacher_error_of_queries"],
                        "correction": correction, "teacher_val_accuracy": res["teacher_val_accuracy"],
                        "teacher_test_accuracy": res.get("teacher_test_accuracy"), "n_pool": n_pool,
                        "seconds": time.perf_counter() - t0}

@@ -81,6 +81,8 @@ def test_loop_writes_json_and_png(first_run):
     assert min(saved["test_accuracy"]) <= saved["auc"] <= max(saved["test_accuracy"])
     assert saved["spent"] == pytest.approx(60.0)  # one unit per new pool query; V and test are setup
     assert (out / "active.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    err = saved["teacher_error_of_queries"]  # per round, over that round's 30 new picks
+    assert err[0] is None and len(err) == 3 and all(0 <= e <= 1 and (30 * e) == pytest.approx(round(30 * e)) for e in err[1:])
     state = json.loads((out / "active_state.json").read_text())
     ids = [x for r in state["rounds"] for x in r["ids"]]
     assert len(ids) == len(set(ids)) == 60
