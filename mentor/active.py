@@ -438,11 +438,15 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
 
     rounds = state["rounds"]
     pool_labels = data.labels[sp.pool]
-    # how often the teacher was wrong on each round's new picks (true pool labels are read only to
-    # report this, never to select): the points an uncertainty sampler buys are often mislabeled
-    query_errors = [None] + [
-        float((store.read(rnd["ids"]).argmax(1) != pool_labels[[pos_of[x] for x in rnd["ids"]]]).mean())
-        if rnd["ids"] else None for rnd in rounds[1:]]
+    # how often the teacher was wrong on each round's new picks, over those whose true label the data
+    # has (read only to report this, never to select): uncertainty samplers may buy mislabeled points
+    # None where a round's picks have no known label (a real unlabeled pool: label -1)
+    def _error(ids: list):
+        y = pool_labels[[pos_of[x] for x in ids]]
+        known = y >= 0
+        return float((store.read(list(np.asarray(ids)[known])).argmax(1) != y[known]).mean()) if known.any() else None
+
+    query_errors = [None] + [_error(rnd["ids"]) if rnd["ids"] else None for rnd in rounds[1:]]
     result = {"strategy": cfg.strategy, "seed": cfg.seed, "correction": cfg.correction, "retrain": cfg.retrain,
               "queries": [x["queries"] for x in rounds], "test_accuracy": [x["test_accuracy"] for x in rounds],
               "auc": auc([x["queries"] for x in rounds], [x["test_accuracy"] for x in rounds]),
