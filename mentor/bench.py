@@ -318,7 +318,8 @@ def machine_info() -> dict:
 
 
 def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out: Path | None = None,
-          repeats: int = 3, selection: bool = True, student_hidden: tuple[int, ...] = (128,)) -> dict:
+          repeats: int = 3, selection: bool = True, student_hidden: tuple[int, ...] = (128,),
+          rounds: int = 7) -> dict:
     """Three ratios, each from the same examples in one process (best of `repeats`)."""
     import shutil
     import torch
@@ -386,7 +387,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     arms = ["ce"] + [m for m in sorted(METHODS) if m not in ("weighted-disagreement", "cleanlab-filter", "auto")]
     # (those train like vanilla/weighted/the chosen method per step; their extra cost is whole first passes or a fit)
     times: dict[str, list[float]] = {a: [] for a in arms}
-    for _ in range(max(repeats, 7)):
+    for _ in range(rounds):
         for a in arms:
             times[a].append(epoch(False) if a == "ce" else epoch(True, a))
     med = {a: float(np.median(v)) for a, v in times.items()}
@@ -396,7 +397,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     train_rate = n / t_ce
     result = {
         "n_examples": n, "dataset": ds.name, "teacher": "SmallCNN (built-in)", "teacher_batch": bs,
-        "student_hidden": list(student_hidden),
+        "student_hidden": list(student_hidden), "rounds": rounds,
         "labeling_throughput_ratio_store_vs_bare": t_bare / t_store,
         "bare_teacher_examples_per_s": n / t_bare, "store_labeling_examples_per_s": n / t_store,
         "distill_step_cost_ratio_vs_ce": method_ratios,

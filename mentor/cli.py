@@ -223,14 +223,15 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
                 n: int = typer.Option(20000, help="Examples to label / train on."),
                 work_dir: Path = typer.Option(Path("bench-out/speed")),
                 hidden: str = typer.Option("128", help="Student MLP hidden sizes for the step-cost ratios, e.g. 1024,1024."),
-                selection: bool = typer.Option(True, help="Also time the active-learning selectors.")):
+                selection: bool = typer.Option(True, help="Also time the active-learning selectors."),
+                rounds: int = typer.Option(7, help="Interleaved timing rounds per method (medians).")):
     """Ratios measured in one run: store vs bare teacher, distillation vs CE step, store reads."""
     from .bench import speed
     try:
         sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
     except ValueError:
         raise ConfigError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
-    result = speed(n=n, work_dir=work_dir, json_out=json_out, student_hidden=sizes, selection=selection)
+    result = speed(n=n, work_dir=work_dir, json_out=json_out, student_hidden=sizes, selection=selection, rounds=rounds)
     console.print_json(json.dumps(result))
 
 
