@@ -250,7 +250,7 @@ def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see men
 
 @bench_app.command("guide")
 @_guard
-def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU) or standard."),
+def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU), medium (4× tokens) or standard."),
                     seeds: int = typer.Option(1, help="Number of seeds."),
                     arms: Optional[str] = typer.Option(None, help="Comma-separated arms (default: all)."),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),

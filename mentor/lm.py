@@ -487,10 +487,14 @@ ARMS = {"random": ("random", "none"), "weight-selection": ("weight-selection", "
 
 
 def guide_suite(suite: str) -> dict:
-    """Config template of a suite. smoke: a few minutes on one CPU core; standard: longer, GPU if lent."""
+    """Config template of a suite. smoke: a few minutes on one CPU core; medium: the same at 4× the
+    tokens; standard: ≈1M tokens with a wider student, GPU if lent."""
     suites = {
         "smoke": {"corpus": {"seq_len": 64, "max_val_rows": 48},
                   "train": {"tokens": 16384, "batch_size": 8, "lr": 2e-3, "eval_every": 8}},
+        # the smoke student and corpus at 4× the tokens: tens of minutes on CPU
+        "medium": {"corpus": {"seq_len": 64, "max_val_rows": 48},
+                   "train": {"tokens": 65536, "batch_size": 8, "lr": 2e-3, "eval_every": 32}},
         "standard": {"corpus": {"seq_len": 128, "max_val_rows": 256},
                      "student": {"hidden_size": 288, "num_hidden_layers": 6, "num_attention_heads": 3,
                                  "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 768},
