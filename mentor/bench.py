@@ -234,9 +234,9 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def _mean_std(a) -> str:
+def _mean_std(a, signed: bool = False) -> str:
     a = np.asarray(a, dtype=np.float64)
-    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
+    return f"{a.mean():{'+' if signed else ''}.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}"
 
 
 def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
@@ -254,8 +254,7 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
             seeds = sorted(s for (dd, mm, s) in cell if dd == d and mm == m)
             a_cells.append(_mean_std([cell[d, m, s] for s in seeds]) if seeds else "")
             paired = [cell[d, m, s] - cell[d, baseline, s] for s in seeds if (d, baseline, s) in cell]
-            g_cells.append(f"{np.mean(paired):+.2f} ± {np.std(paired, ddof=1) if len(paired) > 1 else 0.0:.2f}"
-                           if paired and m not in (baseline, "teacher") else "")
+            g_cells.append(_mean_std(paired, signed=True) if paired and m not in (baseline, "teacher") else "")
         acc.append(f"| {m} | " + " | ".join(a_cells) + " |")
         if m not in (baseline, "teacher", "labeled-only"):
             gain.append(f"| {m} | " + " | ".join(g_cells) + " |")
@@ -267,7 +266,7 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
     for d, c in chosen.items():
         diff = [acc - cell[d, baseline, s] for s, (_, acc) in c["per_seed"].items() if (d, baseline, s) in cell]
         pick.append(f"| {d} | {c['test_accuracy_mean']:.2f} ± {c['test_accuracy_std']:.2f} | "
-                    + (f"{np.mean(diff):+.2f} ± {np.std(diff, ddof=1) if len(diff) > 1 else 0.0:.2f}" if diff else "") + " | "
+                    + (_mean_std(diff, signed=True) if diff else "") + " | "
                     + ", ".join(f"{m} ({n})" for m, n in c["chosen"].items()) + " |")
     return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
             + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)

@@ -118,7 +118,8 @@ def slam_coefficients(alpha, k, topk_mask: torch.Tensor, normalized: bool = Fals
     computes them once per pool example instead of sorting the teacher's outputs every step.
     """
     n, c_ = topk_mask.shape
-    dtype = torch.float32 if not torch.is_floating_point(torch.as_tensor(alpha)) else torch.as_tensor(alpha).dtype
+    alpha = torch.as_tensor(alpha)
+    dtype = alpha.dtype if torch.is_floating_point(alpha) else torch.float32
     a = _column(alpha, n, torch.empty(0, dtype=dtype, device=topk_mask.device))
     d = _column(k, n, a) - 1 if normalized else torch.ones_like(a)
     c = (1 - a) / d
