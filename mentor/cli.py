@@ -250,14 +250,17 @@ def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see men
 
 @bench_app.command("guide")
 @_guard
-def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU), medium (4× tokens) or standard."),
+def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU), medium (4× tokens), standard "
+                                              "(wider student, about an hour per seed on one core) or large (GPU)."),
                     seeds: int = typer.Option(1, help="Number of seeds."),
+                    first_seed: int = typer.Option(0, help="First seed (run seeds as parallel processes, each "
+                                                           "with its own --work-dir)."),
                     arms: Optional[str] = typer.Option(None, help="Comma-separated arms (default: all)."),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                     work_dir: Path = typer.Option(Path("bench-out/guide"), help="Run folders and teacher store.")):
     """GUIDE vs weight selection vs KD vs GUIDE+KD at equal training tokens; gap reduction vs random."""
     from .lm import bench_guide, summarize_guide
-    rows = bench_guide(suite, seeds=seeds, arms=arms.split(",") if arms else None, json_out=json_out,
+    rows = bench_guide(suite, seeds=seeds, first_seed=first_seed, arms=arms.split(",") if arms else None, json_out=json_out,
                        work_dir=work_dir, log=console.print)
     console.print(summarize_guide(rows))
 

