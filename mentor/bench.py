@@ -156,6 +156,23 @@ def read_rows(path: Path) -> list[dict]:
         raise ConfigError(f"{path} is not a JSON-lines file of benchmark rows: {e}") from None
 
 
+def report_rows(rows: list[dict], baseline: str | None = None) -> str:
+    """The report that fits the rows: quality (`method`), active (`strategy`) or guide (`arm`)."""
+    kinds = {"arm" if "arm" in r else "strategy" if "strategy" in r else "method" if "method" in r else "?"
+             for r in rows}
+    if len(kinds) != 1 or "?" in kinds:
+        raise ConfigError(f"the rows mix or lack benchmark kinds ({sorted(kinds)}); report the rows of one "
+                          "kind (`mentor bench quality|active|guide --json`) at a time.")
+    kind = kinds.pop()
+    if kind == "arm":
+        from .lm import summarize_guide
+        return summarize_guide(rows)
+    if kind == "strategy":
+        from .active import summarize_active
+        return summarize_active(rows, baseline or "random")
+    return report(rows, baseline or "vanilla-soft")
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return

@@ -210,11 +210,13 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
 
 @bench_app.command("report")
 @_guard
-def bench_report(rows_file: Path = typer.Argument(..., help="JSON rows written by `mentor bench quality --json`."),
-                 baseline: str = typer.Option("vanilla-soft", help="Method the paired gains are measured against.")):
-    """Tables from saved quality rows: accuracy per method × data set, paired gains, choice on V."""
-    from .bench import read_rows, report
-    print(report(read_rows(rows_file), baseline=baseline))
+def bench_report(rows_files: list[Path] = typer.Argument(..., help="JSON rows written by `mentor bench "
+                                                         "quality|active|guide --json` (several files are joined)."),
+                 baseline: Optional[str] = typer.Option(None, help="What paired gains are measured against "
+                                                        "(default: vanilla-soft; random for active rows).")):
+    """Tables from saved rows: quality (accuracy, paired gains, choice on V), active (AUC) or guide (gap reduction)."""
+    from .bench import read_rows, report_rows
+    print(report_rows([r for f in rows_files for r in read_rows(f)], baseline=baseline))
 
 
 @bench_app.command("speed")

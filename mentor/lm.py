@@ -578,13 +578,23 @@ def bench_guide(suite: str = "smoke", *, seeds: int = 1, first_seed: int = 0, ar
 
 
 def summarize_guide(rows: list[dict]) -> str:
-    """Mean ± std over seeds of validation loss and gap reduction per arm (Markdown)."""
+    """Markdown: mean ± std over seeds of validation loss and gap reduction per arm, then the
+    comparisons the GUIDE claim rests on, paired by seed (same data order and validation rows)."""
+    sd = (lambda a: np.std(a, ddof=1) if len(a) > 1 else 0.0)
     out = ["| arm | val loss at init | val loss | gap reduction | seeds |", "|---|---|---|---|---|"]
     for arm in dict.fromkeys(r["arm"] for r in rows):
         v = np.array([r["val_loss"] for r in rows if r["arm"] == arm])
         g = np.array([r["gap_reduction"] for r in rows if r["arm"] == arm])
-        sd = (lambda a: a.std(ddof=1) if len(a) > 1 else 0.0)
         i = np.array([r.get("init_val_loss", np.nan) for r in rows if r["arm"] == arm])
         out.append(f"| {arm} | {i.mean():.3f} ± {sd(i):.3f} | {v.mean():.4f} ± {sd(v):.4f} | {g.mean():+.3f} ± {sd(g):.3f} "
                    f"| {len(v)} |")
+    gap = {(r["seed"], r["arm"]): r["gap_reduction"] for r in rows}
+    arms = {arm for _, arm in gap}
+    pairs = [(a, b) for a, b in (("guide", "weight-selection"), ("guide+kd", "guide"), ("guide+kd", "kd"))
+             if a in arms and b in arms]
+    if pairs:
+        out += ["", "| comparison | gap reduction difference (paired) | first ahead in | seeds |", "|---|---|---|---|"]
+    for a, b in pairs:
+        d = np.array([gap[s, a] - gap[s, b] for s, arm in gap if arm == a and (s, b) in gap])
+        out.append(f"| {a} − {b} | {d.mean():+.3f} ± {sd(d):.3f} | {(d > 0).sum()}/{len(d)} | {len(d)} |")
     return "\n".join(out)

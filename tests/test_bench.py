@@ -128,3 +128,16 @@ def test_selection_speed_reports_and_checks_the_kcenter_extrapolation():
         kc = res["kcenter"][name]
         assert kc["pool_in_60s"] >= kc["pool_sizes"][-1] and kc["verified_seconds"] > 0
         assert kc["verified_pool"] == min(kc["pool_in_60s"], 8 * 20_000)
+
+
+def test_report_rows_picks_the_report_by_row_kind():
+    guide = [{"arm": a, "seed": s, "val_loss": 5.0, "gap_reduction": g + 0.01 * s, "init_val_loss": 9.0}
+             for s in (0, 1) for a, g in (("random", 0.0), ("weight-selection", 0.2), ("guide", 0.3))]
+    text = bench.report_rows(guide)
+    assert "| guide | 9.000 ± 0.000 | 5.0000 ± 0.0000 | +0.305 ± 0.007 | 2 |" in text
+    assert "| guide − weight-selection | +0.100 ± 0.000 | 2/2 | 2 |" in text  # paired, not pooled
+    active = [{"dataset": "d", "strategy": st, "seed": 0, "auc": a, "test_accuracy": [a]}
+              for st, a in (("random", 0.5), ("rad", 0.6))]
+    assert "| d | rad | 60.00 ± 0.00 | +10.00 ± 0.00 |" in bench.report_rows(active)
+    with pytest.raises(ConfigError, match="mix or lack"):
+        bench.report_rows(guide + active)
