@@ -75,6 +75,16 @@ class StoreConfig(_Strict):
     batch_size: int = 1024               # examples per teacher call
 
 
+class DistributeConfig(_Strict):
+    """How teacher calls run (mentor.distributed): one at a time, on threads, or on Ray workers."""
+    engine: Literal["none", "threads", "ray"] = "none"  # threads: HTTP/API teachers; ray: copies of the teacher on a cluster
+    workers: int = Field(2, ge=1)        # threads, or Ray actors each holding the teacher
+    in_flight_per_worker: int = Field(2, ge=1)  # calls queued per worker (keeps workers busy)
+    address: str | None = None           # ray: cluster to join ("auto", "ray://head:10001"); default: start Ray here
+    cpus_per_worker: float = Field(1.0, gt=0)  # ray
+    gpus_per_worker: float = Field(0.0, ge=0)  # ray
+
+
 class StudentConfig(_Strict):
     kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf"] | None = None  # default: tfidf for text, else mlp
     hidden: list[int] = Field(default_factory=lambda: [64])
@@ -105,6 +115,7 @@ class RunConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    distribute: DistributeConfig = Field(default_factory=DistributeConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     train: TrainSection = Field(default_factory=TrainSection)
 

@@ -22,6 +22,7 @@ import torch
 
 from .config import RunConfig, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
+from .distributed import make_pool
 from .errors import DataError, StoreError
 from .evaluate import classification_report, gap_closed
 from .methods import MethodContext, plan_method, train_with_plan
@@ -138,9 +139,15 @@ def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     if isinstance(teacher, FileTeacher):  # a file may leave V / test out; only the pool is required
         index = index[teacher.covers(data.ids[index])]
     batches = ((data.ids[index[i:i + bs]], data.features[index[i:i + bs]]) for i in range(0, len(index), bs))
-    report = store.label(teacher, batches, progress=ctx.cfg.train.progress)
+    pool = make_pool(ctx.cfg.distribute, teacher)
+    try:
+        report = store.label(teacher, batches, progress=ctx.cfg.train.progress, pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
     _atomic_write_text(ctx.out / "teacher.json", json.dumps(
-        {**teacher.describe(), "last_label_run": report.__dict__, "store": str(store.path)}, indent=2))
+        {**teacher.describe(), "last_label_run": {**report.__dict__, "pool": pool.describe() if pool else None},
+         "store": str(store.path)}, indent=2))
     return store
 
 

@@ -27,6 +27,7 @@ One process writes at a time: mutations hold an advisory lock on `store/.lock` (
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import copy
 import hashlib
@@ -281,12 +282,17 @@ class TeacherStore:
 
     # ------------------------------------------------------------------------------------ writing
 
-    def label(self, teacher, batches: Iterable, *, progress: bool = False) -> LabelReport:
+    def label(self, teacher, batches: Iterable, *, progress: bool = False, pool=None) -> LabelReport:
         """Ask `teacher` for every id in `batches` not stored yet, storing each call's outputs.
 
         `batches` yields (ids, inputs) chunks, so a pool larger than memory can stream from disk;
         each chunk's new ids go to the teacher in one call. Bad teacher output raises
         TeacherOutputError; everything stored before it stays.
+
+        `pool` (`mentor.distributed`: threads, or Ray workers on many machines, each holding the
+        teacher) keeps several calls running at once. Each call is stored as soon as it returns,
+        an id already in flight is not sent again, and when a call fails the others in flight
+        are still stored before the error is raised.
         """
         fp = getattr(teacher, "fingerprint", None)
         if fp != self.fingerprint:
@@ -294,8 +300,35 @@ class TeacherStore:
                 f"teacher fingerprint {fp!r} differs from the store's {self.fingerprint!r} at {self.path}: "
                 "its outputs would be mixed with another teacher's. Use another store path for this "
                 "teacher, or delete the store folder to relabel.")
+        if pool is not None and getattr(pool.teacher, "fingerprint", None) != fp:
+            raise StoreError(f"the pool's teacher ({getattr(pool.teacher, 'fingerprint', None)!r}) is not the "
+                             f"teacher passed to label() ({fp!r}); build the pool from this teacher.")
         price = float(getattr(teacher, "cost_per_example", 0.0) or 0.0)
-        start, requested, new, cost = time.perf_counter(), 0, 0, 0.0
+        tally = {"requested": 0, "new": 0, "cost": 0.0}
+        start, in_flight, busy, errors = time.perf_counter(), {}, set(), []
+
+        def store(todo, probs, *, locked=False):
+            probs = self._check(probs, todo, f"teacher {fp} outputs")
+            with contextlib.nullcontext() if locked else self._locked():
+                self._sync()  # another process may have stored some of these meanwhile
+                keep = _first_new(todo, self._index)
+                if keep.any():
+                    self._append(todo[keep], probs[keep], spent=len(todo) * price, calls=1)
+            tally["new"] += int(keep.sum())
+            tally["cost"] += len(todo) * price
+            if progress:
+                print(f"\rlabel: {tally['new']} new, cost {tally['cost']:g}", end="", file=sys.stderr)
+
+        def collect(return_when):
+            done, _ = concurrent.futures.wait(list(in_flight), return_when=return_when)
+            for fut in done:
+                todo = in_flight.pop(fut)
+                busy.difference_update(todo.tolist())
+                try:
+                    store(todo, fut.result())
+                except Exception as e:  # keep storing the other calls; raise the first error after
+                    errors.append(e)
+
         for chunk in batches:
             try:
                 ids, inputs = chunk
@@ -306,22 +339,33 @@ class TeacherStore:
             if len(inputs) != len(ids):
                 raise DataError(f"a batch has {len(ids)} ids but {len(inputs)} inputs; "
                                 "yield one input per id.")
-            requested += len(ids)
+            tally["requested"] += len(ids)
             with self._locked():
                 self._sync()
                 mask = _first_new(ids, self._index)
+                if busy:
+                    mask &= np.array([x not in busy for x in ids.tolist()])
                 if not mask.any():
                     continue
                 todo = ids[mask]
-                probs = teacher.predict_proba(_take(inputs, mask), todo)
-                probs = self._check(probs, todo, f"teacher {fp} outputs")
-                self._append(todo, probs, spent=len(todo) * price, calls=1)
-            new, cost = new + len(todo), cost + len(todo) * price
-            if progress:
-                print(f"\rlabel: {new} new, {requested - new} skipped, cost {cost:g}", end="", file=sys.stderr)
+                if pool is None:  # one call at a time, under the lock: two processes never pay twice
+                    store(todo, teacher.predict_proba(_take(inputs, mask), todo), locked=True)
+            if pool is None:
+                continue
+            in_flight[pool.submit(_take(inputs, mask), todo)] = todo
+            busy.update(todo.tolist())
+            while len(in_flight) >= pool.max_in_flight and not errors:
+                collect(concurrent.futures.FIRST_COMPLETED)
+            if errors:
+                break
+        if in_flight:
+            collect(concurrent.futures.ALL_COMPLETED)
         if progress:
             print(file=sys.stderr)
-        return LabelReport(requested, new, requested - new, cost, time.perf_counter() - start)
+        if errors:
+            raise errors[0]
+        return LabelReport(tally["requested"], tally["new"], tally["requested"] - tally["new"], tally["cost"],
+                           time.perf_counter() - start)
 
     def write(self, ids, probs) -> int:
         """Append outputs computed elsewhere (e.g. imported from a file); ids already stored are

