@@ -168,7 +168,7 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
                   f"(~{a['estimated_pool_errors']:.0f} of {a['n_pool']} pseudo-labels wrong)")
     console.print("P(right | margin): " + "  ".join(
         f"{m:.1f}:{v:.2f}" for m, v in zip(a["curve"]["margin"], a["curve"]["accuracy"])))
-    console.print(f"top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
+    console.print("top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
     console.print(f"calibration temperature on V: {a['calibration_temperature']:.2f}")
     if a.get("fallback"):
         console.print(f"[yellow]note:[/] {a['fallback']}")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from mentor.config import parse_config
-from mentor.data import load_dataset
 from mentor.distributed import RayTeacherPool, TeacherWorkerError, ThreadTeacherPool, make_pool
 from mentor.errors import ConfigError, StoreError
 from mentor.pipeline import label, prepare
@@ -36,18 +35,6 @@ def ray_pool(cluster, model):
     CPU for the pipeline test's own pool."""
     with RayTeacherPool(model, 2, cpus_per_worker=0.5) as pool:
         yield pool
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-    from sklearn.linear_model import LogisticRegression
-    est = LogisticRegression(max_iter=300).fit(digits.features[:300], digits.labels[:300])
-    return SklearnTeacher(est, 10)
 
 
 def _batches(ids, x, size):

@@ -1,6 +1,5 @@
 """Reference checks and invariants for the distillation losses."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -2,7 +2,6 @@
 separate steps, resuming without paying twice, and the CLI's error messages."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import yaml
 
 from mentor.config import load_config, parse_config
 from mentor.errors import ConfigError, StoreError, TeacherOutputError
-from mentor.pipeline import evaluate, get_teacher, label, prepare, run, train
+from mentor.pipeline import get_teacher, label, prepare, run
 from mentor.presets import demo_config
 
 MENTOR = [sys.executable, "-m", "mentor.cli"]

@@ -17,25 +17,12 @@ import pytest
 import yaml
 
 from mentor.config import parse_config
-from mentor.data import load_dataset
 from mentor.errors import ConfigError, StoreError, TeacherOutputError
 from mentor.pipeline import get_teacher, label, prepare
 from mentor.store import TeacherStore
-from mentor.teachers import RemoteTeacher, RemoteTeacherError, SklearnTeacher, teacher_server
+from mentor.teachers import RemoteTeacher, RemoteTeacherError, teacher_server
 
 FAST = {"backoff_s": 0.001, "max_backoff_s": 0.01}  # retries without waiting in tests
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def model(digits):
-    from sklearn.linear_model import LogisticRegression
-    est = LogisticRegression(max_iter=300).fit(digits.features[:300], digits.labels[:300])
-    return SklearnTeacher(est, 10)
 
 
 class Served:

@@ -1,0 +1,19 @@
+"""Fixtures shared by test modules: the digits data set and a scikit-learn teacher fit on it."""
+
+import pytest
+
+from mentor.data import load_dataset
+from mentor.teachers import SklearnTeacher
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def model(digits):
+    """LogisticRegression on the first 300 digits, as a mentor teacher."""
+    from sklearn.linear_model import LogisticRegression
+    est = LogisticRegression(max_iter=300).fit(digits.features[:300], digits.labels[:300])
+    return SklearnTeacher(est, 10)
