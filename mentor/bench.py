@@ -333,6 +333,59 @@ def machine_info() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+def pool_speed(*, n: int = 4000, workers: int = 2, batch_size: int = 256, n_labeled: int = 500,
+               address: str | None = None, work_dir: Path = Path("bench-out/pool"),
+               json_out: Path | None = None) -> dict:
+    """Seconds to label `n` fortunes with the MiniLM teacher (a real, compute-bound encoder), one
+    call at a time here versus on a Ray pool of `workers` actors, each into a fresh store; the two
+    stores must hold the same outputs. Starting the pool is timed apart (paid once per run)."""
+    import shutil
+    import torch
+    from .data import load_dataset
+    from .distributed import RayTeacherPool
+    from .store import TeacherStore
+    from .teachers import train_model_teacher
+    data = load_dataset("fortunes")
+    idx = np.random.default_rng(0).permutation(len(data.ids))
+    if n_labeled + n > len(idx):
+        raise ConfigError(f"fortunes has {len(idx)} examples; n_labeled + n = {n_labeled + n} is too many.")
+    lab, pool = idx[:n_labeled], idx[n_labeled:n_labeled + n]
+    teacher = train_model_teacher("minilm", data.features[lab], data.labels[lab], n_classes=data.n_classes,
+                                  data_kind="text", seed=0)
+    batches = [(data.ids[pool[i:i + batch_size]], data.features[pool[i:i + batch_size]])
+               for i in range(0, n, batch_size)]
+
+    def fresh(name):
+        shutil.rmtree(Path(work_dir) / name, ignore_errors=True)
+        return TeacherStore(Path(work_dir) / name, fingerprint=teacher.fingerprint, n_classes=data.n_classes)
+
+    teacher.predict_proba(data.features[lab[:8]])  # load the encoder before timing
+    res: dict = {"n": n, "workers": workers, "batch_size": batch_size, "teacher": "minilm (fortunes)",
+                 "torch_threads_here": torch.get_num_threads()}
+    here, t0 = fresh("here"), time.perf_counter()
+    here.label(teacher, batches)
+    res["seconds_here"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with RayTeacherPool(teacher, workers, address=address) as ray_pool:
+        # one small call per actor loads its encoder, as the call above did here
+        for f in [ray_pool.submit(data.features[lab[:8]], data.ids[lab[:8]]) for _ in range(workers)]:
+            f.result()
+        res["seconds_pool_start"] = time.perf_counter() - t0  # actors started and warm
+        res["pool"] = ray_pool.describe()
+        on_ray, t0 = fresh("ray"), time.perf_counter()
+        on_ray.label(teacher, batches, pool=ray_pool)
+        res["seconds_ray"] = time.perf_counter() - t0
+    ids = data.ids[pool]
+    res["max_abs_difference"] = float(np.abs(here.read(ids) - on_ray.read(ids)).max())
+    res["speedup_labeling"] = res["seconds_here"] / res["seconds_ray"]
+    res["speedup_with_pool_start"] = res["seconds_here"] / (res["seconds_ray"] + res["seconds_pool_start"])
+    res["machine"] = machine_info()
+    if json_out is not None:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(res, indent=2))
+    return res
+
+
 def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out: Path | None = None,
           repeats: int = 3, selection: bool = True, student_hidden: tuple[int, ...] = (128,),
           rounds: int = 7) -> dict:

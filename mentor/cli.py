@@ -237,6 +237,20 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
     console.print_json(json.dumps(result))
 
 
+@bench_app.command("pool")
+@_guard
+def bench_pool(n: int = typer.Option(4000, help="Fortunes to label."),
+               workers: int = typer.Option(2, help="Ray actors, one CPU each."),
+               batch_size: int = typer.Option(256, help="Examples per teacher call."),
+               address: Optional[str] = typer.Option(None, help="Ray cluster to join (default: start Ray here)."),
+               json_out: Optional[Path] = typer.Option(None, "--json"),
+               work_dir: Path = typer.Option(Path("bench-out/pool"))):
+    """Labeling with a real encoder teacher: one call at a time vs a Ray pool, ratio from one run."""
+    from .bench import pool_speed
+    console.print_json(json.dumps(pool_speed(n=n, workers=workers, batch_size=batch_size, address=address,
+                                             work_dir=work_dir, json_out=json_out)))
+
+
 @app.command("lm-distill")
 @_guard
 def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see mentor.lm.LMDistillConfig)."),
