@@ -105,13 +105,50 @@ def aligned_log_probs(student_logits: torch.Tensor, teacher, *, tail: str = "buc
     s_top = z.gather(-1, idx)
     if tail == "renorm":
         return F.log_softmax(s_top, -1), F.log_softmax(t_val, -1)
-    lse = torch.logsumexp(z, -1, keepdim=True)
     if k == V:  # the list covers the vocabulary: no tail bucket
-        return s_top - lse, t_val
-    s_tail = torch.logsumexp(z.scatter(-1, idx, float("-inf")), -1, keepdim=True) - lse
+        return s_top - torch.logsumexp(z, -1, keepdim=True), t_val
+    lse, lse_tail = _LogSumExpAndTail.apply(z, idx)
+    s_tail = lse_tail - lse
     t_mass = 1.0 - torch.exp(torch.logsumexp(t_val, -1, keepdim=True))
     t_tail = torch.log(t_mass.clamp_min(TAIL_FLOOR))
     return torch.cat([s_top - lse, s_tail], -1), torch.cat([t_val, t_tail], -1)
+
+
+class _LogSumExpAndTail(torch.autograd.Function):
+    """(log Σ_j e^{z_j}, log Σ_{j ∉ idx} e^{z_j}) over the last axis, both (..., 1).
+
+    One pass for both sums, and a backward pass that is one multiply over the vocabulary: the
+    generic `logsumexp(z.scatter(idx, -inf))` costs a full copy of the logits and several more
+    passes. The tail is summed, not obtained by subtraction, so a small tail keeps its precision;
+    positions whose tail underflows against the overall maximum (listed tokens > ~87 nats above
+    all others in float32) are recomputed exactly on their own.
+    """
+
+    @staticmethod
+    def forward(ctx, z, idx):
+        m = z.amax(-1, keepdim=True)
+        e = torch.exp(z - m)
+        total = e.sum(-1, keepdim=True)
+        e_top = e.gather(-1, idx)
+        e.scatter_(-1, idx, 0.0)  # e now holds the tail terms only
+        tail = e.sum(-1, keepdim=True)
+        lse, lse_tail = m + torch.log(total), m + torch.log(tail)
+        low = (tail <= torch.finfo(z.dtype).tiny * 1e3).squeeze(-1)
+        if low.any():  # rare: exact tail log-sum-exp for those positions only
+            lse_tail[low] = torch.logsumexp(z[low].scatter(-1, idx[low], float("-inf")), -1, keepdim=True)
+        ctx.save_for_backward(z, e, e_top, idx, total, tail, lse_tail, low)
+        return lse, lse_tail
+
+    @staticmethod
+    def backward(ctx, g_lse, g_tail):
+        z, e, e_top, idx, total, tail, lse_tail, low = ctx.saved_tensors
+        # d lse / dz = softmax; d lse_tail / dz = softmax over the tail (0 at the listed tokens)
+        grad = e * (g_lse / total + g_tail / tail.clamp_min(torch.finfo(z.dtype).tiny))
+        if low.any():
+            q = torch.exp(z[low] - lse_tail[low]).scatter(-1, idx[low], 0.0)
+            grad[low] = e[low] * (g_lse[low] / total[low]) + q * g_tail[low]
+        grad.scatter_(-1, idx, e_top * (g_lse / total))
+        return grad, None
 
 
 def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
