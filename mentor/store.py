@@ -329,37 +329,39 @@ class TeacherStore:
                 except Exception as e:  # keep storing the other calls; raise the first error after
                     errors.append(e)
 
-        for chunk in batches:
-            try:
-                ids, inputs = chunk
-            except (TypeError, ValueError):
-                raise DataError("label() expects batches of (ids, inputs) pairs; got "
-                                f"{type(chunk).__name__}. Yield (ids, inputs) for each chunk.") from None
-            ids = _as_ids(ids)
-            if len(inputs) != len(ids):
-                raise DataError(f"a batch has {len(ids)} ids but {len(inputs)} inputs; "
-                                "yield one input per id.")
-            tally["requested"] += len(ids)
-            with self._locked():
-                self._sync()
-                mask = _first_new(ids, self._index)
-                if busy:
-                    mask &= np.array([x not in busy for x in ids.tolist()])
-                if not mask.any():
+        try:
+            for chunk in batches:
+                try:
+                    ids, inputs = chunk
+                except (TypeError, ValueError):
+                    raise DataError("label() expects batches of (ids, inputs) pairs; got "
+                                    f"{type(chunk).__name__}. Yield (ids, inputs) for each chunk.") from None
+                ids = _as_ids(ids)
+                if len(inputs) != len(ids):
+                    raise DataError(f"a batch has {len(ids)} ids but {len(inputs)} inputs; "
+                                    "yield one input per id.")
+                tally["requested"] += len(ids)
+                with self._locked():
+                    self._sync()
+                    mask = _first_new(ids, self._index)
+                    if busy:
+                        mask &= np.array([x not in busy for x in ids.tolist()])
+                    if not mask.any():
+                        continue
+                    todo = ids[mask]
+                    if pool is None:  # one call at a time, under the lock: two processes never pay twice
+                        store(todo, teacher.predict_proba(_take(inputs, mask), todo), locked=True)
+                if pool is None:
                     continue
-                todo = ids[mask]
-                if pool is None:  # one call at a time, under the lock: two processes never pay twice
-                    store(todo, teacher.predict_proba(_take(inputs, mask), todo), locked=True)
-            if pool is None:
-                continue
-            in_flight[pool.submit(_take(inputs, mask), todo)] = todo
-            busy.update(todo.tolist())
-            while len(in_flight) >= pool.max_in_flight and not errors:
-                collect(concurrent.futures.FIRST_COMPLETED)
-            if errors:
-                break
-        if in_flight:
-            collect(concurrent.futures.ALL_COMPLETED)
+                in_flight[pool.submit(_take(inputs, mask), todo)] = todo
+                busy.update(todo.tolist())
+                while len(in_flight) >= pool.max_in_flight and not errors:
+                    collect(concurrent.futures.FIRST_COMPLETED)
+                if errors:
+                    break
+        finally:  # whatever stops the loop (an error, a bad batch), calls already paid for are stored
+            if in_flight:
+                collect(concurrent.futures.ALL_COMPLETED)
         if progress:
             print(file=sys.stderr)
         if errors:

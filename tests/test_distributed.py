@@ -12,7 +12,7 @@ import pytest
 
 from mentor.config import parse_config
 from mentor.distributed import RayTeacherPool, TeacherWorkerError, ThreadTeacherPool, make_pool
-from mentor.errors import ConfigError, StoreError
+from mentor.errors import ConfigError, DataError, StoreError
 from mentor.pipeline import label, prepare
 from mentor.store import TeacherStore
 from mentor.teachers import RemoteTeacher, SklearnTeacher
@@ -133,3 +133,13 @@ def test_distribute_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="nothing to compute"):
         make_pool(cfg.distribute, FileLike())
     assert make_pool(parse_config(_run_cfg(tmp_path)).distribute, FileLike()) is None
+
+
+def test_a_bad_batch_stops_labeling_but_calls_in_flight_are_stored(digits, model, tmp_path):
+    ids, x = digits.ids[:400], digits.features[:400]
+    batches = _batches(ids, x, 100)[:3] + [(ids[300:400], x[300:350])]  # the 4th batch is malformed
+    store = TeacherStore(tmp_path / "s", fingerprint=model.fingerprint, n_classes=10)
+    with ThreadTeacherPool(model, 2, in_flight_per_worker=4) as pool:  # 3 calls in flight when it fails
+        with pytest.raises(DataError, match="100 ids but 50 inputs"):
+            store.label(model, batches, pool=pool)
+    assert store.stored_ids() == set(ids[:300])
