@@ -18,6 +18,7 @@ those works with the store.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import threading
 from typing import Any
 
@@ -63,7 +64,8 @@ class RayTeacherPool:
     engine = "ray"
 
     def __init__(self, teacher, workers: int = 2, *, address: str | None = None, cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2, runtime_env: dict | None = None):
+                 gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2, runtime_env: dict | None = None,
+                 start_timeout_s: float = 300.0):
         _check_counts(workers, in_flight_per_worker)
         if cpus_per_worker <= 0 or gpus_per_worker < 0:
             raise ConfigError(f"ray workers need cpus_per_worker > 0 and gpus_per_worker >= 0, got "
@@ -90,7 +92,17 @@ class RayTeacherPool:
         shared = ray.put(teacher)  # sent once to the object store, not once per actor
         self._actors = [actor.remote(shared) for _ in range(self.workers)]
         self._queued, self._lock = [0] * self.workers, threading.Lock()  # callbacks run on Ray's thread
-        self.where = ray.get([a.where.remote() for a in self._actors])  # also waits for the actors to start
+        try:  # also waits for the actors to start
+            self.where = ray.get([a.where.remote() for a in self._actors], timeout=start_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise ConfigError(f"the {self.workers} Ray workers did not start within {start_timeout_s:g} s: the "
+                              "cluster's CPUs/GPUs may be taken by other jobs (`ray status` shows them).") from None
+        except ray.exceptions.RayError as e:
+            self.close()
+            detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())[:300]  # no colour codes
+            raise ConfigError(f"the Ray workers could not start ({type(e).__name__}: {detail}); is mentor "
+                              "installed on every node (or passed in runtime_env)?") from None
 
     def submit(self, inputs, ids) -> concurrent.futures.Future:
         with self._lock:

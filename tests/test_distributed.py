@@ -143,3 +143,17 @@ def test_a_bad_batch_stops_labeling_but_calls_in_flight_are_stored(digits, model
         with pytest.raises(DataError, match="100 ids but 50 inputs"):
             store.label(model, batches, pool=pool)
     assert store.stored_ids() == set(ids[:300])
+
+
+def test_ray_workers_that_cannot_start_give_a_clear_error(cluster, tmp_path):
+    """The teacher cannot be rebuilt on the workers (its class's module is missing there)."""
+    mod = tmp_path / "driver_only_teacher.py"
+    mod.write_text("class T:\n    fingerprint = 'x'\n    n_classes = 2\n")
+    import sys
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import driver_only_teacher
+        with pytest.raises(ConfigError, match="(?s)could not start.*installed on every node"):
+            RayTeacherPool(driver_only_teacher.T(), 1, cpus_per_worker=0.1, start_timeout_s=120)
+    finally:
+        sys.path.remove(str(tmp_path))
