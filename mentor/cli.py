@@ -269,8 +269,8 @@ def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see men
 def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on CPU), medium (4× tokens), standard "
                                               "(wider student, about an hour per seed on one core) or large (GPU)."),
                     seeds: int = typer.Option(1, help="Number of seeds."),
-                    first_seed: int = typer.Option(0, help="First seed (run seeds as parallel processes, each "
-                                                           "with its own --work-dir)."),
+                    first_seed: int = typer.Option(0, help="First seed (to run seeds as parallel processes; "
+                                                           "they may share --work-dir and its teacher store)."),
                     arms: Optional[str] = typer.Option(None, help="Comma-separated arms (default: all)."),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                     work_dir: Path = typer.Option(Path("bench-out/guide"), help="Run folders and teacher store.")):

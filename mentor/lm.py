@@ -536,8 +536,8 @@ def bench_guide(suite: str = "smoke", *, seeds: int = 1, first_seed: int = 0, ar
                 log: Callable = print) -> list[dict]:
     """Every arm at equal training tokens, per seed; rows carry gap_reduction against `random`.
 
-    Seeds are first_seed … first_seed + seeds − 1, so seeds can run as separate processes (give
-    each its own work_dir: the teacher store takes one writer at a time)."""
+    Seeds are first_seed … first_seed + seeds − 1, so seeds can run as separate processes; they
+    may share work_dir (run folders differ by seed; the teacher store is locked per call)."""
     arms = arms or list(ARMS)
     bad = [a for a in arms if a not in ARMS]
     if bad:
