@@ -466,6 +466,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     method_ratios = {m: t / t_ce for m, t in med.items()}
     vs_vanilla = {m: t / med["vanilla-soft"] for m, t in med.items()}
     train_rate = n / t_ce
+    slam_info = plan_method("slam", ctx).info  # what SLaM was timed with (k, α from the fits on V)
     result = {
         "n_examples": n, "dataset": ds.name, "teacher": "SmallCNN (built-in), trained on 1,000 examples", "teacher_batch": bs,
         "student_hidden": list(student_hidden), "rounds": rounds,
@@ -478,7 +479,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         "store_read_vs_training_consumption": (n / t_iter) / train_rate,
         "machine": machine_info(), "repeats": repeats,
         "teacher_accuracy_on_pool": float((probs.argmax(1) == labels).mean()),
-        "slam_plan": {key: plan_method("slam", ctx).info[key] for key in ("k", "alpha")},
+        "slam_plan": {key: slam_info[key] for key in ("k", "alpha")},
     }
     if selection:
         from .active import selection_speed

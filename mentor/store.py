@@ -308,16 +308,20 @@ class TeacherStore:
         start, in_flight, busy, errors = time.perf_counter(), {}, set(), []
 
         def store(todo, probs, *, locked=False):
+            """Append one call's outputs; `locked`: the caller holds the lock and synced before the call."""
             probs = self._check(probs, todo, f"teacher {fp} outputs")
             with contextlib.nullcontext() if locked else self._locked():
-                self._sync()  # another process may have stored some of these meanwhile
-                keep = _first_new(todo, self._index)
+                keep = np.ones(len(todo), bool)
+                if not locked:  # the call ran unlocked: another process may have stored some meanwhile
+                    self._sync()
+                    keep = _first_new(todo, self._index)
                 if keep.any():
                     self._append(todo[keep], probs[keep], spent=len(todo) * price, calls=1)
             tally["new"] += int(keep.sum())
             tally["cost"] += len(todo) * price
             if progress:
-                print(f"\rlabel: {tally['new']} new, cost {tally['cost']:g}", end="", file=sys.stderr)
+                print(f"\rlabel: {tally['new']} new, {tally['requested'] - tally['new']} skipped, "
+                      f"cost {tally['cost']:g}", end="", file=sys.stderr)
 
         def collect(return_when):
             done, _ = concurrent.futures.wait(list(in_flight), return_when=return_when)
