@@ -29,7 +29,20 @@ class TeacherWorkerError(TeacherOutputError):
     """A teacher call failed on a pool worker (the worker's error is in the message)."""
 
 
-class ThreadTeacherPool:
+class _Pool:
+    """What pools share: `with pool:` closes it."""
+
+    def close(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class ThreadTeacherPool(_Pool):
     """`workers` threads sharing one teacher; calls must be thread-safe (HTTP teachers are)."""
 
     engine = "threads"
@@ -49,14 +62,8 @@ class ThreadTeacherPool:
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class RayTeacherPool:
+class RayTeacherPool(_Pool):
     """`workers` Ray actors, each holding a copy of `teacher`, placed wherever the cluster has
     `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs) free. A call goes to the actor with the
     fewest calls queued. Starts Ray on this machine unless Ray is running or `address` is given."""
@@ -134,12 +141,6 @@ class RayTeacherPool:
         for a in self._actors:
             self._ray.kill(a)
         self._actors = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class _TeacherActor:
