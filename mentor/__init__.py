@@ -15,20 +15,51 @@ The data flows one way, one module per step:
     pipeline.py  the steps wired together; cli.py and bench.py on top
 """
 
-from .config import RunConfig, load_config, parse_config
-from .data import Dataset, Splits, load_dataset, load_file, make_splits
-from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutputError
-from .losses import distillation_loss, hard_distillation, kd_kl, per_example_distillation, soft_cross_entropy
-from .methods import METHODS, MethodContext, MethodPlan, register_method
-from .pipeline import evaluate, label, prepare, run, train
-from .store import TeacherStore
-from .teachers import EncoderTeacher, FileTeacher, RemoteTeacher, SklearnTeacher, Teacher, TorchTeacher
-from .train import TrainConfig, VanillaObjective, predict_proba, train_student
+from typing import TYPE_CHECKING
+
+# The public names, each from the module that defines it. They are imported on first use
+# (PEP 562), so `import mentor` and the CLI's help start without loading torch or pyarrow.
+_EXPORTS = {
+    "config": ["RunConfig", "load_config", "parse_config"],
+    "data": ["Dataset", "Splits", "load_dataset", "load_file", "make_splits"],
+    "errors": ["ConfigError", "DataError", "MentorError", "StoreError", "TeacherOutputError"],
+    "losses": ["distillation_loss", "hard_distillation", "kd_kl", "per_example_distillation", "soft_cross_entropy"],
+    "methods": ["METHODS", "MethodContext", "MethodPlan", "register_method"],
+    # pipeline's train and evaluate are reached as mentor.pipeline.train / .evaluate: the names
+    # mentor.train and mentor.evaluate are the modules of the same names
+    "pipeline": ["label", "prepare", "run"],
+    "store": ["TeacherStore"],
+    "teachers": ["EncoderTeacher", "FileTeacher", "RemoteTeacher", "SklearnTeacher", "Teacher", "TorchTeacher"],
+    "train": ["TrainConfig", "VanillaObjective", "predict_proba", "train_student"],
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE) + ["demo"]
+
+if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
+    from .config import RunConfig, load_config, parse_config  # noqa: F401
+    from .pipeline import label, prepare, run  # noqa: F401
+    from .store import TeacherStore  # noqa: F401
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mentor' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
+
 
 __version__ = "0.1.0"
 
 
 def demo(output_dir: str = "results/demo", seed: int = 0) -> dict:
     """Run the embedded digits demo and return its metrics."""
+    from .pipeline import run
     from .presets import demo_config
     return run(demo_config(output_dir=output_dir, seed=seed))

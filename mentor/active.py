@@ -67,6 +67,9 @@ class ActiveConfig(RunConfig):
     rad_solver: Literal["exact", "capped"] = "exact"     # see mentor.selection.rad_probabilities
     rad_rounding: Literal["systematic", "pairs"] = "systematic"  # see mentor.selection.dep_round
 
+    def trained_method(self) -> str:
+        return self.correction
+
     @model_validator(mode="after")
     def _check_active(self):
         from .methods import METHODS
@@ -288,13 +291,13 @@ def _budget(cfg: ActiveConfig, teacher, start: float) -> Budget:
 
 # ---------------------------------------------------------------------------------------------- the loop
 
-def run_active(cfg: ActiveConfig) -> dict:
+def run_active(cfg: ActiveConfig, *, force: bool = False) -> dict:
     """The whole active run from one validated config: split, teacher, then the rounds.
     Returns what is written to active.json."""
     from .pipeline import get_teacher, prepare
     if not isinstance(cfg, ActiveConfig):
         raise ConfigError("run_active needs an ActiveConfig (parse_active_config / load_active_config).")
-    ctx = prepare(cfg)
+    ctx = prepare(cfg, force=force)
     _check_schedule(cfg.schedule(), len(ctx.splits.pool))  # before a teacher is trained or paid
     return active_loop(ctx, get_teacher(ctx))
 
@@ -520,7 +523,7 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
             for key, value in (overrides or {}).items():
                 _set_dotted(base, key, value)
             probe = parse_active_config({**base, "budget": [1]})
-            ctx = prepare(probe)
+            ctx = prepare(probe, force=True)  # benchmark folders are scratch
             teacher = get_teacher(ctx)
             n_pool = len(ctx.splits.pool)
             budget = sorted({max(1, int(round(f * n_pool))) for f in POOL_FRACTIONS})

@@ -207,7 +207,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
         for seed in range(seeds):
             cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
             t0 = time.perf_counter()
-            ctx = prepare(cfg)
+            ctx = prepare(cfg, force=True)  # benchmark folders are scratch
             teacher = get_teacher(ctx)
             store = label(ctx, teacher)
             y_test = ctx.data.labels[ctx.splits.test]

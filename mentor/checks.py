@@ -118,3 +118,49 @@ def dense_to_topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     vals = np.take_along_axis(probs, part, axis=1)
     order = np.argsort(-vals, axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1).astype(np.int32), np.take_along_axis(vals, order, axis=1)
+
+
+# ---------------------------------------------------------------------------------------------- class order
+
+def class_permutation(teacher_classes, data_classes, *, name: str = "teacher") -> np.ndarray | None:
+    """Column index into the teacher's outputs for each data class, matched by name; None when the
+    orders agree. Both lists must hold the same names (a teacher that knows other classes cannot be
+    matched silently)."""
+    theirs = [str(c).strip() for c in teacher_classes]
+    ours = [str(c).strip() for c in data_classes]
+    if len(set(theirs)) != len(theirs):
+        raise TeacherOutputError(f"{name}: class names {theirs} repeat a name; give each output column one class.")
+    if sorted(theirs) != sorted(ours):
+        raise TeacherOutputError(
+            f"{name}: its classes {theirs[:20]} are not the data's classes {ours[:20]} (missing "
+            f"{sorted(set(ours) - set(theirs))[:10]}, unknown {sorted(set(theirs) - set(ours))[:10]}). Name the "
+            "teacher's classes exactly as the labels (teacher.classes / data.classes).")
+    perm = np.array([theirs.index(c) for c in ours], np.int64)
+    return None if (perm == np.arange(len(perm))).all() else perm
+
+
+def suspected_permutation(probs_val, labels_val, class_names=None, *, min_gain: float = 0.1,
+                          min_examples: int = 10) -> dict | None:
+    """Evidence on V that the teacher numbers its classes differently from the labels.
+
+    The best one-to-one relabelling of the teacher's top labels (Hungarian assignment on the
+    confusion matrix) is compared with its accuracy as is; a gain of at least `min_gain` and
+    `min_examples` V examples cannot come from a few confused classes, only from a class order
+    that differs. Returns {accuracy, relabelled_accuracy, pairs: [(teacher says, labels say)]}
+    or None.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    probs_val, labels_val = np.asarray(probs_val), np.asarray(labels_val)
+    n, C = probs_val.shape
+    if n == 0:
+        return None
+    conf = np.zeros((C, C), np.int64)
+    np.add.at(conf, (probs_val.argmax(1), labels_val), 1)  # rows: teacher's class, columns: V's label
+    rows, cols = linear_sum_assignment(-conf)
+    acc, best = float(np.trace(conf)) / n, float(conf[rows, cols].sum()) / n
+    if best - acc < min_gain or (best - acc) * n < min_examples:
+        return None
+    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(C)]
+    pairs = [(names[r], names[c]) for r, c in zip(rows, cols) if r != c and conf[r, c] > 0]
+    return {"accuracy": acc, "relabelled_accuracy": best, "pairs": pairs}

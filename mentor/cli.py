@@ -7,36 +7,77 @@ Thin: every command validates its config, calls the Python API in `mentor.pipeli
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from .config import RunConfig, load_config
 from .errors import ConfigError, MentorError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+# Heavy modules (torch, pyarrow, scikit-learn, rich) are imported inside the commands that need
+# them, so `mentor --help`, `mentor methods` and `mentor check-config` start in a fraction of a second.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="mentor: distill a big teacher into a small student with few labels and an unlabeled pool.")
 bench_app = typer.Typer(no_args_is_help=True, help="Rerunnable benchmarks (quality, speed).")
 app.add_typer(bench_app, name="bench")
-console = Console()
+
+
+@functools.lru_cache(maxsize=None)
+def _console():
+    """rich's Console with markup off: ids, paths and messages print as they are (a `[...]` in
+    them is text, never a style tag). Created on first use: rich is not needed for --help."""
+    from rich.console import Console
+    return Console(markup=False, highlight=False, emoji=False)
+
+
+def out(*objects) -> None:
+    _console().print(*objects)
+
+
+def print_error(message: str) -> None:
+    """One plain-text message on stderr; nothing in it is interpreted."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def os_error_message(e: OSError) -> str | None:
+    """What a failed write means to the user, or None for an error that is not theirs to fix."""
+    where = e.filename or "a file"
+    if e.errno == errno.ENOSPC:
+        return (f"the disk holding {where} is full ({e.strerror}). Free some space and run the same command "
+                "again: what finished before (stored teacher outputs, the fitted teacher, checkpoints) is kept "
+                "on disk and reused, nothing is paid twice.")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"cannot write {where}: {e.strerror}. Choose a writable location (output_dir, store.path) or fix "
+                "its permissions; files written before this point are kept.")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return (f"{where}: {e.strerror}. A folder mentor writes to is a file (or the other way round); "
+                "choose another output_dir or store.path.")
+    return None
 
 
 def _guard(fn):
-    """Show MentorError as a clean message instead of a traceback."""
-    import functools
+    """Show bad input (MentorError) and unwritable or full disks as one plain message, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except MentorError as e:
-            Console(stderr=True).print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
-            raise typer.Exit(2)
+            print_error(str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:
+            message = os_error_message(e)
+            if message is None:
+                raise
+            print_error(message)
+            raise typer.Exit(2) from None
     return wrapper
 
 
@@ -51,11 +92,13 @@ def _overrides(sets: list[str] | None) -> dict:
     return out
 
 
-def _config(path: Path, sets: list[str] | None) -> RunConfig:
+def _config(path: Path, sets: list[str] | None) -> "RunConfig":
+    from .config import load_config
     return load_config(path, _overrides(sets))
 
 
 def print_summary(metrics: dict) -> None:
+    from rich.table import Table
     z = metrics["sizes"]
     table = Table(title=f"{metrics['data']['name']}: A={z['n_labeled']} V={z['n_val']} U={z['n_pool']} "
                         f"test={z['n_test']}")
@@ -72,13 +115,19 @@ def print_summary(metrics: dict) -> None:
             v = val.get(key, m.get("val_accuracy"))
             table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}",
                           "" if v is None else f"{100 * v:.2f}%")
-    console.print(table)
+    out(table)
     hint = regime_hint(metrics)
     if hint:
-        console.print(hint)
-    if "gap_closed" in metrics:
-        console.print(f"gap closed: {metrics['gap_closed']:.2f}   "
-                      f"agreement with teacher: {metrics['student'].get('agreement_with_teacher', float('nan')):.3f}")
+        out(hint)
+    agree = metrics["student"].get("agreement_with_teacher")
+    agree = "" if agree is None else f"   agreement with teacher: {agree:.3f}"
+    if metrics.get("gap_closed") is not None:
+        out(f"gap closed: {metrics['gap_closed']:.2f}{agree}")
+    elif metrics.get("gap_closed_note"):
+        out(f"gap closed: {metrics['gap_closed_note']}.{agree}")
+    epochs = metrics.get("train_info", {}).get("epochs_note")
+    if epochs:
+        out(epochs)
 
 
 def regime_hint(metrics: dict) -> str | None:
@@ -87,6 +136,11 @@ def regime_hint(metrics: dict) -> str | None:
     if t is None or s is None:
         return None
     head = f"On V the distilled student ({100 * s:.1f}%) "
+    lab = metrics.get("labeled_only", {}).get("val_accuracy")
+    if lab is not None and lab > s + 0.005:
+        return (head + f"is below the labeled-only student ({100 * lab:.1f}%): distilling does not pay here "
+                f"(the teacher is at {100 * t:.1f}% on V). Keep the labeled-only student, or compare methods "
+                "with method: auto.")
     if s >= t - 0.005:
         return (head + f"reaches its teacher ({100 * t:.1f}%): what is left is the teacher's noise; corrections "
                 "such as slam-hard tend to help here (or use method: auto).")
@@ -98,6 +152,8 @@ def regime_hint(metrics: dict) -> str | None:
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
+ForceOpt = typer.Option(False, "--force", help="output_dir holds a run with another config: replace its results "
+                                               "(its stored teacher outputs are kept).")
 
 
 @app.command()
@@ -110,69 +166,71 @@ def demo(output_dir: Path = typer.Option(Path("results/demo"), help="Where to wr
     cfg = demo_config(output_dir=str(output_dir), seed=seed)
     metrics = run(cfg)
     print_summary(metrics)
-    console.print(f"results in {output_dir}/metrics.json")
+    out(f"results in {output_dir}/metrics.json")
 
 
 @app.command("run")
 @_guard
-def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README)."), set_: Optional[list[str]] = SetOpt):
+def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README)."), set_: Optional[list[str]] = SetOpt,
+            force: bool = ForceOpt):
     """End-to-end from one config: split, teacher, store, students, metrics.json."""
     from .pipeline import run
     cfg = _config(config, set_)
-    metrics = run(cfg)
+    metrics = run(cfg, force=force)
     print_summary(metrics)
-    console.print(f"results in {cfg.output_dir}/metrics.json")
+    out(f"results in {cfg.output_dir}/metrics.json")
 
 
 @app.command("label")
 @_guard
-def label_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+def label_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
     """Only store teacher outputs (skips ids already stored)."""
     from .pipeline import label, prepare
-    ctx = prepare(_config(config, set_))
+    ctx = prepare(_config(config, set_), force=force)
     store = label(ctx)
-    console.print(f"store {store.path}: {len(store)} rows, teacher {store.fingerprint}, spent {store.spent:g}")
+    out(f"store {store.path}: {len(store)} rows, teacher {store.fingerprint}, spent {store.spent:g}")
 
 
 @app.command("train")
 @_guard
 def train_cmd(config: Path, set_: Optional[list[str]] = SetOpt,
-              labeled_only: bool = typer.Option(False, help="Train the labeled-only baseline instead.")):
+              labeled_only: bool = typer.Option(False, help="Train the labeled-only baseline instead."),
+              force: bool = ForceOpt):
     """Train the student from stored teacher outputs (resumes from its checkpoint)."""
     from .pipeline import prepare, train
     cfg = _config(config, set_)
-    ctx = prepare(cfg)
+    ctx = prepare(cfg, force=force)
     info = train(ctx, labeled_only=labeled_only)
-    console.print(json.dumps(info, indent=2, default=str))
+    out(json.dumps(info, indent=2, default=str))
 
 
 @app.command("evaluate")
 @_guard
-def evaluate_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+def evaluate_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
     """Score teacher and students on the test split; writes metrics.json."""
     from .pipeline import evaluate, prepare
-    metrics = evaluate(prepare(_config(config, set_)))
+    metrics = evaluate(prepare(_config(config, set_), force=force))
     print_summary(metrics)
 
 
 @app.command("audit")
 @_guard
-def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt):
+def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
     """Teacher reliability on V: curve (PNG + numbers), per-class accuracy, estimated pool error rate."""
     from .audit import audit_run
     from .pipeline import prepare
-    ctx = prepare(_config(config, set_))
+    ctx = prepare(_config(config, set_), force=force)
     a = audit_run(ctx)
-    console.print(f"teacher accuracy on V: {a['accuracy']:.3f} (V = {a['n_val']})   "
+    out(f"teacher accuracy on V: {a['accuracy']:.3f} (V = {a['n_val']})   "
                   f"estimated error rate on the pool: {a['estimated_pool_error_rate']:.3f} "
                   f"(~{a['estimated_pool_errors']:.0f} of {a['n_pool']} pseudo-labels wrong)")
-    console.print("P(right | margin): " + "  ".join(
+    out("P(right | margin): " + "  ".join(
         f"{m:.1f}:{v:.2f}" for m, v in zip(a["curve"]["margin"], a["curve"]["accuracy"])))
-    console.print("top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
-    console.print(f"calibration temperature on V: {a['calibration_temperature']:.2f}")
+    out("top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
+    out(f"calibration temperature on V: {a['calibration_temperature']:.2f}")
     if a.get("fallback"):
-        console.print(f"[yellow]note:[/] {a['fallback']}")
-    console.print(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
+        out(f"note: {a['fallback']}")
+    out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
 
 
 @app.command("methods")
@@ -181,7 +239,7 @@ def methods_cmd():
     from .methods import METHODS
     for name in sorted(METHODS):
         doc = (METHODS[name].__doc__ or "").strip().splitlines()
-        console.print(f"{name:24s} {doc[0] if doc else ''}")
+        out(f"{name:24s} {doc[0] if doc else ''}")
 
 
 @app.command("check-config")
@@ -189,7 +247,7 @@ def methods_cmd():
 def check_config(config: Path, set_: Optional[list[str]] = SetOpt):
     """Validate a config and print it with every default filled in."""
     from .config import dump_config
-    console.print(dump_config(_config(config, set_)))
+    out(dump_config(_config(config, set_)))
 
 
 @bench_app.command("quality")
@@ -204,8 +262,8 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
     from .bench import quality, report
     rows = quality(suite, seeds=seeds, methods=methods.split(",") if methods else None,
                    datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
-                   log=console.print)
-    console.print(report(rows))
+                   log=out)
+    out(report(rows))
 
 
 @bench_app.command("report")
@@ -234,7 +292,7 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
     except ValueError:
         raise ConfigError(f"--hidden must be comma-separated integers, got {hidden!r}") from None
     result = speed(n=n, work_dir=work_dir, json_out=json_out, student_hidden=sizes, selection=selection, rounds=rounds)
-    console.print_json(json.dumps(result))
+    _console().print_json(json.dumps(result))
 
 
 @bench_app.command("pool")
@@ -247,7 +305,7 @@ def bench_pool(n: int = typer.Option(4000, help="Fortunes to label."),
                work_dir: Path = typer.Option(Path("bench-out/pool"))):
     """Labeling with a real encoder teacher: one call at a time vs a Ray pool, ratio from one run."""
     from .bench import pool_speed
-    console.print_json(json.dumps(pool_speed(n=n, workers=workers, batch_size=batch_size, address=address,
+    _console().print_json(json.dumps(pool_speed(n=n, workers=workers, batch_size=batch_size, address=address,
                                              work_dir=work_dir, json_out=json_out)))
 
 
@@ -258,8 +316,8 @@ def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see men
     """Distil SmolLM2-135M into a small student on real text; writes curve.csv and summary.json."""
     from .lm import load_lm_config, run_lm_distill
     cfg = load_lm_config(config, _overrides(set_))
-    s = run_lm_distill(cfg, log=console.print)
-    console.print(f"init={s['init']} loss={s['loss']} val_loss={s['val_loss']:.4f} "
+    s = run_lm_distill(cfg, log=out)
+    out(f"init={s['init']} loss={s['loss']} val_loss={s['val_loss']:.4f} "
                   f"(teacher {s['teacher_val_loss']:.4f}) after {s['tokens']} tokens; "
                   f"results in {cfg.output_dir}/summary.json")
 
@@ -277,28 +335,29 @@ def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on C
     """GUIDE vs weight selection vs KD vs GUIDE+KD at equal training tokens; gap reduction vs random."""
     from .lm import bench_guide, summarize_guide
     rows = bench_guide(suite, seeds=seeds, first_seed=first_seed, arms=arms.split(",") if arms else None, json_out=json_out,
-                       work_dir=work_dir, log=console.print)
-    console.print(summarize_guide(rows))
+                       work_dir=work_dir, log=out)
+    out(summarize_guide(rows))
 
 
 @app.command("active")
 @_guard
 def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys plus strategy, budget, ... (see mentor.active)."),
-               set_: Optional[list[str]] = SetOpt):
+               set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
     """Spend a budget of teacher calls round by round (RAD, margin, ...); writes active.json and active.png."""
     from .active import load_active_config, run_active
     cfg = load_active_config(config, _overrides(set_))
-    res = run_active(cfg)
+    res = run_active(cfg, force=force)
+    from rich.table import Table
     table = Table(title=f"{res['dataset']}: {res['strategy']} (seed {res['seed']}), AUC {100 * res['auc']:.2f}")
     table.add_column("queries", justify="right")
     table.add_column("test acc.", justify="right")
     table.add_column("spent", justify="right")
     for q, a, s in zip(res["queries"], res["test_accuracy"], res["spent_per_round"]):
         table.add_row(str(q), f"{100 * a:.2f}%", f"{s:g}")
-    console.print(table)
+    out(table)
     if res["stopped"]:
-        console.print(res["stopped"])
-    console.print(f"results in {cfg.output_dir}/active.json and active.png")
+        out(res["stopped"])
+    out(f"results in {cfg.output_dir}/active.json and active.png")
 
 
 @bench_app.command("active")
@@ -314,8 +373,8 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
     from .active import bench_active, summarize_active
     rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
-                        log=console.print, correction=correction)
-    console.print(summarize_active(rows))
+                        log=out, correction=correction)
+    out(summarize_active(rows))
 
 
 def main():  # pragma: no cover

@@ -7,17 +7,22 @@ before any data is loaded or any teacher is paid.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `true` is not the number 1 and "3" is not 3; YAML integers still fill float fields
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class DataConfig(_Strict):
@@ -27,15 +32,18 @@ class DataConfig(_Strict):
     label_column: str = "label"          # empty for unlabeled rows
     text_column: str = "text"            # a text column makes this a text task
     feature_columns: list[str] | None = None  # default: a vector column, else all numeric columns
-    n_classes: int | None = None         # default: inferred from the labels
+    n_classes: int | None = Field(None, ge=1)  # default: inferred from the labels
+    classes: list[str] | None = None     # class names in the order of the teacher's outputs (string labels:
+                                         # required with a file, HTTP or TorchScript teacher; integer labels:
+                                         # names for 0..C-1). Outputs are matched to classes by these names.
     options: dict = Field(default_factory=dict)  # extra loader arguments, e.g. {n: 20000} for mnist1d
 
 
 class SplitConfig(_Strict):
-    n_labeled: int = 100                 # A: the teacher (if trained here) and the student see these labels
-    n_val: int = 300                     # V: labeled, never seen by the teacher; used by corrections
-    n_test: int | None = None            # test: default 20% of labeled rows (or the official test split)
-    n_pool: int | None = None            # U: default everything left
+    n_labeled: int = Field(100, ge=1)    # A: the teacher (if trained here) and the student see these labels
+    n_val: int = Field(300, ge=0)        # V: labeled, never seen by the teacher; used by corrections
+    n_test: int | None = Field(None, ge=1)  # test: default 20% of labeled rows (or the official test split)
+    n_pool: int | None = Field(None, ge=1)  # U: default everything left
 
 
 class TeacherConfig(_Strict):
@@ -49,10 +57,13 @@ class TeacherConfig(_Strict):
     headers_env: dict[str, str] = Field(default_factory=dict)  # kind http: header -> env variable holding its value
     model_version: str | None = None     # kind http: part of the fingerprint; change it when the served model changes
     id_column: str = "id"                # id column of the teacher file
-    cost_per_example: float = 0.0        # what one teacher call costs (money, GPU-seconds); recorded
-    epochs: int = 60                     # built-in teachers trained on A
-    min_steps: int = 2000                # ... for at least this many optimiser steps
-    hidden: list[int] = Field(default_factory=lambda: [256, 128])
+    classes: list[str] | None = None     # kinds file/http/torchscript: class names in the order of the teacher's
+                                         # outputs; matched to the data's classes by name (a file may name them itself)
+    check_class_order: bool = True       # refuse a teacher whose outputs on V look like another class order
+    cost_per_example: float = Field(0.0, ge=0)  # what one teacher call costs (money, GPU-seconds); recorded
+    epochs: int = Field(60, ge=1)        # built-in teachers trained on A
+    min_steps: int = Field(2000, ge=0)   # ... for at least this many optimiser steps
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
 
     @model_validator(mode="after")
     def _needs_path(self):
@@ -62,6 +73,9 @@ class TeacherConfig(_Strict):
             raise ValueError("teacher kind 'http' needs teacher.url (e.g. http://localhost:8000/predict)")
         if self.kind == "http" and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"teacher.url must start with http:// or https://, got {self.url!r}")
+        if self.classes is not None and self.kind not in ("file", "http", "torchscript"):
+            raise ValueError(f"teacher.classes names the output order of a teacher trained elsewhere (file, http, "
+                             f"torchscript); a {self.kind!r} teacher is trained here in the data's order: remove it")
         if self.kind != "http" and self.url:
             raise ValueError(f"teacher.url is only used by teacher kind 'http' (kind is {self.kind!r})")
         return self
@@ -69,10 +83,10 @@ class TeacherConfig(_Strict):
 
 class StoreConfig(_Strict):
     path: str | None = None              # default: <output_dir>/store; reuse one to never pay twice
-    top_k: int | None = None             # keep only the top-k probabilities (big label spaces)
+    top_k: int | None = Field(None, ge=1)  # keep only the top-k probabilities (big label spaces)
     precision: Literal["float32", "float16"] = "float32"
-    shard_size: int = 4096               # rows per Parquet shard
-    batch_size: int = 1024               # examples per teacher call
+    shard_size: int = Field(4096, ge=1)  # rows per Parquet shard
+    batch_size: int = Field(1024, ge=1)  # examples per teacher call
 
 
 class DistributeConfig(_Strict):
@@ -87,26 +101,34 @@ class DistributeConfig(_Strict):
 
 class StudentConfig(_Strict):
     kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf"] | None = None  # default: tfidf for text, else mlp
-    hidden: list[int] = Field(default_factory=lambda: [64])
-    dropout: float = 0.0
-    max_features: int = 5000             # TF-IDF vocabulary size for text students
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
+    dropout: float = Field(0.0, ge=0, lt=1)
+    max_features: int = Field(5000, ge=1)  # TF-IDF vocabulary size for text students
 
 
 class TrainSection(_Strict):
-    epochs: int = 30
-    min_steps: int = 2000               # small labeled sets: repeat epochs until this many optimiser steps
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    distill_weight: float = 1.0          # weight of the pool (teacher) term relative to CE on A
-    temperature: float = 1.0             # soft-target temperature (τ² factor applied)
-    device: str = "auto"
+    epochs: int = Field(30, ge=1)        # at least this many epochs; more when min_steps asks for them
+    min_steps: int = Field(2000, ge=0)   # small labeled sets: repeat epochs until this many optimiser steps
+                                         # (0: exactly `epochs`); the run prints and records the epochs it ran
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    distill_weight: float = Field(1.0, ge=0)  # weight of the pool (teacher) term relative to CE on A
+    temperature: float = Field(1.0, gt=0)  # soft-target temperature (τ² factor applied)
+    device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N, mps
     amp: bool = True
     progress: bool = False
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
+
 
 class RunConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     output_dir: str = "results/run"
     method: str = "vanilla-soft"         # see `mentor methods`
     method_options: dict = Field(default_factory=dict)  # e.g. {slam_k_rule: "fixed:2", slam_alpha_floor: 0.5}
@@ -119,6 +141,10 @@ class RunConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     train: TrainSection = Field(default_factory=TrainSection)
 
+    def trained_method(self) -> str:
+        """The method the student is trained with (the active loop's config names it `correction`)."""
+        return self.method
+
     @model_validator(mode="after")
     def _check_method(self):
         from .methods import METHODS
@@ -126,6 +152,15 @@ class RunConfig(_Strict):
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
             raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
+        from .methods import check_method_options
+        check_method_options(self.trained_method(), self.method_options)
+        if self.data.classes is not None:
+            names = [c.strip() for c in self.data.classes]
+            if len(set(names)) != len(names) or not all(names):
+                raise ValueError(f"data.classes must be distinct, non-empty names; got {self.data.classes}")
+            if self.data.n_classes is not None and self.data.n_classes != len(names):
+                raise ValueError(f"data.classes names {len(names)} classes but data.n_classes is "
+                                 f"{self.data.n_classes}; drop n_classes (the list fixes it)")
         if self.teacher.kind == "http":
             # the store writes once per teacher call: make one call one request, so that a failure
             # or a kill never loses an answer already paid for
@@ -140,8 +175,11 @@ def _format_errors(err: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {loc}: unknown key; remove it or fix its spelling (see the README's config reference)")
+        elif e["type"] in ("value_error", "assertion_error"):
+            lines.append(f"  - {loc}: {e['msg'].removeprefix('Value error, ').removeprefix('Assertion failed, ')}")
         else:
-            lines.append(f"  - {loc}: {e['msg']}")
+            got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+            lines.append(f"  - {loc}: {e['msg']}{got}")
     return "\n".join(lines)
 
 
@@ -162,6 +200,10 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
     path = Path(path)
     data = read_yaml_mapping(path, overrides)
     cfg = parse_config(data, str(path))
+    if not isinstance(data.get("data"), dict) or not (data["data"].get("name") or data["data"].get("path")):
+        raise ConfigError(f"config {path} does not say which data to use: add data.name (a built-in data set, "
+                          "e.g. digits) or data.path (your own file). `mentor demo` runs the built-in example; "
+                          "`mentor check-config` shows every default.")
     base = path.parent
     for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
         value = getattr(section, attr)
@@ -189,9 +231,14 @@ def read_yaml_mapping(path: Path, overrides: dict | None = None) -> dict:
 
 def _set_dotted(data: dict, key: str, value) -> None:
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {key}=...: the key has an empty part; write it like split.n_val=500.")
     node = data
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}=...: {'.'.join(parts[:i + 1])} is a single value ({node!r}), not a "
+                              "section, so it has no key " + repr(parts[i + 1]) + ". Check the key's spelling.")
     node[parts[-1]] = value
 
 

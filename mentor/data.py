@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import os
 import random
+import zipfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -51,6 +52,9 @@ class Dataset:
     image_shape: tuple | None = None
     class_names: list[str] | None = None
     is_test: np.ndarray | None = None
+    # True when class_names were sorted from string labels, i.e. nobody stated the order: a
+    # teacher trained elsewhere may number its outputs differently (see pipeline.check_class_order)
+    class_order_inferred: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,6 +65,22 @@ class Dataset:
         return replace(self, ids=self.ids[index], features=self.features[index],
                        labels=self.labels[index],
                        is_test=None if self.is_test is None else self.is_test[index])
+
+    def with_class_order(self, names) -> "Dataset":
+        """The same rows with classes renumbered to follow `names` (the same names, another order)."""
+        names = [str(n).strip() for n in names]
+        if self.class_names is None:
+            if len(names) != self.n_classes:
+                raise DataError(f"data set {self.name!r}: data.classes names {len(names)} classes but the labels "
+                                f"hold {self.n_classes} (0..{self.n_classes - 1}); give one name per class.")
+            return replace(self, class_names=names, class_order_inferred=False)
+        have = [str(n) for n in self.class_names]
+        if sorted(have) != sorted(names):
+            missing, extra = sorted(set(have) - set(names)), sorted(set(names) - set(have))
+            raise DataError(f"data set {self.name!r}: data.classes must hold exactly its classes {have}; "
+                            f"missing {missing}, unknown {extra}. Fix the names in data.classes.")
+        new_of_old = np.array([names.index(n) for n in have] + [-1], np.int64)  # -1 stays -1
+        return replace(self, labels=new_of_old[self.labels], class_names=names, class_order_inferred=False)
 
     def validate(self) -> "Dataset":
         """Check the invariants every later stage relies on; return self so loaders can chain."""
@@ -436,15 +456,24 @@ def _read_table(path: Path, id_column: str):
     suffix = path.suffix.lower()
     if not path.is_file():
         raise DataError(f"{path} does not exist; check the path.")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        return pq.read_table(path)
-    if suffix == ".csv":
-        import pyarrow.csv as pcsv
-        return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={id_column: pa.string()}))
-    if suffix == ".npz":
+    if suffix not in (".parquet", ".csv", ".npz"):
+        raise DataError(f"{path}: unknown file type {suffix!r}; save the data as .parquet, .csv or .npz.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path} is empty (0 bytes); write the {suffix[1:]} file again (was it copied or saved "
+                        "completely?).")
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+            return pq.read_table(path)
+        if suffix == ".csv":
+            import pyarrow.csv as pcsv
+            return pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(column_types={id_column: pa.string()}))
         return _npz_table(path)
-    raise DataError(f"{path}: unknown file type {suffix!r}; save the data as .parquet, .csv or .npz.")
+    except (pa.ArrowException, OSError, EOFError, zipfile.BadZipFile) as e:  # truncated or not this format
+        if isinstance(e, OSError) and e.errno is not None:
+            raise  # a real I/O problem (permissions, disk): reported as such by the CLI
+        raise DataError(f"{path} cannot be read as {suffix[1:]}: {e}. Is the file complete and of that type? "
+                        "Write it again, or give it the extension of its real format.") from None
 
 
 def _npz_table(path: Path):
@@ -576,8 +605,10 @@ def _file_ids(table, where: str, id_column: str) -> np.ndarray:
     return np.array([str(v) for v in raw], dtype=object)
 
 
-def _encode_labels(table, where: str, label_column: str, n_classes, ids):
-    """(labels int64 with -1 for empty, n_classes, class_names or None)."""
+def _encode_labels(table, where: str, label_column: str, n_classes, ids, classes=None):
+    """(labels int64 with -1 for empty, n_classes, class_names or None). `classes` fixes the
+    order (string labels are looked up in it, integer labels are its positions); without it
+    string labels are numbered alphabetically."""
     import pyarrow as pa
 
     if label_column not in table.column_names:
@@ -593,6 +624,15 @@ def _encode_labels(table, where: str, label_column: str, n_classes, ids):
     if kind == "text":
         raw = col.to_numpy(zero_copy_only=False)
         empty = np.array([v is None or not v.strip() for v in raw], bool)
+        if classes is not None:
+            names = [str(c).strip() for c in classes]
+            unknown = sorted({v.strip() for v in raw[~empty]} - set(names))
+            if unknown:
+                raise DataError(f"{where}: labels {unknown[:10]} are not in data.classes {names[:20]}. Add them to "
+                                "data.classes (in the teacher's order) or fix the labels.")
+            index = {c: i for i, c in enumerate(names)}
+            labels = np.array([-1 if e else index[v.strip()] for v, e in zip(raw, empty)], np.int64)
+            return labels, len(names), names
         names = sorted({v.strip() for v in raw[~empty]})
         if n_classes is not None and n_classes != len(names):
             raise DataError(f"{where}: string labels give {len(names)} classes {names[:10]} but "
@@ -611,6 +651,8 @@ def _encode_labels(table, where: str, label_column: str, n_classes, ids):
         raise DataError(f"{where}: label {raw[i]} at id {ids[i]!r} is not an integer; "
                         "labels must be class indices 0..n_classes-1.")
     labels = np.where(empty, -1, raw).astype(np.int64)
+    if classes is not None:
+        n_classes = len(classes)
     if n_classes is None:
         if (~empty).sum() == 0:
             raise DataError(f"{where}: every label is empty; pass n_classes= to load an unlabeled file.")
@@ -622,28 +664,29 @@ def _encode_labels(table, where: str, label_column: str, n_classes, ids):
         raise DataError(f"{where}: label {labels[i]} at id {ids[i]!r} is out of range [0, {n_classes - 1}] "
                         f"({int(bad.sum())} such rows). Encode classes as 0..n_classes-1 (empty or -1 "
                         "for unlabeled) or raise n_classes.")
-    return labels, n_classes, None
+    return labels, n_classes, None if classes is None else [str(c).strip() for c in classes]
 
 
 def load_file(path, *, id_column="id", label_column="label", text_column="text", feature_columns=None,
-              n_classes=None, name=None) -> Dataset:
+              n_classes=None, name=None, classes=None) -> Dataset:
     """Load the user's own data from Parquet, CSV or NPZ.
 
     Inputs are, in order of preference: `feature_columns`; the one list/vector column (an NPZ
     "features" (n, d) array is one); the `text_column` (kind "text"); else every other column,
-    all of which must be numeric. Empty labels (null, NaN, "", or -1) mark unlabeled rows; string
-    labels become sorted `class_names`.
+    all of which must be numeric. Empty labels (null, NaN, "", or -1) mark unlabeled rows.
+    `classes` (names, in the order of the teacher's outputs) numbers the classes; without it
+    string labels are numbered alphabetically and the Dataset says the order was inferred.
     """
     path = Path(path)
     table = _read_table(path, id_column)
     where = str(path)
     ids = _file_ids(table, where, id_column)
     _check_unique_ids(ids, where)
-    labels, n_classes, class_names = _encode_labels(table, where, label_column, n_classes, ids)
+    labels, n_classes, class_names = _encode_labels(table, where, label_column, n_classes, ids, classes)
     plan = _plan_inputs(table, where, id_column, label_column, text_column, feature_columns)
     features = _inputs(table, plan, where, ids)
-    return Dataset(name or path.stem, ids, features, labels, n_classes, plan[0],
-                   class_names=class_names).validate()
+    return Dataset(name or path.stem, ids, features, labels, n_classes, plan[0], class_names=class_names,
+                   class_order_inferred=classes is None and class_names is not None).validate()
 
 
 def iter_file_batches(path, batch_rows=65536, *, id_column="id", label_column="label", text_column="text",

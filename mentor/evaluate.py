@@ -44,6 +44,26 @@ def gap_closed(student: float, labeled_only: float, teacher: float) -> float:
     return float((student - labeled_only) / denom)
 
 
+def gap_closed_verdict(student_right, labeled_only_right, teacher_right) -> tuple[float | None, str | None]:
+    """(gap closed, None) where the ratio means something, else (None, why not).
+
+    Arguments are per-example correctness on the same test examples. The ratio means something
+    when the teacher is clearly better than the labeled-only student (by more than two standard
+    errors of the paired difference) and the distilled student is not below the labeled-only one.
+    """
+    s, lab, t = (np.asarray(a, dtype=np.float64) for a in (student_right, labeled_only_right, teacher_right))
+    n = len(t)
+    diff = t - lab
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("inf")
+    if diff.mean() <= max(2 * se, 1e-9):
+        return None, (f"not shown: the teacher ({100 * t.mean():.1f}%) is not clearly better than the labeled-only "
+                      f"student ({100 * lab.mean():.1f}%) on {n} test examples, so there is no gap to close")
+    if s.mean() < lab.mean():
+        return None, (f"not shown: the distilled student ({100 * s.mean():.1f}%) is below the labeled-only student "
+                      f"({100 * lab.mean():.1f}%); distilling did not help here")
+    return gap_closed(s.mean(), lab.mean(), t.mean()), None
+
+
 def classification_report(probs: np.ndarray, labels: np.ndarray, reference_probs: np.ndarray | None = None) -> dict:
     """The standard metric block written to metrics.json."""
     out = {"accuracy": accuracy(probs, labels), "nll": nll(probs, labels),

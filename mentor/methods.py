@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError
-from .train import VanillaObjective
 
 
 @dataclass
@@ -56,15 +55,79 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
 
 
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
+# the `method_options` keys each method reads (besides the ones every method accepts)
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 
 
-def register_method(name: str):
+def _number(lo=None, hi=None, *, integer=False, lo_open=False):
+    def check(v):
+        ok_type = isinstance(v, int) if integer else isinstance(v, (int, float))
+        if not ok_type or isinstance(v, bool):
+            return "an integer" if integer else "a number"
+        if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
+            return f"a number in {'(' if lo_open else '['}{lo}, {hi if hi is not None else '∞'}]"
+        return None
+    return check
+
+
+def _k_rule(v):
+    if v == "topk-accuracy" or isinstance(v, str) and v.startswith("fixed:") and v[6:].isdigit() and int(v[6:]) >= 1:
+        return None
+    return '"topk-accuracy" or "fixed:K" with K >= 1'
+
+
+def _candidates(v):
+    if (isinstance(v, list) and v and all(isinstance(c, str) for c in v)
+            and all(c in METHODS and c != "auto" for c in v)):
+        return None
+    return f"a non-empty list of methods other than auto ({', '.join(sorted(m for m in METHODS if m != 'auto'))})"
+
+
+# every option a method may read: name -> check returning None, or what the value should be
+OPTION_CHECKS: dict[str, Callable] = {
+    "calibrate_teacher": lambda v: None if isinstance(v, bool) else "true or false",
+    "min_val": _number(1, integer=True),
+    "slam_k_rule": _k_rule,
+    "slam_k_level": _number(0, 1, lo_open=True),
+    "slam_alpha_floor": lambda v: None if v is None else _number(0, 1)(v),
+    "threshold": _number(0, 1),
+    "cleanlab_folds": _number(2, integer=True),
+    "taid_epochs": _number(1, integer=True),
+    "taid_t_start": _number(0, 1),
+    "taid_t_end": _number(0, 1),
+    "auto_candidates": _candidates,
+}
+COMMON_OPTIONS = ("calibrate_teacher",)
+
+
+def register_method(name: str, options: tuple[str, ...] = ()):
+    """Register a method factory under `name`; `options` are the method_options keys it reads
+    (a config naming any other key is refused, so a misspelt option never passes silently)."""
     def deco(factory):
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         METHODS[name] = factory
+        METHOD_OPTIONS[name] = tuple(options)
         return factory
     return deco
+
+
+def check_method_options(method: str, options: dict) -> None:
+    """Refuse options the method does not read and values out of range (ConfigError)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; available: {', '.join(sorted(METHODS))}")
+    allowed = set(COMMON_OPTIONS) | set(METHOD_OPTIONS.get(method, ()))
+    if method == "auto":  # auto passes its options on to every candidate
+        for c in options.get("auto_candidates") or AUTO_CANDIDATES:
+            allowed |= set(METHOD_OPTIONS.get(c, ()))
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigError(f"method_options {unknown} are not read by method {method!r}; it reads "
+                          f"{sorted(allowed)}. Fix the spelling or remove them (README: robust distillation).")
+    for key, value in options.items():
+        wrong = OPTION_CHECKS[key](value) if key in OPTION_CHECKS else None
+        if wrong:
+            raise ConfigError(f"method_options.{key} must be {wrong}, got {value!r}.")
 
 
 def get_method(name: str) -> Callable[[MethodContext], MethodPlan]:
@@ -83,6 +146,12 @@ def plan_method(name: str, ctx: MethodContext) -> MethodPlan:
         plan.info = {**plan.info, "teacher_temperature": temperature}
         return plan
     return get_method(name)(ctx)
+
+
+def VanillaObjective(mode: str = "soft", temperature: float = 1.0):
+    """mentor.train.VanillaObjective, imported on use (torch)."""
+    from .train import VanillaObjective as Vanilla
+    return Vanilla(mode, temperature)
 
 
 @register_method("vanilla-soft")
@@ -123,10 +192,14 @@ def _vanilla_hard(ctx: MethodContext) -> MethodPlan:
 # Weighted distillation, SLaM and the noise-handling baselines (mentor/corrections.py). All fit
 # what they need on V only; options come from ctx.options (documented per factory).
 
-from .corrections import (ForwardCorrectionObjective, SlamObjective, TaidObjective,  # noqa: E402
-                          choose_threshold, disagreement_weights, margin_weights, slam_alpha, slam_k,
-                          threshold_mask, weight_stats)
 from .reliability import Reliability, fit_reliability, teacher_margin  # noqa: E402
+
+
+def _corrections():
+    """mentor.corrections (it needs torch), imported when a method is planned: listing the
+    methods and validating a config stay fast."""
+    from . import corrections
+    return corrections
 
 
 def _require_val(ctx: MethodContext, method: str) -> None:
@@ -144,24 +217,24 @@ def _reliability(ctx: MethodContext, method: str) -> Reliability:
 
 def _weighted_margin(ctx: MethodContext, mode: str) -> MethodPlan:
     rel = _reliability(ctx, f"weighted-margin{'-hard' if mode == 'hard' else ''}")
-    w = margin_weights(ctx.teacher_probs_pool, rel)
+    w = _corrections().margin_weights(ctx.teacher_probs_pool, rel)
     return MethodPlan(VanillaObjective(mode, ctx.temperature if mode == "soft" else 1.0), pool_weights=w,
-                      info={"weights": weight_stats(w), "reliability": rel.to_dict()})
+                      info={"weights": _corrections().weight_stats(w), "reliability": rel.to_dict()})
 
 
-@register_method("weighted-margin")
+@register_method("weighted-margin", options=("min_val",))
 def _weighted_margin_soft(ctx: MethodContext) -> MethodPlan:
     """Weighted distillation (soft targets): weight = teacher accuracy at its margin, fitted on V."""
     return _weighted_margin(ctx, "soft")
 
 
-@register_method("weighted-margin-hard")
+@register_method("weighted-margin-hard", options=("min_val",))
 def _weighted_margin_hard(ctx: MethodContext) -> MethodPlan:
     """Weighted distillation (teacher's top label): weight = teacher accuracy at its margin, fitted on V."""
     return _weighted_margin(ctx, "hard")
 
 
-@register_method("weighted-disagreement")
+@register_method("weighted-disagreement", options=("min_val",))
 def _weighted_disagreement(ctx: MethodContext) -> MethodPlan:
     """Weighted distillation, two passes: weight from teacher-vs-first-student disagreement (soft).
 
@@ -175,26 +248,29 @@ def _weighted_disagreement(ctx: MethodContext) -> MethodPlan:
                           "pool and on V: the caller must set MethodContext.train_and_predict.")
     first = VanillaObjective("soft", ctx.temperature)
     pool_probs, val_probs = ctx.train_and_predict(MethodPlan(first))
-    w = disagreement_weights(ctx.teacher_probs_pool, pool_probs, ctx.teacher_probs_val, val_probs, ctx.val_labels,
+    w = _corrections().disagreement_weights(ctx.teacher_probs_pool, pool_probs, ctx.teacher_probs_val, val_probs, ctx.val_labels,
                              min_val=int(ctx.options.get("min_val", 50)))
     return MethodPlan(VanillaObjective("soft", ctx.temperature), pool_weights=w,
-                      info={"weights": weight_stats(w), "reliability": rel.to_dict()})
+                      info={"weights": _corrections().weight_stats(w), "reliability": rel.to_dict()})
 
 
 def _slam(ctx: MethodContext, mode: str, normalized: bool, name: str) -> MethodPlan:
     rel = _reliability(ctx, name)
-    k = slam_k(rel, ctx.n_classes, rule=str(ctx.options.get("slam_k_rule", "topk-accuracy")),
+    k = _corrections().slam_k(rel, ctx.n_classes, rule=str(ctx.options.get("slam_k_rule", "topk-accuracy")),
                level=float(ctx.options.get("slam_k_level", 0.9)))
-    alpha = slam_alpha(teacher_margin(ctx.teacher_probs_pool), rel, ctx.options.get("slam_alpha_floor"),
+    alpha = _corrections().slam_alpha(teacher_margin(ctx.teacher_probs_pool), rel, ctx.options.get("slam_alpha_floor"),
                        normalized=normalized, k=k)
     floor = 1.0 / k if normalized else 0.5
-    info = {"k": k, "alpha": {**weight_stats(alpha), "at_floor_fraction": float(np.mean(alpha <= floor + 1e-9))},
+    info = {"k": k, "alpha": {**_corrections().weight_stats(alpha), "at_floor_fraction": float(np.mean(alpha <= floor + 1e-9))},
             "normalized": normalized, "mode": mode, "reliability": rel.to_dict()}
-    return MethodPlan(SlamObjective(alpha, np.full(len(alpha), k), mode=mode, normalized=normalized,
+    return MethodPlan(_corrections().SlamObjective(alpha, np.full(len(alpha), k), mode=mode, normalized=normalized,
                                     teacher_probs_pool=ctx.teacher_probs_pool), info=info)
 
 
-@register_method("slam")
+_SLAM_OPTIONS = ("slam_k_rule", "slam_k_level", "slam_alpha_floor", "min_val")
+
+
+@register_method("slam", options=_SLAM_OPTIONS)
 def _slam_soft(ctx: MethodContext) -> MethodPlan:
     """SLaM (soft targets, unnormalised mix): α = teacher accuracy at its margin (floor ½), k from top-k accuracy on V.
 
@@ -203,19 +279,19 @@ def _slam_soft(ctx: MethodContext) -> MethodPlan:
     return _slam(ctx, "soft", False, "slam")
 
 
-@register_method("slam-hard")
+@register_method("slam-hard", options=_SLAM_OPTIONS)
 def _slam_hard(ctx: MethodContext) -> MethodPlan:
     """SLaM with the teacher's top label as target (unnormalised mix, α floor ½)."""
     return _slam(ctx, "hard", False, "slam-hard")
 
 
-@register_method("slam-normalized")
+@register_method("slam-normalized", options=_SLAM_OPTIONS)
 def _slam_normalized(ctx: MethodContext) -> MethodPlan:
     """SLaM, normalised mix (second term ÷ (k − 1), α floor 1/k), soft targets."""
     return _slam(ctx, "soft", True, "slam-normalized")
 
 
-@register_method("threshold")
+@register_method("threshold", options=("threshold",))
 def _threshold(ctx: MethodContext) -> MethodPlan:
     """Baseline: keep pseudo-labels whose teacher confidence clears a threshold chosen on V (hard targets).
 
@@ -227,15 +303,15 @@ def _threshold(ctx: MethodContext) -> MethodPlan:
     if "threshold" in ctx.options:
         thr, on_val = float(ctx.options["threshold"]), {}
     else:
-        thr, on_val = choose_threshold(ctx.teacher_probs_val, ctx.val_labels)
-    mask = threshold_mask(ctx.teacher_probs_pool, thr)
+        thr, on_val = _corrections().choose_threshold(ctx.teacher_probs_val, ctx.val_labels)
+    mask = _corrections().threshold_mask(ctx.teacher_probs_pool, thr)
     if not mask.any():
         raise ConfigError(f"no pool example reaches the confidence threshold {thr:.4f}; lower it.")
     return MethodPlan(VanillaObjective("hard"), pool_weights=mask,
                       info={"threshold": thr, "pool_coverage": float(mask.mean()), "val": on_val})
 
 
-@register_method("cleanlab-filter")
+@register_method("cleanlab-filter", options=("cleanlab_folds",))
 def _cleanlab_filter(ctx: MethodContext) -> MethodPlan:
     """Baseline: drop pseudo-labels that confident learning (cleanlab) flags, from out-of-fold probabilities.
 
@@ -270,15 +346,15 @@ def _cleanlab_filter(ctx: MethodContext) -> MethodPlan:
                       info={"flagged_fraction": float(issues.mean()), "folds": folds})
 
 
-@register_method("forward-correction")
+@register_method("forward-correction", options=("min_val",))
 def _forward_correction(ctx: MethodContext) -> MethodPlan:
     """Baseline: forward loss correction with one global noise rate ε = 1 − teacher accuracy on V (hard targets)."""
     rel = _reliability(ctx, "forward-correction")
-    obj = ForwardCorrectionObjective(1.0 - rel.accuracy, ctx.n_classes, mode="hard")
+    obj = _corrections().ForwardCorrectionObjective(1.0 - rel.accuracy, ctx.n_classes, mode="hard")
     return MethodPlan(obj, info={"eps": obj.eps, "reliability": rel.to_dict()})
 
 
-@register_method("taid")
+@register_method("taid", options=("taid_epochs", "taid_t_start", "taid_t_end"))
 def _taid(ctx: MethodContext) -> MethodPlan:
     """TAID: interpolated target softmax((1 − t)·z_s + t·log teacher), t linear 0.4 → 1.0 over the epochs.
 
@@ -286,7 +362,7 @@ def _taid(ctx: MethodContext) -> MethodPlan:
     Needs no validation set.
     """
     n = int(ctx.options.get("taid_epochs") or ctx.n_epochs or 30)
-    obj = TaidObjective(n, float(ctx.options.get("taid_t_start", 0.4)), float(ctx.options.get("taid_t_end", 1.0)))
+    obj = _corrections().TaidObjective(n, float(ctx.options.get("taid_t_start", 0.4)), float(ctx.options.get("taid_t_end", 1.0)))
     return MethodPlan(obj, info={"taid_epochs": n, "t_start": obj.t_start, "t_end": obj.t_end})
 
 
@@ -295,7 +371,7 @@ def _taid(ctx: MethodContext) -> MethodPlan:
 AUTO_CANDIDATES = ["vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
 
 
-@register_method("auto")
+@register_method("auto", options=("auto_candidates", "min_val"))
 def _auto(ctx: MethodContext) -> MethodPlan:
     """Train each candidate method, keep the one with the best accuracy on V (ties: earlier candidate).
 

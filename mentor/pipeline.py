@@ -23,12 +23,13 @@ import torch
 from .config import RunConfig, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .distributed import make_pool
-from .errors import DataError, StoreError
-from .evaluate import classification_report, gap_closed
+from .checks import suspected_permutation
+from .errors import ConfigError, DataError, StoreError, TeacherOutputError
+from .evaluate import classification_report, gap_closed_verdict
 from .methods import MethodContext, plan_method, train_with_plan
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
-from .teachers import (FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
+from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
                        train_model_teacher)
 from .train import TrainConfig, epochs_for, predict_proba, train_student
 
@@ -60,18 +61,72 @@ def load_data(cfg: RunConfig) -> Dataset:
     d = cfg.data
     if d.path:
         return load_file(d.path, id_column=d.id_column, label_column=d.label_column, text_column=d.text_column,
-                         feature_columns=d.feature_columns, n_classes=d.n_classes)
-    return load_dataset(d.name, **d.options)
+                         feature_columns=d.feature_columns, n_classes=d.n_classes, classes=d.classes)
+    data = load_dataset(d.name, **d.options)
+    return data if d.classes is None else data.with_class_order(d.classes)
 
 
-def prepare(cfg: RunConfig) -> RunContext:
-    """Load and validate the data, split it by the protocol, record the config and split."""
+# result files of one run; a rerun with another config into the same folder must not mix with them
+RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "reliability.png", "active.json",
+               "active.png", "active_state.json", "teacher.json")
+# settings that change how a run goes, not what it computes
+_COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
+             ("teacher", "timeout_s"), ("teacher", "max_retries")}
+
+
+def config_differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
+    """Dotted keys whose values differ between two dumped configs, with both values."""
+    diffs = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = prefix + (key,)
+        if path in _COSMETIC or path[:1] in _COSMETIC:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, path)
+        elif a != b:
+            diffs.append(f"{'.'.join(map(str, path))}: {a!r} -> {b!r}")
+    return diffs
+
+
+def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
+    """The run folder, made writable for this config. A folder holding another config's run is
+    refused (naming the differences) unless `force`, which removes that run's results; the teacher
+    outputs it stored, the fitted teacher and checkpoints (keyed by their config) are kept."""
+    import yaml
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a folder; choose another output_dir.")
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out} is not writable; choose another output_dir or fix its permissions.")
+    text = dump_config(cfg)
+    previous = out / "config.yaml"
+    if previous.exists():
+        try:
+            old = yaml.safe_load(previous.read_text()) or {}
+        except yaml.YAMLError:
+            old = {"unreadable": True}
+        diffs = config_differences(old if isinstance(old, dict) else {}, yaml.safe_load(text))
+        if diffs and not force:
+            shown = "\n  ".join(diffs[:12]) + (f"\n  ... and {len(diffs) - 12} more" if len(diffs) > 12 else "")
+            raise ConfigError(f"output_dir {out} holds a run with another config:\n  {shown}\nUse another "
+                              "output_dir, or pass --force to replace that run's results (its stored teacher "
+                              "outputs are kept).")
+        if diffs:
+            for name in RUN_RESULTS:
+                (out / name).unlink(missing_ok=True)
+    _atomic_write_text(previous, text)
+    return out
+
+
+def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
+    """Load and validate the data, split it by the protocol, record the config and split.
+    `force`: replace the results of another config's run in the same output_dir."""
     data = load_data(cfg).validate()
     s = cfg.split
     splits = make_splits(data, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool, seed=cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "config.yaml", dump_config(cfg))
+    out = claim_output_dir(cfg, force=force)
     np.savez(out / "splits.npz", labeled=data.ids[splits.labeled], val=data.ids[splits.val],
              pool=data.ids[splits.pool], test=data.ids[splits.test])
     return RunContext(cfg, data, splits, out)
@@ -84,11 +139,30 @@ _HTTP_KEYS = {"url", "batch_size", "timeout_s", "max_retries", "headers_env", "m
 
 def get_teacher(ctx: RunContext) -> Teacher:
     """The configured teacher: a file, a TorchScript module, an HTTP endpoint, or a built-in model
-    trained on A (cached in the run folder under a key of everything that determines it)."""
+    trained on A (cached in the run folder under a key of everything that determines it).
+    A teacher trained elsewhere has its outputs matched to the data's classes by name."""
+    teacher = _get_teacher(ctx)
+    t, data = ctx.cfg.teacher, ctx.data
+    if t.kind in ("http", "torchscript") and t.classes is not None:
+        if data.class_names is None:
+            raise ConfigError("teacher.classes names the teacher's output order, but the data's classes have no "
+                              "names (integer labels): set data.classes too, so the two can be matched.")
+        teacher = ClassOrderTeacher(teacher, t.classes, data.class_names)
+    if t.kind in ("file", "http", "torchscript") and data.class_order_inferred and not getattr(
+            teacher, "classes", None):
+        raise ConfigError(
+            f"the labels of {data.name!r} are strings, numbered here alphabetically ({data.class_names[:10]}), but "
+            f"a {t.kind} teacher gives one column per class in its own order, which nothing states. Set data.classes "
+            "to the class names in the order of the teacher's outputs (or teacher.classes, or name the columns in "
+            "the teacher file).")
+    return teacher
+
+
+def _get_teacher(ctx: RunContext) -> Teacher:
     t, data, sp = ctx.cfg.teacher, ctx.data, ctx.splits
     if t.kind == "file":
         teacher = FileTeacher(t.path, data.n_classes, output=t.output, id_column=t.id_column,
-                              cost_per_example=t.cost_per_example)
+                              cost_per_example=t.cost_per_example, classes=t.classes, data_classes=data.class_names)
         teacher.check_ids(data.ids[sp.pool], data.ids)
         return teacher
     if t.kind == "torchscript":
@@ -135,20 +209,45 @@ def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     teacher = teacher or get_teacher(ctx)
     store = open_store(ctx, teacher)
     sp, data, bs = ctx.splits, ctx.data, ctx.cfg.store.batch_size
-    index = np.concatenate([sp.val, sp.test, sp.pool])
+    val, rest = sp.val, np.concatenate([sp.test, sp.pool])
     if isinstance(teacher, FileTeacher):  # a file may leave V / test out; only the pool is required
-        index = index[teacher.covers(data.ids[index])]
-    batches = ((data.ids[index[i:i + bs]], data.features[index[i:i + bs]]) for i in range(0, len(index), bs))
+        val, rest = val[teacher.covers(data.ids[val])], rest[teacher.covers(data.ids[rest])]
+
+    def batches(index):
+        return ((data.ids[index[i:i + bs]], data.features[index[i:i + bs]]) for i in range(0, len(index), bs))
+
     pool = make_pool(ctx.cfg.distribute, teacher)
-    try:
-        report = store.label(teacher, batches, progress=ctx.cfg.train.progress, pool=pool)
+    try:  # V first: a teacher in another class order is caught before the pool is paid for
+        report = store.label(teacher, batches(val), progress=ctx.cfg.train.progress, pool=pool)
+        check_class_order(ctx, store)
+        more = store.label(teacher, batches(rest), progress=ctx.cfg.train.progress, pool=pool)
     finally:
         if pool is not None:
             pool.close()
+    report = type(report)(**{k: getattr(report, k) + getattr(more, k) for k in report.__dict__})
     _atomic_write_text(ctx.out / "teacher.json", json.dumps(
         {**teacher.describe(), "last_label_run": {**report.__dict__, "pool": pool.describe() if pool else None},
          "store": str(store.path)}, indent=2))
     return store
+
+
+def check_class_order(ctx: RunContext, store: TeacherStore) -> None:
+    """Refuse a teacher whose answers on V fit the labels far better after renaming its classes:
+    its outputs are numbered in another order (data.classes / teacher.classes fix it)."""
+    if not ctx.cfg.teacher.check_class_order or len(ctx.splits.val) == 0:
+        return
+    t_val = teacher_outputs(store, ctx.data.ids[ctx.splits.val], required=False)
+    if t_val is None:
+        return
+    found = suspected_permutation(t_val, ctx.data.labels[ctx.splits.val], ctx.data.class_names)
+    if found:
+        pairs = ", ".join(f"teacher {a!r} = label {b!r}" for a, b in found["pairs"][:8])
+        raise TeacherOutputError(
+            f"the teacher looks like it numbers its classes in another order: on V it is right "
+            f"{100 * found['accuracy']:.1f}% of the time as is, but {100 * found['relabelled_accuracy']:.1f}% after "
+            f"renaming its classes ({pairs}{', ...' if len(found['pairs']) > 8 else ''}). Set data.classes (or "
+            f"teacher.classes) to the order of the teacher's outputs. Its answers on V are kept in {store.path}; "
+            "the pool was not sent. If the teacher is really this wrong, set teacher.check_class_order: false.")
 
 
 def teacher_outputs(store: TeacherStore, ids: np.ndarray, *, required: bool = True) -> np.ndarray | None:
@@ -186,6 +285,17 @@ def _train_config(ctx: RunContext, checkpoint: Path | None) -> TrainConfig:
                        seed=ctx.cfg.seed, checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress)
 
 
+def epochs_info(n_examples: int, cfg: TrainConfig) -> dict:
+    """The epochs training will run, and a note when train.min_steps raised train.epochs."""
+    n = epochs_for(n_examples, cfg)
+    info = {"epochs": n}
+    if n > cfg.epochs:
+        info["epochs_note"] = (f"trained {n} epochs, not train.epochs={cfg.epochs}: {n_examples} examples in batches "
+                               f"of {cfg.batch_size} reach train.min_steps={cfg.min_steps} steps only then "
+                               "(set train.min_steps: 0 for exactly train.epochs).")
+    return info
+
+
 def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | None = None,
           labeled_only: bool = False, name: str | None = None, student: torch.nn.Module | None = None) -> dict:
     """Train one student (or the labeled-only baseline) and save it as `<name>.pt` in the run folder."""
@@ -203,7 +313,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                                                        ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, ctx.cfg.data.model_dump(),
                                                        None if labeled_only else (store or open_store(ctx)).fingerprint)
                                       + ".pt")
-    info: dict = {"method": "labeled-only" if labeled_only else method}
+    info: dict = {"method": "labeled-only" if labeled_only else method,
+                  **epochs_info(len(sp.labeled) + (0 if labeled_only else len(sp.pool)), _train_config(ctx, None))}
     if labeled_only:
         result = train_student(model, x_lab, y_lab, config=_train_config(ctx, ckpt))
     else:
@@ -279,12 +390,13 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     if t_val is not None:
         metrics["teacher_val_accuracy"] = float((t_val.argmax(1) == y_val).mean())
     if (ctx.out / "labeled-only.pt").exists():
-        metrics["labeled_only"] = classification_report(student_test_probs(ctx, "labeled-only"), y_test, t_test)
+        lab_probs = student_test_probs(ctx, "labeled-only")
+        metrics["labeled_only"] = classification_report(lab_probs, y_test, t_test)
         metrics["labeled_only"]["val_accuracy"] = float(
             (student_probs(ctx, "labeled-only", sp.val).argmax(1) == y_val).mean())
         if t_test is not None:
-            metrics["gap_closed"] = gap_closed(student["accuracy"], metrics["labeled_only"]["accuracy"],
-                                               metrics["teacher"]["accuracy"])
+            metrics["gap_closed"], metrics["gap_closed_note"] = gap_closed_verdict(
+                s_probs.argmax(1) == y_test, lab_probs.argmax(1) == y_test, t_test.argmax(1) == y_test)
     metrics.update(
         sizes={"n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_pool": len(sp.pool), "n_test": len(sp.test)},
         data={"name": data.name, "kind": data.kind, "n_classes": data.n_classes},
@@ -297,10 +409,11 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     return metrics
 
 
-def run(cfg: RunConfig) -> dict:
-    """The whole pipeline from one validated config. Returns the metrics written to metrics.json."""
+def run(cfg: RunConfig, *, force: bool = False) -> dict:
+    """The whole pipeline from one validated config. Returns the metrics written to metrics.json.
+    `force`: replace the results of another config's run in the same output_dir."""
     t0 = time.perf_counter()
-    ctx = prepare(cfg)
+    ctx = prepare(cfg, force=force)
     teacher = get_teacher(ctx)
     store = label(ctx, teacher)
     if cfg.baseline:

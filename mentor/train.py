@@ -66,9 +66,19 @@ class VanillaObjective:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` is CUDA when there is one; asking for a device this machine lacks is a ConfigError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"train.device {device!r} is not a device name; use auto, cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device is {device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s) usable by torch. Use train.device: auto (CUDA when present, else CPU) or cpu.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device is {device!r} but MPS is not available here; use auto or cpu.")
+    return dev
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -127,7 +127,7 @@ def test_crash_mid_round_resumes_without_paying_twice(first_run, tmp_out, monkey
 
 def test_other_config_in_same_folder_is_refused(first_run):
     out, _ = first_run
-    with pytest.raises(ConfigError, match="another active config"):
+    with pytest.raises(ConfigError, match="another config"):
         run_active(_cfg(out, strategy="margin"))
 
 

@@ -102,7 +102,7 @@ def test_method_auto_equals_the_choice_on_v_computed_from_rows(tmp_path):
     configs = {"syn": {"synthetic": {"n": 1500, "dim": 10}, "data": {"path": "x"},
                        "split": {"n_labeled": 20, "n_val": 200, "n_test": 300},
                        "teacher": {"kind": "file", "path": "x"}, "student": {"kind": "logistic"},
-                       "train": {"epochs": 3, "min_steps": 0}, "method_options": {"auto_candidates": cands}}}
+                       "train": {"epochs": 3, "min_steps": 0}, "method": "auto", "method_options": {"auto_candidates": cands}}}
     rows = bench.quality("custom", seeds=1, methods=cands + ["auto"], configs=configs, work_dir=tmp_path,
                          log=lambda *_: None)
     by = {r["method"]: r for r in rows}

@@ -1,0 +1,140 @@
+"""Run every bad input we know of through the real `mentor` CLI and write what it says.
+
+    .venv/bin/python scripts/bad_inputs.py [--out docs/bad-input.md]
+
+Each case is a config (and files) a user could plausibly write. The script checks that each
+exits with status 2, prints one plain `error:` message and no traceback, and writes the table
+of messages (docs/bad-input.md, linked from the README). A case that does not exit 2 cleanly is
+reported as FAILED and makes the script exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def user_files(root: Path) -> dict:
+    """Digits as a user brings them: string labels, a teacher file in the numeric class order."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    x, y = load_digits(return_X_y=True)
+    ids = [f"img-{i:05d}" for i in range(len(y))]
+    labels = [WORDS[v] if i < 900 else None for i, v in enumerate(y)]
+    pq.write_table(pa.table({"id": ids, "pixels": [list(map(float, r / 16)) for r in x], "label": labels}),
+                   root / "data.parquet")
+    probs = LogisticRegression(max_iter=500).fit(x[:200] / 16, y[:200]).predict_proba(x / 16)
+    pq.write_table(pa.table({"id": ids, "probs": [list(r) for r in probs]}), root / "teacher.parquet")
+    nan = probs.copy()
+    nan[7, 3] = np.nan
+    pq.write_table(pa.table({"id": ids, "probs": [list(r) for r in nan]}), root / "teacher-nan.parquet")
+    pq.write_table(pa.table({"id": ids[:1500], "probs": [list(r) for r in probs[:1500]]}),
+                   root / "teacher-short.parquet")
+    (root / "empty.parquet").write_bytes(b"")
+    (root / "empty.csv").write_bytes(b"")
+    (root / "not-parquet.parquet").write_text("id,label\n1,2\n")
+    (root / "a-file").write_text("not a folder")
+    return {"seed": 0, "output_dir": "run", "data": {"path": "data.parquet", "classes": WORDS},
+            "split": {"n_labeled": 100, "n_val": 200, "n_test": 300},
+            "teacher": {"kind": "file", "path": "teacher.parquet"},
+            "student": {"kind": "logistic"}, "train": {"epochs": 3, "min_steps": 0}}
+
+
+def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
+    """(what the user did, config or None for an empty file, extra CLI arguments)."""
+    def with_(**changes):
+        cfg = yaml.safe_load(yaml.safe_dump(good))
+        for key, value in changes.items():
+            node = cfg
+            *parents, last = key.split("__")
+            for p in parents:
+                node = node.setdefault(p, {})
+            if value is _DROP:
+                node.pop(last, None)
+            else:
+                node[last] = value
+        return cfg
+    return [
+        ("empty config file", None, []),
+        ("config names no data", {"method": "slam"}, []),
+        ("misspelt key `split.n_labelled`", with_(split__n_labelled=50), []),
+        ("unknown method", with_(method="slamm"), []),
+        ("misspelt method option", with_(method="slam", method_options={"slam_k_rul": "fixed:2"}), []),
+        ("method option for another method", with_(method_options={"min_val": 20}), []),
+        ("method option out of range", with_(method="slam", method_options={"slam_alpha_floor": 2}), []),
+        ("`split.n_val: true`", with_(split__n_val=True), []),
+        ("negative epochs", with_(train__epochs=-3), []),
+        ("negative learning rate", with_(train__lr=-0.1), []),
+        ("`store.batch_size: 0`", with_(store={"batch_size": 0}), []),
+        ("a CUDA device this machine lacks", with_(train__device="cuda:99"), []),
+        ("unknown device name", with_(train__device="gpu"), []),
+        ("`--set` into a value", good, ["--set", "seed.x=1"]),
+        ("`--set` without `=`", good, ["--set", "seed"]),
+        ("data file does not exist", with_(data__path="nope.parquet"), []),
+        ("0-byte Parquet data file", with_(data__path="empty.parquet"), []),
+        ("0-byte CSV data file", with_(data__path="empty.csv"), []),
+        ("CSV text saved as .parquet", with_(data__path="not-parquet.parquet"), []),
+        ("`output_dir` is a file", with_(output_dir="a-file"), []),
+        ("`output_dir` cannot be written", with_(output_dir="/sys/mentor-run"), []),
+        ("string labels, file teacher, no class order", with_(data__classes=_DROP), []),
+        ("stated class order is not the teacher's", with_(data__classes=sorted(WORDS), output_dir="run-perm"), []),
+        ("label missing from `data.classes`", with_(data__classes=WORDS[:9]), []),
+        ("`teacher.classes` with a teacher trained here", with_(teacher={"kind": "mlp", "classes": WORDS}), []),
+        ("teacher file with NaN", with_(teacher__path="teacher-nan.parquet", output_dir="run-nan"), []),
+        ("teacher file misses pool ids", with_(teacher__path="teacher-short.parquet", output_dir="run-short"), []),
+        ("rerun into a folder of another config", good, ["--set", "seed=1"]),
+    ]
+
+
+_DROP = object()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("docs/bad-input.md"))
+    args = ap.parse_args()
+    failed = 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        good = user_files(root)
+        (root / "good.yaml").write_text(yaml.safe_dump(good))
+        first = subprocess.run([sys.executable, "-m", "mentor.cli", "label", str(root / "good.yaml")],
+                               capture_output=True, text=True)  # for the rerun case
+        if first.returncode != 0:
+            print(first.stderr)
+            return 1
+        for i, (what, cfg, extra) in enumerate(cases(good)):
+            path = root / f"case-{i}.yaml"
+            path.write_text("" if cfg is None else yaml.safe_dump(cfg))
+            res = subprocess.run([sys.executable, "-m", "mentor.cli", "label", str(path), *extra],
+                                 capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+            clean = res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error: ")
+            failed += not clean
+            message = res.stderr.strip().replace(tmp, "…").replace("\n", " ")
+            rows.append((what, "exit 2" if clean else f"FAILED (exit {res.returncode})", message))
+            print(f"{'ok    ' if clean else 'FAILED'} {what}: {message[:160]}")
+    lines = ["# Bad input and what mentor says", "",
+             "Written by `python scripts/bad_inputs.py` from the real CLI (`mentor label CONFIG`); every case must "
+             "exit with status 2, one plain `error:` message and no traceback. Temporary paths are shown as `…`.", "",
+             "| what the user did | result | message |", "|---|---|---|"]
+    lines += [f"| {w} | {r} | {m.replace('|', '¦')} |" for w, r, m in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"{len(rows) - failed} of {len(rows)} cases exit 2 cleanly; wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
