@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,14 +24,14 @@ import torch
 from .config import RunConfig, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .distributed import make_pool
-from .errors import DataError, StoreError
+from .errors import ConfigError, DataError, StoreError
 from .evaluate import classification_report, gap_closed
 from .methods import MethodContext, plan_method, train_with_plan
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
-from .teachers import (FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
-                       train_model_teacher)
-from .train import TrainConfig, epochs_for, predict_proba, train_student
+from .teachers import (FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher, load_teacher,
+                       save_teacher, teacher_cache_suffix, train_model_teacher)
+from .train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
 @dataclass
@@ -94,6 +95,13 @@ def get_teacher(ctx: RunContext) -> Teacher:
     if t.kind == "torchscript":
         if not Path(t.path).exists():
             raise DataError(f"TorchScript teacher {t.path} does not exist; check teacher.path.")
+        if not t.trust_code:
+            raise ConfigError(f"teacher {t.path} is a TorchScript file, and a TorchScript file is code: loading it "
+                              "runs whatever its author wrote. If you trust who made it, opt in with "
+                              "`teacher.trust_code: true` (or --set teacher.trust_code=true); otherwise ask for the "
+                              "teacher's outputs as a file (teacher.kind: file) or its weights as safetensors.")
+        warnings.warn(f"loading the TorchScript teacher {t.path}: it runs code from that file (teacher.trust_code is "
+                      "true).", stacklevel=2)
         module = torch.jit.load(t.path, map_location="cpu")
         return TorchTeacher(module, data.n_classes, output="probs" if t.output == "probs" else "logits",
                             cost_per_example=t.cost_per_example)
@@ -101,11 +109,20 @@ def get_teacher(ctx: RunContext) -> Teacher:
         return RemoteTeacher(t.url, data.n_classes, output=t.output, batch_size=t.batch_size or ctx.cfg.store.batch_size,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, headers_env=t.headers_env,
                              model_version=t.model_version, cost_per_example=t.cost_per_example)
-    # the http-only keys stay out of the key, so teachers cached before they existed are found
-    key = _key(t.model_dump(exclude=_HTTP_KEYS), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed)
-    path = ctx.out / f"teacher-{t.kind}-{key}.pkl"
+    # the http-only keys and trust_code stay out of the key, so it is stable as fields are added
+    key = _key(t.model_dump(exclude=_HTTP_KEYS | {"trust_code"}), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(),
+               ctx.cfg.seed)
+    path = ctx.out / (f"teacher-{t.kind}-{key}" + teacher_cache_suffix(t.kind))
+    old = path.with_suffix(".pkl")
     if path.exists():
-        return load_teacher(path)
+        try:
+            return load_teacher(path, device=ctx.cfg.train.device)
+        except TeacherCacheError as e:
+            warnings.warn(f"{e} It was not used; refitting the teacher on A and rewriting the cache.", stacklevel=2)
+    elif old.exists():
+        warnings.warn(f"{old} is a teacher cache in the pickle format of older mentor versions; it is not loaded, "
+                      "because unpickling a file can run code. Refitting the teacher on A (cached as "
+                      f"{path.name}); you can delete the .pkl file.", stacklevel=2)
     teacher = train_model_teacher(t.kind, data.features[sp.labeled], data.labels[sp.labeled],
                                   n_classes=data.n_classes, data_kind=data.kind, image_shape=data.image_shape,
                                   seed=ctx.cfg.seed, epochs=t.epochs, hidden=tuple(t.hidden),
@@ -230,21 +247,38 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
-    tmp = ctx.out / f"{name}.pt.tmp"
-    torch.save({"model": model.state_dict(), "featurizer": feat, "student_kind": _student_kind(ctx), "info": info}, tmp)
-    os.replace(tmp, ctx.out / f"{name}.pt")
+    _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
     return info
+
+
+STUDENT_FORMAT = "mentor-student-2"  # tensors + plain data, loaded with weights_only=True (1 held pickled objects)
+
+
+def _save_student(path: Path, model: torch.nn.Module, feat: Featurizer, kind: str, info: dict) -> None:
+    """Weights, the featurizer's learned state and the run info as tensors and plain data only."""
+    fstate = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in feat.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": STUDENT_FORMAT, "model": model.state_dict(), "featurizer": fstate, "student_kind": kind,
+                "info": json.dumps(info, default=_plain)}, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(x):
+    return x.tolist() if hasattr(x, "tolist") else str(x)
 
 
 def load_student(ctx: RunContext, name: str = "student"):
     path = ctx.out / f"{name}.pt"
     if not path.exists():
         raise DataError(f"no trained student at {path}; run `mentor train` (or `mentor run`) first.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    feat = state["featurizer"]
+    fix = f"retrain it: delete {path} and run `mentor train` (or `mentor run`)"
+    state = load_plain(path, what="student", fix=fix)
+    if state.get("format") != STUDENT_FORMAT:
+        raise DataError(f"student {path} is not a {STUDENT_FORMAT} file (format {state.get('format')!r}); {fix}.")
+    feat = Featurizer.from_state_dict(state["featurizer"])
     model = _new_student(ctx, feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
     model.load_state_dict(state["model"])
-    return model, feat, state["info"]
+    return model, feat, json.loads(state["info"])
 
 
 def student_probs(ctx: RunContext, name: str, rows: np.ndarray) -> np.ndarray:
