@@ -19,6 +19,7 @@ import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def fingerprint_module(module: nn.Module) -> str:
 
 
 def _fingerprint_object(obj) -> str:
+    """Hash of an object's pickled bytes: used only to hash, never to load (mentor loads no pickle)."""
     return _sha(pickle.dumps(obj, protocol=4))
 
 
@@ -270,26 +272,36 @@ def redact_url(url: str) -> str:
     """`url` with credentials replaced by `***`: the user-info part (`user:key@`) and the values of
     key-like query parameters (key, api_key, token, sig, password, ... and names ending in key,
     token, secret, signature, password, credential). `${VAR}` references are kept: they are names."""
-    from urllib.parse import unquote, urlsplit, urlunsplit
     parts = urlsplit(str(url))
     netloc = parts.netloc.rpartition("@")[2]
     netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
-    query = "&".join(_redact_param(p, unquote) for p in parts.query.split("&")) if parts.query else ""
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    query = "&".join(f"{p.partition('=')[0]}=***" if _param_secret(p) else p for p in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment))
 
 
-def _redact_param(param: str, unquote) -> str:
+def _param_secret(param: str) -> str:
+    """The value of a key-like query parameter (`name=value`), else ""."""
     name, eq, value = param.partition("=")
     low = unquote(name).lower()
-    if eq and not _ENV_REF.fullmatch(value) and (low in _KEY_NAMES or low.endswith(_KEY_ENDINGS)):
-        return f"{name}=***"
-    return param
+    if eq and value and not _ENV_REF.fullmatch(value) and (low in _KEY_NAMES or low.endswith(_KEY_ENDINGS)):
+        return value
+    return ""
+
+
+def _url_secrets(url: str) -> list:
+    """The credential values written literally in `url` (user-info password, key-like parameters)."""
+    parts = urlsplit(url)
+    values = [_param_secret(p) for p in parts.query.split("&")] + [parts.password or ""]
+    return [v for value in values if value for v in {value, unquote(value)}]
 
 
 def _origin(url: str) -> tuple:
-    from urllib.parse import urlsplit
     p = urlsplit(url)
-    return p.scheme.lower(), (p.hostname or "").lower(), p.port or {"http": 80, "https": 443}.get(p.scheme.lower())
+    try:
+        port = p.port or {"http": 80, "https": 443}.get(p.scheme.lower())
+    except ValueError:  # a malformed port: an origin of its own
+        port = p.netloc
+    return p.scheme.lower(), (p.hostname or "").lower(), port
 
 
 def _same_site_redirect(src: str, dst: str) -> bool:
@@ -356,10 +368,9 @@ class RemoteTeacher(Teacher):
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                  headers: dict | None = None, headers_env: dict | None = None, model_version: str | None = None,
                  cost_per_example: float = 0.0):
-        from urllib.parse import urlparse
-        parsed = urlparse(str(url))
+        parsed = urlsplit(str(url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"remote teacher url must be an http:// or https:// URL, got {url!r}.")
+            raise ConfigError(f"remote teacher url must be an http:// or https:// URL, got {redact_url(str(url))!r}.")
         if output not in ("probs", "logits", "topk"):
             raise ConfigError(f"remote teacher output must be 'probs', 'logits' or 'topk', got {output!r}")
         if int(batch_size) < 1 or not float(timeout_s) > 0 or int(max_retries) < 0 or float(backoff_s) < 0:
@@ -397,11 +408,10 @@ class RemoteTeacher(Teacher):
 
     def _scrub(self, text: str) -> str:
         """`text` without any credential value this teacher knows (a server may echo them back)."""
-        from urllib.parse import urlsplit
         secrets = [os.environ.get(v, "") for v in [*self.headers_env.values(), *_ENV_REF.findall(self.url)]]
         secrets += [v for h, v in self.headers.items() if h.lower() in ("authorization", "proxy-authorization",
                                                                         "cookie") or h.lower().endswith("key")]
-        secrets.append(urlsplit(self.url).password or "")
+        secrets += _url_secrets(self.url)
         for secret in sorted(set(secrets), key=len, reverse=True):
             if len(secret) >= 4:
                 text = text.replace(secret, "***")
@@ -467,7 +477,6 @@ class RemoteTeacher(Teacher):
         """POST and read the answer, following redirects only where `_same_site_redirect` allows."""
         import urllib.error
         import urllib.request
-        from urllib.parse import urljoin
         url, opener = self._request_url(), _no_redirects()
         for _ in range(_MAX_REDIRECTS + 1):
             try:
@@ -481,11 +490,11 @@ class RemoteTeacher(Teacher):
                 _read_quietly(e)
                 target = urljoin(url, location)
                 if not _same_site_redirect(url, target):
-                    raise RemoteTeacherError(
+                    raise RemoteTeacherError(self._scrub(
                         f"remote teacher {self.shown_url} redirected (HTTP {e.code}) to {redact_url(target)}, another "
                         "origin; mentor does not follow redirects to another scheme, host or port, so that the "
                         "request's credentials never reach another server. If that server is the right one, set "
-                        "teacher.url to it.") from None
+                        "teacher.url to it.")) from None
                 url = target
         raise RemoteTeacherError(f"remote teacher {self.shown_url}: more than {_MAX_REDIRECTS} redirects; set "
                                  "teacher.url to the final address.")

@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +81,9 @@ def test_damaged_or_foreign_teacher_caches_are_refit(tmp_path):
     ctx = prepare(_cfg(tmp_path / "run"))
     first = get_teacher(ctx)
     (path,) = ctx.out.glob("teacher-mlp-*.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a rerun reuses the cache silently
+        assert get_teacher(ctx).fingerprint == first.fingerprint
     path.write_bytes(pickle.dumps(Payload(tmp_path / "pwned")))  # a pickle under the new name
     with pytest.warns(UserWarning, match="could not be read.*refitting the teacher"):
         assert get_teacher(ctx).fingerprint == first.fingerprint
