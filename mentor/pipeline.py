@@ -113,16 +113,16 @@ def get_teacher(ctx: RunContext) -> Teacher:
     key = _key(t.model_dump(exclude=_HTTP_KEYS | {"trust_code"}), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(),
                ctx.cfg.seed)
     path = ctx.out / (f"teacher-{t.kind}-{key}" + teacher_cache_suffix(t.kind))
-    old = path.with_suffix(".pkl")
+    old = sorted(p.name for p in ctx.out.glob(f"teacher-{t.kind}-*.pkl"))
     if path.exists():
         try:
             return load_teacher(path, device=ctx.cfg.train.device)
         except TeacherCacheError as e:
             warnings.warn(f"{e} It was not used; refitting the teacher on A and rewriting the cache.", stacklevel=2)
-    elif old.exists():
-        warnings.warn(f"{old} is a teacher cache in the pickle format of older mentor versions; it is not loaded, "
-                      "because unpickling a file can run code. Refitting the teacher on A (cached as "
-                      f"{path.name}); you can delete the .pkl file.", stacklevel=2)
+    elif old:
+        warnings.warn(f"{ctx.out}: {', '.join(old)} is a teacher cache in the pickle format of older mentor versions; "
+                      "it is not loaded, because unpickling a file can run code. Refitting the teacher on A (cached "
+                      f"as {path.name}); you can delete the .pkl file.", stacklevel=2)
     teacher = train_model_teacher(t.kind, data.features[sp.labeled], data.labels[sp.labeled],
                                   n_classes=data.n_classes, data_kind=data.kind, image_shape=data.image_shape,
                                   seed=ctx.cfg.seed, epochs=t.epochs, hidden=tuple(t.hidden),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -113,10 +114,11 @@ def load_plain(path, *, map_location="cpu", what: str = "file", fix: str = "dele
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise DataError(f"{what} {path} was not loaded: it is not a file of tensors and plain data ({first}). "
-                        "mentor never unpickles Python objects from files, because that can run code; an older "
-                        f"mentor wrote such files. Nothing was read from it; {fix}.") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        why = f"it holds the Python object {found.group(1)}" if found else f"{type(e).__name__}"
+        raise DataError(f"{what} {path} was not loaded: it is not a file of tensors and plain data ({why}). "
+                        "mentor never unpickles Python objects from files, because that can run code (older mentor "
+                        f"versions wrote such files). Nothing was read from it; {fix}.") from None
     if not isinstance(state, dict):
         raise DataError(f"{what} {path} holds a {type(state).__name__}, not mentor's dict of tensors; {fix}.")
     return state
