@@ -382,6 +382,10 @@ class RemoteTeacher(Teacher):
         self.headers, self.headers_env = dict(headers or {}), dict(headers_env or {})
         self.model_version, self.cost_per_example = model_version, float(cost_per_example)
         self.shown_url = redact_url(self.url)  # what errors, logs, describe() and the fingerprint see
+        if self.shown_url != self.url:
+            warnings.warn(f"remote teacher url {self.shown_url}: the key written in it (shown as ***) stays in your "
+                          "config, and in a run's config.yaml and metrics.json; write it as ${VAR} (e.g. "
+                          "?api_key=${MENTOR_API_KEY}) to keep it in the environment only.", stacklevel=2)
         self._env_headers()  # a missing variable fails now, before anything is paid
         self._request_url()
         self.fingerprint = "http-" + _sha(json.dumps([self.shown_url, output, model_version or ""]).encode())

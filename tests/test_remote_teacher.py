@@ -418,14 +418,18 @@ def test_keys_in_the_url_are_redacted_everywhere(monkeypatch, tmp_path, digits, 
             == "https://***@h:8/p?model=m1&api_key=***&X-Amz-Signature=***&sig=***&k=${KEY}")
     secret = "sk-" + os.urandom(8).hex()
     with serve(model, fault=lambda n, r: (400, f"bad key {secret} for {s.paths[-1]}")) as s:
-        t = RemoteTeacher(f"{s.url}?api_key={secret}&model=m1", 10)
+        with pytest.warns(UserWarning, match=r"key written in it \(shown as \*\*\*\) stays in your config.*\$\{VAR"):
+            t = RemoteTeacher(f"{s.url}?api_key={secret}&model=m1", 10)
+            rotated = RemoteTeacher(f"{s.url}?api_key=another-key&model=m1", 10)
         assert secret not in json.dumps(t.describe()) and "api_key=***&model=m1" in t.describe()["url"]
-        assert t.fingerprint == RemoteTeacher(f"{s.url}?api_key=another-key&model=m1", 10).fingerprint  # rotation
+        assert t.fingerprint == rotated.fingerprint  # a new key keeps the store
         with pytest.raises(RemoteTeacherError) as err:
             t.predict_proba(digits.features[:3])
     assert "HTTP 400" in str(err.value) and secret not in str(err.value) and "***" in str(err.value)
     assert s.paths[0].endswith(f"api_key={secret}&model=m1")  # the server itself did get the key
     # a key kept in the environment: written `${VAR}` in the config, filled in per request
+    with pytest.raises(ConfigError, match=r"MENTOR_TEST_URL_KEY.*named in the url are not set"):
+        RemoteTeacher("http://h/p?api_key=${MENTOR_TEST_URL_KEY}", 10)
     monkeypatch.setenv("MENTOR_TEST_URL_KEY", secret)
     with serve(model) as s:
         cfg = {"seed": 0, "output_dir": str(tmp_path / "run"), "data": {"name": "digits"},
