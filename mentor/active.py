@@ -316,7 +316,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     from .evaluate import accuracy
     from .methods import MethodContext, plan_method, train_with_plan
     from .pipeline import _featurizer, _new_student, _train_config, open_store
-    from .train import predict_proba, train_student
+    from .train import load_plain, predict_proba, train_student
 
     cfg = cfg or ctx.cfg
     out = Path(out or ctx.out)
@@ -369,7 +369,8 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
 
     def load_model(r: int):
         m = _new_student(ctx, x_lab.shape[1])
-        m.load_state_dict(torch.load(student_path(r), map_location="cpu"))
+        m.load_state_dict(load_plain(student_path(r), what="active-learning student",
+                                     fix=f"delete {out / 'active'} to redo the rounds"))
         return m
 
     def train_round(r: int, queried: np.ndarray):

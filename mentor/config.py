@@ -49,6 +49,7 @@ class SplitConfig(_Strict):
 class TeacherConfig(_Strict):
     kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript", "http"] = "mlp"
     path: str | None = None              # file of outputs (kind file) or TorchScript model (kind torchscript)
+    trust_code: bool = False             # kind torchscript: a TorchScript file is code; load it only when true
     output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module / server holds
     url: str | None = None               # kind http: endpoint answering POST {"ids", "inputs"} (README: remote teacher)
     batch_size: int | None = Field(None, ge=1)  # kind http: examples per request; default store.batch_size

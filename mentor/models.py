@@ -96,9 +96,7 @@ class Featurizer:
             self.mean_ = x.mean(axis=0)
             self.scale_ = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
         elif self.kind == "tfidf":
-            self.vectorizer_ = TfidfVectorizer(max_features=self.max_features, sublinear_tf=True,
-                                               ngram_range=(1, 2), min_df=2)
-            self.vectorizer_.fit(list(inputs))
+            self.vectorizer_ = _tfidf(self.max_features).fit(list(inputs))
         elif self.kind != "identity":
             raise ConfigError(f"unknown featurizer {self.kind!r}; use identity, standardize or tfidf.")
         return self
@@ -110,6 +108,31 @@ class Featurizer:
             return self.vectorizer_.transform(list(inputs)).astype(np.float32).toarray()
         return np.asarray(inputs, dtype=np.float32)
 
+    def state_dict(self) -> dict:
+        """The learned state as plain data (a vocabulary of str -> int, float64 arrays), so it is
+        saved as JSON and tensors and never pickled: loading it cannot run code."""
+        state = {"kind": self.kind, "max_features": int(self.max_features)}
+        if self.kind == "standardize":
+            state.update(mean_=np.asarray(self.mean_, np.float64), scale_=np.asarray(self.scale_, np.float64))
+        elif self.kind == "tfidf":
+            state.update(vocabulary_={str(k): int(v) for k, v in self.vectorizer_.vocabulary_.items()},
+                         idf_=np.asarray(self.vectorizer_.idf_, np.float64))
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Featurizer":
+        """The inverse of `state_dict`; arrays may come back as numpy arrays or torch tensors."""
+        feat = cls(str(state["kind"]), int(state["max_features"]))
+        if feat.kind == "standardize":
+            feat.mean_, feat.scale_ = _float64(state["mean_"]), _float64(state["scale_"])
+        elif feat.kind == "tfidf":
+            feat.vectorizer_ = _tfidf(feat.max_features, vocabulary={str(k): int(v) for k, v in
+                                                                     state["vocabulary_"].items()})
+            feat.vectorizer_.idf_ = _float64(state["idf_"])
+        elif feat.kind != "identity":
+            raise ConfigError(f"unknown featurizer {feat.kind!r}; use identity, standardize or tfidf.")
+        return feat
+
     @property
     def n_features(self) -> int | None:
         if self.kind == "tfidf":
@@ -117,6 +140,15 @@ class Featurizer:
         if self.kind == "standardize":
             return len(self.mean_)
         return None
+
+
+def _tfidf(max_features: int, vocabulary: dict | None = None) -> TfidfVectorizer:
+    return TfidfVectorizer(max_features=max_features, sublinear_tf=True, ngram_range=(1, 2), min_df=2,
+                           vocabulary=vocabulary)
+
+
+def _float64(a) -> np.ndarray:
+    return np.array(a.numpy() if hasattr(a, "numpy") else a, dtype=np.float64)
 
 
 def default_featurizer(kind: str, data_kind: str) -> str:

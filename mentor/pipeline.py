@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,9 @@ from .evaluate import classification_report, gap_closed_verdict
 from .methods import MethodContext, plan_method, train_with_plan
 from .models import Featurizer, build_model, default_featurizer
 from .store import MANIFEST_NAME, TeacherStore
-from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TorchTeacher, load_teacher, save_teacher,
-                       train_model_teacher)
-from .train import TrainConfig, epochs_for, predict_proba, train_student
+from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
+                       load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
+from .train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
 @dataclass
@@ -135,6 +136,14 @@ def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
 # ---------------------------------------------------------------------------------------------- teacher
 
 _HTTP_KEYS = {"url", "batch_size", "timeout_s", "max_retries", "headers_env", "model_version"}
+# teacher keys that do not change a teacher trained here; kept out of cache keys so they stay stable
+_LATER_TEACHER_KEYS = {"trust_code", "classes", "check_class_order"}
+
+
+def _data_key(cfg: RunConfig) -> dict:
+    """The data section as it enters cache and checkpoint keys: data.classes only when set (it
+    renumbers the labels), so runs from before the option existed keep their keys."""
+    return cfg.data.model_dump(exclude=set() if cfg.data.classes is not None else {"classes"})
 
 
 def get_teacher(ctx: RunContext) -> Teacher:
@@ -168,6 +177,13 @@ def _get_teacher(ctx: RunContext) -> Teacher:
     if t.kind == "torchscript":
         if not Path(t.path).exists():
             raise DataError(f"TorchScript teacher {t.path} does not exist; check teacher.path.")
+        if not t.trust_code:
+            raise ConfigError(f"teacher {t.path} is a TorchScript file, and a TorchScript file is code: loading it "
+                              "runs whatever its author wrote. If you trust who made it, opt in with "
+                              "`teacher.trust_code: true` (or --set teacher.trust_code=true); otherwise ask for the "
+                              "teacher's outputs as a file (teacher.kind: file) or its weights as safetensors.")
+        warnings.warn(f"loading the TorchScript teacher {t.path}: it runs code from that file (teacher.trust_code is "
+                      "true).", stacklevel=2)
         module = torch.jit.load(t.path, map_location="cpu")
         return TorchTeacher(module, data.n_classes, output="probs" if t.output == "probs" else "logits",
                             cost_per_example=t.cost_per_example)
@@ -175,11 +191,20 @@ def _get_teacher(ctx: RunContext) -> Teacher:
         return RemoteTeacher(t.url, data.n_classes, output=t.output, batch_size=t.batch_size or ctx.cfg.store.batch_size,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, headers_env=t.headers_env,
                              model_version=t.model_version, cost_per_example=t.cost_per_example)
-    # the http-only keys stay out of the key, so teachers cached before they existed are found
-    key = _key(t.model_dump(exclude=_HTTP_KEYS), ctx.cfg.data.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed)
-    path = ctx.out / f"teacher-{t.kind}-{key}.pkl"
+    # the http-only keys and trust_code stay out of the key, so it is stable as fields are added
+    key = _key(t.model_dump(exclude=_HTTP_KEYS | _LATER_TEACHER_KEYS), _data_key(ctx.cfg), ctx.cfg.split.model_dump(),
+               ctx.cfg.seed)
+    path = ctx.out / (f"teacher-{t.kind}-{key}" + teacher_cache_suffix(t.kind))
+    old = sorted(p.name for p in ctx.out.glob(f"teacher-{t.kind}-*.pkl"))
     if path.exists():
-        return load_teacher(path)
+        try:
+            return load_teacher(path, device=ctx.cfg.train.device)
+        except TeacherCacheError as e:
+            warnings.warn(f"{e} It was not used; refitting the teacher on A and rewriting the cache.", stacklevel=2)
+    elif old:
+        warnings.warn(f"{ctx.out}: {', '.join(old)} is a teacher cache in the pickle format of older mentor versions; "
+                      "it is not loaded, because unpickling a file can run code. Refitting the teacher on A (cached "
+                      f"as {path.name}); you can delete the .pkl file.", stacklevel=2)
     teacher = train_model_teacher(t.kind, data.features[sp.labeled], data.labels[sp.labeled],
                                   n_classes=data.n_classes, data_kind=data.kind, image_shape=data.image_shape,
                                   seed=ctx.cfg.seed, epochs=t.epochs, hidden=tuple(t.hidden),
@@ -310,7 +335,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
     # teacher or student never resumes from another run's checkpoint
     ckpt = ctx.out / "checkpoints" / (f"{name}-" + _key(labeled_only or method, ctx.cfg.method_options,
                                                        ctx.cfg.student.model_dump(),
-                                                       ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, ctx.cfg.data.model_dump(),
+                                                       ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, _data_key(ctx.cfg),
                                                        None if labeled_only else (store or open_store(ctx)).fingerprint)
                                       + ".pt")
     info: dict = {"method": "labeled-only" if labeled_only else method,
@@ -341,21 +366,38 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
-    tmp = ctx.out / f"{name}.pt.tmp"
-    torch.save({"model": model.state_dict(), "featurizer": feat, "student_kind": _student_kind(ctx), "info": info}, tmp)
-    os.replace(tmp, ctx.out / f"{name}.pt")
+    _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
     return info
+
+
+STUDENT_FORMAT = "mentor-student-2"  # tensors + plain data, loaded with weights_only=True (1 held pickled objects)
+
+
+def _save_student(path: Path, model: torch.nn.Module, feat: Featurizer, kind: str, info: dict) -> None:
+    """Weights, the featurizer's learned state and the run info as tensors and plain data only."""
+    fstate = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in feat.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": STUDENT_FORMAT, "model": model.state_dict(), "featurizer": fstate, "student_kind": kind,
+                "info": json.dumps(info, default=_plain)}, tmp)
+    os.replace(tmp, path)
+
+
+def _plain(x):
+    return x.tolist() if hasattr(x, "tolist") else str(x)
 
 
 def load_student(ctx: RunContext, name: str = "student"):
     path = ctx.out / f"{name}.pt"
     if not path.exists():
         raise DataError(f"no trained student at {path}; run `mentor train` (or `mentor run`) first.")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    feat = state["featurizer"]
+    fix = f"retrain it: delete {path} and run `mentor train` (or `mentor run`)"
+    state = load_plain(path, what="student", fix=fix)
+    if state.get("format") != STUDENT_FORMAT:
+        raise DataError(f"student {path} is not a {STUDENT_FORMAT} file (format {state.get('format')!r}); {fix}.")
+    feat = Featurizer.from_state_dict(state["featurizer"])
     model = _new_student(ctx, feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
     model.load_state_dict(state["model"])
-    return model, feat, state["info"]
+    return model, feat, json.loads(state["info"])
 
 
 def student_probs(ctx: RunContext, name: str, rows: np.ndarray) -> np.ndarray:

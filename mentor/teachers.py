@@ -10,15 +10,16 @@ both to an HTTP endpoint (`teacher_server` serves any teacher that way).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
 import random
+import re
 import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ def fingerprint_module(module: nn.Module) -> str:
 
 
 def _fingerprint_object(obj) -> str:
+    """Hash of an object's pickled bytes: used only to hash, never to load (mentor loads no pickle)."""
     return _sha(pickle.dumps(obj, protocol=4))
 
 
@@ -298,6 +300,67 @@ class RemoteTeacherError(TeacherOutputError):
     """The remote teacher could not be reached, refused a request, or answered something unusable."""
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_KEY_NAMES = {"key", "apikey", "api_key", "api-key", "token", "access_token", "auth", "sig", "signature", "password",
+              "passwd", "pwd", "secret", "client_secret", "code", "credential", "session"}
+_KEY_ENDINGS = ("key", "token", "secret", "signature", "password", "credential")
+_MAX_REDIRECTS = 5
+
+
+def redact_url(url: str) -> str:
+    """`url` with credentials replaced by `***`: the user-info part (`user:key@`) and the values of
+    key-like query parameters (key, api_key, token, sig, password, ... and names ending in key,
+    token, secret, signature, password, credential). `${VAR}` references are kept: they are names."""
+    parts = urlsplit(str(url))
+    netloc = parts.netloc.rpartition("@")[2]
+    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
+    query = "&".join(f"{p.partition('=')[0]}=***" if _param_secret(p) else p for p in parts.query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment))
+
+
+def _param_secret(param: str) -> str:
+    """The value of a key-like query parameter (`name=value`), else ""."""
+    name, eq, value = param.partition("=")
+    low = unquote(name).lower()
+    if eq and value and not _ENV_REF.fullmatch(value) and (low in _KEY_NAMES or low.endswith(_KEY_ENDINGS)):
+        return value
+    return ""
+
+
+def _url_secrets(url: str) -> list:
+    """The credential values written literally in `url` (user-info password, key-like parameters)."""
+    parts = urlsplit(url)
+    values = [_param_secret(p) for p in parts.query.split("&")] + [parts.password or ""]
+    return [v for value in values if value for v in {value, unquote(value)}]
+
+
+def _origin(url: str) -> tuple:
+    p = urlsplit(url)
+    try:
+        port = p.port or {"http": 80, "https": 443}.get(p.scheme.lower())
+    except ValueError:  # a malformed port: an origin of its own
+        port = p.netloc
+    return p.scheme.lower(), (p.hostname or "").lower(), port
+
+
+def _same_site_redirect(src: str, dst: str) -> bool:
+    """A redirect that keeps the request's credentials at home: the same origin (scheme, host,
+    port), or the upgrade of http on the default port to https on the same host's default port."""
+    a, b = _origin(src), _origin(dst)
+    return a == b or (a[0] == "http" and b[0] == "https" and a[1] == b[1] and (a[2], b[2]) == (80, 443))
+
+
+def _no_redirects():
+    """An opener that never follows a redirect itself: RemoteTeacher decides, with the rule above."""
+    import urllib.request
+
+    class _Refuse(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None  # the 3xx then surfaces as an HTTPError
+
+    return urllib.request.build_opener(_Refuse)
+
+
 def _retry_after(headers) -> float | None:
     """Seconds from a Retry-After header given as a number (the HTTP-date form is ignored)."""
     try:
@@ -321,9 +384,17 @@ class RemoteTeacher(Teacher):
     Retry-After header is honoured); any other 4xx fails at once with the status and the start of
     the body. `headers_env` maps a header to the environment variable holding its value (e.g.
     {"Authorization": "MENTOR_API_KEY"}): only the variable's name is kept, the value is read for
-    each request and never enters the fingerprint, `describe()` or any file. The fingerprint is
-    the URL, `output` and `model_version`: bump `model_version` when the served model changes so
-    a store of the old model's outputs refuses the new one.
+    each request and never enters the fingerprint, `describe()` or any file. A key that must sit in
+    the URL is written `${VAR}` (e.g. `https://host/p?key=${MENTOR_KEY}`) and filled in per request;
+    a literal key in the URL is redacted (`redact_url`) wherever the URL is shown or hashed.
+
+    Redirects are followed (at most 5, re-sending the same POST) only within the URL's origin, or
+    from http to https on the same host; a redirect to any other origin is refused with an error,
+    so the credentials never reach another server.
+
+    The fingerprint is the redacted URL, `output` and `model_version` (a new key does not change
+    it): bump `model_version` when the served model changes so a store of the old model's outputs
+    refuses the new one.
 
     The store writes once per `predict_proba` call, so give it chunks of at most `batch_size`
     (the pipeline does): a larger call is split into several requests, and if a later one fails,
@@ -336,10 +407,9 @@ class RemoteTeacher(Teacher):
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                  headers: dict | None = None, headers_env: dict | None = None, model_version: str | None = None,
                  cost_per_example: float = 0.0):
-        from urllib.parse import urlparse
-        parsed = urlparse(str(url))
+        parsed = urlsplit(str(url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ConfigError(f"remote teacher url must be an http:// or https:// URL, got {url!r}.")
+            raise ConfigError(f"remote teacher url must be an http:// or https:// URL, got {redact_url(str(url))!r}.")
         if output not in ("probs", "logits", "topk"):
             raise ConfigError(f"remote teacher output must be 'probs', 'logits' or 'topk', got {output!r}")
         if int(batch_size) < 1 or not float(timeout_s) > 0 or int(max_retries) < 0 or float(backoff_s) < 0:
@@ -350,12 +420,18 @@ class RemoteTeacher(Teacher):
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.headers, self.headers_env = dict(headers or {}), dict(headers_env or {})
         self.model_version, self.cost_per_example = model_version, float(cost_per_example)
+        self.shown_url = redact_url(self.url)  # what errors, logs, describe() and the fingerprint see
+        if self.shown_url != self.url:
+            warnings.warn(f"remote teacher url {self.shown_url}: the key written in it (shown as ***) stays in your "
+                          "config, and in a run's config.yaml and metrics.json; write it as ${VAR} (e.g. "
+                          "?api_key=${MENTOR_API_KEY}) to keep it in the environment only.", stacklevel=2)
         self._env_headers()  # a missing variable fails now, before anything is paid
-        self.fingerprint = "http-" + _sha(json.dumps([self.url, output, model_version or ""]).encode())
+        self._request_url()
+        self.fingerprint = "http-" + _sha(json.dumps([self.shown_url, output, model_version or ""]).encode())
         self.n_requests = 0  # HTTP requests sent, retries included
 
     def describe(self) -> dict:
-        return {**super().describe(), "url": self.url, "output": self.output, "model_version": self.model_version,
+        return {**super().describe(), "url": self.shown_url, "output": self.output, "model_version": self.model_version,
                 "batch_size": self.batch_size, "headers_env": sorted(self.headers_env)}  # names only, never values
 
     def _env_headers(self) -> dict:
@@ -364,6 +440,25 @@ class RemoteTeacher(Teacher):
             raise ConfigError(f"remote teacher: environment variable(s) {missing} are not set; they hold the values "
                               f"of headers {sorted(self.headers_env)}. Export them before running.")
         return {h: os.environ[v] for h, v in self.headers_env.items()}
+
+    def _request_url(self) -> str:
+        """The URL with its `${VAR}` references filled in from the environment."""
+        missing = sorted({v for v in _ENV_REF.findall(self.url) if not os.environ.get(v)})
+        if missing:
+            raise ConfigError(f"remote teacher: environment variable(s) {missing} named in the url are not set. "
+                              "Export them before running.")
+        return _ENV_REF.sub(lambda m: os.environ[m.group(1)], self.url)
+
+    def _scrub(self, text: str) -> str:
+        """`text` without any credential value this teacher knows (a server may echo them back)."""
+        secrets = [os.environ.get(v, "") for v in [*self.headers_env.values(), *_ENV_REF.findall(self.url)]]
+        secrets += [v for h, v in self.headers.items() if h.lower() in ("authorization", "proxy-authorization",
+                                                                        "cookie") or h.lower().endswith("key")]
+        secrets += _url_secrets(self.url)
+        for secret in sorted(set(secrets), key=len, reverse=True):
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+        return text
 
     def predict_proba(self, inputs, ids=None) -> np.ndarray:
         n = len(inputs)
@@ -389,7 +484,6 @@ class RemoteTeacher(Teacher):
         import http.client
         import ssl
         import urllib.error
-        import urllib.request
         body = json.dumps({"ids": ids, "inputs": rows}, allow_nan=False).encode()
         headers = {"Content-Type": "application/json", "Accept": "application/json", **self.headers,
                    **self._env_headers()}
@@ -397,44 +491,72 @@ class RemoteTeacher(Teacher):
             wait = None
             self.n_requests += 1
             try:
-                req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return self._parse(resp.read(), ids)
+                return self._parse(self._post(body, headers), ids)
             except urllib.error.HTTPError as e:
                 text = _snippet(_read_quietly(e))
                 if e.code != 429 and e.code < 500:
-                    raise RemoteTeacherError(f"remote teacher {self.url} answered HTTP {e.code} {e.reason} (not "
-                                             f"retried): {text}") from None
+                    raise RemoteTeacherError(self._scrub(f"remote teacher {self.shown_url} answered HTTP {e.code} "
+                                                         f"{e.reason} (not retried): {text}")) from None
                 why, wait = f"HTTP {e.code} {e.reason}: {text}", _retry_after(e.headers)
             except urllib.error.URLError as e:
                 if isinstance(e.reason, ssl.SSLCertVerificationError):
-                    raise RemoteTeacherError(f"remote teacher {self.url}: TLS certificate rejected ({e.reason}).") from None
+                    raise RemoteTeacherError(f"remote teacher {self.shown_url}: TLS certificate rejected "
+                                             f"({e.reason}).") from None
                 why = f"cannot connect ({e.reason})"
             except (OSError, http.client.HTTPException) as e:  # timeouts, resets, truncated answers
                 why = f"{type(e).__name__}: {e}"
+            why = self._scrub(why)
             if attempt == self.max_retries:
-                raise RemoteTeacherError(f"remote teacher {self.url}: gave up after {attempt + 1} attempt(s); last "
-                                         f"error: {why}. Nothing of this request was stored; rerun to resume.")
+                raise RemoteTeacherError(f"remote teacher {self.shown_url}: gave up after {attempt + 1} attempt(s); "
+                                         f"last error: {why}. Nothing of this request was stored; rerun to resume.")
             delay = min(self.max_backoff_s, wait if wait is not None
                         else self.backoff_s * 2 ** attempt * (0.5 + 0.5 * random.random()))
-            warnings.warn(f"remote teacher {self.url}: {why}; retry {attempt + 1}/{self.max_retries} in {delay:.2g} s",
-                          stacklevel=3)
+            warnings.warn(f"remote teacher {self.shown_url}: {why}; retry {attempt + 1}/{self.max_retries} in "
+                          f"{delay:.2g} s", stacklevel=3)
             time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _post(self, body: bytes, headers: dict) -> bytes:
+        """POST and read the answer, following redirects only where `_same_site_redirect` allows."""
+        import urllib.error
+        import urllib.request
+        url, opener = self._request_url(), _no_redirects()
+        for _ in range(_MAX_REDIRECTS + 1):
+            try:
+                with opener.open(urllib.request.Request(url, data=body, headers=headers, method="POST"),
+                                 timeout=self.timeout_s) as resp:
+                    return resp.read()
+            except urllib.error.HTTPError as e:
+                location = e.headers.get("Location") if e.code in (301, 302, 303, 307, 308) else None
+                if not location:
+                    raise
+                _read_quietly(e)
+                target = urljoin(url, location)
+                if not _same_site_redirect(url, target):
+                    raise RemoteTeacherError(self._scrub(
+                        f"remote teacher {self.shown_url} redirected (HTTP {e.code}) to {redact_url(target)}, another "
+                        "origin; mentor does not follow redirects to another scheme, host or port, so that the "
+                        "request's credentials never reach another server. If that server is the right one, set "
+                        "teacher.url to it.")) from None
+                url = target
+        raise RemoteTeacherError(f"remote teacher {self.shown_url}: more than {_MAX_REDIRECTS} redirects; set "
+                                 "teacher.url to the final address.")
+
     def _parse(self, raw: bytes, ids: list) -> np.ndarray:
-        name = f"remote teacher {self.url}"
+        name = f"remote teacher {self.shown_url}"
         try:
             payload = json.loads(raw)
         except ValueError:
-            raise RemoteTeacherError(f"{name} answered with a body that is not JSON: {_snippet(raw)}") from None
+            raise RemoteTeacherError(self._scrub(f"{name} answered with a body that is not JSON: "
+                                                 f"{_snippet(raw)}")) from None
         keys = ("topk_index", "topk_prob|topk_logprob") if self.output == "topk" else (self.output,)
         if not isinstance(payload, dict):
             raise RemoteTeacherError(f"{name} answered a JSON {type(payload).__name__}; expected an object with "
                                      f"{' and '.join(map(repr, keys))}.")
         if "ids" in payload and [str(i) for i in payload["ids"] or []] != ids:
-            raise RemoteTeacherError(f"{name} answered for ids {_snippet(str(payload['ids']).encode(), 120)}, not for "
-                                     f"the {len(ids)} ids it was sent (in order); the outputs would be misattributed.")
+            raise RemoteTeacherError(self._scrub(
+                f"{name} answered for ids {_snippet(str(payload['ids']).encode(), 120)}, not for the {len(ids)} ids it "
+                "was sent (in order); the outputs would be misattributed."))
         if self.output == "topk":
             pkey = "topk_prob" if "topk_prob" in payload else "topk_logprob"
             idx, val = _json_matrix(payload, "topk_index", name, len(ids)), _json_matrix(payload, pkey, name, len(ids))
@@ -574,12 +696,14 @@ def train_model_teacher(kind: str, features, labels, *, n_classes: int, data_kin
     from .train import TrainConfig, train_student
     torch.manual_seed(seed)
     model = build_model(kind, in_features=x.shape[1], n_classes=n_classes, image_shape=image_shape,
-                        hidden=tuple(hidden), dropout=0.1)
+                        hidden=tuple(hidden), dropout=0.1)  # recorded in teacher.build below
     train_student(model, x, labels, config=TrainConfig(epochs=epochs, min_steps=min_steps, seed=seed, device=device,
                                                        weight_decay=1e-4))
     model.cpu()
     teacher = TorchTeacher(model, n_classes, featurizer=feat, device=device)
     teacher.kind = kind
+    teacher.build = {"kind": kind, "in_features": int(x.shape[1]), "n_classes": int(n_classes), "hidden": list(hidden),
+                     "image_shape": list(image_shape) if image_shape is not None else None, "dropout": 0.1}
     return teacher
 
 
@@ -644,16 +768,120 @@ class EncoderTeacher(Teacher):
         return self.head.predict_proba(self.embed(inputs, encoder_path=self.encoder_path, batch_size=self.batch_size))
 
 
+# ----------------------------------------------------------------------------------------------
+# The cache of a fitted built-in teacher: tensors + JSON (safetensors) or a skops file, never pickle,
+# so a run folder received from someone else cannot run code when mentor reuses its teacher.
+
+TEACHER_FORMAT = "mentor-teacher-1"
+# scikit-learn types a teacher cache may hold beyond those skops trusts by default; nothing else loads
+SKOPS_TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+
+class TeacherCacheError(DataError):
+    """A cached teacher could not be loaded safely (old pickle format, unknown types, damaged)."""
+
+
+def teacher_cache_suffix(kind: str) -> str:
+    """scikit-learn teachers (hgb, the MiniLM head) go to skops files; torch teachers to safetensors."""
+    return ".skops" if kind in ("hgb", "minilm") else ".safetensors"
+
+
 def save_teacher(teacher: Teacher, path) -> None:
-    """Pickle a fitted teacher atomically so a resumed run reuses it instead of retraining."""
+    """Save a fitted built-in teacher atomically so a resumed run reuses it instead of retraining.
+    The format follows the suffix of `path` (see `teacher_cache_suffix`)."""
     path = Path(path)
-    buf = io.BytesIO()
-    pickle.dump(teacher, buf, protocol=4)
+    meta = {"format": TEACHER_FORMAT, "kind": teacher.kind, "n_classes": teacher.n_classes,
+            "cost_per_example": teacher.cost_per_example, "fingerprint": teacher.fingerprint}
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
+    if path.suffix == ".safetensors" and isinstance(teacher, TorchTeacher) and getattr(teacher, "build", None):
+        from safetensors.torch import save_file
+        fmeta, arrays = _split_state(teacher.featurizer)
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in teacher.module.state_dict().items()}
+        tensors.update({f"featurizer.{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        meta.update(output=teacher.output, build=teacher.build, featurizer=fmeta)
+        save_file(tensors, str(tmp), metadata={"mentor": json.dumps(meta)})
+    elif path.suffix == ".skops" and isinstance(teacher, (SklearnTeacher, EncoderTeacher)):
+        import skops.io as sio
+        sk = teacher.head if isinstance(teacher, EncoderTeacher) else teacher
+        feat = sk.featurizer.state_dict() if sk.featurizer is not None else None
+        with open(tmp, "wb") as fh:
+            fh.write(sio.dumps({"meta": json.dumps(meta), "estimator": sk.estimator, "featurizer": feat}))
+    else:
+        raise ConfigError(f"cannot save a {type(teacher).__name__} ({teacher.kind}) as {path.name}: mentor saves "
+                          "the built-in teachers of train_model_teacher, torch ones as .safetensors and scikit-learn "
+                          "ones as .skops. Save your own model's weights yourself.")
     os.replace(tmp, path)
 
 
-def load_teacher(path) -> Teacher:
-    with open(path, "rb") as fh:
-        return pickle.load(fh)
+def load_teacher(path, *, device: str = "auto") -> Teacher:
+    """Load a teacher written by `save_teacher`. Only tensors, JSON and the scikit-learn types skops
+    trusts (plus `SKOPS_TRUSTED`) are read; anything else raises TeacherCacheError, never runs."""
+    path = Path(path)
+    if path.suffix not in (".safetensors", ".skops"):
+        raise TeacherCacheError(f"teacher cache {path} is not a .safetensors or .skops file; mentor does not load "
+                                "pickled teachers (unpickling can run code).")
+    try:
+        teacher = _load_torch_teacher(path, device) if path.suffix == ".safetensors" else _load_sklearn_teacher(path)
+    except TeacherCacheError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any damage in a cache file means: do not use it
+        raise TeacherCacheError(f"teacher cache {path} could not be read ({type(e).__name__}: {e}).") from None
+    return teacher
+
+
+def _split_state(featurizer: Featurizer | None) -> tuple[dict | None, dict]:
+    """A featurizer's state as (JSON-ready part, float arrays)."""
+    if featurizer is None:
+        return None, {}
+    state = featurizer.state_dict()
+    arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
+    return {k: v for k, v in state.items() if k not in arrays}, arrays
+
+
+def _meta(path: Path, raw: str | None) -> dict:
+    meta = json.loads(raw) if raw else {}
+    if not isinstance(meta, dict) or meta.get("format") != TEACHER_FORMAT:
+        raise TeacherCacheError(f"teacher cache {path} is not a {TEACHER_FORMAT} file.")
+    return meta
+
+
+def _load_torch_teacher(path: Path, device: str) -> TorchTeacher:
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        meta = _meta(path, (f.metadata() or {}).get("mentor"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    b = meta["build"]
+    module = build_model(b["kind"], in_features=int(b["in_features"]), n_classes=int(b["n_classes"]),
+                         image_shape=tuple(b["image_shape"]) if b.get("image_shape") else None,
+                         hidden=tuple(b["hidden"]), dropout=float(b["dropout"]))
+    module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
+    feat = None
+    if meta.get("featurizer") is not None:
+        arrays = {k[len("featurizer."):]: v for k, v in tensors.items() if k.startswith("featurizer.")}
+        feat = Featurizer.from_state_dict({**meta["featurizer"], **arrays})
+    teacher = TorchTeacher(module, int(meta["n_classes"]), output=meta["output"], featurizer=feat, device=device,
+                           cost_per_example=float(meta["cost_per_example"]))
+    teacher.kind, teacher.build = meta["kind"], b
+    if teacher.fingerprint != meta["fingerprint"]:  # weights or featurizer changed since it was written
+        raise TeacherCacheError(f"teacher cache {path}: its weights do not match the fingerprint it records.")
+    return teacher
+
+
+def _load_sklearn_teacher(path: Path) -> Teacher:
+    import skops.io as sio
+    unknown = sorted(set(sio.get_untrusted_types(file=str(path))) - set(SKOPS_TRUSTED))
+    if unknown:
+        raise TeacherCacheError(f"teacher cache {path} holds types mentor does not load: {unknown[:5]}.")
+    obj = sio.load(str(path), trusted=SKOPS_TRUSTED)
+    meta = _meta(path, obj.get("meta") if isinstance(obj, dict) else None)
+    n, cost = int(meta["n_classes"]), float(meta["cost_per_example"])
+    feat = Featurizer.from_state_dict(obj["featurizer"]) if obj.get("featurizer") is not None else None
+    if meta["kind"] == EncoderTeacher.kind:
+        teacher = EncoderTeacher(obj["estimator"], n, cost_per_example=cost)
+        if teacher.fingerprint != meta["fingerprint"]:  # e.g. another MiniLM installed here
+            raise TeacherCacheError(f"teacher cache {path} was fitted with another encoder or head.")
+        return teacher
+    teacher = SklearnTeacher(obj["estimator"], n, featurizer=feat, cost_per_example=cost,
+                             fingerprint=meta["fingerprint"])  # recorded: a pickle hash of what was fitted
+    teacher.kind = meta["kind"]
+    return teacher

@@ -9,8 +9,11 @@ through `pool_weights`, so this loop never needs to know which paper a method co
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,6 +118,22 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_plain(path, *, map_location="cpu", what: str = "file", fix: str = "delete it") -> dict:
+    """`torch.load` restricted to tensors and plain containers (`weights_only=True`): a file that
+    someone else wrote (a shared run folder) cannot run code here. Anything else is refused."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        why = f"it holds the Python object {found.group(1)}" if found else f"{type(e).__name__}"
+        raise DataError(f"{what} {path} was not loaded: it is not a file of tensors and plain data ({why}). "
+                        "mentor never unpickles Python objects from files, because that can run code (older mentor "
+                        f"versions wrote such files). Nothing was read from it; {fix}.") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{what} {path} holds a {type(state).__name__}, not mentor's dict of tensors; {fix}.")
+    return state
+
+
 def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray, *,
                   x_pool: np.ndarray | None = None, teacher_probs: np.ndarray | None = None,
                   objective=None, pool_weights: np.ndarray | None = None,
@@ -147,8 +166,8 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
     result = TrainResult()
     start_epoch = 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+    state = _load_checkpoint(ckpt, device) if ckpt is not None and ckpt.exists() else None
+    if state is not None:
         if state.get("config") != asdict(cfg):
             raise ConfigError(f"checkpoint {ckpt} was written with another training config; "
                               "delete it or point checkpoint_path elsewhere to start afresh.")
@@ -209,6 +228,17 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
             progress.stop()
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _load_checkpoint(ckpt: Path, device) -> dict | None:
+    """The checkpoint's plain state, or None (with a warning) when it is of an unsafe or unknown
+    format: training then starts afresh and overwrites it after the first epoch."""
+    try:
+        return load_plain(ckpt, map_location=device, what="checkpoint", fix="training starts afresh and "
+                          "overwrites it after the first epoch")
+    except DataError as e:
+        warnings.warn(str(e), stacklevel=3)
+        return None
 
 
 @torch.no_grad()

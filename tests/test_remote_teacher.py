@@ -29,7 +29,7 @@ class Served:
     """A running server plus what it saw: requests (parsed bodies, in order) and their headers."""
 
     def __init__(self, server):
-        self.server, self.requests, self.headers, self.lock = server, [], [], threading.Lock()
+        self.server, self.requests, self.headers, self.paths, self.lock = server, [], [], [], threading.Lock()
         self.fault = None  # fault(n, request) -> None (serve normally) or (status, body: dict | str | bytes)
         host, port = server.server_address[:2]
         self.url = f"http://{host}:{port}/predict"
@@ -52,15 +52,18 @@ def serve(teacher, fault=None):
             with served.lock:
                 served.requests.append(json.loads(raw))
                 served.headers.append(dict(self.headers))
+                served.paths.append(self.path)
                 n = len(served.requests)
             answer = served.fault(n, served.requests[-1]) if served.fault else None
             if answer is None:
                 self.rfile = io.BytesIO(raw)
                 return super().do_POST()
-            status, body = answer
+            status, body, *extra = answer  # extra: a dict of response headers (e.g. Location)
             body = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
+            for k, v in (extra[0] if extra else {}).items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
 
@@ -341,3 +344,100 @@ def test_mentor_run_cli_with_an_http_teacher_and_auth_from_env(tmp_path, digits,
     for f in out.rglob("*"):  # the token is written nowhere
         if f.is_file():
             assert token.encode() not in f.read_bytes(), f
+
+
+# ---------------------------------------------------------------------------------------------- credentials
+
+@contextmanager
+def recorder():
+    """Another origin (127.0.0.1 on another port) that records every request it gets, any method."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    seen = []
+
+    class Record(BaseHTTPRequestHandler):
+        def _record(self):
+            seen.append((self.command, self.path, dict(self.headers)))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_GET = do_POST = _record  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/predict", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_redirect_to_another_origin_is_refused_and_the_credentials_stay_home(monkeypatch, digits, model, code):
+    monkeypatch.setenv("MENTOR_TEST_API_KEY", "Bearer tok-redirect-secret")
+    with recorder() as (elsewhere, seen), \
+            serve(model, fault=lambda n, r: (code, "moved", {"Location": elsewhere + "?x=1"})) as s:
+        assert s.url.rsplit(":", 1)[0] == elsewhere.rsplit(":", 1)[0] and s.url != elsewhere  # two origins
+        t = RemoteTeacher(s.url, 10, headers_env={"Authorization": "MENTOR_TEST_API_KEY"},
+                          headers={"Cookie": "session=cookie-secret"}, **FAST)
+        with pytest.raises(RemoteTeacherError, match=f"redirected \\(HTTP {code}\\) to .*another origin.*set "
+                                                     "teacher.url"):
+            t.predict_proba(digits.features[:5])
+    assert s.headers[0]["Authorization"] == "Bearer tok-redirect-secret"  # the first server did get it
+    assert [h for _, _, h in seen if "Authorization" in h or "Cookie" in h] == []
+    assert seen == []  # nothing at all is sent to the other origin
+
+
+@pytest.mark.parametrize("code", [302, 307, 308])
+def test_redirect_within_the_origin_resends_the_same_post(monkeypatch, digits, model, code):
+    monkeypatch.setenv("MENTOR_TEST_API_KEY", "Bearer tok-same-origin")
+    x = digits.features[:30]
+    with serve(model, fault=lambda n, r: (code, "moved", {"Location": "/v2/predict"}) if n == 1 else None) as s:
+        probs = RemoteTeacher(s.url, 10, headers_env={"Authorization": "MENTOR_TEST_API_KEY"}).predict_proba(x)
+    np.testing.assert_allclose(probs, model.predict_proba(x), atol=1e-6)
+    assert s.paths == ["/predict", "/v2/predict"] and s.requests[0] == s.requests[1]
+    assert [h["Authorization"] for h in s.headers] == ["Bearer tok-same-origin"] * 2
+
+
+def test_which_redirects_keep_credentials():
+    from mentor.teachers import _same_site_redirect as ok
+    assert ok("http://h:8000/p", "http://h:8000/q") and ok("https://H/p", "https://h:443/q")
+    assert ok("http://h/p", "https://h/p")  # the upgrade to TLS on the same host
+    for dst in ("http://h:8001/p", "http://other/p", "https://h:8443/p", "http://evil.h/p"):
+        assert not ok("http://h:8000/p" if dst != "http://evil.h/p" else "http://h/p", dst)
+    assert not ok("https://h/p", "http://h/p")  # never downgrade
+
+
+def test_keys_in_the_url_are_redacted_everywhere(monkeypatch, tmp_path, digits, model):
+    from mentor.teachers import redact_url
+    assert (redact_url("https://bob:pa55word@h:8/p?model=m1&api_key=K1&X-Amz-Signature=S&sig=q&k=${KEY}")
+            == "https://***@h:8/p?model=m1&api_key=***&X-Amz-Signature=***&sig=***&k=${KEY}")
+    secret = "sk-" + os.urandom(8).hex()
+    with serve(model, fault=lambda n, r: (400, f"bad key {secret} for {s.paths[-1]}")) as s:
+        with pytest.warns(UserWarning, match=r"key written in it \(shown as \*\*\*\) stays in your config.*\$\{VAR"):
+            t = RemoteTeacher(f"{s.url}?api_key={secret}&model=m1", 10)
+            rotated = RemoteTeacher(f"{s.url}?api_key=another-key&model=m1", 10)
+        assert secret not in json.dumps(t.describe()) and "api_key=***&model=m1" in t.describe()["url"]
+        assert t.fingerprint == rotated.fingerprint  # a new key keeps the store
+        with pytest.raises(RemoteTeacherError) as err:
+            t.predict_proba(digits.features[:3])
+    assert "HTTP 400" in str(err.value) and secret not in str(err.value) and "***" in str(err.value)
+    assert s.paths[0].endswith(f"api_key={secret}&model=m1")  # the server itself did get the key
+    # a key kept in the environment: written `${VAR}` in the config, filled in per request
+    with pytest.raises(ConfigError, match=r"MENTOR_TEST_URL_KEY.*named in the url are not set"):
+        RemoteTeacher("http://h/p?api_key=${MENTOR_TEST_URL_KEY}", 10)
+    monkeypatch.setenv("MENTOR_TEST_URL_KEY", secret)
+    with serve(model) as s:
+        cfg = {"seed": 0, "output_dir": str(tmp_path / "run"), "data": {"name": "digits"},
+               "split": {"n_labeled": 100, "n_val": 100, "n_test": 100, "n_pool": 100},
+               "teacher": {"kind": "http", "url": s.url + "?api_key=${MENTOR_TEST_URL_KEY}", "batch_size": 200}}
+        label(prepare(parse_config(cfg)))
+    assert {p.split("api_key=")[1] for p in s.paths} == {secret}
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert "${MENTOR_TEST_URL_KEY}" in (tmp_path / "run" / "teacher.json").read_text()

@@ -118,8 +118,8 @@ def test_builtin_teacher_trains_on_labels_and_roundtrips(tmp_path):
                             min_steps=300)
     acc = (t.predict_proba(x[1000:]).argmax(1) == y[1000:]).mean()
     assert acc > 0.8
-    save_teacher(t, tmp_path / "t.pkl")
-    t2 = load_teacher(tmp_path / "t.pkl")
+    save_teacher(t, tmp_path / "t.safetensors")
+    t2 = load_teacher(tmp_path / "t.safetensors")
     assert t2.fingerprint == t.fingerprint and np.allclose(t2.predict_proba(x[:10]), t.predict_proba(x[:10]))
     with pytest.raises(ConfigError, match="minilm"):
         train_model_teacher("mlp", np.array(["a", "b"], dtype=object), np.array([0, 1]), n_classes=2, data_kind="text")
