@@ -243,5 +243,15 @@ def _set_dotted(data: dict, key: str, value) -> None:
     node[parts[-1]] = value
 
 
+def config_record(cfg: RunConfig) -> dict:
+    """The config as saved beside results (config.yaml, metrics.json): a key written literally in
+    teacher.url is replaced by *** (write it as ${VAR} to keep it out of the config altogether)."""
+    from .credentials import redact_url
+    d = cfg.model_dump(mode="json")
+    if d.get("teacher", {}).get("url"):
+        d["teacher"]["url"] = redact_url(d["teacher"]["url"])
+    return d
+
+
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(config_record(cfg), sort_keys=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, dump_config
+from .config import RunConfig, config_record, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .distributed import make_pool
 from .checks import suspected_permutation
@@ -72,7 +72,8 @@ RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "r
                "active.png", "active_state.json", "teacher.json")
 # settings that change how a run goes, not what it computes
 _COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
-             ("teacher", "timeout_s"), ("teacher", "max_retries")}
+             ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),
+             ("teacher", "check_class_order")}
 
 
 def config_differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
@@ -444,7 +445,7 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
         data={"name": data.name, "kind": data.kind, "n_classes": data.n_classes},
         teacher_fingerprint=store.fingerprint, store={"path": str(store.path), "rows": len(store),
                                                       "spent": store.spent, "calls": store.n_calls},
-        config=ctx.cfg.model_dump(mode="json"),
+        config=config_record(ctx.cfg),
         machine={"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                  "cuda": torch.cuda.is_available()})
     _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))

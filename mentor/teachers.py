@@ -14,17 +14,17 @@ import json
 import os
 import pickle
 import random
-import re
 import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import numpy as np
 import torch
 from torch import nn
 
+from .credentials import ENV_REF, redact_url, url_secrets  # noqa: F401 - redact_url is public here too
 from .checks import class_permutation, logits_to_probabilities, topk_to_dense, validate_probabilities
 from .errors import ConfigError, DataError, TeacherOutputError
 from .models import Featurizer, build_model, default_featurizer
@@ -300,38 +300,9 @@ class RemoteTeacherError(TeacherOutputError):
     """The remote teacher could not be reached, refused a request, or answered something unusable."""
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_KEY_NAMES = {"key", "apikey", "api_key", "api-key", "token", "access_token", "auth", "sig", "signature", "password",
-              "passwd", "pwd", "secret", "client_secret", "code", "credential", "session"}
-_KEY_ENDINGS = ("key", "token", "secret", "signature", "password", "credential")
 _MAX_REDIRECTS = 5
 
 
-def redact_url(url: str) -> str:
-    """`url` with credentials replaced by `***`: the user-info part (`user:key@`) and the values of
-    key-like query parameters (key, api_key, token, sig, password, ... and names ending in key,
-    token, secret, signature, password, credential). `${VAR}` references are kept: they are names."""
-    parts = urlsplit(str(url))
-    netloc = parts.netloc.rpartition("@")[2]
-    netloc = f"***@{netloc}" if "@" in parts.netloc else netloc
-    query = "&".join(f"{p.partition('=')[0]}=***" if _param_secret(p) else p for p in parts.query.split("&"))
-    return urlunsplit((parts.scheme, netloc, parts.path, query if parts.query else "", parts.fragment))
-
-
-def _param_secret(param: str) -> str:
-    """The value of a key-like query parameter (`name=value`), else ""."""
-    name, eq, value = param.partition("=")
-    low = unquote(name).lower()
-    if eq and value and not _ENV_REF.fullmatch(value) and (low in _KEY_NAMES or low.endswith(_KEY_ENDINGS)):
-        return value
-    return ""
-
-
-def _url_secrets(url: str) -> list:
-    """The credential values written literally in `url` (user-info password, key-like parameters)."""
-    parts = urlsplit(url)
-    values = [_param_secret(p) for p in parts.query.split("&")] + [parts.password or ""]
-    return [v for value in values if value for v in {value, unquote(value)}]
 
 
 def _origin(url: str) -> tuple:
@@ -422,8 +393,8 @@ class RemoteTeacher(Teacher):
         self.model_version, self.cost_per_example = model_version, float(cost_per_example)
         self.shown_url = redact_url(self.url)  # what errors, logs, describe() and the fingerprint see
         if self.shown_url != self.url:
-            warnings.warn(f"remote teacher url {self.shown_url}: the key written in it (shown as ***) stays in your "
-                          "config, and in a run's config.yaml and metrics.json; write it as ${VAR} (e.g. "
+            warnings.warn(f"remote teacher url {self.shown_url}: a key is written in it (shown as ***; mentor "
+                          "saves it nowhere, but it stays in your own config file); write it as ${VAR} (e.g. "
                           "?api_key=${MENTOR_API_KEY}) to keep it in the environment only.", stacklevel=2)
         self._env_headers()  # a missing variable fails now, before anything is paid
         self._request_url()
@@ -443,18 +414,18 @@ class RemoteTeacher(Teacher):
 
     def _request_url(self) -> str:
         """The URL with its `${VAR}` references filled in from the environment."""
-        missing = sorted({v for v in _ENV_REF.findall(self.url) if not os.environ.get(v)})
+        missing = sorted({v for v in ENV_REF.findall(self.url) if not os.environ.get(v)})
         if missing:
             raise ConfigError(f"remote teacher: environment variable(s) {missing} named in the url are not set. "
                               "Export them before running.")
-        return _ENV_REF.sub(lambda m: os.environ[m.group(1)], self.url)
+        return ENV_REF.sub(lambda m: os.environ[m.group(1)], self.url)
 
     def _scrub(self, text: str) -> str:
         """`text` without any credential value this teacher knows (a server may echo them back)."""
-        secrets = [os.environ.get(v, "") for v in [*self.headers_env.values(), *_ENV_REF.findall(self.url)]]
+        secrets = [os.environ.get(v, "") for v in [*self.headers_env.values(), *ENV_REF.findall(self.url)]]
         secrets += [v for h, v in self.headers.items() if h.lower() in ("authorization", "proxy-authorization",
                                                                         "cookie") or h.lower().endswith("key")]
-        secrets += _url_secrets(self.url)
+        secrets += url_secrets(self.url)
         for secret in sorted(set(secrets), key=len, reverse=True):
             if len(secret) >= 4:
                 text = text.replace(secret, "***")

@@ -418,7 +418,7 @@ def test_keys_in_the_url_are_redacted_everywhere(monkeypatch, tmp_path, digits, 
             == "https://***@h:8/p?model=m1&api_key=***&X-Amz-Signature=***&sig=***&k=${KEY}")
     secret = "sk-" + os.urandom(8).hex()
     with serve(model, fault=lambda n, r: (400, f"bad key {secret} for {s.paths[-1]}")) as s:
-        with pytest.warns(UserWarning, match=r"key written in it \(shown as \*\*\*\) stays in your config.*\$\{VAR"):
+        with pytest.warns(UserWarning, match=r"a key is written in it \(shown as \*\*\*; mentor saves it nowhere.*\$\{VAR"):
             t = RemoteTeacher(f"{s.url}?api_key={secret}&model=m1", 10)
             rotated = RemoteTeacher(f"{s.url}?api_key=another-key&model=m1", 10)
         assert secret not in json.dumps(t.describe()) and "api_key=***&model=m1" in t.describe()["url"]

@@ -14,10 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mentor.checks import class_permutation, suspected_permutation
 from mentor.config import load_config, parse_config
 from mentor.errors import ConfigError, TeacherOutputError
-from mentor.evaluate import gap_closed_verdict
 
 MENTOR = [sys.executable, "-m", "mentor.cli"]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -107,6 +105,7 @@ def test_a_permuted_teacher_is_caught_on_v_before_the_pool_is_paid(tmp_path):
 
 
 def test_suspected_permutation_needs_a_clear_gain():
+    from mentor.checks import suspected_permutation
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 500)
     noisy = np.eye(5)[np.where(rng.random(500) < 0.6, y, rng.integers(0, 5, 500))]  # right 68%, errors spread
@@ -118,6 +117,7 @@ def test_suspected_permutation_needs_a_clear_gain():
 
 
 def test_class_permutation_matches_by_name():
+    from mentor.checks import class_permutation
     assert class_permutation(["a", "b"], ["a", "b"]) is None
     assert class_permutation(["b", "a", "c"], ["a", "b", "c"]).tolist() == [1, 0, 2]
     with pytest.raises(TeacherOutputError, match="missing"):
@@ -208,6 +208,7 @@ def test_epochs_raised_by_min_steps_are_shown(tmp_path):
 # ---------------------------------------------------------------------------------------------- 9. gap closed
 
 def test_gap_closed_only_where_it_means_something():
+    from mentor.evaluate import gap_closed_verdict
     n = 400
     right = lambda k: np.arange(n) < k  # noqa: E731 - the first k examples right
     gap, why = gap_closed_verdict(right(360), right(340), right(370))  # teacher clearly better
@@ -251,3 +252,10 @@ def test_help_methods_and_check_config_do_not_import_torch(tmp_path):
     res = subprocess.run([sys.executable, "-c", code, str(config)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_a_key_written_in_the_url_is_redacted_in_the_saved_config():
+    from mentor.config import dump_config
+    cfg = parse_config({"teacher": {"kind": "http", "url": "https://u:s3cret@api.example.com/p?api_key=s3cret&v=2"}})
+    text = dump_config(cfg)
+    assert "s3cret" not in text and "api_key=***" in text and "v=2" in text
