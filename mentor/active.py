@@ -37,7 +37,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from .config import RunConfig, _set_dotted, read_yaml_mapping, validate_config
 from .errors import ConfigError, DataError
@@ -53,13 +53,13 @@ class ActiveConfig(RunConfig):
     used here: the student is trained each round with `correction` (and `method_options`, when
     the run config has it). `baseline` is implied: round 0 is the student trained on A only."""
     strategy: str = "rad"                # selector: see mentor.selection.SELECTORS
-    rounds: int | None = None            # with batch_size: schedule = batch_size, 2·batch_size, ...
-    batch_size: int | None = None        # points queried per round (with rounds)
+    rounds: int | None = Field(None, ge=1)            # with batch_size: schedule = batch_size, 2·batch_size, ...
+    batch_size: int | None = Field(None, ge=1)        # points queried per round (with rounds)
     budget: list[int] | None = None      # or: cumulative query counts after each round, e.g. [50, 100, 200]
     correction: str = "vanilla-soft"     # distillation method for each retraining (see `mentor methods`)
     retrain: Literal["scratch", "continue"] = "scratch"  # new student each round, or continue the last one
-    max_cost: float | None = None        # stop before a round whose new teacher calls would exceed this spend
-    cost_per_example: float | None = None  # price of one pool query; default teacher.cost_per_example
+    max_cost: float | None = Field(None, gt=0)        # stop before a round whose new teacher calls would exceed this spend
+    cost_per_example: float | None = Field(None, ge=0)  # price of one pool query; default teacher.cost_per_example
     cost_file: str | None = None         # or per-id prices (e.g. per token): a CSV/Parquet of id → cost
     cost_id_column: str = "id"
     cost_column: str = "cost"

@@ -177,7 +177,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  - {loc}: unknown key; remove it or fix its spelling (see the README's config reference)")
         elif e["type"] in ("value_error", "assertion_error"):
-            lines.append(f"  - {loc}: {e['msg'].removeprefix('Value error, ').removeprefix('Assertion failed, ')}")
+            msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            lines.append(f"  - {msg}" if loc == "(top level)" else f"  - {loc}: {msg}")
         else:
             got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
             lines.append(f"  - {loc}: {e['msg']}{got}")

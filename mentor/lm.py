@@ -59,22 +59,22 @@ class LMCorpusConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)  # share of documents held out for validation
     split_seed: int = 0                  # the document split; fixed across training seeds
     seq_len: int = Field(64, ge=4)       # tokens per packed row
-    max_val_rows: int | None = 64        # cap on validation rows (each costs teacher and eval time)
+    max_val_rows: int | None = Field(64, ge=1)        # cap on validation rows (each costs teacher and eval time)
 
 
 class LMStudentConfig(_Strict):
-    hidden_size: int = 192
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 3
-    num_key_value_heads: int = 1
-    head_dim: int = 64
-    intermediate_size: int = 512
+    hidden_size: int = Field(192, ge=1)
+    num_hidden_layers: int = Field(4, ge=1)
+    num_attention_heads: int = Field(3, ge=1)
+    num_key_value_heads: int = Field(1, ge=1)
+    head_dim: int = Field(64, ge=1)
+    intermediate_size: int = Field(512, ge=1)
 
 
 class LMInitConfig(_Strict):
     method: Literal["random", "weight-selection", "guide", "layer-copy"] = "guide"
     center: bool = False                 # guide: centre embedding rows before the PCA
-    n_blocks: int = 1                    # guide: leading blocks transferred through M
+    n_blocks: int = Field(1, ge=0)                    # guide: leading blocks transferred through M
     rescale_norm: bool = True            # guide: student norm gains sqrt(d_T/d_S) (see mentor.guide)
     final_norm: Literal["default", "teacher"] = "default"  # guide: student's final RMSNorm gain (see mentor.guide)
     layers: list[int] | None = None      # weight-selection / layer-copy: teacher block per student block
@@ -82,33 +82,33 @@ class LMInitConfig(_Strict):
 
 class LMLossConfig(_Strict):
     kind: Literal["none", "kd", "fkl", "rkl", "jsd", "taid"] = "kd"  # none = plain CE; kd = fkl
-    ce_weight: float = 1.0               # next-token CE on the real text, added to the distillation term
-    kd_weight: float = 1.0
-    beta: float = 0.5                    # jsd
+    ce_weight: float = Field(1.0, ge=0)               # next-token CE on the real text, added to the distillation term
+    kd_weight: float = Field(1.0, ge=0)
+    beta: float = Field(0.5, gt=0, lt=1)                    # jsd
     tail: Literal["bucket", "renorm"] = "bucket"  # how mass outside the teacher's top-k is handled
-    taid_t_start: float = 0.4
+    taid_t_start: float = Field(0.4, ge=0, le=1)
 
 
 class LMStoreConfig(_Strict):
     path: str | None = None              # default <output_dir>/teacher-store; share one across runs
     top_k: int = Field(32, ge=1)
-    batch_size: int = 8                  # rows per teacher call (one shard each)
+    batch_size: int = Field(8, ge=1)     # rows per teacher call (one shard each)
 
 
 class LMTrainConfig(_Strict):
     tokens: int = Field(16384, ge=1)     # training tokens (rows × seq_len); equal across compared arms
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 4
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eval_every: int = 8                  # steps between validation evaluations (and at the end)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(4, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_every: int = Field(8, ge=1)                  # steps between validation evaluations (and at the end)
     device: str = "auto"
-    threads: int | None = None           # torch CPU threads (None: torch's default)
+    threads: int | None = Field(None, ge=1)           # torch CPU threads (None: torch's default)
 
 
 class LMDistillConfig(_Strict):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     output_dir: str = "results/lm"
     teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
     corpus: LMCorpusConfig = Field(default_factory=LMCorpusConfig)

@@ -9,11 +9,24 @@ pool term and optional per-example pool weights. New corrections register here w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reliability import Reliability
+
+
+class _Numpy:
+    """numpy, imported on first use: validating a config and listing methods need only the
+    registry below, and `mentor check-config` should start in a fraction of a second."""
+
+    def __getattr__(self, name):
+        import numpy
+        return getattr(numpy, name)
+
+
+np = _Numpy()
 
 
 @dataclass
@@ -192,7 +205,6 @@ def _vanilla_hard(ctx: MethodContext) -> MethodPlan:
 # Weighted distillation, SLaM and the noise-handling baselines (mentor/corrections.py). All fit
 # what they need on V only; options come from ctx.options (documented per factory).
 
-from .reliability import Reliability, fit_reliability, teacher_margin  # noqa: E402
 
 
 def _corrections():
@@ -209,7 +221,8 @@ def _require_val(ctx: MethodContext, method: str) -> None:
                           "cover V's ids) or choose a vanilla method.")
 
 
-def _reliability(ctx: MethodContext, method: str) -> Reliability:
+def _reliability(ctx: MethodContext, method: str) -> "Reliability":
+    from .reliability import fit_reliability
     _require_val(ctx, method)
     return fit_reliability(ctx.teacher_probs_val, ctx.val_labels, n_classes=ctx.n_classes,
                            min_val=int(ctx.options.get("min_val", 50)))
@@ -258,6 +271,7 @@ def _slam(ctx: MethodContext, mode: str, normalized: bool, name: str) -> MethodP
     rel = _reliability(ctx, name)
     k = _corrections().slam_k(rel, ctx.n_classes, rule=str(ctx.options.get("slam_k_rule", "topk-accuracy")),
                level=float(ctx.options.get("slam_k_level", 0.9)))
+    from .reliability import teacher_margin
     alpha = _corrections().slam_alpha(teacher_margin(ctx.teacher_probs_pool), rel, ctx.options.get("slam_alpha_floor"),
                        normalized=normalized, k=k)
     floor = 1.0 / k if normalized else 0.5

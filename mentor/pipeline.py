@@ -125,6 +125,8 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
 def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     """Load and validate the data, split it by the protocol, record the config and split.
     `force`: replace the results of another config's run in the same output_dir."""
+    from .train import resolve_device
+    resolve_device(cfg.train.device)  # a device this machine lacks fails now, not after labeling
     data = load_data(cfg).validate()
     s = cfg.split
     splits = make_splits(data, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool, seed=cfg.seed)
@@ -191,7 +193,8 @@ def _get_teacher(ctx: RunContext) -> Teacher:
     if t.kind == "http":
         return RemoteTeacher(t.url, data.n_classes, output=t.output, batch_size=t.batch_size or ctx.cfg.store.batch_size,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, headers_env=t.headers_env,
-                             model_version=t.model_version, cost_per_example=t.cost_per_example)
+                             model_version=t.model_version, cost_per_example=t.cost_per_example,
+                             data_classes=t.classes or data.class_names)  # answers naming classes: matched by name
     # the http-only keys and trust_code stay out of the key, so it is stable as fields are added
     key = _key(t.model_dump(exclude=_HTTP_KEYS | _LATER_TEACHER_KEYS), _data_key(ctx.cfg), ctx.cfg.split.model_dump(),
                ctx.cfg.seed)

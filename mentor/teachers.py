@@ -377,7 +377,7 @@ class RemoteTeacher(Teacher):
     def __init__(self, url: str, n_classes: int, *, output: str = "probs", batch_size: int = 256,
                  timeout_s: float = 60.0, max_retries: int = 5, backoff_s: float = 1.0, max_backoff_s: float = 60.0,
                  headers: dict | None = None, headers_env: dict | None = None, model_version: str | None = None,
-                 cost_per_example: float = 0.0):
+                 cost_per_example: float = 0.0, data_classes=None):
         parsed = urlsplit(str(url))
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"remote teacher url must be an http:// or https:// URL, got {redact_url(str(url))!r}.")
@@ -387,6 +387,8 @@ class RemoteTeacher(Teacher):
             raise ConfigError(f"remote teacher needs batch_size >= 1, timeout_s > 0, max_retries >= 0 and "
                               f"backoff_s >= 0; got {batch_size}, {timeout_s}, {max_retries}, {backoff_s}.")
         self.url, self.n_classes, self.output = str(url), int(n_classes), output
+        # an answer that names its classes ({"classes": [...]}) is matched to these by name
+        self.data_classes = None if data_classes is None else [str(c) for c in data_classes]
         self.batch_size, self.timeout_s, self.max_retries = int(batch_size), float(timeout_s), int(max_retries)
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.headers, self.headers_env = dict(headers or {}), dict(headers_env or {})
@@ -531,12 +533,25 @@ class RemoteTeacher(Teacher):
         if self.output == "topk":
             pkey = "topk_prob" if "topk_prob" in payload else "topk_logprob"
             idx, val = _json_matrix(payload, "topk_index", name, len(ids)), _json_matrix(payload, pkey, name, len(ids))
-            return topk_to_dense(idx.astype(np.int64), np.exp(val) if pkey == "topk_logprob" else val,
-                                 self.n_classes, name=name)
+            return self._in_data_order(topk_to_dense(idx.astype(np.int64), np.exp(val) if pkey == "topk_logprob"
+                                                     else val, self.n_classes, name=name), payload.get("classes"), name)
         mat = _json_matrix(payload, self.output, name, len(ids))
-        if self.output == "logits":
-            return logits_to_probabilities(mat, self.n_classes, name=name)
-        return validate_probabilities(mat, self.n_classes, name=name)
+        probs = (logits_to_probabilities(mat, self.n_classes, name=name) if self.output == "logits"
+                 else validate_probabilities(mat, self.n_classes, name=name))
+        return self._in_data_order(probs, payload.get("classes"), name)
+
+    def _in_data_order(self, probs: np.ndarray, classes, name: str) -> np.ndarray:
+        """Columns reordered to the data's classes when the answer names its own."""
+        if classes is None:
+            return probs
+        if self.data_classes is None:
+            raise RemoteTeacherError(f"{name} names its classes {_snippet(str(classes).encode(), 200)} but the data's "
+                                     "classes have no names (integer labels): set data.classes so they can be matched.")
+        if not isinstance(classes, list) or len(classes) != probs.shape[1]:
+            raise RemoteTeacherError(f"{name}: 'classes' must list one name per output column ({probs.shape[1]}), got "
+                                     f"{_snippet(str(classes).encode(), 200)}.")
+        perm = class_permutation(classes, self.data_classes, name=name)
+        return probs if perm is None else np.ascontiguousarray(probs[:, perm])
 
 
 def _read_quietly(err) -> bytes:

@@ -45,6 +45,8 @@ def user_files(root: Path) -> dict:
     (root / "empty.csv").write_bytes(b"")
     (root / "not-parquet.parquet").write_text("id,label\n1,2\n")
     (root / "a-file").write_text("not a folder")
+    import torch
+    torch.jit.script(torch.nn.Linear(64, 10)).save(str(root / "teacher.pt"))
     return {"seed": 0, "output_dir": "run", "data": {"path": "data.parquet", "classes": WORDS},
             "split": {"n_labeled": 100, "n_val": 200, "n_test": 300},
             "teacher": {"kind": "file", "path": "teacher.parquet"},
@@ -91,6 +93,8 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("stated class order is not the teacher's", with_(data__classes=sorted(WORDS), output_dir="run-perm"), []),
         ("label missing from `data.classes`", with_(data__classes=WORDS[:9]), []),
         ("`teacher.classes` with a teacher trained here", with_(teacher={"kind": "mlp", "classes": WORDS}), []),
+        ("TorchScript teacher without `trust_code`", with_(teacher={"kind": "torchscript", "path": "teacher.pt",
+                                                                  "output": "logits", "classes": WORDS}), []),
         ("teacher file with NaN", with_(teacher__path="teacher-nan.parquet", output_dir="run-nan"), []),
         ("teacher file misses pool ids", with_(teacher__path="teacher-short.parquet", output_dir="run-short"), []),
         ("rerun into a folder of another config", good, ["--set", "seed=1"]),
@@ -117,6 +121,8 @@ def main() -> int:
             return 1
         for i, (what, cfg, extra) in enumerate(cases(good)):
             path = root / f"case-{i}.yaml"
+            if cfg is not None and "rerun" not in what and cfg.get("output_dir") == "run":
+                cfg = {**cfg, "output_dir": f"run-{i}"}  # each case in a folder of its own
             path.write_text("" if cfg is None else yaml.safe_dump(cfg))
             res = subprocess.run([sys.executable, "-m", "mentor.cli", "label", str(path), *extra],
                                  capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})

@@ -259,3 +259,35 @@ def test_a_key_written_in_the_url_is_redacted_in_the_saved_config():
     cfg = parse_config({"teacher": {"kind": "http", "url": "https://u:s3cret@api.example.com/p?api_key=s3cret&v=2"}})
     text = dump_config(cfg)
     assert "s3cret" not in text and "api_key=***" in text and "v=2" in text
+
+
+def test_a_server_that_names_its_classes_is_matched_by_name():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from mentor.errors import TeacherOutputError as TOE
+    from mentor.teachers import RemoteTeacher
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - answers in its own class order, naming it
+            n = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["ids"])
+            body = json.dumps({"classes": ["pos", "neg", "neu"], "probs": [[0.7, 0.2, 0.1]] * n}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/predict"
+        probs = RemoteTeacher(url, 3, data_classes=["neg", "neu", "pos"]).predict_proba([[0.0]] * 2, ["a", "b"])
+        assert np.allclose(probs, [[0.2, 0.1, 0.7]] * 2)
+        with pytest.raises(TOE, match="set data.classes"):
+            RemoteTeacher(url, 3).predict_proba([[0.0]], ["a"])  # integer labels: nothing to match against
+    finally:
+        server.shutdown()
+        server.server_close()
