@@ -86,9 +86,12 @@ def _overrides(sets: list[str] | None) -> dict:
     for item in sets or []:
         if "=" not in item:
             raise MentorError(f"--set expects KEY=VALUE (e.g. --set seed=3), got {item!r}")
-        import yaml
+        from .config import load_yaml
         key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
+        try:
+            out[key] = load_yaml(value)
+        except Exception as e:  # yaml.YAMLError; yaml is imported lazily
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({e}).") from None
     return out
 
 

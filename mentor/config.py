@@ -216,12 +216,28 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
     return cfg
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users write numbers: `1e-3` is a float (PyYAML's YAML 1.1 rules read it as a string,
+    which a strict config would then refuse)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """Parse YAML text with mentor's number rules (see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml_mapping(path: Path, overrides: dict | None = None) -> dict:
     """A YAML file's top-level mapping with dotted `overrides` (e.g. {"split.n_val": 500}) applied."""
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

@@ -291,3 +291,12 @@ def test_a_server_that_names_its_classes_is_matched_by_name():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_numbers_in_exponent_form_are_numbers_under_the_strict_config(tmp_path):
+    # PyYAML reads `1e-3` as a string; a strict config must still take it as the number users mean
+    from mentor.config import load_yaml
+    config = _write(tmp_path, {"data": {"name": "digits"}})
+    config.write_text(config.read_text() + "train:\n  lr: 1e-3\n  weight_decay: 5E-4\n")
+    cfg = load_config(config, {"train.temperature": load_yaml("2e0")})  # what --set train.temperature=2e0 gives
+    assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 0.0005 and cfg.train.temperature == 2.0
