@@ -1,29 +1,4 @@
-"""The teacher-output store: every teacher output is paid for once and kept on disk.
-
-A store is a folder of Parquet shards plus `_manifest.json`:
-
-    store/
-      _manifest.json          what is committed: teacher fingerprint, settings, shards, cost spent
-      shard-000001.parquet    columns id, probs (or topk_index + topk_prob), teacher
-      shard-000002.parquet
-
-The manifest starts with `_` so that `pandas.read_parquet(store)`, `pyarrow.dataset.dataset(store)`
-and duckdb's `read_parquet('store/*.parquet')` see only the shards (Arrow skips `_` and `.` files).
-
-Crash safety. A shard is written to `_<name>.tmp`, fsynced and renamed into place; then the
-manifest is rewritten the same way. A kill can therefore leave only (a) a `.tmp` file, deleted on
-the next open, or (b) a renamed shard the manifest does not list yet (an orphan), which the next
-open adopts after checking it is readable, carries this fingerprint, and dropping any id already
-stored. The cost of an orphan's teacher call travels in its Parquet metadata, so it is not lost.
-
-Flush policy: one shard per teacher call. A teacher call is the expensive thing (money or
-minutes), so its result is on disk before the next call starts and a kill loses at most the call
-in flight. Small per-call shards are merged as soon as they add up to `shard_size` rows (rolling
-compaction), which keeps the file count near rows / shard_size and memory near shard_size rows
-plus one chunk; `compact()` also merges the last, incomplete group.
-
-One process writes at a time: mutations hold an advisory lock on `store/.lock` (POSIX only).
-"""
+"""TeacherStore: the folder of Parquet shards and its manifest (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -33,7 +8,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -45,17 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .checks import dense_to_topk, topk_to_dense, validate_probabilities
-from .errors import ConfigError, DataError, StoreError, TeacherOutputError
-
-try:  # advisory lock; without fcntl (Windows) a store must not be written by two processes at once
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from ..checks import dense_to_topk, topk_to_dense, validate_probabilities
+from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
+from .files import LOCK_NAME, _atomic_write, _fsync_dir, _sha256_file, folder_lock  # noqa: F401
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
-LOCK_NAME = ".lock"
 SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".parquet"
 PRECISIONS = {"float32": pa.float32(), "float16": pa.float16()}
 # settings that change what a stored row means; a store only accepts requests that agree on all
@@ -71,51 +40,6 @@ class LabelReport:
     n_skipped: int
     cost: float
     seconds: float
-
-
-# ---------------------------------------------------------------------------------------- file helpers
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable; not every platform can open a directory."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Hold an exclusive advisory lock on `folder/.lock`: one writer per store across processes."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(Path(folder) / LOCK_NAME, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` so that `path` holds either its old content or all of `data`, never a part."""
-    tmp = path.with_name(f"_{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _shard_number(name: str) -> int | None:
