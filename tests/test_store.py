@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -166,7 +167,9 @@ def test_bad_teacher_output_raises_and_keeps_earlier_batches(tmp_path, corrupt, 
     again = TeacherStore.open(tmp_path)
     assert again.stored_ids() == set(IDS[:40].tolist())  # the first call; nothing of the second
     assert np.array_equal(again.read(IDS[:40]), P[:40])
-    assert again.n_calls == 1
+    # both calls were sent and answered, so both are on the bill; the second one's answer is not kept
+    assert again.n_calls == 2 and again.spent == pytest.approx(80 * 0.25)
+    assert again.status()["failed"] == {"calls": 1, "cost": pytest.approx(40 * 0.25)}
 
 
 # ------------------------------------------------------------------------------------------ crash recovery
@@ -234,9 +237,12 @@ def test_verify_detects_changed_shards(tmp_path):
     store.write(IDS[:10], P[:10])
     store.verify()
     f = tmp_path / shard_files(tmp_path)[0]
-    f.write_bytes(f.read_bytes() + b"x")
-    with pytest.raises(StoreError, match="does not match the checksum"):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, one bit flipped
+    f.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"shard-000001.parquet is damaged: it does not match the checksum.*10 paid rows"):
         store.verify()
+    assert (tmp_path / "_quarantine" / f.name).exists() and not f.exists() and len(store) == 0
 
 
 # ------------------------------------------------------------------------------------------ open formats
@@ -339,4 +345,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     files = pd.read_parquet(store)["id"]
     assert len(files) == n and files.is_unique  # no leftover duplicate shard on disk
     assert not list(store.glob("*.tmp"))
-    assert final.spent == pytest.approx(0.5 * n)  # committed calls; a call cut off by a kill left no result
+    # the bill: every id the teacher received is in a ledger `send` (a call cut off by a kill too),
+    # and spent is exactly the ledger's sum; a send can precede the kill without reaching the teacher
+    billed = [x for r in map(json.loads, (store / "_ledger.jsonl").read_text().splitlines())
+              if r["e"] == "send" for x in r["ids"]]
+    assert not Counter(sent) - Counter(billed)
+    assert len(billed) - len(sent) <= kills * worker.CHUNK
+    assert final.spent == pytest.approx(0.5 * len(billed)) and final.spent >= 0.5 * len(sent)
+    status = final.status()
+    assert status["lost"]["calls"] >= 1 and status["in_flight"]["calls"] == 0
+    assert status["done"]["cost"] + status["lost"]["cost"] == pytest.approx(final.spent)

@@ -25,7 +25,8 @@ plus one chunk; `compact()` also merges the last, incomplete group.
 One process writes at a time: mutations hold an advisory lock on `store/.lock` (POSIX only).
 """
 
-from .core import (FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, PRECISIONS, SETTINGS, SHARD_PREFIX,  # noqa: F401
-                   SHARD_SUFFIX, LabelReport, TeacherStore, _as_ids, _first_new, _merge_groups, _read_manifest,
-                   _shard_number, _take)
+from .core import (FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, PRECISIONS, QUARANTINE, SETTINGS,  # noqa: F401
+                   SHARD_PREFIX, SHARD_SUFFIX, LabelReport, StoreWarning, TeacherStore, _as_ids, _first_new,
+                   _merge_groups, _read_manifest, _shard_number, _take)
+from .ledger import LEDGER_NAME, Ledger  # noqa: F401
 from .files import _atomic_write, _fsync_dir, _sha256_file, folder_lock  # noqa: F401

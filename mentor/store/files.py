@@ -26,12 +26,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Hold an exclusive advisory lock on `folder/.lock`: one writer per store across processes."""
-    if fcntl is None:  # pragma: no cover
+def folder_lock(folder: Path, *, write: bool = True):
+    """Hold an exclusive advisory lock on `folder/.lock`: one writer per store across processes.
+    With `write=False` (a read-only folder) an existing lock file is locked read-only, and a
+    missing one is not needed: nobody can change that folder."""
+    lock = Path(folder) / LOCK_NAME
+    if fcntl is None or not (write or lock.exists()):  # pragma: no cover
         yield
         return
-    with open(Path(folder) / LOCK_NAME, "a+") as f:
+    with open(lock, "a+" if write else "r") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -42,11 +45,16 @@ def folder_lock(folder: Path):
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write `data` so that `path` holds either its old content or all of `data`, never a part."""
     tmp = path.with_name(f"_{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # e.g. a full disk: leave no half-written file behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -56,3 +64,12 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_sig(path: Path) -> tuple | None:
+    """(inode, size, mtime) of `path`, None if missing: tells a changed or replaced file cheaply."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
