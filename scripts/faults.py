@@ -77,8 +77,9 @@ def serve(teacher):
 
 # ------------------------------------------------------------------------------------------ the worker
 
-def worker(store: str, url: str, n: int, threads: int, chunk: int) -> int:
-    """One labeling process: ids id0..id{n-1} through the store, as `mentor label` would."""
+def worker(store: str, url: str, n: int, threads: int, chunk: int, go: str | None = None) -> int:
+    """One labeling process: ids id0..id{n-1} through the store, as `mentor label` would. With
+    `go`, it first writes `go.ready.PID` and waits for the file `go` (to start processes together)."""
     from mentor.distributed import ThreadTeacherPool
     from mentor.errors import MentorError
     from mentor.store import TeacherStore
@@ -88,6 +89,10 @@ def worker(store: str, url: str, n: int, threads: int, chunk: int) -> int:
     batches = ((ids[i:i + chunk], np.zeros((len(ids[i:i + chunk]), 1), np.float32)) for i in range(0, n, chunk))
     try:
         store_ = TeacherStore(store, fingerprint=teacher.fingerprint, n_classes=N_CLASSES, shard_size=200)
+        if go:
+            Path(f"{go}.ready.{os.getpid()}").touch()
+            while not os.path.exists(go):
+                time.sleep(0.005)
         if threads:
             with ThreadTeacherPool(teacher, threads) as pool:
                 store_.label(teacher, batches, pool=pool)
@@ -99,10 +104,24 @@ def worker(store: str, url: str, n: int, threads: int, chunk: int) -> int:
     return 0
 
 
-def spawn(store: Path, url: str, n: int, threads: int, chunk: int) -> subprocess.Popen:
+def spawn(store: Path, url: str, n: int, threads: int, chunk: int, go: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, __file__, "worker", str(store), url, str(n), "--threads", str(threads),
-                             "--chunk", str(chunk)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--chunk", str(chunk)] + (["--go", str(go)] if go else []),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def together(store: Path, url: str, n: int, threads: int, chunk: int, k: int = 2) -> list[subprocess.Popen]:
+    """`k` labeling processes on one store, released at the same moment once all have started."""
+    go = store.parent / f"{store.name}.go"
+    procs = [spawn(store, url, n, threads, chunk, go) for _ in range(k)]
+    deadline = time.time() + 120
+    while len(list(go.parent.glob(f"{go.name}.ready.*"))) < k and time.time() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.01)
+    go.touch()
+    return procs
 
 
 # ------------------------------------------------------------------------------------------ the checks
@@ -127,9 +146,9 @@ def audit(store: Path, received: Counter, n: int) -> dict:
     from mentor.store import TeacherStore
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        st = TeacherStore.open(store)
-        ids, probs = st.read_all()
-        status = st.status()
+        with TeacherStore.open(store) as st:
+            ids, probs = st.read_all()
+            status = st.status()
     billed = ledger_ids(store)
     valid = {f"id{i}" for i in range(n)}
     stored = ids.tolist()
@@ -151,6 +170,8 @@ def audit(store: Path, received: Counter, n: int) -> dict:
         "lost_calls": status["lost"]["calls"], "failed_calls": status["failed"]["calls"],
         "in_flight_calls": status["in_flight"]["calls"],
         "quarantined": len(status["quarantined"]),
+        "processes_that_sent": len({r["pid"] for r in map(json.loads, (store / "_ledger.jsonl").read_text()
+                                                          .splitlines()) if r.get("e") == "send"}),
         "warnings": [str(w.message)[:160] for w in caught],
     }
 
@@ -189,7 +210,7 @@ def two_at_once(work: Path, n: int, threads: int, chunk: int) -> dict:
     server, url = serve(teacher)
     store = work / "two"
     try:
-        procs = [spawn(store, url, n, threads, chunk) for _ in range(2)]
+        procs = together(store, url, n, threads, chunk)
         errs = [p.communicate(timeout=300)[1].decode() for p in procs]
         out = audit(store, teacher.received, n)
     finally:
@@ -212,8 +233,8 @@ def damage(work: Path, n: int, rng: random.Random, chunk: int) -> dict:
     store = work / "damage"
     try:
         assert worker(str(store), url, n, 0, chunk) == 0
-        before = TeacherStore.open(store)
-        spent, calls = before.spent, before.n_calls
+        with TeacherStore.open(store) as before:
+            spent, calls = before.spent, before.n_calls
         shards = [store / s["file"] for s in before.manifest["shards"]]
         a, b, c = rng.sample(shards, 3)
         _flip(a, len(a.read_bytes()) // 2)  # a byte in the data pages
@@ -225,9 +246,9 @@ def damage(work: Path, n: int, rng: random.Random, chunk: int) -> dict:
         sent_before = sum(teacher.received.values())
         code = worker(str(store), url, n, 0, chunk)  # must refuse: paid rows are quarantined
         resent_without_asking = sum(teacher.received.values()) - sent_before
-        after = TeacherStore.open(store)
-        kept = {"spent_before": spent, "spent_after_rebuild": after.spent, "calls_before": calls,
-                "calls_after_rebuild": after.n_calls}
+        with TeacherStore.open(store) as after:
+            kept = {"spent_before": spent, "spent_after_rebuild": after.spent, "calls_before": calls,
+                    "calls_after_rebuild": after.n_calls}
         from mentor.cli import app
         from typer.testing import CliRunner
         repair = CliRunner().invoke(app, ["store", "repair", str(store), "--repay"])
@@ -311,6 +332,7 @@ if __name__ == "__main__":
         wp.add_argument("n", type=int)
         wp.add_argument("--threads", type=int, default=0)
         wp.add_argument("--chunk", type=int, default=50)
+        wp.add_argument("--go", default=None)
         a = wp.parse_args()
-        sys.exit(worker(a.store, a.url, a.n, a.threads, a.chunk))
+        sys.exit(worker(a.store, a.url, a.n, a.threads, a.chunk, a.go))
     main()

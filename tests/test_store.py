@@ -210,20 +210,24 @@ def test_foreign_orphan_is_refused_and_kept(tmp_path):
     assert (path / "shard-000005.parquet").exists()
 
 
-def test_kill_between_shard_rename_and_manifest_loses_nothing(tmp_path, monkeypatch):
-    """The one window a random kill rarely hits, made certain by failing the manifest write."""
+def test_kill_between_shard_rename_and_its_commit_loses_nothing(tmp_path, monkeypatch):
+    """The one window a random kill rarely hits (the shard is renamed into place, its commit line
+    in the ledger is not written yet), made certain by interrupting that line."""
     store = TeacherStore(tmp_path, fingerprint="t1", n_classes=C, shard_size=10**6)
     store.label(CountingTeacher(cost=1.0), chunks(IDS[:40]))
+    append = store._ledger.append
 
-    def killed():
-        raise KeyboardInterrupt
+    def killed(record, **kw):
+        if record["e"] == "done":
+            raise KeyboardInterrupt
+        return append(record, **kw)
 
-    monkeypatch.setattr(store, "_commit", killed)
+    monkeypatch.setattr(store._ledger, "append", killed)
     teacher = CountingTeacher(cost=1.0)
     with pytest.raises(KeyboardInterrupt):
         store.label(teacher, chunks(IDS[:80]))
     monkeypatch.undo()
-    assert teacher.asked == IDS[40:80].tolist()  # paid, on disk, not in the manifest
+    assert teacher.asked == IDS[40:80].tolist()  # paid, on disk, not committed
 
     again = TeacherStore.open(tmp_path)
     assert len(again) == 80 and again.spent == pytest.approx(80.0) and again.n_calls == 2

@@ -75,7 +75,7 @@ def test_two_processes_with_thread_pools_never_send_an_id_twice(tmp_path):
     server, url = faults.serve(teacher)
     n, store = 1500, tmp_path / "store"
     try:
-        procs = [faults.spawn(store, url, n, threads=4, chunk=25) for _ in range(2)]
+        procs = faults.together(store, url, n, threads=4, chunk=25)
         errs = [p.communicate(timeout=240)[1].decode() for p in procs]
     finally:
         server.shutdown()
@@ -270,8 +270,8 @@ def read_only(path: Path):
 
 def test_read_only_store_reads_and_refuses_to_label_cleanly(tmp_path):
     store, _ = labeled(tmp_path / "s")
-    with read_only(tmp_path / "s"):
-        ro = TeacherStore.open(tmp_path / "s")
+    store.close()
+    with read_only(tmp_path / "s"), TeacherStore.open(tmp_path / "s") as ro:
         assert not ro.writable and len(ro) == len(IDS)
         np.testing.assert_allclose(ro.read(IDS), faults.expected_probs(IDS), atol=1e-6)
         teacher = Teacher()
@@ -307,7 +307,8 @@ def test_full_disk_stops_with_a_clean_error_and_a_complete_bill(tmp_path):
         assert not list((mnt / "s").glob("*.tmp"))
         billed = faults.ledger_ids(mnt / "s")
         assert not teacher.asked - billed  # every id the teacher answered is on the bill
-        again = TeacherStore.open(mnt / "s")
-        assert again.spent == pytest.approx(0.5 * sum(billed.values()))
-        stored, probs = again.read_all()
+        store.close()
+        with TeacherStore.open(mnt / "s") as again:
+            assert again.spent == pytest.approx(0.5 * sum(billed.values()))
+            stored, probs = again.read_all()
         np.testing.assert_allclose(probs, faults.expected_probs(stored), atol=1e-6)

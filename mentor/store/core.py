@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..checks import dense_to_topk, topk_to_dense, validate_probabilities
 from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
-from .files import LOCK_NAME, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
+from .files import LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
 from .ledger import LEDGER_NAME, Ledger, release
 
 FORMAT_VERSION = 1
@@ -60,12 +60,13 @@ def _as_ids(ids) -> np.ndarray:
 
 def _first_new(ids: np.ndarray, stored) -> np.ndarray:
     """Mask of ids not in `stored` and not repeated earlier in `ids`: each is paid for once."""
-    mask = np.zeros(len(ids), dtype=bool)
-    fresh: set[str] = set()
-    for i, x in enumerate(ids.tolist()):
-        if x not in stored and x not in fresh:
-            fresh.add(x)
-            mask[i] = True
+    lst = ids.tolist()
+    mask = np.fromiter(map(stored.__contains__, lst), bool, len(lst))
+    np.logical_not(mask, out=mask)
+    if len(set(lst)) != len(lst):  # repeats within the request: keep the first of each
+        first = np.zeros(len(lst), bool)
+        first[np.unique(ids, return_index=True)[1]] = True
+        mask &= first
     return mask
 
 
@@ -132,6 +133,10 @@ class TeacherStore:
         self._index: dict[str, int] = {}  # id -> position in stored order
         self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids) once verified
         self._max_number = 0
+        self._small: dict[str, pa.Table] = {}  # small shards this object wrote, kept for the next merge
+        self._applied = 0  # ledger commit records already reflected in self._manifest
+        self._dirty = False  # shards committed in the ledger but not yet in the manifest file
+        self._lock = FolderLock(self.path, write=self.writable)
         with self._locked():
             self._load()
 
@@ -150,6 +155,17 @@ class TeacherStore:
         """Whether `path` holds a store (its manifest, ledger or shards)."""
         return _stored_settings(Path(path), peek=True) is not None
 
+    def close(self) -> None:
+        """Close the ledger and lock files this object keeps open (it reopens them if used again)."""
+        self._ledger.close()
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     # ------------------------------------------------------------------------------------ queries
 
     def __len__(self) -> int:
@@ -160,7 +176,10 @@ class TeacherStore:
 
     @property
     def manifest(self) -> dict:
-        return copy.deepcopy(self._manifest)
+        """The manifest as this process sees it (the file catches up at the end of each label/write)."""
+        m = copy.deepcopy(self._manifest)
+        m.update(rows=len(self), spent=self.spent, n_calls=self.n_calls)
+        return m
 
     @property
     def spent(self) -> float:
@@ -351,8 +370,8 @@ class TeacherStore:
             try:
                 probs = self._check(answer(), todo, f"teacher {fp} outputs")
                 with self._locked():
-                    self._sync()
-                    keep = _first_new(todo, self._index)
+                    changed = self._sync(scan=False)  # unchanged: nobody stored anything, our lease held
+                    keep = _first_new(todo, self._index) if changed else np.ones(len(todo), bool)
                     self._append(todo[keep], probs[keep], calls=1, call=call, spent=len(todo) * price)
             except BaseException as e:
                 self._record_failure(call, e)
@@ -415,6 +434,8 @@ class TeacherStore:
         finally:  # whatever stops the loop (an error, a bad batch), calls already paid for are stored
             if in_flight:
                 collect(concurrent.futures.ALL_COMPLETED)
+            with contextlib.suppress(OSError):  # a full disk: the ledger already holds every commit
+                self._checkpoint()
         if progress:
             print(file=sys.stderr)
         if errors:
@@ -438,6 +459,8 @@ class TeacherStore:
                 except OSError as e:
                     raise self._io_error(e, "write imported outputs", f"{i} of {len(ids)} new rows were stored.") \
                         from None
+            if self._dirty:
+                self._commit()
         return len(ids)
 
     def compact(self) -> None:
@@ -446,6 +469,8 @@ class TeacherStore:
         with self._locked():
             self._sync()
             self._merge(final=True)
+            if self._dirty:
+                self._commit()
 
     # ------------------------------------------------------------------------------------ internals
 
@@ -455,7 +480,7 @@ class TeacherStore:
                 "shards": [], "rows": 0, "spent": 0.0, "n_calls": 0}
 
     def _locked(self):
-        return folder_lock(self.path, write=self.writable)
+        return self._lock
 
     def _require_writable(self, what: str) -> None:
         if not self.writable:
@@ -484,8 +509,17 @@ class TeacherStore:
         m["rows"] = sum(s["rows"] for s in m["shards"])
         m["spent"], m["n_calls"] = self.spent, self.n_calls
         m["updated"] = datetime.now(timezone.utc).isoformat()
-        _atomic_write(self.path / MANIFEST_NAME, json.dumps(m, indent=1).encode())
+        m["ledger_pos"] = self._ledger.position  # every shard committed in the ledger so far is listed
+        _atomic_write(self.path / MANIFEST_NAME, json.dumps(m, separators=(",", ":")).encode())
         self._sig = file_sig(self.path / MANIFEST_NAME)
+        self._dirty = False
+
+    def _checkpoint(self) -> None:
+        """Write the manifest if shards were committed (in the ledger) since it was last written."""
+        if self._dirty:
+            with self._locked():
+                self._sync(scan=False)
+                self._commit()
 
     def _scan(self) -> list[Path]:
         """Leftovers of a crashed writer (.tmp files, unlisted shards); updates the highest shard number."""
@@ -500,17 +534,35 @@ class TeacherStore:
                     stray.append(Path(d.path))
         return stray
 
-    def _sync(self) -> None:
-        """Reload if another process changed the store, or crashed leaving files behind."""
+    def _sync(self, *, scan: bool = True) -> bool:
+        """Catch up with other processes (shards they committed in the ledger, a manifest they
+        rewrote) and, with `scan`, with leftovers of crashed writers. True if anything changed."""
         self._ledger.refresh()
-        if file_sig(self.path / MANIFEST_NAME) != self._sig or self._scan():
+        if file_sig(self.path / MANIFEST_NAME) != self._sig or (scan and self._scan()):
             self._load()
+            return True
+        new = self._ledger.entries[self._applied:]
+        if not new:
+            return False
+        listed = {e["file"] for e in self._manifest["shards"]} | self._ledger.ever_quarantined
+        checked = [(e, *self._check_shard(e)) for _, e in new if e["file"] not in listed]
+        if any(why for _, _, why in checked):
+            self._load()  # sets the damaged ones aside
+            return True
+        for entry, ids, _ in checked:
+            self._manifest["shards"].append(dict(entry))
+            self._add_to_index(ids, entry["file"])
+        self._applied = len(self._ledger.entries)
+        self._dirty = True
+        self._update_offsets()
+        return True
 
     def _load(self) -> None:
         """Read (or rebuild) the manifest, verify and index the shards, set damaged ones aside,
         delete leftover .tmp files and adopt orphan shards."""
         had_ledger = self._ledger.exists()
         self._ledger.refresh()
+        self._small.clear()
         m = self._read_or_rebuild()
         mine = {k: getattr(self, k) for k in SETTINGS}
         for theirs, where in ((m, MANIFEST_NAME), (self._ledger.header or mine, LEDGER_NAME)):
@@ -526,7 +578,7 @@ class TeacherStore:
                     f"the store at {self.path} was written with {diff}. Open it with TeacherStore.open(path) to "
                     "use its settings, use another store path, or delete the folder to relabel. Nothing was changed.")
         self._manifest = m
-        dirty = m.pop("_rebuilt", False)
+        dirty = rebuilt = m.pop("_rebuilt", False)
         if self.writable:
             if not had_ledger:  # the first line names the store; older stores carry their spend over
                 self._ledger.append({"e": "store", **mine})
@@ -536,6 +588,16 @@ class TeacherStore:
             for p in self.path.iterdir():
                 if p.name.endswith(".tmp"):
                     p.unlink()
+        # shards committed in the ledger after the manifest was written (all of them, if it was rebuilt)
+        listed = {e["file"] for e in m["shards"]} | self._ledger.ever_quarantined
+        for end, entry in self._ledger.entries:
+            if end > (0 if rebuilt else m.get("ledger_pos", 0)) and entry["file"] not in listed:
+                if rebuilt and not (self.path / entry["file"]).exists():
+                    continue  # merged into another shard before the manifest was lost
+                m["shards"].append(dict(entry))
+                listed.add(entry["file"])
+                dirty = True
+        self._applied = len(self._ledger.entries)
         self._index, bad = {}, []
         for entry in m["shards"]:
             ids, why = self._check_shard(entry)
@@ -554,7 +616,8 @@ class TeacherStore:
             for p in orphans:
                 self._adopt(p)
             dirty = True
-        if dirty:
+        self._dirty = bool(dirty)
+        if dirty and self.writable:
             self._commit()
         self._sig = file_sig(self.path / MANIFEST_NAME)
 
@@ -696,13 +759,13 @@ class TeacherStore:
         ids = np.asarray(table.column("id").to_pylist(), dtype=str)
         keep = _first_new(ids, self._index)
         call = meta.get("call")
-        if call and call in self._ledger.cost and call not in self._ledger.outcome:
-            self._ledger.append({"e": "done", "call": call, "stored": int(keep.sum()), "shard": p.name,
-                                 "note": "adopted after a crash"})
-        elif float(meta.get("spent", 0) or 0) and call not in self._ledger.cost:  # paid before the ledger
+        if float(meta.get("spent", 0) or 0) and call not in self._ledger.cost:  # paid before the ledger
             self._ledger.append({"e": "carried", "cost": float(meta["spent"]) * keep.sum() / len(ids),
                                  "calls": int(meta.get("calls", 0)), "why": f"adopted {p.name}"})
+        answered = bool(call) and call in self._ledger.cost and call not in self._ledger.outcome
         if not keep.any():
+            if answered:
+                self._ledger.append({"e": "done", "call": call, "stored": 0, "note": "adopted after a crash"})
             p.unlink()  # everything in it is stored already (e.g. a merge that was not committed)
             return
         if not keep.all():
@@ -712,6 +775,10 @@ class TeacherStore:
             _atomic_write(p, data)
         entry = {"file": p.name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest(),
                  "bytes": len(data)}
+        if answered:  # the writer was killed between the shard and its commit line
+            self._ledger.append({"e": "done", "call": call, "stored": table.num_rows, "entry": entry,
+                                 "note": "adopted after a crash"})
+            self._applied = len(self._ledger.entries)
         self._manifest["shards"].append(entry)
         self._checked[p.name] = (file_sig(p), entry["sha256"], ids[keep].tolist())
         self._add_to_index(ids[keep].tolist(), p)
@@ -751,8 +818,12 @@ class TeacherStore:
         return buf.getvalue().to_pybytes()
 
     def _next_shard_name(self) -> str:
-        self._max_number += 1
-        return f"{SHARD_PREFIX}{self._max_number:06d}{SHARD_SUFFIX}"
+        """A shard name no file has (other processes' shards included: we hold the lock)."""
+        while True:
+            self._max_number += 1
+            name = f"{SHARD_PREFIX}{self._max_number:06d}{SHARD_SUFFIX}"
+            if not os.path.lexists(self.path / name):
+                return name
 
     def _write_shard(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None,
                      ids: list | None = None) -> dict:
@@ -763,6 +834,8 @@ class TeacherStore:
         if ids is None:
             ids = table.column("id").to_pylist()
         self._checked[name] = (file_sig(self.path / name), entry["sha256"], ids)
+        if table.num_rows < self.shard_size:
+            self._small[name] = table
         return entry
 
     def _append(self, ids: np.ndarray, probs: np.ndarray, *, spent: float, calls: int, call: str | None = None) -> None:
@@ -778,14 +851,15 @@ class TeacherStore:
             raise self._io_error(e, f"write a shard ({len(ids)} rows)",
                                  "The answer of this teacher call was lost (the call is in the ledger as failed, "
                                  "so its cost is accounted)." if call else "") from None
-        try:
-            if call:
-                self._ledger.append({"e": "done", "call": call, "stored": len(ids), "shard": entry["file"]})
-            self._manifest["shards"].append(entry)
-            self._commit()
+        try:  # the commit: one fsynced line; the manifest catches up at checkpoints
+            self._ledger.append({"e": "done", "call": call, "stored": len(ids), "entry": entry} if call
+                                else {"e": "import", "entry": entry})
         except OSError as e:
             raise self._io_error(e, "record a stored shard", f"The answer is kept in {entry['file']}, which the next "
                                  "open adopts.") from None
+        self._applied = len(self._ledger.entries)
+        self._manifest["shards"].append(entry)
+        self._dirty = True
         self._add_to_index(id_list, entry["file"])
         self._update_offsets()
         try:
@@ -814,6 +888,7 @@ class TeacherStore:
         for name in old:
             (self.path / name).unlink()
             self._checked.pop(name, None)
+            self._small.pop(name, None)
 
     def _read_shard(self, s: int) -> pa.Table:
         """Shard `s` as a table; a file changed since it was verified is verified again first."""
@@ -821,7 +896,8 @@ class TeacherStore:
         p = self.path / entry["file"]
         cached = self._checked.get(entry["file"])
         if cached is not None and file_sig(p) == cached[0]:
-            return pq.read_table(p)
+            small = self._small.get(entry["file"])
+            return small if small is not None else pq.read_table(p)
         self._checked.pop(entry["file"], None)
         ids, why = self._check_shard(entry)
         if why:

@@ -42,6 +42,33 @@ def folder_lock(folder: Path, *, write: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class FolderLock:
+    """`folder_lock` that keeps its lock file open between uses (one open per store, not per
+    call) and may be re-entered by the thread that holds it."""
+
+    def __init__(self, folder: Path, *, write: bool = True):
+        self.path, self.write, self._f, self._depth = Path(folder) / LOCK_NAME, write, None, 0
+
+    def __enter__(self):
+        if self._depth == 0 and fcntl is not None:
+            if self._f is None and (self.write or self.path.exists()):
+                self._f = open(self.path, "a+" if self.write else "r")
+            if self._f is not None:
+                fcntl.flock(self._f, fcntl.LOCK_EX)
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._depth == 0 and self._f is not None:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._f is not None and self._depth == 0:
+            self._f.close()
+            self._f = None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write `data` so that `path` holds either its old content or all of `data`, never a part."""
     tmp = path.with_name(f"_{path.name}.tmp")

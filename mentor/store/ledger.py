@@ -6,7 +6,8 @@ line, appended under the store's folder lock:
 
     {"e": "store", ...settings}                      first line: what the store holds
     {"e": "send", "call", "pid", "host", "start", "at", "n", "cost", "ids"}   fsynced BEFORE the call
-    {"e": "done", "call", "stored", "shard"}         the answer is on disk (fsynced before the manifest)
+    {"e": "done", "call", "stored", "entry"}         the answer is on disk: this line commits its shard
+    {"e": "import", "entry"}                         rows written by `write()` (no teacher call)
     {"e": "failed", "call", "error"}                 the call raised, or its answer could not be kept
     {"e": "lost", "call", "why"}                     its process died (or its lease expired) mid-call
     {"e": "carried", "cost", "calls", "why"}         spend from before the ledger (older stores)
@@ -22,6 +23,7 @@ calls it under `folder_lock`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -83,27 +85,63 @@ class Ledger:
         self.carried = [0, 0.0]
         self.quarantined: dict[str, int] = {}  # shard -> paid rows it held, until resolved
         self._quarantine: dict[str, dict] = {}
+        self.ever_quarantined: set[str] = set()
+        # shards committed by `done`/`import` records, with the ledger position after each record:
+        # the manifest is a checkpoint up to a position, these records commit shards after it
+        self.entries: list[tuple[int, dict]] = []
         self.header: dict | None = None
+        self._fd: int | None = None  # kept open: one open per store, not one per record
+
+    def __del__(self):
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self._fd is not None or self.path.exists()
+
+    def _handle(self, create: bool = False) -> int | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0), 0o644)
+            except FileNotFoundError:
+                return None
+            except PermissionError:  # a read-only store: read only
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
 
     # ---------------------------------------------------------------------------------- reading
 
     def refresh(self) -> None:
         """Read the records appended since the last call (by this or any other process)."""
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._pos)
-                data = f.read()
-        except FileNotFoundError:
+        fd = self._handle()
+        if fd is None:
             return
+        chunks = []
+        while True:
+            chunk = os.pread(fd, 1 << 20, self._pos + sum(map(len, chunks)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks)
         end = data.rfind(b"\n") + 1  # a line still being written (or torn by a crash) waits
-        for line in data[:end].splitlines():
+        at = self._pos
+        for line in data[:end].split(b"\n")[:-1]:
+            at += len(line) + 1
             try:
-                self._apply(json.loads(line))
-            except (ValueError, KeyError, TypeError):
+                r = json.loads(line)
+                self._apply(r)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn line from a crash: the next append starts on a fresh line
+            if "entry" in r:
+                self.entries.append((at, r["entry"]))
         self._pos += end
 
     def _apply(self, r: dict) -> None:
@@ -131,6 +169,7 @@ class Ledger:
         elif e == "quarantine":
             self.quarantined[r["shard"]] = int(r["rows"])
             self._quarantine[r["shard"]] = r
+            self.ever_quarantined.add(r["shard"])
         elif e == "resolved":
             for s in r["shards"]:
                 self.quarantined.pop(s, None)
@@ -139,6 +178,11 @@ class Ledger:
             self.header = r
 
     # ---------------------------------------------------------------------------------- leases
+
+    @property
+    def position(self) -> int:
+        """Bytes read so far: a manifest written now reflects every record before this point."""
+        return self._pos
 
     def quarantine_records(self) -> list[dict]:
         """The quarantine records not resolved yet."""
@@ -184,16 +228,13 @@ class Ledger:
     def append(self, record: dict, *, sync: bool = True) -> None:
         """Append one record (caller holds the folder lock); fsynced unless `sync=False`."""
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # after a torn line, start a fresh one
-            os.write(fd, line)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        fd = self._handle(create=True)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # after a torn line, start a fresh one
+        os.write(fd, line)
+        if sync:
+            os.fsync(fd)
         self.refresh()
 
     def summary(self, live: dict[str, dict]) -> dict:
