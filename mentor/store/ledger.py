@@ -235,7 +235,13 @@ class Ledger:
         os.write(fd, line)
         if sync:
             os.fsync(fd)
-        self.refresh()
+        if size == self._pos and line[:1] != b"\n":  # caught up (we hold the lock): apply, don't re-read
+            self._pos += len(line)
+            self._apply(record)
+            if "entry" in record:
+                self.entries.append((self._pos, record["entry"]))
+        else:
+            self.refresh()
 
     def summary(self, live: dict[str, dict]) -> dict:
         """The bill by outcome; `live`: the leases in flight (from `live_leases`)."""
