@@ -71,6 +71,7 @@ def serve(teacher):
     """Start the HTTP teacher on a free port; returns (server, url)."""
     from mentor.teachers import teacher_server
     server = teacher_server(teacher, "127.0.0.1", 0)
+    server.handle_error = lambda request, address: None  # a killed client's broken pipe is expected
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/predict"
 

@@ -312,3 +312,17 @@ def test_full_disk_stops_with_a_clean_error_and_a_complete_bill(tmp_path):
             assert again.spent == pytest.approx(0.5 * sum(billed.values()))
             stored, probs = again.read_all()
         np.testing.assert_allclose(probs, faults.expected_probs(stored), atol=1e-6)
+
+
+def test_damaged_merged_shard_is_caught_even_with_the_manifest_gone(tmp_path):
+    """Merges are logged in the ledger with their checksums, so a rebuilt manifest still verifies them."""
+    store, teacher = labeled(tmp_path, shard_size=60)
+    merged = next(e for e in store.manifest["shards"] if e["rows"] >= 60)
+    store.close()
+    _flip(tmp_path / merged["file"], merged["bytes"] // 2)
+    (tmp_path / MANIFEST_NAME).unlink()
+    with pytest.warns(StoreWarning, match=f"{merged['file']} is damaged: it does not match the checksum"):
+        again = TeacherStore.open(tmp_path)
+    assert len(again) == len(IDS) - merged["rows"] and again.spent == pytest.approx(0.5 * len(IDS))
+    with pytest.raises(StoreError, match="before sending anything"):
+        again.label(teacher, chunks(IDS))

@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import copy
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -137,7 +138,7 @@ class TeacherStore:
         self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids) once verified
         self._max_number = 0
         self._small: dict[str, pa.Table] = {}  # small shards this object wrote, kept for the next merge
-        self._applied = 0  # ledger commit records already reflected in self._manifest
+        self._applied = 0  # ledger shard events already reflected in self._manifest
         self._dirty = False  # shards committed in the ledger but not yet in the manifest file
         self._lock = FolderLock(self.path, write=self.writable)
         with self._locked():
@@ -339,6 +340,7 @@ class TeacherStore:
         price = float(getattr(teacher, "cost_per_example", 0.0) or 0.0)
         tally = {"requested": 0, "new": 0, "cost": 0.0}
         start, in_flight, deferred, errors = time.perf_counter(), {}, [], []
+        bill_at_start = pool is not None and getattr(pool, "runs_before_hook", False)
 
         def claim(ids, inputs):
             """Under the lock: lease the ids not stored and not leased, recording the call in the ledger."""
@@ -358,8 +360,9 @@ class TeacherStore:
                 if not mask.any():
                     return None, None, None
                 todo = ids[mask]
-                try:
-                    call = self._ledger.send(todo.tolist(), len(todo) * price)
+                try:  # a call queued in a thread pool is leased now and billed when a thread starts it
+                    call = (self._ledger.lease(todo.tolist()) if bill_at_start
+                            else self._ledger.send(todo.tolist(), len(todo) * price))
                 except OSError as e:
                     raise self._io_error(e, "record a teacher call in the ledger",
                                          "Nothing was sent for it, so nothing was paid.") from None
@@ -414,7 +417,11 @@ class TeacherStore:
                     store(call, todo, lambda: teacher.predict_proba(sub, todo))
                     continue
                 try:
-                    in_flight[pool.submit(sub, todo)] = (call, todo)
+                    if bill_at_start:
+                        start_call = functools.partial(self._start_call, call, todo.tolist(), len(todo) * price)
+                        in_flight[pool.submit(sub, todo, before=start_call)] = (call, todo)
+                    else:
+                        in_flight[pool.submit(sub, todo)] = (call, todo)
                 except BaseException as e:
                     self._record_failure(call, e)
                     release(call)
@@ -498,6 +505,15 @@ class TeacherStore:
         return StoreError(f"could not {doing} in {self.path}: {e.strerror or e}. {kept} {len(self)} rows stored "
                           f"before are kept. Fix: {fix}, then rerun: stored ids are never sent again.")
 
+    def _start_call(self, call: str, ids: list, cost: float) -> None:
+        """In a pool thread, just before the call goes out: put the leased call on the bill."""
+        try:
+            with self._locked():
+                self._ledger.send(ids, cost, call=call)
+        except OSError as e:
+            raise self._io_error(e, "record a teacher call in the ledger",
+                                 "Nothing was sent for it, so nothing was paid.") from None
+
     def _record_failure(self, call: str, e: BaseException) -> None:
         """The call's outcome when its answer is not stored (best effort: the disk may be full)."""
         with contextlib.suppress(OSError), self._locked():
@@ -543,18 +559,21 @@ class TeacherStore:
         if file_sig(self.path / MANIFEST_NAME) != self._sig or (scan and self._scan()):
             self._load()
             return True
-        new = self._ledger.entries[self._applied:]
+        new = [r for _, r in self._ledger.events[self._applied:]]
         if not new:
             return False
-        listed = {e["file"] for e in self._manifest["shards"]} | self._ledger.ever_quarantined
-        checked = [(e, *self._check_shard(e)) for _, e in new if e["file"] not in listed]
+        if any(r["e"] in ("merge", "quarantine") for r in new):
+            self._load()  # another process rewrote the shard list
+            return True
+        listed = {e["file"] for e in self._manifest["shards"]}
+        checked = [(r["entry"], *self._check_shard(r["entry"])) for r in new if r["entry"]["file"] not in listed]
         if any(why for _, _, why in checked):
             self._load()  # sets the damaged ones aside
             return True
         for entry, ids, _ in checked:
             self._manifest["shards"].append(dict(entry))
             self._add_to_index(ids, entry["file"])
-        self._applied = len(self._ledger.entries)
+        self._applied = len(self._ledger.events)
         self._dirty = True
         self._update_offsets()
         return True
@@ -590,16 +609,12 @@ class TeacherStore:
             for p in self.path.iterdir():
                 if p.name.endswith(".tmp"):
                     p.unlink()
-        # shards committed in the ledger after the manifest was written (all of them, if it was rebuilt)
-        listed = {e["file"] for e in m["shards"]} | self._ledger.ever_quarantined
-        for end, entry in self._ledger.entries:
-            if end > (0 if rebuilt else m.get("ledger_pos", 0)) and entry["file"] not in listed:
-                if rebuilt and not (self.path / entry["file"]).exists():
-                    continue  # merged into another shard before the manifest was lost
-                m["shards"].append(dict(entry))
-                listed.add(entry["file"])
-                dirty = True
-        self._applied = len(self._ledger.entries)
+        # what the ledger recorded after the manifest was written (everything, if it was rebuilt)
+        after = 0 if rebuilt else m.get("ledger_pos", 0)
+        if any(end > after for end, _ in self._ledger.events):
+            m["shards"] = _replay(m["shards"], [r for end, r in self._ledger.events if end > after])
+            dirty = True
+        self._applied = len(self._ledger.events)
         self._index, bad, self._sorted = {}, [], None
         for entry in m["shards"]:
             ids, why = self._check_shard(entry)
@@ -620,7 +635,8 @@ class TeacherStore:
             dirty = True
         self._dirty = bool(dirty)
         if dirty and self.writable:
-            self._commit()
+            with contextlib.suppress(OSError):  # e.g. a full disk: the ledger holds it, a later checkpoint writes it
+                self._commit()
         self._sig = file_sig(self.path / MANIFEST_NAME)
 
     def _read_or_rebuild(self) -> dict:
@@ -683,7 +699,8 @@ class TeacherStore:
 
     def _damage_message(self, entry: dict, why: str, *, moved: bool = True) -> str:
         where = self.path / QUARANTINE / entry["file"]
-        head = f"{self.path / entry['file']} is damaged: {why}. It held {entry['rows']} paid rows"
+        rows = "an unknown number of" if entry["rows"] < 0 else entry["rows"]
+        head = f"{self.path / entry['file']} is damaged: {why}. It held {rows} paid rows"
         if not moved:
             return (head + "; nothing was changed (the store is read-only). Make the folder writable and open "
                     "it again to set the shard aside, or restore the file from a backup.")
@@ -706,6 +723,7 @@ class TeacherStore:
             self._checked.pop(entry["file"], None)
             self._ledger.append({"e": "quarantine", "shard": entry["file"], "rows": entry["rows"],
                                  "sha256": entry["sha256"], "why": why})
+            self._applied = len(self._ledger.events)
             warnings.warn(StoreWarning(self._damage_message(entry, why)), stacklevel=4)
         if commit:
             self._load_index()
@@ -721,7 +739,8 @@ class TeacherStore:
         q = self._ledger.quarantined
         if not q:
             return ""
-        return (f"{len(q)} damaged shard(s) ({', '.join(sorted(q))}) holding {sum(q.values())} paid rows are "
+        rows = f"{sum(q.values())}" if min(q.values()) >= 0 else f"at least {sum(v for v in q.values() if v > 0)}"
+        return (f"{len(q)} damaged shard(s) ({', '.join(sorted(q))}) holding {rows} paid rows are "
                 f"quarantined in {self.path / QUARANTINE}: restore them and run `mentor store repair "
                 f"{self.path}`, or run `mentor store repair {self.path} --repay` to label those rows anew.")
 
@@ -749,9 +768,9 @@ class TeacherStore:
             data = p.read_bytes()
             table = pq.read_table(pa.BufferReader(data))
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        except Exception as e:
-            raise StoreError(f"{p} is not listed in {MANIFEST_NAME} and cannot be read ({e}). Move it out of "
-                             f"{self.path} (or delete it) and open the store again.") from None
+        except Exception as e:  # noqa: BLE001 - renamed into place only once complete: this is damage
+            self._quarantine_orphan(p, f"it is not committed and cannot be read as Parquet ({type(e).__name__})")
+            return
         expect = {"fingerprint": self.fingerprint, "n_classes": str(self.n_classes),
                   "top_k": str(self.top_k), "precision": self.precision}
         got = {k: meta.get(k) for k in expect}
@@ -781,11 +800,23 @@ class TeacherStore:
         if answered:  # the writer was killed between the shard and its commit line
             self._ledger.append({"e": "done", "call": call, "stored": table.num_rows, "entry": entry,
                                  "note": "adopted after a crash"})
-            self._applied = len(self._ledger.entries)
+        else:
+            self._ledger.append({"e": "adopt", "entry": entry})
+        self._applied = len(self._ledger.events)
         self._manifest["shards"].append(entry)
         self._checked[p.name] = (file_sig(p), entry["sha256"], ids[keep].tolist())
         self._add_to_index(ids[keep].tolist(), p)
         self._update_offsets()
+
+    def _quarantine_orphan(self, p: Path, why: str) -> None:
+        """Set aside an unreadable uncommitted shard; how many paid rows it held is unknown."""
+        q = self.path / QUARANTINE
+        q.mkdir(exist_ok=True)
+        dest = q / p.name if not (q / p.name).exists() else q / f"{p.name}.{int(time.time() * 1000)}"
+        os.replace(p, dest)
+        self._ledger.append({"e": "quarantine", "shard": p.name, "rows": -1, "sha256": _sha256_file(dest), "why": why})
+        self._applied = len(self._ledger.events)
+        warnings.warn(StoreWarning(self._damage_message({"file": p.name, "rows": -1}, why)), stacklevel=4)
 
     def _check(self, probs, ids: np.ndarray, name: str) -> np.ndarray:
         probs = validate_probabilities(probs, self.n_classes, name=name)
@@ -862,7 +893,7 @@ class TeacherStore:
         except OSError as e:
             raise self._io_error(e, "record a stored shard", f"The answer is kept in {entry['file']}, which the next "
                                  "open adopts.") from None
-        self._applied = len(self._ledger.entries)
+        self._applied = len(self._ledger.events)
         self._manifest["shards"].append(entry)
         self._dirty = True
         self._add_to_index(id_list, entry["file"])
@@ -885,8 +916,12 @@ class TeacherStore:
         for first, last in reversed(groups):  # reversed so earlier positions stay valid
             table = pa.concat_tables([self._read_shard(i) for i in range(first, last)])
             ids = [x for s in shards[first:last] for x in self._checked[s["file"]][2]]
-            old += [s["file"] for s in shards[first:last]]
-            new[first:last] = [self._write_shard(table, spent=0.0, calls=0, ids=ids)]
+            replaced = [s["file"] for s in shards[first:last]]
+            entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
+            self._ledger.append({"e": "merge", "entry": entry, "old": replaced})  # logged: a lost manifest replays it
+            old += replaced
+            new[first:last] = [entry]
+        self._applied = len(self._ledger.events)
         self._manifest["shards"] = new
         self._commit()
         self._update_offsets()
@@ -936,6 +971,22 @@ class TeacherStore:
 
     def _ids_and_probs(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(table.column("id").to_pylist(), dtype=str), self._decode(table)
+
+
+def _replay(shards: list[dict], events: list[dict]) -> list[dict]:
+    """The shard list after the ledger's shard events (commits, merges, quarantines), in order."""
+    shards = [dict(e) for e in shards]
+    for r in events:
+        files = [e["file"] for e in shards]
+        if r["e"] == "quarantine":
+            shards = [e for e in shards if e["file"] != r["shard"]]
+        elif r["e"] == "merge":
+            at = [i for i, f in enumerate(files) if f in set(r["old"])]
+            shards = [e for e in shards if e["file"] not in set(r["old"])]
+            shards.insert(at[0] if at else len(shards), dict(r["entry"]))
+        elif r["entry"]["file"] not in files:
+            shards.append(dict(r["entry"]))
+    return shards
 
 
 def _merge_groups(rows: list[int], target: int, *, final: bool) -> list[tuple[int, int]]:

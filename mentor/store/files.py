@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 try:  # advisory lock; without fcntl (Windows) a store must not be written by two processes at once
@@ -44,12 +45,14 @@ def folder_lock(folder: Path, *, write: bool = True):
 
 class FolderLock:
     """`folder_lock` that keeps its lock file open between uses (one open per store, not per
-    call) and may be re-entered by the thread that holds it."""
+    call), excludes this process's other threads too, and may be re-entered by its holder."""
 
     def __init__(self, folder: Path, *, write: bool = True):
         self.path, self.write, self._f, self._depth = Path(folder) / LOCK_NAME, write, None, 0
+        self._thread_lock = threading.RLock()
 
     def __enter__(self):
+        self._thread_lock.acquire()
         if self._depth == 0 and fcntl is not None:
             if self._f is None and (self.write or self.path.exists()):
                 self._f = open(self.path, "a+" if self.write else "r")
@@ -62,11 +65,13 @@ class FolderLock:
         self._depth -= 1
         if self._depth == 0 and self._f is not None:
             fcntl.flock(self._f, fcntl.LOCK_UN)
+        self._thread_lock.release()
 
     def close(self) -> None:
-        if self._f is not None and self._depth == 0:
-            self._f.close()
-            self._f = None
+        with self._thread_lock:
+            if self._f is not None and self._depth == 0:
+                self._f.close()
+                self._f = None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

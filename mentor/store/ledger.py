@@ -5,9 +5,11 @@ from sending the same id.
 line, appended under the store's folder lock:
 
     {"e": "store", ...settings}                      first line: what the store holds
+    {"e": "lease", "call", "pid", "host", "start", "at", "n", "ids"}  ids reserved for a call queued in a pool
     {"e": "send", "call", "pid", "host", "start", "at", "n", "cost", "ids"}   fsynced BEFORE the call
     {"e": "done", "call", "stored", "entry"}         the answer is on disk: this line commits its shard
-    {"e": "import", "entry"}                         rows written by `write()` (no teacher call)
+    {"e": "import", "entry"} / {"e": "adopt", "entry"}   rows written by `write()`, an orphan adopted
+    {"e": "merge", "entry", "old"}                   small shards rewritten as one
     {"e": "failed", "call", "error"}                 the call raised, or its answer could not be kept
     {"e": "lost", "call", "why"}                     its process died (or its lease expired) mid-call
     {"e": "carried", "cost", "calls", "why"}         spend from before the ledger (older stores)
@@ -36,6 +38,7 @@ from pathlib import Path
 LEDGER_NAME = "_ledger.jsonl"
 HOST = socket.gethostname()
 OUTCOMES = ("done", "failed", "lost")
+SHARD_EVENTS = ("done", "import", "adopt", "merge", "quarantine")
 
 # call ids this process has in flight (any TeacherStore object): its own leases are live only
 # while listed here, so a call abandoned by an exception does not block a retry in this process
@@ -86,9 +89,9 @@ class Ledger:
         self.quarantined: dict[str, int] = {}  # shard -> paid rows it held, until resolved
         self._quarantine: dict[str, dict] = {}
         self.ever_quarantined: set[str] = set()
-        # shards committed by `done`/`import` records, with the ledger position after each record:
-        # the manifest is a checkpoint up to a position, these records commit shards after it
-        self.entries: list[tuple[int, dict]] = []
+        # what happened to the shard list, with the ledger position after each record: the
+        # manifest is a checkpoint up to a position, these records replay what came after it
+        self.events: list[tuple[int, dict]] = []
         self.header: dict | None = None
         self._fd: int | None = None  # kept open: one open per store, not one per record
 
@@ -140,13 +143,16 @@ class Ledger:
                 self._apply(r)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn line from a crash: the next append starts on a fresh line
-            if "entry" in r:
-                self.entries.append((at, r["entry"]))
+            if r.get("e") in SHARD_EVENTS and (r["e"] != "done" or "entry" in r):
+                self.events.append((at, r))
         self._pos += end
 
     def _apply(self, r: dict) -> None:
         e = r["e"]
-        if e == "send":
+        if e == "lease":
+            if r["call"] not in self.outcome:
+                self.open[r["call"]] = r
+        elif e == "send":
             c = r["call"]
             self.cost[c] = float(r["cost"])
             self.spent += self.cost[c]
@@ -155,12 +161,13 @@ class Ledger:
                 self.open[c] = r
         elif e in OUTCOMES:
             c = r["call"]
-            if c in self.outcome or c not in self.cost:
+            if c in self.outcome or (c not in self.cost and c not in self.open):
                 return
             self.outcome[c] = e
             self.open.pop(c, None)
-            self.totals[e][0] += 1
-            self.totals[e][1] += self.cost[c]
+            if c in self.cost:  # a lease whose call never started cost nothing
+                self.totals[e][0] += 1
+                self.totals[e][1] += self.cost[c]
         elif e == "carried":
             self.carried[0] += int(r["calls"])
             self.carried[1] += float(r["cost"])
@@ -211,17 +218,27 @@ class Ledger:
 
     # ---------------------------------------------------------------------------------- writing
 
-    def send(self, ids: list[str], cost: float) -> str:
-        """Record a call about to be sent (fsynced): its id, owner, ids and cost. Returns the call id."""
-        call = uuid.uuid4().hex[:16]
+    def send(self, ids: list[str], cost: float, call: str | None = None) -> str:
+        """Record a call about to be sent (fsynced): its id, owner, ids and cost; `call`: the id
+        of the lease it starts. Returns the call id."""
+        return self._claim("send", ids, call, cost=float(cost))
+
+    def lease(self, ids: list[str]) -> str:
+        """Reserve ids for a call queued in a pool (not on the bill until its `send`)."""
+        return self._claim("lease", ids, None)
+
+    def _claim(self, kind: str, ids: list[str], call: str | None, **extra) -> str:
+        new = call is None
+        call = call or uuid.uuid4().hex[:16]
         with _LIVE_LOCK:
             _LIVE_CALLS.add(call)
         try:
-            self.append({"e": "send", "call": call, "pid": os.getpid(), "host": HOST, "start": MY_START,
-                         "at": _now(), "t": round(time.time(), 3), "n": len(ids), "cost": float(cost),
-                         "ids": list(ids)})
+            self.append({"e": kind, "call": call, "pid": os.getpid(), "host": HOST, "start": MY_START,
+                         "at": _now(), "t": round(time.time(), 3), "n": len(ids), **extra, "ids": list(ids)},
+                        sync=kind == "send")  # a lease need not survive a crash: its process would not
         except BaseException:
-            release(call)
+            if new:
+                release(call)
             raise
         return call
 
@@ -238,20 +255,20 @@ class Ledger:
         if size == self._pos and line[:1] != b"\n":  # caught up (we hold the lock): apply, don't re-read
             self._pos += len(line)
             self._apply(record)
-            if "entry" in record:
-                self.entries.append((self._pos, record["entry"]))
+            if record["e"] in SHARD_EVENTS and (record["e"] != "done" or "entry" in record):
+                self.events.append((self._pos, record))
         else:
             self.refresh()
 
     def summary(self, live: dict[str, dict]) -> dict:
         """The bill by outcome; `live`: the leases in flight (from `live_leases`)."""
-        unanswered = [c for c in self.open if c not in live]  # dead, not yet recorded (read-only look)
+        unanswered = [c for c in self.open if c not in live and c in self.cost]  # dead, not recorded (read-only)
         totals = {k: list(v) for k, v in self.totals.items()}
         totals["lost"][0] += len(unanswered)
-        totals["lost"][1] += sum(self.cost[c] for c in unanswered)
+        totals["lost"][1] += sum(self.cost.get(c, 0.0) for c in unanswered)
         return {"calls": self.n_calls, "spent": self.spent,
                 **{k: {"calls": v[0], "cost": v[1]} for k, v in totals.items()},
-                "in_flight": {"calls": len(live), "cost": sum(self.cost[c] for c in live),
+                "in_flight": {"calls": len(live), "cost": sum(self.cost.get(c, 0.0) for c in live),
                               "owners": sorted({f"pid {r['pid']} on {r['host']}" for r in live.values()})},
                 "carried": {"calls": self.carried[0], "cost": self.carried[1]}}
 
