@@ -7,7 +7,7 @@ Labeling runs in real subprocesses (RemoteTeacher + a threads pool, as `mentor l
   2. runs two labeling processes at once on one fresh store;
   3. damages shards (a flipped byte in the data, a flipped id, a truncated file), deletes the
      manifest, then labels again (which must refuse to re-pay) and repairs with --repay;
-  4. fills a small disk (a 192 KiB tmpfs, when run as root), then makes it read-only;
+  4. fills a small disk (a 96 KiB tmpfs, when run as root), then makes it read-only;
 and prints, per scenario: duplicates and gaps in the store, ids the teacher received twice (and
 whether each receipt is in the ledger), the ledger's total vs the teacher's own count, damaged
 shards made vs detected, and rows that differ from the teacher's answer (undetected corruption).
@@ -262,10 +262,10 @@ def damage(work: Path, n: int, rng: random.Random, chunk: int) -> dict:
 
 
 def disk_full(work: Path, n: int, chunk: int) -> dict:
-    """A store on a 192 KiB tmpfs: labeling must stop with a clean error and a complete bill; after
+    """A store on a 96 KiB tmpfs: labeling must stop with a clean error and a complete bill; after
     the disk grows it resumes; then read-only. Needs root (mount); otherwise says so."""
     mnt = Path(tempfile.mkdtemp(prefix="mentor-full-"))
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)], capture_output=True).returncode:
         return {"skipped": "cannot mount a small tmpfs here (needs root): disk-full not exercised"}
     teacher = CountingTeacher(delay_s=0.0)
     server, url = serve(teacher)
@@ -274,7 +274,8 @@ def disk_full(work: Path, n: int, chunk: int) -> dict:
         proc = spawn(store, url, n, 0, chunk)
         _, err = proc.communicate(timeout=300)
         full = {"exit_when_full": proc.returncode, "message": err.decode().strip()[-400:],
-                "traceback": "Traceback" in err.decode()}
+                "traceback": "Traceback" in err.decode(), "teacher_received_when_full": sum(teacher.received.values()),
+                "billed_when_full": sum(ledger_ids(store).values())}
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         proc = spawn(store, url, n, 0, chunk)
         proc.communicate(timeout=300)

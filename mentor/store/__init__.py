@@ -1,28 +1,35 @@
-"""The teacher-output store: every teacher output is paid for once and kept on disk.
+"""The teacher-output store: every teacher output is paid for once, kept on disk, and billed.
 
-A store is a folder of Parquet shards plus `_manifest.json`:
+A store is a folder of Parquet shards, `_ledger.jsonl` and `_manifest.json`:
 
     store/
-      _manifest.json          what is committed: teacher fingerprint, settings, shards, cost spent
+      _ledger.jsonl           the bill and the log: every call sent (ids, cost, process), its outcome,
+                              every shard committed, merged or quarantined (see ledger.py)
+      _manifest.json          a checkpoint: settings, the shard list (rows, bytes, sha256), ledger position
       shard-000001.parquet    columns id, probs (or topk_index + topk_prob), teacher
-      shard-000002.parquet
+      _quarantine/            damaged shards, set aside (never read, never silently paid for again)
 
-The manifest starts with `_` so that `pandas.read_parquet(store)`, `pyarrow.dataset.dataset(store)`
-and duckdb's `read_parquet('store/*.parquet')` see only the shards (Arrow skips `_` and `.` files).
+Names starting with `_` keep `pandas.read_parquet(store)`, `pyarrow.dataset.dataset(store)` and
+duckdb's `read_parquet('store/*.parquet')` on the shards only (Arrow skips `_` and `.` files).
 
-Crash safety. A shard is written to `_<name>.tmp`, fsynced and renamed into place; then the
-manifest is rewritten the same way. A kill can therefore leave only (a) a `.tmp` file, deleted on
-the next open, or (b) a renamed shard the manifest does not list yet (an orphan), which the next
-open adopts after checking it is readable, carries this fingerprint, and dropping any id already
-stored. The cost of an orphan's teacher call travels in its Parquet metadata, so it is not lost.
+Crash safety. A call's ids and cost are fsynced to the ledger before it is sent (a lease: no
+other process sends them meanwhile). Its shard is written to `_<name>.tmp`, fsynced and renamed
+into place; one fsynced ledger line then commits it. The manifest is rewritten at checkpoints
+(end of a run, merges); opening replays the ledger after the manifest's position, so a kill can
+leave only (a) a `.tmp` file, deleted on the next open, or (b) a renamed shard without its
+commit line (an orphan), which the next open adopts after checking it is readable and carries
+this fingerprint, dropping any id already stored. A lost manifest is rebuilt by replaying the
+whole ledger, checksums included.
 
-Flush policy: one shard per teacher call. A teacher call is the expensive thing (money or
-minutes), so its result is on disk before the next call starts and a kill loses at most the call
-in flight. Small per-call shards are merged as soon as they add up to `shard_size` rows (rolling
-compaction), which keeps the file count near rows / shard_size and memory near shard_size rows
-plus one chunk; `compact()` also merges the last, incomplete group.
+Verification. Opening checks each shard's size and sha256 (one read that also yields its ids);
+a shard changed later is re-verified before it is read. Damage is quarantined, not repaired:
+paying again for the rows is the user's explicit choice (`repair(repay=True)`).
 
-One process writes at a time: mutations hold an advisory lock on `store/.lock` (POSIX only).
+Flush policy: one shard per teacher call, so a kill loses at most the calls in flight. Small
+per-call shards are merged as soon as they add up to `shard_size` rows (rolling compaction);
+`compact()` also merges the last, incomplete group.
+
+Writers exclude each other with an advisory lock on `store/.lock` (POSIX only).
 """
 
 from .core import (FORMAT_VERSION, LOCK_NAME, MANIFEST_NAME, PRECISIONS, QUARANTINE, SETTINGS,  # noqa: F401
