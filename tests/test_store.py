@@ -357,5 +357,5 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     assert len(billed) - len(sent) <= kills * worker.CHUNK
     assert final.spent == pytest.approx(0.5 * len(billed)) and final.spent >= 0.5 * len(sent)
     status = final.status()
-    assert status["lost"]["calls"] >= 1 and status["in_flight"]["calls"] == 0
+    assert status["in_flight"]["calls"] == 0 and status["lost"]["calls"] <= kills  # a kill may land between calls
     assert status["done"]["cost"] + status["lost"]["cost"] == pytest.approx(final.spent)

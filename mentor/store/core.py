@@ -266,12 +266,13 @@ class TeacherStore:
             raise StoreError(" ".join(self._damage_message(e, why, moved=self.writable) for e, why in bad))
 
     def _verify_all(self) -> list:
-        """Under the lock: re-hash every shard, set damaged ones aside; returns [(entry, why)]."""
+        """Under the lock: re-hash every shard, set damaged ones aside; returns [(entry, why)]
+        (the caller reports them)."""
         self._sync()
         self._checked.clear()
         bad = [(e, why) for e in list(self._manifest["shards"]) if (why := self._check_shard(e, full=True)[1])]
         if bad and self.writable:
-            self._set_aside(bad)
+            self._set_aside(bad, warn=False)
         return bad
 
     def status(self) -> dict:
@@ -708,7 +709,7 @@ class TeacherStore:
                 f"you choose: restore the file into {where.parent} and run `mentor store repair {self.path}`, or "
                 f"run `mentor store repair {self.path} --repay` (Python: store.repair(repay=True)) to label them anew.")
 
-    def _set_aside(self, bad: list, *, commit: bool = True) -> None:
+    def _set_aside(self, bad: list, *, commit: bool = True, warn: bool = True) -> None:
         """Move damaged shards to `_quarantine/`, out of the manifest, with a ledger record each."""
         q = self.path / QUARANTINE
         q.mkdir(exist_ok=True)
@@ -724,7 +725,8 @@ class TeacherStore:
             self._ledger.append({"e": "quarantine", "shard": entry["file"], "rows": entry["rows"],
                                  "sha256": entry["sha256"], "why": why})
             self._applied = len(self._ledger.events)
-            warnings.warn(StoreWarning(self._damage_message(entry, why)), stacklevel=4)
+            if warn:
+                warnings.warn(StoreWarning(self._damage_message(entry, why)), stacklevel=4)
         if commit:
             self._load_index()
             self._commit()
