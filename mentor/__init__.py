@@ -4,7 +4,7 @@ The data flows one way, one module per step:
 
     data.py      load a data set, split it into A (labeled), V (validation), U (pool), test
     teachers.py  any teacher behind one interface (torch, sklearn, file of outputs, MiniLM, HTTP)
-    store.py     teacher outputs in Parquet shards: paid once, crash-safe, resumable
+    store/       teacher outputs in Parquet shards: paid once, crash-safe, resumable
     methods.py   distillation methods by name (the objective and per-example weights)
     corrections.py  weighted distillation, SLaM and the noise baselines (plain functions)
     selection.py / active.py  budgeted teacher queries (RAD and baselines)

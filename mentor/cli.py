@@ -11,6 +11,7 @@ import errno
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -27,6 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="mentor: distill a big teacher into a small student with few labels and an unlabeled pool.")
 bench_app = typer.Typer(no_args_is_help=True, help="Rerunnable benchmarks (quality, speed).")
 app.add_typer(bench_app, name="bench")
+store_app = typer.Typer(no_args_is_help=True, help="A teacher-output store: its bill and health (status, repair).")
+app.add_typer(store_app, name="store")
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,6 +42,13 @@ def _console():
 
 def out(*objects) -> None:
     _console().print(*objects)
+
+
+def _plain_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+warnings.formatwarning = _plain_warning  # the CLI's warnings are messages to a user, not source locations
 
 
 def print_error(message: str) -> None:
@@ -378,6 +388,24 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
                         log=out, correction=correction)
     out(summarize_active(rows))
+
+
+@store_app.command("status")
+@_guard
+def store_status_cmd(path: Path = typer.Argument(..., help="A store folder, or a run config (its store).")):
+    """Stored rows, money spent (stored, failed, lost mid-call, in flight) and quarantined shards."""
+    from .store.status import status
+    print(status(path))
+
+
+@store_app.command("repair")
+@_guard
+def store_repair_cmd(path: Path = typer.Argument(..., help="A store folder, or a run config (its store)."),
+                     repay: bool = typer.Option(False, "--repay", help="Accept paying again for the rows of "
+                                                "quarantined shards (the next label run asks for them).")):
+    """Verify every shard (quarantining damaged ones), put back restored ones, or accept re-paying (--repay)."""
+    from .store.status import repair
+    print(repair(path, repay=repay))
 
 
 def main():  # pragma: no cover

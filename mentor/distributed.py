@@ -46,6 +46,7 @@ class ThreadTeacherPool(_Pool):
     """`workers` threads sharing one teacher; calls must be thread-safe (HTTP teachers are)."""
 
     engine = "threads"
+    runs_before_hook = True  # submit(..., before=f) runs f in the worker thread as the call starts
 
     def __init__(self, teacher, workers: int = 4, *, in_flight_per_worker: int = 2):
         _check_counts(workers, in_flight_per_worker)
@@ -53,8 +54,16 @@ class ThreadTeacherPool(_Pool):
         self.max_in_flight = self.workers * int(in_flight_per_worker)
         self._executor = concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="mentor-teacher")
 
-    def submit(self, inputs, ids) -> concurrent.futures.Future:
-        return self._executor.submit(self.teacher.predict_proba, inputs, ids)
+    def submit(self, inputs, ids, before=None) -> concurrent.futures.Future:
+        """Queue one call; `before()` runs in the worker thread right before it (the store uses it
+        to put the call on its bill only when it is really sent, not while it waits in the queue)."""
+        if before is None:
+            return self._executor.submit(self.teacher.predict_proba, inputs, ids)
+
+        def call():
+            before()
+            return self.teacher.predict_proba(inputs, ids)
+        return self._executor.submit(call)
 
     def describe(self) -> dict:
         return {"engine": self.engine, "workers": self.workers}

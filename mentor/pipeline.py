@@ -29,7 +29,7 @@ from .errors import ConfigError, DataError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict
 from .methods import MethodContext, plan_method, train_with_plan
 from .models import Featurizer, build_model, default_featurizer
-from .store import MANIFEST_NAME, TeacherStore
+from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
 from .train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
@@ -225,7 +225,7 @@ def store_path(ctx: RunContext) -> Path:
 def open_store(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     s = ctx.cfg.store
     if teacher is None:
-        if not (store_path(ctx) / MANIFEST_NAME).exists():
+        if not TeacherStore.exists(store_path(ctx)):
             raise StoreError(f"no teacher outputs at {store_path(ctx)}; run `mentor label` (or `mentor run`) first.")
         return TeacherStore.open(store_path(ctx))
     return TeacherStore(store_path(ctx), fingerprint=teacher.fingerprint, n_classes=ctx.n_classes, top_k=s.top_k,

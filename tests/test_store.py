@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import duckdb
@@ -166,7 +167,9 @@ def test_bad_teacher_output_raises_and_keeps_earlier_batches(tmp_path, corrupt, 
     again = TeacherStore.open(tmp_path)
     assert again.stored_ids() == set(IDS[:40].tolist())  # the first call; nothing of the second
     assert np.array_equal(again.read(IDS[:40]), P[:40])
-    assert again.n_calls == 1
+    # both calls were sent and answered, so both are on the bill; the second one's answer is not kept
+    assert again.n_calls == 2 and again.spent == pytest.approx(80 * 0.25)
+    assert again.status()["failed"] == {"calls": 1, "cost": pytest.approx(40 * 0.25)}
 
 
 # ------------------------------------------------------------------------------------------ crash recovery
@@ -207,20 +210,24 @@ def test_foreign_orphan_is_refused_and_kept(tmp_path):
     assert (path / "shard-000005.parquet").exists()
 
 
-def test_kill_between_shard_rename_and_manifest_loses_nothing(tmp_path, monkeypatch):
-    """The one window a random kill rarely hits, made certain by failing the manifest write."""
+def test_kill_between_shard_rename_and_its_commit_loses_nothing(tmp_path, monkeypatch):
+    """The one window a random kill rarely hits (the shard is renamed into place, its commit line
+    in the ledger is not written yet), made certain by interrupting that line."""
     store = TeacherStore(tmp_path, fingerprint="t1", n_classes=C, shard_size=10**6)
     store.label(CountingTeacher(cost=1.0), chunks(IDS[:40]))
+    append = store._ledger.append
 
-    def killed():
-        raise KeyboardInterrupt
+    def killed(record, **kw):
+        if record["e"] == "done":
+            raise KeyboardInterrupt
+        return append(record, **kw)
 
-    monkeypatch.setattr(store, "_commit", killed)
+    monkeypatch.setattr(store._ledger, "append", killed)
     teacher = CountingTeacher(cost=1.0)
     with pytest.raises(KeyboardInterrupt):
         store.label(teacher, chunks(IDS[:80]))
     monkeypatch.undo()
-    assert teacher.asked == IDS[40:80].tolist()  # paid, on disk, not in the manifest
+    assert teacher.asked == IDS[40:80].tolist()  # paid, on disk, not committed
 
     again = TeacherStore.open(tmp_path)
     assert len(again) == 80 and again.spent == pytest.approx(80.0) and again.n_calls == 2
@@ -234,9 +241,12 @@ def test_verify_detects_changed_shards(tmp_path):
     store.write(IDS[:10], P[:10])
     store.verify()
     f = tmp_path / shard_files(tmp_path)[0]
-    f.write_bytes(f.read_bytes() + b"x")
-    with pytest.raises(StoreError, match="does not match the checksum"):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 1  # same size, one bit flipped
+    f.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=r"shard-000001.parquet is damaged: it does not match the checksum.*10 paid rows"):
         store.verify()
+    assert (tmp_path / "_quarantine" / f.name).exists() and not f.exists() and len(store) == 0
 
 
 # ------------------------------------------------------------------------------------------ open formats
@@ -339,4 +349,13 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     files = pd.read_parquet(store)["id"]
     assert len(files) == n and files.is_unique  # no leftover duplicate shard on disk
     assert not list(store.glob("*.tmp"))
-    assert final.spent == pytest.approx(0.5 * n)  # committed calls; a call cut off by a kill left no result
+    # the bill: every id the teacher received is in a ledger `send` (a call cut off by a kill too),
+    # and spent is exactly the ledger's sum; a send can precede the kill without reaching the teacher
+    billed = [x for r in map(json.loads, (store / "_ledger.jsonl").read_text().splitlines())
+              if r["e"] == "send" for x in r["ids"]]
+    assert not Counter(sent) - Counter(billed)
+    assert len(billed) - len(sent) <= kills * worker.CHUNK
+    assert final.spent == pytest.approx(0.5 * len(billed)) and final.spent >= 0.5 * len(sent)
+    status = final.status()
+    assert status["in_flight"]["calls"] == 0 and status["lost"]["calls"] <= kills  # a kill may land between calls
+    assert status["done"]["cost"] + status["lost"]["cost"] == pytest.approx(final.spent)
