@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ def user_files(root: Path) -> dict:
     (root / "empty.csv").write_bytes(b"")
     (root / "not-parquet.parquet").write_text("id,label\n1,2\n")
     (root / "a-file").write_text("not a folder")
+    (root / "a-folder").mkdir()
     import torch
     torch.jit.script(torch.nn.Linear(64, 10)).save(str(root / "teacher.pt"))
     return {"seed": 0, "output_dir": "run", "data": {"path": "data.parquet", "classes": WORDS},
@@ -98,10 +100,24 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("teacher file with NaN", with_(teacher__path="teacher-nan.parquet", output_dir="run-nan"), []),
         ("teacher file misses pool ids", with_(teacher__path="teacher-short.parquet", output_dir="run-short"), []),
         ("rerun into a folder of another config", good, ["--set", "seed=1"]),
+        ("store written by another teacher", with_(teacher={"kind": "logistic"}, store={"path": "run/store"},
+                                                  output_dir="run-other"), []),
+        ("a shard of the store truncated", with_(store={"path": "broken-store"}, output_dir="run-broken"), []),
+        ("`mentor store status` on a folder that is no store", None, ["STORE-STATUS"]),
     ]
 
 
 _DROP = object()
+
+
+def _row(what: str, res: subprocess.CompletedProcess, tmp: str) -> tuple[str, str, str]:
+    """(case, result, message); clean = exit 2, output on stderr only, ending in one `error:` line
+    (warnings before it, e.g. about a quarantined shard, are part of the message)."""
+    lines = res.stderr.strip().splitlines()
+    clean = res.returncode == 2 and "Traceback" not in res.stderr and any(l.startswith("error: ") for l in lines)
+    message = res.stderr.strip().replace(tmp, "…").replace("\n", " ")
+    print(f"{'ok    ' if clean else 'FAILED'} {what}: {message[:160]}")
+    return what, "exit 2" if clean else f"FAILED (exit {res.returncode})", message
 
 
 def main() -> int:
@@ -119,21 +135,27 @@ def main() -> int:
         if first.returncode != 0:
             print(first.stderr)
             return 1
+        shutil.copytree(root / "run" / "store", root / "broken-store")
+        shard = sorted((root / "broken-store").glob("shard-*.parquet"))[0]
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
         for i, (what, cfg, extra) in enumerate(cases(good)):
+            if extra == ["STORE-STATUS"]:
+                res = subprocess.run([sys.executable, "-m", "mentor.cli", "store", "status", str(root / "a-folder")],
+                                     capture_output=True, text=True)
+                rows.append(_row(what, res, tmp))
+                failed += rows[-1][1] != "exit 2"
+                continue
             path = root / f"case-{i}.yaml"
             if cfg is not None and "rerun" not in what and cfg.get("output_dir") == "run":
                 cfg = {**cfg, "output_dir": f"run-{i}"}  # each case in a folder of its own
             path.write_text("" if cfg is None else yaml.safe_dump(cfg))
             res = subprocess.run([sys.executable, "-m", "mentor.cli", "label", str(path), *extra],
                                  capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
-            clean = res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error: ")
-            failed += not clean
-            message = res.stderr.strip().replace(tmp, "…").replace("\n", " ")
-            rows.append((what, "exit 2" if clean else f"FAILED (exit {res.returncode})", message))
-            print(f"{'ok    ' if clean else 'FAILED'} {what}: {message[:160]}")
+            rows.append(_row(what, res, tmp))
+            failed += rows[-1][1] != "exit 2"
     lines = ["# Bad input and what mentor says", "",
              "Written by `python scripts/bad_inputs.py` from the real CLI (`mentor label CONFIG`); every case must "
-             "exit with status 2, one plain `error:` message and no traceback. Temporary paths are shown as `…`.", "",
+             "exit with status 2, one plain `error:` message (after any `warning:` lines) and no traceback. Temporary paths are shown as `…`.", "",
              "| what the user did | result | message |", "|---|---|---|"]
     lines += [f"| {w} | {r} | {m.replace('|', '¦')} |" for w, r, m in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
