@@ -359,3 +359,25 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     status = final.status()
     assert status["in_flight"]["calls"] == 0 and status["lost"]["calls"] <= kills  # a kill may land between calls
     assert status["done"]["cost"] + status["lost"]["cost"] == pytest.approx(final.spent)
+
+
+def test_id_lookup_matches_a_dict_and_survives_hash_collisions(tmp_path, monkeypatch):
+    from mentor.store import core
+    rng = np.random.default_rng(3)
+    stored = np.array([f"doc-{rng.integers(10**9)}-é{i}" for i in range(3000)])
+    query = np.concatenate([stored[rng.permutation(3000)[:2000]],
+                            ["nope", stored[0] + "x", stored[1][:-1], "doc-" + "9" * 40]])
+    truth = {s: i for i, s in enumerate(stored)}
+    expect = np.array([truth.get(q, -1) for q in query])
+    lookup = core.IdLookup(stored)
+    assert lookup.unique and np.array_equal(lookup.positions(query), expect)
+    # every hash equal: the lookup says so and the store falls back to exact dict lookups
+    monkeypatch.setattr(core, "id_hashes", lambda ids, width: np.zeros(len(ids), np.uint64))
+    assert not core.IdLookup(stored).unique
+    store = TeacherStore(tmp_path / "s", fingerprint="t", n_classes=2)
+    probs = np.tile([[0.25, 0.75]], (len(stored), 1)).astype(np.float32)
+    probs[:, 0] = np.linspace(0, 1, len(stored))
+    probs[:, 1] = 1 - probs[:, 0]
+    store.write(stored, probs)
+    many = stored[rng.integers(0, 3000, 6000)]  # >= 4096 ids: the bulk path
+    assert np.allclose(store.read(many), probs[[truth[s] for s in many]])

@@ -80,6 +80,37 @@ def _take(inputs, mask: np.ndarray):
     return inputs[np.flatnonzero(mask)]
 
 
+def id_hashes(ids: np.ndarray, width: int) -> np.ndarray:
+    """64-bit FNV-1a hashes of string ids, vectorised over their code points (padded to `width`)."""
+    codes = np.ascontiguousarray(ids.astype(f"<U{width}")).view(np.uint32).reshape(len(ids), width)
+    h = np.full(len(ids), 0xCBF29CE484222325, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            h = (h ^ codes[:, j]) * np.uint64(0x100000001B3)
+    return h
+
+
+class IdLookup:
+    """Stored position of many string ids at once: sorted 64-bit hashes and a binary search, each
+    hit confirmed by comparing the ids themselves (a hash collision can never misplace a row)."""
+
+    def __init__(self, stored: np.ndarray):
+        self.stored, self.width = stored, max(int(stored.dtype.itemsize // 4), 1)
+        hashes = id_hashes(stored, self.width)
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+        self.unique = not (self.sorted[1:] == self.sorted[:-1]).any()  # else the caller uses a dict
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        if len(self.stored) == 0:
+            return np.full(len(ids), -1, np.int64)
+        q = id_hashes(ids, self.width)  # ids longer than any stored one are cut here, then fail the check
+        at = np.minimum(np.searchsorted(self.sorted, q), len(self.sorted) - 1)
+        pos = self.order[at]
+        hit = (self.sorted[at] == q) & (self.stored[pos] == ids)
+        return np.where(hit, pos, -1).astype(np.int64, copy=False)
+
+
 # ---------------------------------------------------------------------------------------- the store
 
 class StoreWarning(UserWarning):
@@ -203,10 +234,10 @@ class TeacherStore:
         hash lookup against the stored ids (kept until the store changes) for many."""
         if len(ids) < 4096:
             return np.fromiter(map(self._index.get, ids.tolist(), itertools.repeat(-1)), np.int64, len(ids))
-        if self._sorted is None:
-            self._sorted = pa.array(list(self._index), pa.string())  # insertion order = stored position
-        found = pc.index_in(pa.array(ids, pa.string()), value_set=self._sorted)
-        return found.fill_null(-1).to_numpy().astype(np.int64, copy=False)
+        if self._sorted is None:  # built once, until the store changes
+            self._sorted = IdLookup(np.array(list(self._index), dtype=str))  # position = stored order
+        return self._sorted.positions(ids) if self._sorted.unique else np.fromiter(
+            map(self._index.get, ids.tolist(), itertools.repeat(-1)), np.int64, len(ids))
 
     def missing(self, ids) -> np.ndarray:
         """Ids not stored yet, in the given order."""
@@ -227,9 +258,10 @@ class TeacherStore:
                 f"in {self.path}. " + (note or "Run labeling for them first (store.label(teacher, batches) "
                                                "or `mentor label`)."))
         shard_of = np.searchsorted(self._offsets, pos, side="right") - 1
-        needed = np.unique(shard_of)
+        needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets)))
         # the shards holding these ids, verified, in one multi-threaded read; then one decode
-        table = ds.dataset([str(self._verified_path(int(s))) for s in needed], format="parquet").to_table()
+        table = ds.dataset([str(self._verified_path(int(s))) for s in needed], format="parquet").to_table(
+            columns=["probs"] if self.top_k is None else ["topk_index", "topk_prob"])  # ids are not needed
         start = np.zeros(len(self._offsets), np.int64)
         start[needed] = np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
         return self._decode(table)[pos - self._offsets[shard_of] + start[shard_of]]
