@@ -452,34 +452,42 @@ def simplicity_order(candidates: list[str]) -> list[str]:
     return sorted(candidates, key=key)
 
 
-def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0) -> dict:
+def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, standalone=()) -> dict:
     """The candidate to keep, from per-example scores on V (rows: candidates in `order`, simplest
     first; columns: V examples, e.g. 1 where the candidate is right).
 
-    The best is the highest mean (ties: the simpler). Every candidate is compared with it on the
-    same examples: the paired difference's mean and standard error (sd/√n). A candidate is within
-    noise when its mean difference is ≥ −noise_se·SE; the simplest such candidate is chosen, so a
-    choice that V cannot tell apart from a simpler one does not cost the simpler one's safety.
-    Each candidate's own binomial SE and 95% Wilson interval are reported too.
+    The reference is the ranked candidate (not in `standalone`) with the highest mean (ties: the
+    simpler). Every candidate is compared with it on the same examples: the paired difference's
+    mean and standard error (sd/√n); within noise means a mean difference ≥ −noise_se·SE. The
+    simplest ranked candidate within noise is kept, so a choice V cannot tell apart from a simpler
+    one does not cost the simpler one's safety. A `standalone` candidate then replaces it only if
+    its mean is higher: such a candidate (the labeled-only student) disagrees with the others on
+    many examples, so its paired SE is wide, and the simplicity rule would keep it even when it is
+    clearly below. Each candidate's own binomial SE and 95% Wilson interval are reported too.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(order) or s.shape[0] == 0 or s.shape[1] == 0:
         raise ValueError(f"scores must have shape (len(order) = {len(order)}, n_val >= 1), got {s.shape}")
     n = s.shape[1]
     mean = s.mean(axis=1)
-    best = int(np.argmax(mean))  # argmax takes the first of equal means: the simpler
-    diff = s - s[best]
+    ranked = [i for i, c in enumerate(order) if c not in standalone] or list(range(len(order)))
+    ref = ranked[int(np.argmax(mean[ranked]))]  # argmax takes the first of equal means: the simpler
+    diff = s - s[ref]
     diff_mean = diff.mean(axis=1)
     diff_se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(order))
     within = diff_mean >= -noise_se * diff_se - 1e-12
-    chosen = int(np.argmax(within))  # the first True: the simplest within noise of the best
+    chosen = next(i for i in ranked if within[i])  # the simplest ranked candidate within noise
+    for i in range(len(order)):
+        if i not in ranked and mean[i] > mean[chosen]:
+            chosen = i
     z = 1.96
     centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(np.clip(mean * (1 - mean), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return {"chosen": order[chosen], "best": order[best], "n_val": n, "noise_se": noise_se,
+    return {"chosen": order[chosen], "best": order[int(np.argmax(mean))], "reference": order[ref], "n_val": n,
+            "noise_se": noise_se, "standalone": [c for c in order if c in standalone],
             "candidates": {c: {"val_accuracy": float(mean[i]), "se": float(np.sqrt(max(mean[i] * (1 - mean[i]), 0) / n)),
                                "interval95": [float(centre[i] - half[i]), float(centre[i] + half[i])],
-                               "diff_vs_best": float(diff_mean[i]), "diff_se": float(diff_se[i]),
+                               "diff_vs_reference": float(diff_mean[i]), "diff_se": float(diff_se[i]),
                                "within_noise": bool(within[i])} for i, c in enumerate(order)}}
 
 
@@ -523,7 +531,8 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     on V (reliability curve, temperature, threshold) is fitted on the other folds and scored on
     each fold in turn, so no V example both fits α and judges the result. The choice:
     `choose_on_validation` with option auto_noise_se (default 1 paired standard error; 0 keeps the
-    best outright). The chosen method is then planned on the whole V. Costs one training per
+    best outright) among the distillation candidates; labeled-only replaces that choice only if it
+    scores higher on V (see there why). The chosen method is then planned on the whole V. Costs one training per
     candidate and fold (one for methods that do not fit on V) more than the chosen method.
     """
     _require_val(ctx, "auto")
@@ -546,18 +555,23 @@ def _auto(ctx: MethodContext) -> MethodPlan:
             _, val_probs = ctx.train_and_predict(plan_method(name, sub))
             right = np.asarray(val_probs).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
-    choice = choose_on_validation(scores, order, noise_se=float(ctx.options.get("auto_noise_se", 1.0)))
-    chosen, best = choice["chosen"], choice["best"]
-    c = choice["candidates"]
-    if chosen != best:
-        note = (f"{best} scored best on V ({100 * c[best]['val_accuracy']:.1f}%), but {chosen} is within noise of it "
-                f"({100 * c[chosen]['diff_vs_best']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); the "
-                "simpler is kept.")
+    choice = choose_on_validation(scores, order, noise_se=float(ctx.options.get("auto_noise_se", 1.0)),
+                                  standalone=(LABELED_ONLY,))
+    chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
+    pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
+    if chosen == LABELED_ONLY:
+        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]})."
+    elif chosen != ref:
+        note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
+                f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
+                "the simpler is kept.")
     else:
-        near = [o for o in order if o != chosen and c[o]["within_noise"]]
-        note = (f"{chosen} scored best on V ({100 * c[chosen]['val_accuracy']:.1f}%)"
+        near = [o for o in order if o not in (chosen, LABELED_ONLY) and c[o]["within_noise"]]
+        note = (f"{chosen} scored best on V ({pct[chosen]})"
                 + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
                    "; every simpler candidate is below it by more than noise."))
+    if LABELED_ONLY in order and chosen != LABELED_ONLY:
+        note += f" Not distilling: {pct[LABELED_ONLY]}."
     plan = plan_method(chosen, ctx)  # fresh, on all of V: stateful objectives (TAID) start their schedule again
     plan.info = {**plan.info, "auto": {**choice, "folds": folds, "order": order, "note": note,
                                        "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}}

@@ -26,7 +26,7 @@ def test_choice_by_hand_clear_winner():
     assert out["best"] == out["chosen"] == "c"
     b = out["candidates"]["b"]
     # b − c per example: two −1, eight 0: mean −0.2, sd = sqrt((2·0.64 + 8·0.04)/9) = 0.4216, SE = 0.1333
-    assert b["diff_vs_best"] == pytest.approx(-0.2) and b["diff_se"] == pytest.approx(0.133333, abs=1e-6)
+    assert b["diff_vs_reference"] == pytest.approx(-0.2) and b["diff_se"] == pytest.approx(0.133333, abs=1e-6)
     assert not b["within_noise"]
     assert b["se"] == pytest.approx(np.sqrt(0.8 * 0.2 / 10))
     lo, hi = b["interval95"]
@@ -44,6 +44,22 @@ def test_choice_within_noise_keeps_the_simpler():
     assert choose_on_validation([a, b], ["simple", "complex"], noise_se=0)["chosen"] == "complex"
     # equal means: the simpler is the best
     assert choose_on_validation([b, b[::-1]], ["x", "y"], noise_se=0)["best"] == "x"
+
+
+def test_labeled_only_stands_alone_it_must_score_higher_not_just_within_noise():
+    b = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0])    # the best distilled: 0.9
+    a = np.array([1, 1, 1, 1, 1, 1, 1, 0, 0, 1])    # simpler distilled: 0.8, a − b within one SE (−0.1 ± 0.18)
+    lab = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 1])  # not distilling: 0.8, also within one SE of b
+    order = ["labeled-only", "a", "b"]
+    plain = choose_on_validation([lab, a, b], order)
+    assert plain["chosen"] == "labeled-only"  # the plain simplicity rule would not distil here
+    out = choose_on_validation([lab, a, b], order, standalone=("labeled-only",))
+    assert out["chosen"] == "a" and out["reference"] == "b" and out["best"] == "b"
+    assert out["candidates"]["labeled-only"]["within_noise"]
+    lab_better = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # 1.0 > 0.8: not distilling wins
+    out = choose_on_validation([lab_better, a, b], order, standalone=("labeled-only",))
+    assert out["chosen"] == out["best"] == "labeled-only" and out["reference"] == "b"
+    assert out["candidates"]["labeled-only"]["diff_vs_reference"] == pytest.approx(0.1)
 
 
 def test_choice_bad_shape():
@@ -130,11 +146,14 @@ def test_auto_end_to_end_reports_every_candidate_with_its_uncertainty(tmp_path):
     assert set(auto["candidates"]) == set(auto["order"]) and auto["n_val"] == 300
     for c in auto["candidates"].values():
         lo, hi = c["interval95"]
-        assert 0 <= lo <= c["val_accuracy"] <= hi <= 1 and c["diff_vs_best"] <= 0 and c["diff_se"] >= 0
+        assert 0 <= lo <= c["val_accuracy"] <= hi <= 1 and c["diff_se"] >= 0
     assert auto["chosen"] in auto["order"] and auto["candidates"][auto["chosen"]]["within_noise"]
     assert auto["note"]
-    simpler = auto["order"][:auto["order"].index(auto["chosen"])]
-    assert not any(auto["candidates"][c]["within_noise"] for c in simpler)  # the simplest within noise
+    cands, chosen = auto["candidates"], auto["chosen"]
+    if chosen != "labeled-only":  # the simplest distilled candidate within noise, and not below not distilling
+        simpler = [c for c in auto["order"][:auto["order"].index(chosen)] if c != "labeled-only"]
+        assert not any(cands[c]["within_noise"] for c in simpler)
+        assert cands["labeled-only"]["val_accuracy"] <= cands[chosen]["val_accuracy"]
     assert auto["val_accuracy"] == {c: auto["candidates"][c]["val_accuracy"] for c in auto["order"]}
 
 
