@@ -532,8 +532,9 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     each fold in turn, so no V example both fits α and judges the result. The choice:
     `choose_on_validation` with option auto_noise_se (default 1 paired standard error; 0 keeps the
     best outright) among the distillation candidates; labeled-only replaces that choice only if it
-    scores higher on V (see there why). The chosen method is then planned on the whole V. Costs one training per
-    candidate and fold (one for methods that do not fit on V) more than the chosen method.
+    scores higher on V (see there why). The chosen method is then planned on the whole V. Costs
+    one training per candidate and fold (one for methods that do not fit on V) more than the
+    chosen method.
     """
     _require_val(ctx, "auto")
     if ctx.train_and_predict is None:
