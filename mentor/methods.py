@@ -55,14 +55,23 @@ class MethodPlan:
     info: dict = field(default_factory=dict)
     # replaces the teacher's outputs on the pool as training targets (e.g. re-tempered on V)
     pool_targets: np.ndarray | None = None
+    # λ for this plan instead of train.distill_weight; 0 trains on A alone (the labeled-only student)
+    distill_weight: float | None = None
 
     def targets(self, teacher_probs_pool: np.ndarray) -> np.ndarray:
         return teacher_probs_pool if self.pool_targets is None else self.pool_targets
 
 
 def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, plan: MethodPlan, config):
-    """`train_student` with a plan's objective, pool weights and (when it replaces them) targets."""
+    """`train_student` with a plan's objective, pool weights, targets and λ (when it sets them);
+    λ = 0 trains on A alone, exactly as the labeled-only baseline does."""
+    from dataclasses import replace
+
     from .train import train_student
+    if plan.distill_weight is not None:
+        config = replace(config, distill_weight=float(plan.distill_weight))
+        if plan.distill_weight == 0:
+            return train_student(model, x_labeled, y_labeled, config=config)
     return train_student(model, x_labeled, y_labeled, x_pool=x_pool, teacher_probs=plan.targets(teacher_probs_pool),
                          objective=plan.objective, pool_weights=plan.pool_weights, config=config)
 
@@ -70,6 +79,31 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
 # the `method_options` keys each method reads (besides the ones every method accepts)
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
+# whether a method fits anything on V (auto cross-fits those; the others it trains once)
+METHOD_USES_VAL: dict[str, bool] = {}
+LABELED_ONLY = "labeled-only"  # an auto candidate, not a method: λ = 0, the student never sees the pool
+
+
+def parse_candidate(name) -> tuple[str | None, float | None]:
+    """An auto candidate name -> (method, λ). "labeled-only" is (None, 0.0); "vanilla-soft@0.5" is
+    ("vanilla-soft", 0.5): that method trained with train.distill_weight = 0.5; a plain method name
+    keeps train.distill_weight (λ None). Raises ConfigError naming the accepted forms."""
+    if name == LABELED_ONLY:
+        return None, 0.0
+    base, at, lam = str(name).partition("@")
+    if not isinstance(name, str) or base not in METHODS or base == "auto":
+        raise ConfigError(f"auto candidate {name!r} is not {LABELED_ONLY!r}, a method or method@λ; methods: "
+                          f"{', '.join(sorted(m for m in METHODS if m != 'auto'))}.")
+    if not at:
+        return base, None
+    try:
+        value = float(lam)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"auto candidate {name!r}: the λ after @ must be a number > 0 (e.g. vanilla-soft@0.5); "
+                          f"λ = 0 is the candidate {LABELED_ONLY!r}.")
+    return base, value
 
 
 def _number(lo=None, hi=None, *, integer=False, lo_open=False):
@@ -90,10 +124,15 @@ def _k_rule(v):
 
 
 def _candidates(v):
-    if (isinstance(v, list) and v and all(isinstance(c, str) for c in v)
-            and all(c in METHODS and c != "auto" for c in v)):
-        return None
-    return f"a non-empty list of methods other than auto ({', '.join(sorted(m for m in METHODS if m != 'auto'))})"
+    if isinstance(v, list) and v and all(isinstance(c, str) for c in v) and len(set(v)) == len(v):
+        try:
+            for c in v:
+                parse_candidate(c)
+            return None
+        except ConfigError:
+            pass
+    return (f'a non-empty list of distinct candidates: "{LABELED_ONLY}", a method other than auto, or method@λ '
+            f"with λ > 0 (e.g. vanilla-soft@0.5); methods: {', '.join(sorted(m for m in METHODS if m != 'auto'))}")
 
 
 # every option a method may read: name -> check returning None, or what the value should be
@@ -109,18 +148,22 @@ OPTION_CHECKS: dict[str, Callable] = {
     "taid_t_start": _number(0, 1),
     "taid_t_end": _number(0, 1),
     "auto_candidates": _candidates,
+    "auto_folds": _number(1, integer=True),
+    "auto_noise_se": _number(0),
 }
 COMMON_OPTIONS = ("calibrate_teacher",)
 
 
-def register_method(name: str, options: tuple[str, ...] = ()):
+def register_method(name: str, options: tuple[str, ...] = (), uses_val: bool = True):
     """Register a method factory under `name`; `options` are the method_options keys it reads
-    (a config naming any other key is refused, so a misspelt option never passes silently)."""
+    (a config naming any other key is refused, so a misspelt option never passes silently);
+    `uses_val`: it fits something on V (auto then fits it on part of V and scores it on the rest)."""
     def deco(factory):
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         METHODS[name] = factory
         METHOD_OPTIONS[name] = tuple(options)
+        METHOD_USES_VAL[name] = uses_val
         return factory
     return deco
 
@@ -132,7 +175,7 @@ def check_method_options(method: str, options: dict) -> None:
     allowed = set(COMMON_OPTIONS) | set(METHOD_OPTIONS.get(method, ()))
     if method == "auto":  # auto passes its options on to every candidate
         for c in options.get("auto_candidates") or AUTO_CANDIDATES:
-            allowed |= set(METHOD_OPTIONS.get(c, ()))
+            allowed |= set(METHOD_OPTIONS.get(str(c).partition("@")[0], ()))
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"method_options {unknown} are not read by method {method!r}; it reads "
@@ -151,7 +194,14 @@ def get_method(name: str) -> Callable[[MethodContext], MethodPlan]:
 
 def plan_method(name: str, ctx: MethodContext) -> MethodPlan:
     """The named method's plan. Option `calibrate_teacher: true` first re-tempers the teacher on V
-    (one temperature, minimum NLL) and gives every method the calibrated outputs."""
+    (one temperature, minimum NLL) and gives every method the calibrated outputs. Auto's candidate
+    names plan too: "labeled-only" (λ = 0) and "method@λ" (that method's plan with λ)."""
+    if name == LABELED_ONLY or "@" in name:
+        base, lam = parse_candidate(name)
+        plan = MethodPlan(VanillaObjective("soft")) if base is None else plan_method(base, ctx)
+        plan.distill_weight = lam
+        plan.info = {**plan.info, "distill_weight": lam}
+        return plan
     if ctx.options.get("calibrate_teacher") and name != "calibrated-soft":
         ctx, temperature = calibrated_context(ctx, name)
         plan = get_method(name)(ctx)
@@ -167,7 +217,7 @@ def VanillaObjective(mode: str = "soft", temperature: float = 1.0):
     return Vanilla(mode, temperature)
 
 
-@register_method("vanilla-soft")
+@register_method("vanilla-soft", uses_val=False)
 def _vanilla_soft(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(VanillaObjective("soft", ctx.temperature))
 
@@ -196,7 +246,7 @@ def _calibrated_soft(ctx: MethodContext) -> MethodPlan:
                       info={"teacher_temperature": temperature})
 
 
-@register_method("vanilla-hard")
+@register_method("vanilla-hard", uses_val=False)
 def _vanilla_hard(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(VanillaObjective("hard"))
 
@@ -325,7 +375,7 @@ def _threshold(ctx: MethodContext) -> MethodPlan:
                       info={"threshold": thr, "pool_coverage": float(mask.mean()), "val": on_val})
 
 
-@register_method("cleanlab-filter", options=("cleanlab_folds",))
+@register_method("cleanlab-filter", options=("cleanlab_folds",), uses_val=False)
 def _cleanlab_filter(ctx: MethodContext) -> MethodPlan:
     """Baseline: drop pseudo-labels that confident learning (cleanlab) flags, from out-of-fold probabilities.
 
@@ -368,7 +418,7 @@ def _forward_correction(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(obj, info={"eps": obj.eps, "reliability": rel.to_dict()})
 
 
-@register_method("taid", options=("taid_epochs", "taid_t_start", "taid_t_end"))
+@register_method("taid", options=("taid_epochs", "taid_t_start", "taid_t_end"), uses_val=False)
 def _taid(ctx: MethodContext) -> MethodPlan:
     """TAID: interpolated target softmax((1 − t)·z_s + t·log teacher), t linear 0.4 → 1.0 over the epochs.
 
@@ -382,34 +432,148 @@ def _taid(ctx: MethodContext) -> MethodPlan:
 
 # ---------------------------------------------------------------------------------------------- choice on V
 
-AUTO_CANDIDATES = ["vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
+AUTO_CANDIDATES = [LABELED_ONLY, "vanilla-soft", "vanilla-soft@0.5", "vanilla-soft@0.25", "vanilla-hard",
+                   "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
+# simplest first: when candidates are within noise on V, auto keeps the earliest of them
+SIMPLICITY = [LABELED_ONLY, "vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin",
+              "weighted-margin-hard", "threshold", "forward-correction", "cleanlab-filter", "taid",
+              "weighted-disagreement", "slam", "slam-normalized", "slam-hard"]
 
 
-@register_method("auto", options=("auto_candidates", "min_val"))
+def simplicity_order(candidates: list[str]) -> list[str]:
+    """Candidates simplest first: by SIMPLICITY (methods not listed come after, in the given
+    order); a method's plain name (λ = train.distill_weight) before its method@λ variants, those
+    by decreasing λ (closer to the plain method first)."""
+    def key(c):
+        base, lam = parse_candidate(c)
+        base = base or LABELED_ONLY
+        rank = SIMPLICITY.index(base) if base in SIMPLICITY else len(SIMPLICITY)
+        return rank, lam is not None and base != LABELED_ONLY, -(lam or 0.0)
+    return sorted(candidates, key=key)
+
+
+def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, standalone=()) -> dict:
+    """The candidate to keep, from per-example scores on V (rows: candidates in `order`, simplest
+    first; columns: V examples, e.g. 1 where the candidate is right).
+
+    The reference is the ranked candidate (not in `standalone`) with the highest mean (ties: the
+    simpler). Every candidate is compared with it on the same examples: the paired difference's
+    mean and standard error (sd/√n); within noise means a mean difference ≥ −noise_se·SE. The
+    simplest ranked candidate within noise is kept, so a choice V cannot tell apart from a simpler
+    one does not cost the simpler one's safety. A `standalone` candidate then replaces it only if
+    its mean is higher: such a candidate (the labeled-only student) disagrees with the others on
+    many examples, so its paired SE is wide, and the simplicity rule would keep it even when it is
+    clearly below. Each candidate's own binomial SE and 95% Wilson interval are reported too.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape[0] != len(order) or s.shape[0] == 0 or s.shape[1] == 0:
+        raise ValueError(f"scores must have shape (len(order) = {len(order)}, n_val >= 1), got {s.shape}")
+    n = s.shape[1]
+    mean = s.mean(axis=1)
+    ranked = [i for i, c in enumerate(order) if c not in standalone] or list(range(len(order)))
+    ref = ranked[int(np.argmax(mean[ranked]))]  # argmax takes the first of equal means: the simpler
+    diff = s - s[ref]
+    diff_mean = diff.mean(axis=1)
+    diff_se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(order))
+    within = diff_mean >= -noise_se * diff_se - 1e-12
+    chosen = next(i for i in ranked if within[i])  # the simplest ranked candidate within noise
+    for i in range(len(order)):
+        if i not in ranked and mean[i] > mean[chosen]:
+            chosen = i
+    z = 1.96
+    centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(np.clip(mean * (1 - mean), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"chosen": order[chosen], "best": order[int(np.argmax(mean))], "reference": order[ref], "n_val": n,
+            "noise_se": noise_se, "standalone": [c for c in order if c in standalone],
+            "candidates": {c: {"val_accuracy": float(mean[i]), "se": float(np.sqrt(max(mean[i] * (1 - mean[i]), 0) / n)),
+                               "interval95": [float(centre[i] - half[i]), float(centre[i] + half[i])],
+                               "diff_vs_reference": float(diff_mean[i]), "diff_se": float(diff_se[i]),
+                               "within_noise": bool(within[i])} for i, c in enumerate(order)}}
+
+
+def cross_fit_folds(n_val: int, folds: int, seed: int) -> np.ndarray:
+    """Fold number (0..folds−1) of each V example: a seeded random permutation dealt round-robin."""
+    if folds < 1 or (folds > 1 and n_val < 2 * folds):
+        raise ConfigError(f"auto_folds={folds} needs at least {2 * folds} examples in V (it has {n_val}); lower "
+                          "method_options.auto_folds (1 = no cross-fitting) or enlarge split.n_val.")
+    fold = np.empty(n_val, dtype=np.int64)
+    fold[np.random.default_rng(seed).permutation(n_val)] = np.arange(n_val) % folds
+    return fold
+
+
+def _fit_part(ctx: MethodContext, keep: np.ndarray) -> MethodContext:
+    """ctx seeing only the V examples in `keep` (a two-pass method's V outputs are cut alike)."""
+    from dataclasses import replace
+    tp = ctx.train_and_predict
+    return replace(ctx, teacher_probs_val=ctx.teacher_probs_val[keep], val_labels=np.asarray(ctx.val_labels)[keep],
+                   train_and_predict=None if tp is None else (lambda plan: (lambda u, v: (u, v[keep]))(*tp(plan))))
+
+
+def _uses_val(candidate: str, ctx: MethodContext) -> bool:
+    base, _ = parse_candidate(candidate)
+    return base is not None and (bool(ctx.options.get("calibrate_teacher")) or METHOD_USES_VAL.get(base, True))
+
+
+@register_method("auto", options=("auto_candidates", "auto_folds", "auto_noise_se", "min_val"))
 def _auto(ctx: MethodContext) -> MethodPlan:
-    """Train each candidate method, keep the one with the best accuracy on V (ties: earlier candidate).
+    """Train each candidate, score it on V, keep the simplest within noise of the best.
 
-    Whether a correction helps depends on the regime (BENCHMARKS.md), and V is the only honest
-    judge a user has. Costs one training per candidate more than the chosen method. V also fits
-    the corrections' one-dimensional reliability curve, so their V accuracy is slightly
-    optimistic. Option auto_candidates (default vanilla-soft, vanilla-hard, calibrated-soft,
-    weighted-margin, slam, slam-hard; any registered methods except auto).
+    Whether distilling, and which correction, helps depends on the regime (BENCHMARKS.md), and
+    V is the only honest judge a user has. Candidates (option auto_candidates): "labeled-only"
+    (λ = 0: no distillation), any method, and method@λ (that method with train.distill_weight =
+    λ); default labeled-only, vanilla-soft at train.distill_weight, 0.5 and 0.25, vanilla-hard,
+    calibrated-soft, weighted-margin, slam, slam-hard. Simplicity order (SIMPLICITY): labeled-only
+    < vanilla-soft (< its @λ variants) < vanilla-hard < calibrated-soft < weighted-margin(-hard) <
+    threshold < forward-correction < cleanlab-filter < taid < weighted-disagreement < slam <
+    slam-normalized < slam-hard.
+
+    Cross-fitting (option auto_folds, default 2): V is split in folds (seeded); a method that fits
+    on V (reliability curve, temperature, threshold) is fitted on the other folds and scored on
+    each fold in turn, so no V example both fits α and judges the result. The choice:
+    `choose_on_validation` with option auto_noise_se (default 1 paired standard error; 0 keeps the
+    best outright) among the distillation candidates; labeled-only replaces that choice only if it
+    scores higher on V (see there why). The chosen method is then planned on the whole V. Costs
+    one training per candidate and fold (one for methods that do not fit on V) more than the
+    chosen method.
     """
     _require_val(ctx, "auto")
     if ctx.train_and_predict is None:
         raise ConfigError("method 'auto' trains every candidate and needs their outputs on V: the caller must set "
                           "MethodContext.train_and_predict.")
     candidates = list(ctx.options.get("auto_candidates", AUTO_CANDIDATES))
-    bad = [c for c in candidates if c not in METHODS or c == "auto"]
-    if bad or not candidates:
-        raise ConfigError(f"auto_candidates {bad or candidates} must be a non-empty list of registered methods other "
-                          f"than auto; available: {', '.join(sorted(m for m in METHODS if m != 'auto'))}.")
+    wrong = _candidates(candidates)
+    if wrong:
+        raise ConfigError(f"method_options.auto_candidates must be {wrong}; got {candidates!r}.")
+    order = simplicity_order(candidates)
     val_labels = np.asarray(ctx.val_labels)
-    scores = {}
-    for name in candidates:
-        _, val_probs = ctx.train_and_predict(plan_method(name, ctx))
-        scores[name] = float((np.asarray(val_probs).argmax(1) == val_labels).mean())
-    chosen = max(candidates, key=lambda c: (scores[c], -candidates.index(c)))
-    plan = plan_method(chosen, ctx)  # fresh: stateful objectives (TAID) start their schedule again
-    plan.info = {**plan.info, "auto": {"chosen": chosen, "val_accuracy": scores}}
+    folds = int(ctx.options.get("auto_folds", 2))
+    fold = cross_fit_folds(len(val_labels), folds, ctx.seed)
+    scores = np.zeros((len(order), len(val_labels)))
+    for i, name in enumerate(order):
+        parts = range(folds) if folds > 1 and _uses_val(name, ctx) else [None]
+        for f in parts:
+            sub = ctx if f is None else _fit_part(ctx, fold != f)
+            _, val_probs = ctx.train_and_predict(plan_method(name, sub))
+            right = np.asarray(val_probs).argmax(1) == val_labels
+            scores[i] = right if f is None else np.where(fold == f, right, scores[i])
+    choice = choose_on_validation(scores, order, noise_se=float(ctx.options.get("auto_noise_se", 1.0)),
+                                  standalone=(LABELED_ONLY,))
+    chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
+    pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
+    if chosen == LABELED_ONLY:
+        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]})."
+    elif chosen != ref:
+        note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
+                f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
+                "the simpler is kept.")
+    else:
+        near = [o for o in order if o not in (chosen, LABELED_ONLY) and c[o]["within_noise"]]
+        note = (f"{chosen} scored best on V ({pct[chosen]})"
+                + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
+                   "; every simpler candidate is below it by more than noise."))
+    if LABELED_ONLY in order and chosen != LABELED_ONLY:
+        note += f" Not distilling: {pct[LABELED_ONLY]}."
+    plan = plan_method(chosen, ctx)  # fresh, on all of V: stateful objectives (TAID) start their schedule again
+    plan.info = {**plan.info, "auto": {**choice, "folds": folds, "order": order, "note": note,
+                                       "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}}
     return plan

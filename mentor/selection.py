@@ -128,7 +128,7 @@ def student_margin(probs) -> np.ndarray:
     """Top-1 minus top-2 probability per row (vectorised, O(n·C))."""
     p = _check_probs(probs)
     top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-    return np.abs(top2[:, 1] - top2[:, 0])
+    return top2[:, 1] - top2[:, 0]  # partition puts the largest last: no abs needed
 
 
 def rad_gains(probs) -> np.ndarray:
@@ -137,9 +137,9 @@ def rad_gains(probs) -> np.ndarray:
 
 
 def entropy(probs) -> np.ndarray:
+    """−Σ p log p per row (0 log 0 = 0), one log pass and one fused multiply-sum."""
     p = _check_probs(probs)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logs = np.log(np.where(p > 0, p, 1))
+    logs = np.log(p, out=np.zeros_like(p), where=p > 0)
     return -np.einsum("ij,ij->i", p, logs)
 
 
@@ -167,30 +167,48 @@ def select_random(candidates, b: int, rng) -> np.ndarray:
     return cand[_rng(rng).choice(len(cand), size=b, replace=False)]
 
 
-def _uncertainty(probs, candidates, b, rng, name: str, score: Callable) -> np.ndarray:
-    p = _check_probs(probs)
-    cand = _check_request(candidates, b, ("probs", p))
-    if _no_information(student_margin(p), name):
+def _uncertainty(p, cand, b, rng, name: str, score: np.ndarray, maybe_certain: bool,
+                 margin: np.ndarray | None = None) -> np.ndarray:
+    """The b candidates with the smallest `score`, or random ones when the student is certain of
+    all of them (every margin ≥ 1 − 1e-6). The margin is computed for that test only when the
+    selector's own pass could not rule certainty out (`maybe_certain`), so each selector reads
+    the probabilities once."""
+    if maybe_certain and _no_information(student_margin(p) if margin is None else margin, name):
         return select_random(cand, b, rng)
-    return cand[_smallest(score(p), b)]
+    return cand[_smallest(score, b)]
+
+
+# Certainty means every top-1 ≥ 1 − 1e-6, and then (Fano) every entropy ≤ h(1e-6) + 1e-6·log(C − 1) < 3e-5
+# for any C < 10^6: a larger entropy anywhere rules it out (with a margin for rounding).
+_CERTAIN_ENTROPY = 1e-4
 
 
 @register_selector("margin", needs=("probs",))
 def select_margin(probs, candidates, b: int, rng) -> np.ndarray:
     """Smallest student margin (top-1 − top-2 probability) first."""
-    return _uncertainty(probs, candidates, b, rng, "margin", student_margin)
+    p = _check_probs(probs)
+    cand = _check_request(candidates, b, ("probs", p))
+    m = student_margin(p)
+    return _uncertainty(p, cand, b, rng, "margin", m, True, margin=m)
 
 
 @register_selector("entropy", needs=("probs",))
 def select_entropy(probs, candidates, b: int, rng) -> np.ndarray:
     """Largest entropy of the student's distribution first."""
-    return _uncertainty(probs, candidates, b, rng, "entropy", lambda p: -entropy(p))
+    p = _check_probs(probs)
+    cand = _check_request(candidates, b, ("probs", p))
+    h = entropy(p)
+    maybe_certain = not (h.size and float(h.max()) > _CERTAIN_ENTROPY)
+    return _uncertainty(p, cand, b, rng, "entropy", np.negative(h, out=h), maybe_certain)
 
 
 @register_selector("least-confidence", needs=("probs",))
 def select_least_confidence(probs, candidates, b: int, rng) -> np.ndarray:
     """Smallest top-1 student probability first."""
-    return _uncertainty(probs, candidates, b, rng, "least-confidence", lambda p: p.max(axis=1))
+    p = _check_probs(probs)
+    cand = _check_request(candidates, b, ("probs", p))
+    top1 = p.max(axis=1)  # margin ≤ top-1, so a top-1 below 1 − 1e-6 anywhere rules certainty out
+    return _uncertainty(p, cand, b, rng, "least-confidence", top1, bool(top1.size) and float(top1.min()) >= 1.0 - 1e-6)
 
 
 def k_center(points, centres, b: int, rng, *, chunk_bytes: int = 1 << 27) -> np.ndarray:

@@ -400,7 +400,7 @@ def test_slam_precomputed_pool_coefficients_match_per_step_loss(normalized):
 
 def test_auto_keeps_the_candidate_with_best_validation_accuracy(digits_ctx):
     ctx, (xl, yl, xu, tu), cfg = digits_ctx
-    cands = ["vanilla-soft", "slam-hard", "threshold"]
+    cands = ["vanilla-soft", "threshold", "slam-hard"]  # simplest first (auto orders them so)
     seen = []
     real = ctx.train_and_predict
 
@@ -409,12 +409,18 @@ def test_auto_keeps_the_candidate_with_best_validation_accuracy(digits_ctx):
         seen.append(float((out[1].argmax(1) == ctx.val_labels).mean()))
         return out
 
-    auto_ctx = MethodContext(**{**ctx.__dict__, "train_and_predict": spy, "options": {"auto_candidates": cands}})
+    # no cross-fitting, no noise rule: the plain best on V
+    plain = {"auto_candidates": cands[::-1], "auto_folds": 1, "auto_noise_se": 0}
+    auto_ctx = MethodContext(**{**ctx.__dict__, "train_and_predict": spy, "options": plain})
     plan = plan_method("auto", auto_ctx)
     info = plan.info["auto"]
     assert list(info["val_accuracy"]) == cands and list(info["val_accuracy"].values()) == seen
     assert info["val_accuracy"][info["chosen"]] == max(seen)
     assert type(plan.objective) is type(plan_method(info["chosen"], ctx).objective)
+    # cross-fitted (default 2 folds): methods that fit on V train once per fold, vanilla once
+    seen.clear()
+    plan_method("auto", MethodContext(**{**auto_ctx.__dict__, "options": {"auto_candidates": cands}}))
+    assert len(seen) == 1 + 2 + 2
     for bad in (["auto"], ["nope"], []):
         with pytest.raises(ConfigError, match="auto_candidates"):
             plan_method("auto", MethodContext(**{**ctx.__dict__, "options": {"auto_candidates": bad}}))

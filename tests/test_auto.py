@@ -1,0 +1,169 @@
+"""`auto`: the choice on V against hand-computed cases, candidate names (labeled-only, method@λ),
+cross-fitting folds, λ = 0 as the labeled-only student, and end to end through mentor.pipeline on
+digits — including a teacher worse than the labeled-only student, where auto must not distil."""
+
+import numpy as np
+import pytest
+import torch
+
+from mentor.config import parse_config
+from mentor.errors import ConfigError
+from mentor.methods import (AUTO_CANDIDATES, MethodPlan, VanillaObjective, check_method_options,
+                            choose_on_validation, cross_fit_folds, parse_candidate, simplicity_order, train_with_plan)
+from mentor.models import MLP
+from mentor.pipeline import get_teacher, label, prepare, train
+from mentor.presets import demo_config
+from mentor.train import TrainConfig, train_student
+
+# ---------------------------------------------------------------------------------------------- the choice
+
+
+def test_choice_by_hand_clear_winner():
+    s = [[1, 1, 0, 0, 1, 0, 1, 0, 1, 1],   # a: 0.6
+         [1, 1, 1, 0, 1, 0, 1, 1, 1, 1],   # b: 0.8
+         [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]   # c: 1.0
+    out = choose_on_validation(s, ["a", "b", "c"])
+    assert out["best"] == out["chosen"] == "c"
+    b = out["candidates"]["b"]
+    # b − c per example: two −1, eight 0: mean −0.2, sd = sqrt((2·0.64 + 8·0.04)/9) = 0.4216, SE = 0.1333
+    assert b["diff_vs_reference"] == pytest.approx(-0.2) and b["diff_se"] == pytest.approx(0.133333, abs=1e-6)
+    assert not b["within_noise"]
+    assert b["se"] == pytest.approx(np.sqrt(0.8 * 0.2 / 10))
+    lo, hi = b["interval95"]
+    assert lo < 0.8 < hi and hi < 1  # Wilson: inside [0, 1] even at the edge
+    assert out["candidates"]["c"]["interval95"][1] == pytest.approx(1.0)
+
+
+def test_choice_within_noise_keeps_the_simpler():
+    a = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0])  # simpler: 0.7
+    b = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # better: 0.8
+    # a − b: +1 once, −1 twice: mean −0.1, sd² = (3 − 10·0.01)/9 = 0.3222, SE = 0.1795
+    out = choose_on_validation([a, b], ["simple", "complex"])
+    assert out["best"] == "complex" and out["chosen"] == "simple"
+    assert out["candidates"]["simple"]["diff_se"] == pytest.approx(np.sqrt(0.32222 / 10), abs=1e-4)
+    assert choose_on_validation([a, b], ["simple", "complex"], noise_se=0)["chosen"] == "complex"
+    # equal means: the simpler is the best
+    assert choose_on_validation([b, b[::-1]], ["x", "y"], noise_se=0)["best"] == "x"
+
+
+def test_labeled_only_stands_alone_it_must_score_higher_not_just_within_noise():
+    b = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 0])    # the best distilled: 0.9
+    a = np.array([1, 1, 1, 1, 1, 1, 1, 0, 0, 1])    # simpler distilled: 0.8, a − b within one SE (−0.1 ± 0.18)
+    lab = np.array([1, 1, 1, 1, 1, 0, 0, 1, 1, 1])  # not distilling: 0.8, also within one SE of b
+    order = ["labeled-only", "a", "b"]
+    plain = choose_on_validation([lab, a, b], order)
+    assert plain["chosen"] == "labeled-only"  # the plain simplicity rule would not distil here
+    out = choose_on_validation([lab, a, b], order, standalone=("labeled-only",))
+    assert out["chosen"] == "a" and out["reference"] == "b" and out["best"] == "b"
+    assert out["candidates"]["labeled-only"]["within_noise"]
+    lab_better = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1])  # 1.0 > 0.8: not distilling wins
+    out = choose_on_validation([lab_better, a, b], order, standalone=("labeled-only",))
+    assert out["chosen"] == out["best"] == "labeled-only" and out["reference"] == "b"
+    assert out["candidates"]["labeled-only"]["diff_vs_reference"] == pytest.approx(0.1)
+
+
+def test_choice_bad_shape():
+    with pytest.raises(ValueError, match="shape"):
+        choose_on_validation(np.ones((2, 5)), ["only-one"])
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+
+
+def test_candidate_names_and_simplicity_order():
+    assert parse_candidate("labeled-only") == (None, 0.0)
+    assert parse_candidate("vanilla-soft@0.5") == ("vanilla-soft", 0.5)
+    assert parse_candidate("slam") == ("slam", None)
+    for bad in ("vanilla-soft@0", "vanilla-soft@-1", "vanilla-soft@x", "auto", "auto@0.5", "nope", "nope@1"):
+        with pytest.raises(ConfigError):
+            parse_candidate(bad)
+    assert simplicity_order(["slam-hard", "vanilla-soft@0.25", "slam", "labeled-only", "vanilla-soft",
+                             "vanilla-soft@0.5", "calibrated-soft"]) == [
+        "labeled-only", "vanilla-soft", "vanilla-soft@0.5", "vanilla-soft@0.25", "calibrated-soft", "slam", "slam-hard"]
+    assert simplicity_order(AUTO_CANDIDATES) == AUTO_CANDIDATES  # the default list is stated simplest first
+
+
+def test_method_options_accept_candidate_names_and_refuse_bad_ones():
+    check_method_options("auto", {"auto_candidates": ["labeled-only", "vanilla-soft@0.5", "slam"],
+                                  "auto_folds": 3, "auto_noise_se": 0, "slam_k_level": 0.8})
+    for bad, why in (({"auto_candidates": ["vanilla-soft@0"]}, "labeled-only"),
+                     ({"auto_candidates": ["slam", "slam"]}, "distinct"),
+                     ({"auto_candidates": ["auto"]}, "method@λ"),
+                     ({"auto_folds": 0}, "auto_folds"), ({"auto_noise_se": -1}, "auto_noise_se"),
+                     ({"auto_candidates": ["vanilla-soft"], "slam_k_level": 0.8}, "not read")):
+        with pytest.raises(ConfigError, match=why):
+            check_method_options("auto", bad)
+    cfg = parse_config({"method": "auto", "method_options": {"auto_candidates": ["labeled-only", "vanilla-soft@0.25"]}})
+    assert cfg.method_options["auto_candidates"] == ["labeled-only", "vanilla-soft@0.25"]
+
+
+def test_cross_fit_folds_are_seeded_and_balanced():
+    f = cross_fit_folds(101, 2, seed=3)
+    assert np.array_equal(f, cross_fit_folds(101, 2, seed=3)) and not np.array_equal(f, cross_fit_folds(101, 2, 4))
+    assert sorted(np.bincount(f)) == [50, 51]
+    assert (cross_fit_folds(10, 1, 0) == 0).all()
+    with pytest.raises(ConfigError, match="auto_folds"):
+        cross_fit_folds(5, 3, 0)
+
+
+def test_lambda_zero_trains_exactly_the_labeled_only_student():
+    rng = np.random.default_rng(0)
+    xl, yl = rng.normal(size=(40, 5)).astype(np.float32), rng.integers(0, 3, 40)
+    xu = rng.normal(size=(200, 5)).astype(np.float32)
+    tu = np.full((200, 3), 1 / 3, np.float32)
+    cfg = TrainConfig(epochs=3, min_steps=0, batch_size=16, device="cpu")
+    torch.manual_seed(0)
+    a = MLP(5, 3, (8,))
+    torch.manual_seed(0)
+    b = MLP(5, 3, (8,))
+    train_with_plan(a, xl, yl, xu, tu, MethodPlan(VanillaObjective("soft"), distill_weight=0.0), cfg)
+    train_student(b, xl, yl, config=cfg)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def _auto_run(tmp_path, *, teacher_epochs=None, candidates=None):
+    cfg = demo_config(output_dir=str(tmp_path), seed=0)
+    cfg.method = "auto"
+    cfg.train.epochs, cfg.train.min_steps = 10, 300  # the labeled-only student needs the steps too
+    if candidates:
+        cfg.method_options = {"auto_candidates": candidates}
+    if teacher_epochs is not None:  # a teacher that has barely trained: worse than the labeled-only student
+        cfg.teacher.epochs, cfg.teacher.min_steps = teacher_epochs, 0
+    ctx = prepare(cfg, force=True)
+    store = label(ctx, get_teacher(ctx))
+    return ctx, store
+
+
+def test_auto_end_to_end_reports_every_candidate_with_its_uncertainty(tmp_path):
+    ctx, store = _auto_run(tmp_path, candidates=["labeled-only", "vanilla-soft", "vanilla-soft@0.5", "slam"])
+    info = train(ctx, store)
+    auto = info["auto"]
+    assert auto["order"] == ["labeled-only", "vanilla-soft", "vanilla-soft@0.5", "slam"] and auto["folds"] == 2
+    assert set(auto["candidates"]) == set(auto["order"]) and auto["n_val"] == 300
+    for c in auto["candidates"].values():
+        lo, hi = c["interval95"]
+        assert 0 <= lo <= c["val_accuracy"] <= hi <= 1 and c["diff_se"] >= 0
+    assert auto["chosen"] in auto["order"] and auto["candidates"][auto["chosen"]]["within_noise"]
+    assert auto["note"]
+    cands, chosen = auto["candidates"], auto["chosen"]
+    if chosen != "labeled-only":  # the simplest distilled candidate within noise, and not below not distilling
+        simpler = [c for c in auto["order"][:auto["order"].index(chosen)] if c != "labeled-only"]
+        assert not any(cands[c]["within_noise"] for c in simpler)
+        assert cands["labeled-only"]["val_accuracy"] <= cands[chosen]["val_accuracy"]
+    assert auto["val_accuracy"] == {c: auto["candidates"][c]["val_accuracy"] for c in auto["order"]}
+
+
+def test_auto_does_not_distil_a_teacher_worse_than_the_labeled_only_student(tmp_path):
+    ctx, store = _auto_run(tmp_path, teacher_epochs=1, candidates=["labeled-only", "vanilla-soft", "vanilla-soft@0.5"])
+    info = train(ctx, store, name="auto")
+    lab = train(ctx, labeled_only=True)
+    auto = info["auto"]
+    assert auto["candidates"]["labeled-only"]["val_accuracy"] > auto["candidates"]["vanilla-soft"]["val_accuracy"]
+    assert auto["chosen"] == "labeled-only" and info["distill_weight"] == 0.0
+    from mentor.pipeline import student_probs
+    same = student_probs(ctx, "auto", ctx.splits.test) == student_probs(ctx, "labeled-only", ctx.splits.test)
+    assert same.all() and lab["method"] == "labeled-only"  # auto's student *is* the labeled-only student
