@@ -367,6 +367,9 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              pool_features=x_pool)
         plan = plan_method(method, mctx)
         info.update(plan.info)
+        chosen = plan.info.get("auto", {}).get("chosen")
+        if chosen:  # auto's final student resumes only a checkpoint of the same chosen candidate
+            ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(chosen)}.pt")
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)

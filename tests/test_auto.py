@@ -167,3 +167,20 @@ def test_auto_does_not_distil_a_teacher_worse_than_the_labeled_only_student(tmp_
     from mentor.pipeline import student_probs
     same = student_probs(ctx, "auto", ctx.splits.test) == student_probs(ctx, "labeled-only", ctx.splits.test)
     assert same.all() and lab["method"] == "labeled-only"  # auto's student *is* the labeled-only student
+
+
+def test_a_changed_choice_never_resumes_the_other_candidates_checkpoint(tmp_path, monkeypatch):
+    """The final student's checkpoint is keyed by the chosen candidate: when the rule (or V) picks
+    another one, training starts afresh instead of resuming the finished other student."""
+    import mentor.methods as methods
+    from mentor.pipeline import student_probs
+    ctx, store = _auto_run(tmp_path, teacher_epochs=1, candidates=["labeled-only", "vanilla-soft"])
+    first = train(ctx, store, name="student")
+    assert first["auto"]["chosen"] == "labeled-only"
+    before = student_probs(ctx, "student", ctx.splits.test)
+    real = methods.choose_on_validation
+    monkeypatch.setattr(methods, "choose_on_validation",
+                        lambda *a, **k: {**real(*a, **k), "chosen": "vanilla-soft"})  # a new rule's pick
+    second = train(ctx, store, name="student")
+    assert second["auto"]["chosen"] == "vanilla-soft" and second.get("distill_weight") != 0.0
+    assert not (student_probs(ctx, "student", ctx.splits.test) == before).all()
