@@ -367,6 +367,9 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              pool_features=x_pool)
         plan = plan_method(method, mctx)
         info.update(plan.info)
+        if plan.distill_weight == 0:  # e.g. auto chose labeled-only: only A is trained on
+            info.pop("epochs_note", None)
+            info.update(epochs_info(len(sp.labeled), _train_config(ctx, None)))
         chosen = plan.info.get("auto", {}).get("chosen")
         if chosen:  # auto's final student resumes only a checkpoint of the same chosen candidate
             ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(chosen)}.pt")

@@ -164,6 +164,7 @@ def test_auto_does_not_distil_a_teacher_worse_than_the_labeled_only_student(tmp_
     auto = info["auto"]
     assert auto["candidates"]["labeled-only"]["val_accuracy"] > auto["candidates"]["vanilla-soft"]["val_accuracy"]
     assert auto["chosen"] == "labeled-only" and info["distill_weight"] == 0.0
+    assert info["epochs"] == lab["epochs"]  # counted on A alone, like the labeled-only student's
     from mentor.pipeline import student_probs
     same = student_probs(ctx, "auto", ctx.splits.test) == student_probs(ctx, "labeled-only", ctx.splits.test)
     assert same.all() and lab["method"] == "labeled-only"  # auto's student *is* the labeled-only student
