@@ -331,3 +331,31 @@ def test_damaged_merged_shard_is_caught_even_with_the_manifest_gone(tmp_path):
     assert len(again) == len(IDS) - merged["rows"] and again.spent == pytest.approx(0.5 * len(IDS))
     with pytest.raises(StoreError, match="before sending anything"):
         again.label(teacher, chunks(IDS))
+
+
+def test_waiting_for_another_processs_call_says_so_then_finishes(tmp_path):
+    """Ids leased by another live process are not sent; label() says it is waiting (instead of
+    looking hung) and, once that process is gone, labels them itself."""
+    import numpy as np
+
+    from mentor.store import StoreWarning, TeacherStore
+    from mentor.store.ledger import HOST, LEDGER_NAME, _proc_start
+
+    class Teacher:
+        fingerprint, n_classes, cost_per_example = "t", 2, 1.0
+
+        def predict_proba(self, inputs, ids=None):
+            return np.tile([[0.3, 0.7]], (len(inputs), 1))
+
+    TeacherStore(tmp_path / "s", fingerprint="t", n_classes=2)
+    # another process (a child here, so it lingers as a zombie until reaped: that counts as ended)
+    other = subprocess.Popen(["sleep", "3"])
+    pid = other.pid
+    with open(tmp_path / "s" / LEDGER_NAME, "a") as f:  # what that process's `send` line looks like
+        f.write(json.dumps({"e": "send", "call": "other-call", "pid": pid, "host": HOST, "start": _proc_start(pid),
+                            "at": "now", "t": 0, "n": 2, "cost": 2.0, "ids": ["a", "b"]}) + "\n")
+    ids = np.array(["a", "b", "c"])
+    with pytest.warns(StoreWarning, match="2 ids are being labeled by another process"):
+        TeacherStore.open(tmp_path / "s").label(Teacher(), [(ids, np.zeros((3, 1)))])
+    assert other.poll() is not None  # it waited for the other process to end
+    assert len(TeacherStore.open(tmp_path / "s")) == 3

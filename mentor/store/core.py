@@ -466,10 +466,18 @@ class TeacherStore:
 
         try:
             one_pass(batches, True)
+            told = False
             while deferred and not errors:  # ids another process had in flight: store them once it is done
                 if in_flight:
                     collect(concurrent.futures.ALL_COMPLETED)
                     continue
+                if not told:  # a wait with no word looks like a hang
+                    told = True
+                    warnings.warn(
+                        f"{sum(len(d[0]) for d in deferred)} ids are being labeled by another process on {self.path}; "
+                        "waiting for its calls to finish so they are not paid twice (`mentor store status` shows who "
+                        "holds them; a dead process's calls are released, a live one's when it ends).",
+                        StoreWarning, stacklevel=2)
                 time.sleep(poll_s)
                 again, deferred[:] = list(deferred), []
                 one_pass(again, False)

@@ -59,6 +59,15 @@ def _proc_start(pid: int) -> str | None:
         return None
 
 
+def _proc_state(pid: int) -> str | None:
+    """The state letter of `pid` in /proc (Linux): Z for a zombie, which exits no call."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
@@ -66,6 +75,8 @@ def _pid_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         pass
+    if _proc_state(pid) in ("Z", "X"):  # exited, not yet reaped by its parent: its call is over
+        return False
     return start is None or _proc_start(pid) in (None, start)
 
 
