@@ -50,22 +50,19 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of /proc/PID/stat after the command name (Linux), or [] where there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
 def _proc_start(pid: int) -> str | None:
-    """Start time of `pid` (Linux /proc), to tell a live process from a later one reusing its pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _proc_state(pid: int) -> str | None:
-    """The state letter of `pid` in /proc (Linux): Z for a zombie, which exits no call."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
+    """Start time of `pid`, to tell a live process from a later one reusing its pid."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if len(fields) > 19 else None
 
 
 def _pid_alive(pid: int, start: str | None) -> bool:
@@ -75,7 +72,7 @@ def _pid_alive(pid: int, start: str | None) -> bool:
         return False
     except PermissionError:  # someone else's process: it exists
         pass
-    if _proc_state(pid) in ("Z", "X"):  # exited, not yet reaped by its parent: its call is over
+    if _proc_stat(pid)[:1] in ([b"Z"], [b"X"]):  # exited, not yet reaped by its parent: its call is over
         return False
     return start is None or _proc_start(pid) in (None, start)
 
