@@ -229,7 +229,11 @@ _Loader.add_implicit_resolver(
 
 def load_yaml(text: str):
     """Parse YAML text with mentor's number rules (see `_Loader`)."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    loader = _Loader(text)  # a SafeLoader: builds only plain data, never objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml_mapping(path: Path, overrides: dict | None = None) -> dict:
