@@ -353,7 +353,7 @@ def pool_speed(*, n: int = 4000, workers: int = 2, batch_size: int = 256, n_labe
     import shutil
     import torch
     from .data import load_dataset
-    from .distributed import RayTeacherPool
+    from .teachers.pools import RayTeacherPool
     from .store import TeacherStore
     from .teachers import train_model_teacher
     data = load_dataset("fortunes")

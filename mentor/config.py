@@ -91,7 +91,7 @@ class StoreConfig(_Strict):
 
 
 class DistributeConfig(_Strict):
-    """How teacher calls run (mentor.distributed): one at a time, on threads, or on Ray workers."""
+    """How teacher calls run (mentor.teachers.pools): one at a time, on threads, or on Ray workers."""
     engine: Literal["none", "threads", "ray"] = "none"  # threads: HTTP/API teachers; ray: copies of the teacher on a cluster
     workers: int = Field(2, ge=1)        # threads, or Ray actors each holding the teacher
     in_flight_per_worker: int = Field(2, ge=1)  # calls queued per worker (keeps workers busy)

@@ -23,7 +23,7 @@ import torch
 
 from .config import RunConfig, config_record, dump_config
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
-from .distributed import make_pool
+from .teachers.pools import make_pool
 from .checks import suspected_permutation
 from .errors import ConfigError, DataError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict

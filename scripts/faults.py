@@ -81,7 +81,7 @@ def serve(teacher):
 def worker(store: str, url: str, n: int, threads: int, chunk: int, go: str | None = None) -> int:
     """One labeling process: ids id0..id{n-1} through the store, as `mentor label` would. With
     `go`, it first writes `go.ready.PID` and waits for the file `go` (to start processes together)."""
-    from mentor.distributed import ThreadTeacherPool
+    from mentor.teachers.pools import ThreadTeacherPool
     from mentor.errors import MentorError
     from mentor.store import TeacherStore
     from mentor.teachers import RemoteTeacher

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mentor.config import parse_config
-from mentor.distributed import RayTeacherPool, TeacherWorkerError, ThreadTeacherPool, make_pool
+from mentor.teachers.pools import RayTeacherPool, TeacherWorkerError, ThreadTeacherPool, make_pool
 from mentor.errors import ConfigError, DataError, StoreError
 from mentor.pipeline import label, prepare
 from mentor.store import TeacherStore

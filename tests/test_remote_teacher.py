@@ -405,7 +405,7 @@ def test_redirect_within_the_origin_resends_the_same_post(monkeypatch, digits, m
 
 
 def test_which_redirects_keep_credentials():
-    from mentor.teachers import _same_site_redirect as ok
+    from mentor.teachers.http import _same_site_redirect as ok
     assert ok("http://h:8000/p", "http://h:8000/q") and ok("https://H/p", "https://h:443/q")
     assert ok("http://h/p", "https://h/p")  # the upgrade to TLS on the same host
     for dst in ("http://h:8001/p", "http://other/p", "https://h:8443/p", "http://evil.h/p"):

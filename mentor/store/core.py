@@ -356,7 +356,7 @@ class TeacherStore:
         The bill first: each call's ids and cost go to the ledger (fsynced) before it is sent; that
         entry is also a lease, so another process labeling the same store skips those ids while
         the call runs, and comes back for them (every `poll_s` s) if the call is lost. `pool`
-        (`mentor.distributed`: threads, or Ray workers) keeps several calls running at once. Each
+        (`mentor.teachers.pools`: threads, or Ray workers) keeps several calls running at once. Each
         call is stored as soon as it returns, and when a call fails the others in flight are
         still stored before the error is raised.
         """

@@ -22,7 +22,7 @@ import re
 import threading
 from typing import Any
 
-from .errors import ConfigError, TeacherOutputError
+from ..errors import ConfigError, TeacherOutputError
 
 
 class TeacherWorkerError(TeacherOutputError):
