@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch import nn
@@ -33,8 +34,23 @@ def _fingerprint_object(obj) -> str:
     return _sha(pickle.dumps(obj, protocol=4))
 
 
+@dataclass
+class TeacherAnswer:
+    """One teacher call's full answer: the probabilities, plus what a paid teacher tells beside them.
+
+    `extras` holds per-row columns kept next to the probabilities in the store (an LLM's raw
+    answer, its per-label scores, token counts, an abstention flag): one list per column, one
+    entry per row, values str/int/float/bool or None. `cost` is what the call actually cost when
+    the teacher knows it (token usage times price); None means `cost_per_example` per row."""
+
+    probs: np.ndarray
+    extras: dict[str, list] = field(default_factory=dict)
+    cost: float | None = None
+
+
 class Teacher:
-    """Base class. Subclasses set `n_classes`, `fingerprint` and implement `predict_proba`."""
+    """Base class. Subclasses set `n_classes`, `fingerprint` and implement `predict_proba`
+    (and `answer` when they have more to keep than probabilities, or know each call's cost)."""
 
     n_classes: int
     fingerprint: str
@@ -43,6 +59,10 @@ class Teacher:
 
     def predict_proba(self, inputs, ids=None) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def answer(self, inputs, ids=None) -> TeacherAnswer:
+        """The call the store makes: probabilities plus extras and the call's real cost."""
+        return TeacherAnswer(self.predict_proba(inputs, ids))
 
     def describe(self) -> dict:
         """What is recorded next to results so a run can be traced to its teacher."""
@@ -66,6 +86,12 @@ class ClassOrderTeacher(Teacher):
     def predict_proba(self, inputs, ids=None) -> np.ndarray:
         probs = self.teacher.predict_proba(inputs, ids)
         return probs if self.perm is None else np.ascontiguousarray(probs[:, self.perm])
+
+    def answer(self, inputs, ids=None) -> TeacherAnswer:
+        got = self.teacher.answer(inputs, ids)
+        if self.perm is not None:
+            got.probs = np.ascontiguousarray(got.probs[:, self.perm])
+        return got
 
     def describe(self) -> dict:
         return {**self.teacher.describe(), "fingerprint": self.fingerprint, "classes": self.classes}
