@@ -196,10 +196,23 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README).")
 
 @app.command("label")
 @_guard
-def label_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
+def label_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt,
+              estimate: bool = typer.Option(False, "--estimate", help="Print the expected tokens and cost of "
+                                            "labeling what is not stored yet, and send nothing.")):
     """Only store teacher outputs (skips ids already stored)."""
-    from .pipeline import label, prepare
+    from .pipeline import estimate_labeling, label, prepare
     ctx = prepare(_config(config, set_), force=force)
+    if estimate:
+        e = estimate_labeling(ctx)
+        lines = [f"to label: {e['examples']} examples ({e.get('already_stored', 0)} already stored, not sent again)"]
+        if "input_tokens" in e:
+            lines.append(f"expected tokens: {e['input_tokens']:,} input, {e['output_tokens']:,} output "
+                         f"({e['tokens_per_example']:.0f} per example, scoring {e['scoring']})")
+            if e.get("truncated"):
+                lines.append(f"{e['truncated']} texts would be cut to fit the model's context")
+        lines.append(f"expected cost: {e['cost']:.4f} ({e['cost_per_example']:.6f} per example)")
+        out("\n".join(lines))
+        return
     store = label(ctx)
     out(f"store {store.path}: {len(store)} rows, teacher {store.fingerprint}, spent {store.spent:g}")
 

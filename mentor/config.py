@@ -46,8 +46,59 @@ class SplitConfig(_Strict):
     n_pool: int | None = Field(None, ge=1)  # U: default everything left
 
 
+class LLMEndpointConfig(_Strict):
+    url: str                             # base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8799/v1
+    model: str                           # the model name the server knows
+    api_key_env: str | None = None       # environment variable holding the API key (read at each request)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)    # on connection errors, timeouts, 429 and 5xx (Retry-After honoured)
+    tokenizer: str | None = None         # a local tokenizer (HF folder or GGUF file) to count tokens before
+                                         # paying; default: the server's own count where it has one, else ~4 chars/token
+    context_tokens: int | None = Field(None, ge=16)  # the model's context; longer prompts have their text cut
+
+
+class LLMLocalConfig(_Strict):
+    path: str | None = None              # a Hugging Face causal-LM folder or a .gguf file; default SmolLM2-135M-Instruct
+    gguf_file: str | None = None         # the GGUF file inside `path`, when path is a folder holding several
+    device: str = "auto"
+    batch_size: int = Field(8, ge=1)     # examples per forward pass
+
+
+class LLMConfig(_Strict):
+    """An LLM as teacher (teacher.kind: llm): the task, the model, how probabilities are read, prices."""
+    instructions: str | None = None      # default: "Classify the text into exactly one of these labels:"
+    template: str | None = None          # prompt with {instructions}, {examples}, {text}; default ends "Answer:"
+    verbalizers: dict[str, str] = Field(default_factory=dict)   # label -> text the LLM says for it (default: the label)
+    descriptions: dict[str, str] = Field(default_factory=dict)  # label -> one-line description shown in the prompt
+    shots: int = Field(0, ge=0)          # few-shot examples from A: per class (per-class) or per example (similar)
+    shot_selection: Literal["none", "per-class", "similar"] = "per-class"  # similar: nearest by MiniLM embedding
+    endpoint: LLMEndpointConfig | None = None  # a server speaking the OpenAI protocol ...
+    local: LLMLocalConfig | None = None  # ... or a local model (the default when neither is set)
+    scoring: Literal["label-likelihood", "top-logprobs", "sampling", "single-answer"] = "label-likelihood"
+    fallback: Literal["stop", "sampling"] = "stop"  # top-logprobs on a server that returns none
+    samples: int = Field(5, ge=1)        # sampling: answers per example
+    temperature: float = Field(0.7, ge=0)  # sampling
+    pseudo_count: float = Field(0.5, gt=0)  # sampling: added to every label's count
+    smoothing: float = Field(0.1, ge=0, lt=1)  # single-answer: probability spread over the other labels
+    max_answer_tokens: int = Field(8, ge=1)  # sampling / single-answer: tokens generated per answer
+    calibrate: bool = False              # label-likelihood: subtract a content-free prompt's label scores
+    price_input: float = Field(0.0, ge=0)   # money per million input tokens
+    price_output: float = Field(0.0, ge=0)  # money per million output tokens
+    price_cached_input: float | None = Field(None, ge=0)  # per million cached input tokens (default: price_input)
+    max_spend: float | None = Field(None, ge=0)  # stop before a call would spend past this (stored answers kept)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    batch_size: int = Field(16, ge=1)    # examples per stored teacher call (a kill loses at most one call)
+
+    @model_validator(mode="after")
+    def _one_model(self):
+        if self.endpoint is not None and self.local is not None:
+            raise ValueError("set teacher.llm.endpoint (a server) or teacher.llm.local (a model on disk), not both")
+        return self
+
+
 class TeacherConfig(_Strict):
-    kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript", "http"] = "mlp"
+    kind: Literal["mlp", "cnn", "cnn1d", "hgb", "logistic", "minilm", "file", "torchscript", "http", "llm"] = "mlp"
     path: str | None = None              # file of outputs (kind file) or TorchScript model (kind torchscript)
     trust_code: bool = False             # kind torchscript: a TorchScript file is code; load it only when true
     output: Literal["probs", "logits", "topk"] = "probs"  # what the file / module / server holds
@@ -65,9 +116,15 @@ class TeacherConfig(_Strict):
     epochs: int = Field(60, ge=1)        # built-in teachers trained on A
     min_steps: int = Field(2000, ge=0)   # ... for at least this many optimiser steps
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
+    llm: LLMConfig | None = None         # kind llm: the task, model, scoring and prices (README: LLM teachers)
 
     @model_validator(mode="after")
     def _needs_path(self):
+        if self.llm is not None and self.kind != "llm":
+            raise ValueError(f"teacher.llm configures an LLM teacher, but teacher.kind is {self.kind!r}; "
+                             "set teacher.kind: llm or remove teacher.llm")
+        if self.kind == "llm" and self.llm is None:
+            self.llm = LLMConfig()
         if self.kind in ("file", "torchscript") and not self.path:
             raise ValueError(f"teacher kind {self.kind!r} needs teacher.path")
         if self.kind == "http" and not self.url:
@@ -162,6 +219,8 @@ class RunConfig(_Strict):
             if self.data.n_classes is not None and self.data.n_classes != len(names):
                 raise ValueError(f"data.classes names {len(names)} classes but data.n_classes is "
                                  f"{self.data.n_classes}; drop n_classes (the list fixes it)")
+        if self.teacher.kind == "llm":  # one stored call per few examples: a kill loses little that was paid for
+            self.store.batch_size = min(self.store.batch_size, self.teacher.llm.batch_size)
         if self.teacher.kind == "http":
             # the store writes once per teacher call: make one call one request, so that a failure
             # or a kill never loses an answer already paid for

@@ -190,6 +190,8 @@ def _get_teacher(ctx: RunContext) -> Teacher:
         module = torch.jit.load(t.path, map_location="cpu")
         return TorchTeacher(module, data.n_classes, output="probs" if t.output == "probs" else "logits",
                             cost_per_example=t.cost_per_example)
+    if t.kind == "llm":
+        return _llm_teacher(ctx)
     if t.kind == "http":
         return RemoteTeacher(t.url, data.n_classes, output=t.output, batch_size=t.batch_size or ctx.cfg.store.batch_size,
                              timeout_s=t.timeout_s, max_retries=t.max_retries, headers_env=t.headers_env,
@@ -218,6 +220,73 @@ def _get_teacher(ctx: RunContext) -> Teacher:
     return teacher
 
 
+def _llm_teacher(ctx: RunContext) -> Teacher:
+    """An LLM labeling the data's classes in the data's order; its few-shot examples come from A."""
+    data, sp = ctx.data, ctx.splits
+    if data.kind != "text":
+        raise ConfigError(f"teacher kind 'llm' reads text, but {data.name!r} is {data.kind} data; use a text data set "
+                          "(data.text_column) or another teacher kind.")
+    labels = data.class_names or [str(c) for c in range(data.n_classes)]
+    from .teachers.llm.teacher import build_llm_teacher
+    return build_llm_teacher(ctx.cfg.teacher.llm, labels=labels, a_texts=data.features[sp.labeled],
+                             a_labels=data.labels[sp.labeled], a_ids=data.ids[sp.labeled], seed=ctx.cfg.seed)
+
+
+TEACHER_NOTE = "teacher.json"  # in the store folder: what made its outputs, to name what changed
+
+
+def _check_store_teacher(path: Path, teacher: Teacher) -> None:
+    """A store made by another teacher is refused by fingerprint; name what differs when both
+    teachers described themselves (an LLM teacher's prompt, scoring, model...)."""
+    note = path / TEACHER_NOTE
+    if not (TeacherStore.exists(path) and note.exists()):
+        return
+    try:
+        old = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return
+    if old.get("fingerprint") == teacher.fingerprint:
+        return
+    new = teacher.describe()
+    changed = [k for k in sorted(set(old) | set(new)) if k not in ("fingerprint", "cost_per_example")
+               and _flat(old.get(k)) != _flat(new.get(k))]
+    if changed:
+        raise StoreError(f"the store at {path} holds answers of another teacher: its {', '.join(changed)} changed "
+                         f"(stored: {_short(old, changed)}; now: {_short(new, changed)}). Answers to a different "
+                         "prompt or model are not mixed. Use another store.path for this teacher (the old answers "
+                         "stay where they are), or undo the change.")
+
+
+def _flat(v) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _short(d: dict, keys: list[str]) -> str:
+    text = "; ".join(f"{k}={_flat(d.get(k))}" for k in keys)
+    return text if len(text) < 400 else text[:400] + "..."
+
+
+def _note_store_teacher(path: Path, teacher: Teacher) -> None:
+    if not (path / TEACHER_NOTE).exists():
+        _atomic_write_text(path / TEACHER_NOTE, json.dumps(teacher.describe(), indent=2, default=str))
+
+
+def estimate_labeling(ctx: RunContext, teacher: Teacher | None = None) -> dict:
+    """Expected tokens and cost of labeling what is not stored yet (V, test, pool); nothing is sent."""
+    teacher = teacher or get_teacher(ctx)
+    if not hasattr(teacher, "estimate"):
+        n = len(ctx.splits.val) + len(ctx.splits.test) + len(ctx.splits.pool)
+        return {"examples": n, "cost": n * teacher.cost_per_example, "cost_per_example": teacher.cost_per_example}
+    sp, data = ctx.splits, ctx.data
+    index = np.concatenate([sp.val, sp.test, sp.pool])
+    path = store_path(ctx)
+    if TeacherStore.exists(path):
+        store = open_store(ctx, teacher)
+        index = index[np.isin(data.ids[index], store.missing(data.ids[index]))]
+    est = teacher.estimate(list(data.features[index]))
+    return {**est, "already_stored": int(len(sp.val) + len(sp.test) + len(sp.pool) - len(index))}
+
+
 def store_path(ctx: RunContext) -> Path:
     return Path(ctx.cfg.store.path) if ctx.cfg.store.path else ctx.out / "store"
 
@@ -236,8 +305,13 @@ def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     """Store teacher outputs for V, test and the pool (V for corrections, test to score the
     teacher). Ids already stored are skipped, so a rerun pays nothing twice."""
     teacher = teacher or get_teacher(ctx)
+    _check_store_teacher(store_path(ctx), teacher)
     store = open_store(ctx, teacher)
+    _note_store_teacher(store.path, teacher)
     sp, data, bs = ctx.splits, ctx.data, ctx.cfg.store.batch_size
+    if hasattr(teacher, "spent_before"):  # an LLM's spending cap counts what the store already paid
+        teacher.spent_before = store.spent
+        teacher.cost_per_example = teacher.estimate(list(data.features[sp.val[:20]]))["cost_per_example"]
     val, rest = sp.val, np.concatenate([sp.test, sp.pool])
     if isinstance(teacher, FileTeacher):  # a file may leave V / test out; only the pool is required
         val, rest = val[teacher.covers(data.ids[val])], rest[teacher.covers(data.ids[rest])]
