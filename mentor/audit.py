@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+from .evaluate import confidence_auroc, expected_calibration_error
 from .reliability import fit_reliability, fit_temperature, teacher_margin
 
 
@@ -28,10 +29,32 @@ def audit_teacher(teacher_probs_val, val_labels, teacher_probs_pool, *, n_classe
         n_pool=int(len(pool_margin)),
         pool_margin_quantiles={str(q): float(np.quantile(pool_margin, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
         calibration_temperature=fit_temperature(teacher_probs_val, val_labels),
+        ece=expected_calibration_error(teacher_probs_val, val_labels),
+        confidence_auroc=confidence_auroc(teacher_probs_val, val_labels),
         smallest_k_90=rel.smallest_k(0.9),
         class_names=list(class_names) if class_names is not None else None,
     )
     out["_reliability"] = rel
+    return out
+
+
+def answer_stats(store, val_ids, pool_ids) -> dict:
+    """What a teacher that can abstain or run out of context said beside its probabilities
+    (an LLM's store columns `abstained`, `truncated`, `cost`): rates on V and the pool."""
+    columns = set(getattr(store, "extra_columns", ()) or ())
+    wanted = [c for c in ("abstained", "truncated", "scoring") if c in columns]
+    if not wanted:
+        return {}
+    out = {}
+    for name, ids in (("val", val_ids), ("pool", pool_ids)):
+        table = store.read_extras(ids, columns=wanted)
+        for c in ("abstained", "truncated"):
+            if c in wanted:
+                v = np.asarray([bool(x) for x in table.column(c).to_pylist() if x is not None])
+                out[f"{c}_rate_{name}"] = float(v.mean()) if len(v) else None
+        if "scoring" in wanted:
+            modes = [x for x in table.column("scoring").to_pylist() if x is not None]
+            out[f"scoring_{name}"] = {m: modes.count(m) for m in sorted(set(modes))}
     return out
 
 
@@ -76,5 +99,6 @@ def audit_run(ctx, store=None) -> dict:
     plot_reliability(result, ctx.out / "reliability.png", title=f"{data.name}: teacher reliability on V")
     result.pop("_reliability")
     result["teacher_fingerprint"] = store.fingerprint
+    result.update(answer_stats(store, data.ids[sp.val], data.ids[sp.pool]))
     (ctx.out / "audit.json").write_text(json.dumps(result, indent=2))
     return result

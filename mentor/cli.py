@@ -253,7 +253,13 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = Fo
     out("P(right | margin): " + "  ".join(
         f"{m:.1f}:{v:.2f}" for m, v in zip(a["curve"]["margin"], a["curve"]["accuracy"])))
     out("top-k accuracy: " + " ".join(f"k={i + 1}:{v:.2f}" for i, v in enumerate(a["topk_accuracy"][:5])))
-    out(f"calibration temperature on V: {a['calibration_temperature']:.2f}")
+    out(f"calibration temperature on V: {a['calibration_temperature']:.2f}   ECE on V: {a['ece']:.3f}   "
+        "AUROC of its confidence: " + ("n/a (all right or all wrong)" if a["confidence_auroc"] is None
+                                       else f"{a['confidence_auroc']:.3f}"))
+    if a.get("abstained_rate_val") is not None:
+        out(f"abstained (no label in its answer): {100 * a['abstained_rate_val']:.1f}% of V, "
+            f"{100 * (a.get('abstained_rate_pool') or 0):.1f}% of the pool; answers cut to fit its context: "
+            f"{100 * (a.get('truncated_rate_val') or 0):.1f}% of V")
     if a.get("fallback"):
         out(f"note: {a['fallback']}")
     out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")

@@ -29,6 +29,17 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     return float(ece)
 
 
+def confidence_auroc(probs: np.ndarray, labels: np.ndarray) -> float | None:
+    """How well the top probability separates right from wrong answers (AUROC; 0.5 = no better
+    than chance). None when all answers are right or all wrong (nothing to separate)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    correct = probs.argmax(axis=1) == np.asarray(labels)
+    if correct.all() or not correct.any():
+        return None
+    from sklearn.metrics import roc_auc_score
+    return float(roc_auc_score(correct, probs.max(axis=1)))
+
+
 def agreement(probs_a: np.ndarray, probs_b: np.ndarray) -> float:
     """Fraction of examples on which two models predict the same top label."""
     return float((np.asarray(probs_a).argmax(axis=1) == np.asarray(probs_b).argmax(axis=1)).mean())

@@ -60,3 +60,13 @@ def test_audit_cli_on_digits(tmp_path):
     a = json.loads((tmp_path / "run" / "audit.json").read_text())
     assert 0.5 < a["accuracy"] <= 1 and a["n_val"] == 300 and (tmp_path / "run" / "reliability.png").exists()
     assert "estimated error rate on the pool" in res.stdout
+
+
+def test_confidence_auroc_reference_values():
+    from mentor.evaluate import confidence_auroc
+    labels = np.array([0, 0, 0, 0])
+    right_sure = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.45, 0.55]])  # wrong ones less sure (0.6, 0.55)
+    assert confidence_auroc(right_sure, labels) == 1.0
+    wrong_sure = np.array([[0.6, 0.4], [0.55, 0.45], [0.1, 0.9], [0.2, 0.8]])
+    assert confidence_auroc(wrong_sure, labels) == 0.0
+    assert confidence_auroc(np.array([[0.9, 0.1]]), np.array([0])) is None  # nothing to separate
