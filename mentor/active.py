@@ -506,7 +506,7 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
     teacher and the store (so `spent` is what each strategy paid that earlier ones had not)."""
-    from .bench import _append_row, materialise, select_datasets, suite_configs
+    from .bench.quality import _append_row, materialise, select_datasets, suite_configs
     from .pipeline import get_teacher, prepare
     configs = suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
