@@ -6,7 +6,8 @@ A store is a folder of Parquet shards, `_ledger.jsonl` and `_manifest.json`:
       _ledger.jsonl           the bill and the log: every call sent (ids, cost, process), its outcome,
                               every shard committed, merged or quarantined (see ledger.py)
       _manifest.json          a checkpoint: settings, the shard list (rows, bytes, sha256), ledger position
-      shard-000001.parquet    columns id, probs (or topk_index + topk_prob), teacher
+      shard-000001.parquet    columns id, probs (or topk_index + topk_prob), teacher, then the
+                              teacher's extras, if any (extras.py: raw answers, tokens, cost)
       _quarantine/            damaged shards, set aside (never read, never silently paid for again)
 
 Names starting with `_` keep `pandas.read_parquet(store)`, `pyarrow.dataset.dataset(store)` and

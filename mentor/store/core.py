@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from ..checks import dense_to_topk, topk_to_dense, validate_probabilities
 from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
+from . import extras as xcols
 from .files import LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
 from .ledger import LEDGER_NAME, Ledger, release
 
@@ -71,6 +72,20 @@ def _first_new(ids: np.ndarray, stored) -> np.ndarray:
         first[np.unique(ids, return_index=True)[1]] = True
         mask &= first
     return mask
+
+
+def _ask(teacher, inputs, ids):
+    """One teacher call: `teacher.answer` (probabilities, extras, real cost) where it has one; a
+    teacher with only `predict_proba` (users' own) answers probabilities alone."""
+    answer = getattr(teacher, "answer", None)
+    return answer(inputs, ids) if callable(answer) else teacher.predict_proba(inputs, ids)
+
+
+def _unpack(got) -> tuple:
+    """(probs, extras, cost) of what a call returned: a TeacherAnswer, or bare probabilities."""
+    if hasattr(got, "probs"):
+        return got.probs, getattr(got, "extras", None) or {}, getattr(got, "cost", None)
+    return got, {}, None
 
 
 def _take(inputs, mask: np.ndarray):
@@ -248,7 +263,47 @@ class TeacherStore:
         """Dense float32 (len(ids), n_classes) probabilities aligned to `ids` (all rows if None)."""
         if ids is None:
             return self.read_all()[1]
-        ids = _as_ids(ids)
+        needed, rows = self._locate(_as_ids(ids))
+        # the shards holding these ids, verified, in one multi-threaded read; then one decode
+        table = ds.dataset([str(self._verified_path(int(s))) for s in needed], format="parquet").to_table(
+            columns=["probs"] if self.top_k is None else ["topk_index", "topk_prob"])  # ids are not needed
+        return self._decode(table)[rows]
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """Names of the extra columns teachers returned beside the probabilities (`read_extras`)."""
+        return list(dict.fromkeys(c for e in self._manifest["shards"] for c in e.get("extras", ())))
+
+    def read_extras(self, ids=None, columns=None) -> pa.Table:
+        """The extras stored with `ids` (all rows, in stored order, if None) as an Arrow table
+        aligned to them: an `id` column, then `columns` (default: all of `extra_columns`); null
+        where a call returned no such value. `.to_pandas()` or `.column(name)` to use it."""
+        have = self.extra_columns
+        cols = have if columns is None else [columns] if isinstance(columns, str) else list(columns)
+        unknown = [c for c in cols if c not in have]
+        if unknown:
+            raise StoreError(f"no extra column {', '.join(map(repr, unknown))} in the store at {self.path}; it has "
+                             f"{', '.join(map(repr, have)) if have else 'none (its teacher returned no extras)'}. "
+                             "Ask for one of those (store.extra_columns lists them).")
+        ids = np.array(list(self._index), dtype=str) if ids is None else _as_ids(ids)  # index order = stored order
+        needed, rows = self._locate(ids)
+        id_col = pa.array(ids, pa.string())
+        if not cols:
+            return pa.table({"id": id_col})
+        parts = []
+        for s in needed:
+            entry = self._manifest["shards"][int(s)]
+            mine = [c for c in cols if c in entry.get("extras", ())]
+            parts.append(pq.read_table(self._verified_path(int(s)), columns=mine) if mine else
+                         pa.table({"_rows": pa.nulls(entry["rows"])}))
+        parts = xcols.conform(parts, cols)
+        table = pa.concat_tables(parts).take(pa.array(rows)) if parts else pa.table(
+            [pa.array([], pa.null())] * len(cols), names=cols)
+        return table.add_column(0, "id", id_col)
+
+    def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the shards holding `ids`, in stored order; each id's row in those shards concatenated).
+        StoreError if any id is not stored."""
         pos = self._positions(ids)
         if (pos < 0).any():
             gone = ids[pos < 0]
@@ -259,12 +314,9 @@ class TeacherStore:
                                                "or `mentor label`)."))
         shard_of = np.searchsorted(self._offsets, pos, side="right") - 1
         needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets)))
-        # the shards holding these ids, verified, in one multi-threaded read; then one decode
-        table = ds.dataset([str(self._verified_path(int(s))) for s in needed], format="parquet").to_table(
-            columns=["probs"] if self.top_k is None else ["topk_index", "topk_prob"])  # ids are not needed
         start = np.zeros(len(self._offsets), np.int64)
         start[needed] = np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
-        return self._decode(table)[pos - self._offsets[shard_of] + start[shard_of]]
+        return needed, pos - self._offsets[shard_of] + start[shard_of]
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, dense probabilities) in stored order."""
@@ -279,8 +331,9 @@ class TeacherStore:
             raise ConfigError(f"batch_rows must be >= 1, got {batch_rows}.")
         pending: list[pa.Table] = []
         n_pending = 0
+        keep = ["id", "probs"] if self.top_k is None else ["id", "topk_index", "topk_prob"]
         for s in range(len(self._manifest["shards"])):
-            pending.append(self._read_shard(s))
+            pending.append(self._read_shard(s).select(keep))
             n_pending += pending[-1].num_rows
             while n_pending >= batch_rows:
                 table = pa.concat_tables(pending)
@@ -404,18 +457,28 @@ class TeacherStore:
 
         def store(call, todo, answer):
             """Get one call's answer (`answer()`) and append it; the call ran unlocked, so another
-            process may have stored some of its ids meanwhile. Whatever fails, the ledger says so."""
+            process may have stored some of its ids meanwhile. Whatever fails, the ledger says so,
+            with the call's real cost where the teacher told it."""
+            cost = None
             try:
-                probs = self._check(answer(), todo, f"teacher {fp} outputs")
+                probs, extras, told = _unpack(answer())
+                cost = self._check_cost(told, f"teacher {fp}")
+                probs = self._check(probs, todo, f"teacher {fp} outputs")
+                extras = xcols.check(extras, len(todo), f"teacher {fp} extras")
                 with self._locked():
                     changed = self._sync(scan=False)  # unchanged: nobody stored anything, our lease held
                     keep = _first_new(todo, self._index) if changed else np.ones(len(todo), bool)
-                    self._append(todo[keep], probs[keep], calls=1, call=call, spent=len(todo) * price)
+                    if not keep.all():
+                        extras = {k: v.filter(pa.array(keep)) for k, v in extras.items()}
+                    self._append(todo[keep], probs[keep], extras, calls=1, call=call, cost=cost,
+                                 spent=len(todo) * price if cost is None else cost)
             except BaseException as e:
-                self._record_failure(call, e)
+                self._record_failure(call, e, cost)
                 raise
             finally:
                 release(call)
+            if cost is not None:  # the bill holds what the call really cost, not the estimate
+                tally["cost"] += cost - len(todo) * price
             tally["new"] += int(keep.sum())
             if progress:
                 print(f"\rlabel: {tally['new']} new, {tally['requested'] - tally['new']} skipped, "
@@ -447,7 +510,7 @@ class TeacherStore:
                 if call is None:
                     continue
                 if pool is None:
-                    store(call, todo, lambda: teacher.predict_proba(sub, todo))
+                    store(call, todo, lambda: _ask(teacher, sub, todo))
                     continue
                 try:
                     if bill_at_start:
@@ -555,12 +618,29 @@ class TeacherStore:
             raise self._io_error(e, "record a teacher call in the ledger",
                                  "Nothing was sent for it, so nothing was paid.") from None
 
-    def _record_failure(self, call: str, e: BaseException) -> None:
-        """The call's outcome when its answer is not stored (best effort: the disk may be full)."""
+    def _record_failure(self, call: str, e: BaseException, cost: float | None = None) -> None:
+        """The call's outcome when its answer is not stored (best effort: the disk may be full);
+        `cost`: what it really cost, where the teacher answered and said so."""
         with contextlib.suppress(OSError), self._locked():
             self._ledger.refresh()
             if call not in self._ledger.outcome:
-                self._ledger.append({"e": "failed", "call": call, "error": f"{type(e).__name__}: {e}"[:500]})
+                self._ledger.append({"e": "failed", "call": call, "error": f"{type(e).__name__}: {e}"[:500],
+                                     **({} if cost is None else {"cost": cost})})
+
+    @staticmethod
+    def _check_cost(cost, name: str) -> float | None:
+        """A call's real cost as the teacher reported it: None (unknown), or a finite number >= 0."""
+        if cost is None:
+            return None
+        try:
+            value = float(cost)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not (np.isfinite(value) and value >= 0) or isinstance(cost, bool):
+            raise TeacherOutputError(f"{name} reported a call cost of {cost!r}; a cost is a finite number >= 0 "
+                                     "(or None when unknown). Fix the teacher's price settings; the call's "
+                                     "estimated cost is on the bill.")
+        return value
 
     def _commit(self) -> None:
         """Atomically rewrite the manifest; this is the moment a shard becomes part of the store."""
@@ -827,21 +907,21 @@ class TeacherStore:
             self._ledger.append({"e": "carried", "cost": float(meta["spent"]) * keep.sum() / len(ids),
                                  "calls": int(meta.get("calls", 0)), "why": f"adopted {p.name}"})
         answered = bool(call) and call in self._ledger.cost and call not in self._ledger.outcome
+        paid = {"cost": float(meta["cost"])} if "cost" in meta else {}
         if not keep.any():
             if answered:
-                self._ledger.append({"e": "done", "call": call, "stored": 0, "note": "adopted after a crash"})
+                self._ledger.append({"e": "done", "call": call, "stored": 0, "note": "adopted after a crash", **paid})
             p.unlink()  # everything in it is stored already (e.g. a merge that was not committed)
             return
         if not keep.all():
             table = table.filter(pa.array(keep))
             data = self._encode_bytes(table, spent=float(meta.get("spent", 0)) * keep.mean(),
-                                      calls=int(meta.get("calls", 0)), call=call)
+                                      calls=int(meta.get("calls", 0)), call=call, cost=paid.get("cost"))
             _atomic_write(p, data)
-        entry = {"file": p.name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest(),
-                 "bytes": len(data)}
+        entry = _entry(p.name, table, data)
         if answered:  # the writer was killed between the shard and its commit line
             self._ledger.append({"e": "done", "call": call, "stored": table.num_rows, "entry": entry,
-                                 "note": "adopted after a crash"})
+                                 "note": "adopted after a crash", **paid})
         else:
             self._ledger.append({"e": "adopt", "entry": entry})
         self._applied = len(self._ledger.events)
@@ -867,7 +947,7 @@ class TeacherStore:
                                      "in input order; nothing was stored for this batch.")
         return probs
 
-    def _encode(self, ids: np.ndarray, probs: np.ndarray) -> pa.Table:
+    def _encode(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None) -> pa.Table:
         dtype = PRECISIONS[self.precision]
         np_dtype = np.float16 if self.precision == "float16" else np.float32
         cols = {"id": pa.array(ids, pa.string())}
@@ -881,14 +961,18 @@ class TeacherStore:
             cols["topk_prob"] = pa.ListArray.from_arrays(offsets, pa.array(val.astype(np_dtype).reshape(-1), dtype))
         cols["teacher"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)),
                                                          pa.array([self.fingerprint]))
+        cols.update(extras or {})
         return pa.table(cols)
 
-    def _encode_bytes(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None) -> bytes:
+    def _encode_bytes(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None,
+                      cost: float | None = None) -> bytes:
         meta = {"fingerprint": self.fingerprint, "n_classes": str(self.n_classes), "top_k": str(self.top_k),
                 "precision": self.precision, "temperature": repr(self.temperature),
                 "format": str(FORMAT_VERSION), "spent": repr(float(spent)), "calls": str(int(calls))}
         if call:
             meta["call"] = call
+        if cost is not None:  # the call's real cost, for the commit line if a kill comes before it
+            meta["cost"] = repr(float(cost))
         buf = pa.BufferOutputStream()
         # dictionary-encoding unique ids and float probabilities costs 4-10x the write time and
         # makes files larger; only the constant `teacher` column gains from it
@@ -904,11 +988,11 @@ class TeacherStore:
                 return name
 
     def _write_shard(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None,
-                     ids: list | None = None) -> dict:
+                     ids: list | None = None, cost: float | None = None) -> dict:
         name = self._next_shard_name()
-        data = self._encode_bytes(table, spent=spent, calls=calls, call=call)
+        data = self._encode_bytes(table, spent=spent, calls=calls, call=call, cost=cost)
         _atomic_write(self.path / name, data)
-        entry = {"file": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        entry = _entry(name, table, data)
         if ids is None:
             ids = table.column("id").to_pylist()
         self._checked[name] = (file_sig(self.path / name), entry["sha256"], ids)
@@ -916,21 +1000,25 @@ class TeacherStore:
             self._small[name] = table
         return entry
 
-    def _append(self, ids: np.ndarray, probs: np.ndarray, *, spent: float, calls: int, call: str | None = None) -> None:
-        """Store one call's new rows: shard (fsynced), the call's outcome in the ledger, then the manifest."""
+    def _append(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None, *, spent: float, calls: int,
+                call: str | None = None, cost: float | None = None) -> None:
+        """Store one call's new rows: shard (fsynced), the call's outcome in the ledger (with its
+        real `cost` where known), then the manifest."""
+        paid = {} if cost is None else {"cost": cost}
         if not len(ids):
             if call:
-                self._ledger.append({"e": "done", "call": call, "stored": 0})
+                self._ledger.append({"e": "done", "call": call, "stored": 0, **paid})
             return
         id_list = ids.tolist()
         try:
-            entry = self._write_shard(self._encode(ids, probs), spent=spent, calls=calls, call=call, ids=id_list)
+            entry = self._write_shard(self._encode(ids, probs, extras), spent=spent, calls=calls, call=call,
+                                      ids=id_list, cost=cost)
         except OSError as e:
             raise self._io_error(e, f"write a shard ({len(ids)} rows)",
                                  "The answer of this teacher call was lost (the call is in the ledger as failed, "
                                  "so its cost is accounted)." if call else "") from None
         try:  # the commit: one fsynced line; the manifest catches up at checkpoints
-            self._ledger.append({"e": "done", "call": call, "stored": len(ids), "entry": entry} if call
+            self._ledger.append({"e": "done", "call": call, "stored": len(ids), "entry": entry, **paid} if call
                                 else {"e": "import", "entry": entry})
         except OSError as e:
             raise self._io_error(e, "record a stored shard", f"The answer is kept in {entry['file']}, which the next "
@@ -956,7 +1044,7 @@ class TeacherStore:
             return
         new, old = list(shards), []
         for first, last in reversed(groups):  # reversed so earlier positions stay valid
-            table = pa.concat_tables([self._read_shard(i) for i in range(first, last)])
+            table = self._concat([self._read_shard(i) for i in range(first, last)])
             ids = [x for s in shards[first:last] for x in self._checked[s["file"]][2]]
             replaced = [s["file"] for s in shards[first:last]]
             entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
@@ -971,6 +1059,15 @@ class TeacherStore:
             (self.path / name).unlink()
             self._checked.pop(name, None)
             self._small.pop(name, None)
+
+    def _concat(self, tables: list[pa.Table]) -> pa.Table:
+        """Shard tables as one; their extra columns may differ (absent: null; types unified)."""
+        first = tables[0].schema.remove_metadata()
+        if all(t.schema.remove_metadata().equals(first) for t in tables[1:]):
+            return pa.concat_tables(tables)
+        cols = [c for c in first.names if c in xcols.RESERVED]
+        cols += list(dict.fromkeys(c for t in tables for c in xcols.names(t)))
+        return pa.concat_tables(xcols.conform(tables, cols))
 
     def _read_shard(self, s: int) -> pa.Table:
         """Shard `s` as a table (verified)."""
@@ -1013,6 +1110,15 @@ class TeacherStore:
 
     def _ids_and_probs(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(table.column("id").to_pylist(), dtype=str), self._decode(table)
+
+
+def _entry(name: str, table: pa.Table, data: bytes) -> dict:
+    """A shard's manifest entry: file, rows, sha256, bytes, and its extra columns if any."""
+    entry = {"file": name, "rows": table.num_rows, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    extra = xcols.names(table)
+    if extra:
+        entry["extras"] = extra
+    return entry
 
 
 def _replay(shards: list[dict], events: list[dict]) -> list[dict]:

@@ -7,17 +7,19 @@ line, appended under the store's folder lock:
     {"e": "store", ...settings}                      first line: what the store holds
     {"e": "lease", "call", "pid", "host", "start", "at", "n", "ids"}  ids reserved for a call queued in a pool
     {"e": "send", "call", "pid", "host", "start", "at", "n", "cost", "ids"}   fsynced BEFORE the call
-    {"e": "done", "call", "stored", "entry"}         the answer is on disk: this line commits its shard
+    {"e": "done", "call", "stored", "entry", "cost"}  the answer is on disk: this line commits its shard;
+                                                     `cost`: what the call really cost, where the teacher said
     {"e": "import", "entry"} / {"e": "adopt", "entry"}   rows written by `write()`, an orphan adopted
     {"e": "merge", "entry", "old"}                   small shards rewritten as one
-    {"e": "failed", "call", "error"}                 the call raised, or its answer could not be kept
+    {"e": "failed", "call", "error", "cost"}         the call raised, or its answer could not be kept
     {"e": "lost", "call", "why"}                     its process died (or its lease expired) mid-call
     {"e": "carried", "cost", "calls", "why"}         spend from before the ledger (older stores)
     {"e": "quarantine", "shard", "rows", "sha256", "why"}   a damaged shard set aside (paid rows unused)
     {"e": "resolved", "shards", "how"}               restored from a backup, or the user chose to repay
 
 The bill (`spent`) is the sum of every `send`, whatever happened next, so a call cut off by a
-kill is paid for and accounted. A `send` without an outcome is a lease on its ids: live while
+kill is paid for and accounted; where an outcome carries the call's real `cost` (a teacher that
+counts tokens), that replaces the estimate the `send` recorded. A `send` without an outcome is a lease on its ids: live while
 its process runs (same host: the pid and its start time; another host: until `lease_timeout_s`),
 and recorded as `lost` once that process is gone. Nothing here holds the lock itself: the store
 calls it under `folder_lock`.
@@ -173,6 +175,9 @@ class Ledger:
                 return
             self.outcome[c] = e
             self.open.pop(c, None)
+            if c in self.cost and r.get("cost") is not None:  # what the call really cost replaces the estimate
+                self.spent += float(r["cost"]) - self.cost[c]
+                self.cost[c] = float(r["cost"])
             if c in self.cost:  # a lease whose call never started cost nothing
                 self.totals[e][0] += 1
                 self.totals[e][1] += self.cost[c]

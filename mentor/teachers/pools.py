@@ -12,7 +12,9 @@ guarantees (one writer, nothing paid twice, a failure loses only the calls in fl
   mentor must be importable on every node (install it there, or pass a Ray `runtime_env`).
 
 A pool only needs `teacher`, `max_in_flight` and `submit(inputs, ids) -> Future`; anything with
-those works with the store.
+those works with the store. The future's result is the teacher's full answer (`Teacher.answer`:
+probabilities, extras, real cost), or bare probabilities for a teacher that only has
+`predict_proba` (users' own classes).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ import threading
 from typing import Any
 
 from ..errors import ConfigError, TeacherOutputError
+
+
+def ask(teacher, inputs, ids):
+    """One call: `teacher.answer(inputs, ids)` where the teacher has it, else `predict_proba`."""
+    answer = getattr(teacher, "answer", None)
+    return answer(inputs, ids) if callable(answer) else teacher.predict_proba(inputs, ids)
 
 
 class TeacherWorkerError(TeacherOutputError):
@@ -58,11 +66,11 @@ class ThreadTeacherPool(_Pool):
         """Queue one call; `before()` runs in the worker thread right before it (the store uses it
         to put the call on its bill only when it is really sent, not while it waits in the queue)."""
         if before is None:
-            return self._executor.submit(self.teacher.predict_proba, inputs, ids)
+            return self._executor.submit(ask, self.teacher, inputs, ids)
 
         def call():
             before()
-            return self.teacher.predict_proba(inputs, ids)
+            return ask(self.teacher, inputs, ids)
         return self._executor.submit(call)
 
     def describe(self) -> dict:
@@ -125,7 +133,7 @@ class RayTeacherPool(_Pool):
             k = min(range(self.workers), key=self._queued.__getitem__)
             self._queued[k] += 1
         out: concurrent.futures.Future = concurrent.futures.Future()
-        ref = self._actors[k].predict_proba.remote(inputs, ids)
+        ref = self._actors[k].answer.remote(inputs, ids)
 
         def done(f, k=k):
             with self._lock:
@@ -158,8 +166,8 @@ class _TeacherActor:
     def __init__(self, teacher):
         self.teacher = teacher
 
-    def predict_proba(self, inputs, ids):
-        return self.teacher.predict_proba(inputs, ids)
+    def answer(self, inputs, ids):
+        return ask(self.teacher, inputs, ids)
 
     def where(self) -> dict[str, Any]:
         import os
