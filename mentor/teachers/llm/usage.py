@@ -1,4 +1,4 @@
-"""Token usage of one LLM call (what prices apply to)."""
+"""Token usage of one LLM call, as servers report it (cached input tokens are part of input tokens)."""
 
 from __future__ import annotations
 
