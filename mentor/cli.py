@@ -298,6 +298,24 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
     out(report(rows))
 
 
+@bench_app.command("llm")
+@_guard
+def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 CPU cores) or standard (hours)."),
+                  seeds: int = typer.Option(1, help="Number of seeds."),
+                  datasets: Optional[str] = typer.Option(None, help="Comma-separated: fine-foods, fortunes4."),
+                  json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
+                  server_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible server serving SmolLM2 "
+                                                          "(default: start llama.cpp's on 127.0.0.1 for the run)."),
+                  students: bool = typer.Option(True, help="Also distil students from the LLM."),
+                  work_dir: Path = typer.Option(Path("bench-out/llm"), help="Run folders and stores.")):
+    """SmolLM2 as teacher on real text: every scoring mode, zero- and few-shot, through a server and
+    locally; then students distilled from it (argmax labels vs full distribution + corrections)."""
+    from .bench.llm import bench_llm, summarize_llm
+    rows = bench_llm(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, server_url=server_url,
+                     datasets=datasets.split(",") if datasets else None, students=students, log=out)
+    out(summarize_llm(rows))
+
+
 @bench_app.command("report")
 @_guard
 def bench_report(rows_files: list[Path] = typer.Argument(..., help="JSON rows written by `mentor bench "

@@ -75,6 +75,9 @@ class LLMConfig(_Strict):
     endpoint: LLMEndpointConfig | None = None  # a server speaking the OpenAI protocol ...
     local: LLMLocalConfig | None = None  # ... or a local model (the default when neither is set)
     scoring: Literal["label-likelihood", "top-logprobs", "sampling", "single-answer"] = "label-likelihood"
+    prompt_format: Literal["chat", "plain"] = "chat"  # label-likelihood: the prompt in the model's chat template
+                                         # (its tokenizer: local, or endpoint.tokenizer) with the label as the
+                                         # assistant's answer; plain: the prompt as is, " label" its continuation
     fallback: Literal["stop", "sampling"] = "stop"  # top-logprobs on a server that returns none
     samples: int = Field(5, ge=1)        # sampling: answers per example
     temperature: float = Field(0.7, ge=0)  # sampling

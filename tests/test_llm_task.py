@@ -18,7 +18,7 @@ def test_default_prompt_lists_labels_and_ends_with_answer_slot():
     task = LLMTask.build(LABELS, descriptions={"food": "cooking and eating"})
     p = render_prompt(task, "My  CPU\nis hot", [("pizza tonight", 1)])
     assert p.endswith("Text: My CPU is hot\nAnswer:")
-    assert "- food: cooking and eating" in p and "- computers" in p
+    assert "labels: computers, food, sports.\nfood: cooking and eating\nReply with the label only." in p
     assert "Text: pizza tonight\nAnswer: food\n\n" in p  # the shot, with its label's verbalizer
 
 
@@ -135,3 +135,28 @@ def test_llm_config_defaults_and_errors():
     with pytest.raises(ConfigError, match="teacher.kind"):
         parse_config({"data": {"name": "fortunes"}, "teacher": {"kind": "mlp", "llm": {}}})
     json.dumps(cfg.model_dump())  # recordable
+
+
+def test_a_call_refused_before_sending_is_not_on_the_bill(tmp_path):
+    """A spending cap refuses a call before anything goes out: the store must not charge its estimate."""
+    from mentor.store import TeacherStore
+    from mentor.store.core import CallNotSent
+    from mentor.teachers.base import Teacher, TeacherAnswer
+
+    class Capped(Teacher):
+        n_classes, fingerprint, cost_per_example = 2, "capped", 1.0
+
+        def __init__(self):
+            self.calls = 0
+
+        def answer(self, inputs, ids=None):
+            self.calls += 1
+            if self.calls > 1:
+                raise CallNotSent("cap reached")
+            return TeacherAnswer(np.full((len(ids), 2), 0.5, np.float32), cost=0.25)
+
+    store = TeacherStore(tmp_path / "s", fingerprint="capped", n_classes=2)
+    with pytest.raises(CallNotSent):
+        store.label(Capped(), [(["a", "b"], [0, 0]), (["c", "d"], [0, 0])])
+    assert len(store) == 2 and store.spent == pytest.approx(0.25)  # the refused call's estimate (2.0) is not billed
+    assert TeacherStore.open(tmp_path / "s").spent == pytest.approx(0.25)

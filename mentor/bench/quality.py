@@ -156,6 +156,9 @@ def read_rows(path: Path) -> list[dict]:
 
 def report_rows(rows: list[dict], baseline: str | None = None) -> str:
     """The report that fits the rows: quality (`method`), active (`strategy`) or guide (`arm`)."""
+    if rows and all(r.get("row") in ("teacher", "student") and "scoring" in r for r in rows):
+        from .llm import summarize_llm
+        return summarize_llm(rows)
     kinds = {"arm" if "arm" in r else "strategy" if "strategy" in r else "method" if "method" in r else "?"
              for r in rows}
     if len(kinds) != 1 or "?" in kinds:

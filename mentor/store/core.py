@@ -128,6 +128,11 @@ class IdLookup:
 
 # ---------------------------------------------------------------------------------------- the store
 
+class CallNotSent(Exception):
+    """Raised by a teacher that refuses a call before sending anything (e.g. a spending cap), so
+    the store takes the call off the bill instead of charging its estimate as a lost call."""
+
+
 class StoreWarning(UserWarning):
     """The store repaired itself (rebuilt its manifest) or set a damaged shard aside."""
 
@@ -473,6 +478,9 @@ class TeacherStore:
                     self._append(todo[keep], probs[keep], extras, calls=1, call=call, cost=cost,
                                  spent=len(todo) * price if cost is None else cost)
             except BaseException as e:
+                if isinstance(e, CallNotSent):  # refused before anything went out (a spending cap): no bill
+                    cost = 0.0
+                    tally["cost"] -= len(todo) * price
                 self._record_failure(call, e, cost)
                 raise
             finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...credentials import redact_url
-from ...errors import TeacherOutputError
+from ...errors import ConfigError, TeacherOutputError
 from .usage import Usage
 
 CHARS_PER_TOKEN = 4  # rough count for a server whose tokenizer is not at hand (estimates only)
@@ -40,6 +40,9 @@ class LocalBackend:
     def count_tokens(self, text: str) -> int:
         return int(self.lm.count_tokens([text])[0])
 
+    def chat_wrap(self, prompt: str) -> str:
+        return self.lm.chat_prompt(prompt)
+
     def max_prompt_tokens(self, max_answer_tokens: int) -> int:
         return int(self.lm.max_tokens) - max(int(max_answer_tokens), 16)
 
@@ -56,16 +59,25 @@ class LocalBackend:
         return scores, [Usage(self.count_tokens(p) + verb, 0) for p in prompts]
 
     def top_logprobs(self, prompt, k=20):
+        """The k most likely first answer tokens in the chat template (what a chat server returns)."""
+        import torch
         chat = self.lm.chat_prompt(prompt)
-        top = self.lm.next_token_logprobs(chat, k=k)
-        best = max(top, key=top.get) if top else ""
-        return top, best, Usage(self.count_tokens(chat), 1)
+        ids = self.lm.tokenize([chat])[0]
+        with self.lm._lock, torch.inference_mode():
+            logits = self.lm.model(torch.tensor([ids], device=self.lm.device)).logits[0, -1].float()
+        lp = torch.log_softmax(logits, -1)
+        val, idx = lp.topk(k)
+        top: dict[str, float] = {}
+        for v, i in zip(val.tolist(), idx.tolist()):
+            tok = self.lm.detokenize([i])
+            top[tok] = float(np.logaddexp(top[tok], v)) if tok in top else v  # tokens that decode alike
+        return top, self.lm.detokenize([int(idx[0])]), Usage(len(ids), 1)
 
     def sample(self, prompt, *, n, temperature, max_tokens, seed):
         chat = self.lm.chat_prompt(prompt)
-        answers = self.lm.generate([chat], max_new_tokens=max_tokens, n=n, temperature=temperature, seed=seed)[0]
-        out = sum(self.count_tokens(a) for a in answers)
-        return list(answers), Usage(self.count_tokens(chat), out)
+        answers, usages = self.lm.generate([chat], max_new_tokens=max_tokens, n=n, temperature=temperature,
+                                           seed=seed, return_usage=True)
+        return list(answers[0]), usages[0]
 
 
 class EndpointBackend:
@@ -81,6 +93,15 @@ class EndpointBackend:
 
     def identity(self) -> dict:
         return {"backend": "server", "url": redact_url(self.ep.base_url), "model": self.ep.model}
+
+    def chat_wrap(self, prompt: str) -> str:
+        """The prompt as the user's turn of the model's chat template, ending where the answer starts."""
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError("prompt_format: chat scores labels as the assistant's answer in the model's chat "
+                              "template, which needs the model's tokenizer: set teacher.llm.endpoint.tokenizer (a "
+                              "tokenizer folder or the model's .gguf file), or set teacher.llm.prompt_format: plain.")
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
 
     def count_tokens(self, text: str) -> int:
         if self.tokenizer is not None:

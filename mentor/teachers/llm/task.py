@@ -73,10 +73,11 @@ class LLMTask:
         return cls(labels, verb, desc, DEFAULT_INSTRUCTIONS if instructions is None else instructions, template)
 
     def instructions_block(self) -> str:
-        """The instructions followed by one line per label (with its description when given)."""
-        lines = [self.instructions.rstrip()]
-        for v, d in zip(self.verbalizers, self.descriptions or [""] * len(self.labels)):
-            lines.append(f"- {v}: {d}" if d else f"- {v}")
+        """The instructions, the labels inline (a bulleted list makes chat models answer "- label"),
+        one line per label that has a description, and a request for the label alone."""
+        lines = [f"{self.instructions.rstrip()} {', '.join(self.verbalizers)}."]
+        lines += [f"{v}: {d}" for v, d in zip(self.verbalizers, self.descriptions or [""] * len(self.labels)) if d]
+        lines.append("Reply with the label only.")
         return "\n".join(lines)
 
     def describe(self) -> dict:

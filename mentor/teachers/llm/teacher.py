@@ -17,14 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import ConfigError, MentorError
+from ...store.core import CallNotSent
 from ..base import Teacher, TeacherAnswer
 from . import scoring as sc
 from .task import LLMTask, check_texts, parse_answer, render_prompt, similar_shots, truncate_to_fit
 from .usage import Usage
 
 
-class SpendingCapReached(MentorError):
-    """The next call would take the teacher's spend past `max_spend`; what was paid is kept."""
+class SpendingCapReached(MentorError, CallNotSent):
+    """The next call would take the teacher's spend past `max_spend`; what was paid is kept, and
+    the refused call (never sent) is not on the bill."""
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,17 @@ class LLMTeacher(Teacher):
     def __init__(self, task: LLMTask, backend, *, scoring: str = "label-likelihood", fallback: str = "stop",
                  samples: int = 5, temperature: float = 0.7, pseudo_count: float = 0.5, smoothing: float = 0.1,
                  max_answer_tokens: int = 8, calibrate: bool = False, prices: Prices = Prices(),
-                 max_spend: float | None = None, shots: Shots | None = None, seed: int = 0):
+                 max_spend: float | None = None, shots: Shots | None = None, seed: int = 0,
+                 prompt_format: str = "chat"):
         if scoring not in sc.SCORING_MODES:
             raise ConfigError(f"unknown scoring mode {scoring!r}; choose one of {', '.join(sc.SCORING_MODES)}.")
         if calibrate and scoring != "label-likelihood":
             raise ConfigError("teacher.llm.calibrate subtracts content-free label scores, which only the "
                               "label-likelihood scoring has; remove calibrate or use scoring: label-likelihood.")
+        if prompt_format not in ("chat", "plain"):
+            raise ConfigError(f"prompt_format must be 'chat' or 'plain', got {prompt_format!r}.")
         self.task, self.backend, self.scoring, self.fallback = task, backend, scoring, fallback
+        self.prompt_format = prompt_format
         self.samples, self.temperature, self.pseudo_count = int(samples), float(temperature), float(pseudo_count)
         self.smoothing, self.max_answer_tokens, self.calibrate = float(smoothing), int(max_answer_tokens), calibrate
         self.prices, self.max_spend, self.shots, self.seed = prices, max_spend, shots or Shots(), int(seed)
@@ -119,6 +125,7 @@ class LLMTeacher(Teacher):
                      self.max_answer_tokens)}
         if self.scoring == "label-likelihood":
             ident["calibrate"] = self.calibrate
+            ident["prompt_format"] = self.prompt_format
         if self.scoring == "sampling" or self.fallback == "sampling":
             ident.update(samples=self.samples, temperature=self.temperature, pseudo_count=self.pseudo_count,
                          seed=self.seed, max_answer_tokens=self.max_answer_tokens)
@@ -141,15 +148,29 @@ class LLMTeacher(Teacher):
 
     # -------------------------------------------------------------------------------- prompts
 
+    @property
+    def _chat_scored(self) -> bool:
+        """Label likelihood scored as the assistant's answer in the chat template."""
+        return self._mode == "label-likelihood" and self.prompt_format == "chat"
+
+    def _wrap(self, prompt: str) -> str:
+        return self.backend.chat_wrap(prompt) if self._chat_scored else prompt
+
     def prompts(self, texts: list[str]) -> tuple[list[str], list[bool]]:
-        """Each example's prompt, its text shortened where the prompt would not fit the context."""
+        """Each example's prompt, its text shortened where the prompt (in the chat template, when
+        scored so) would not fit the context."""
         limit = self.backend.max_prompt_tokens(self.max_answer_tokens)
+        count = (lambda p: self.backend.count_tokens(self._wrap(p))) if self._chat_scored else self.backend.count_tokens
         out, cut = [], []
         for text, shots in zip(texts, self.shots.for_batch(texts)):
-            t, was_cut = truncate_to_fit(self.task, text, shots, self.backend.count_tokens, limit)
-            out.append(render_prompt(self.task, t, shots))
+            t, was_cut = truncate_to_fit(self.task, text, shots, count, limit)
+            out.append(self._wrap(render_prompt(self.task, t, shots)))
             cut.append(was_cut)
         return out, cut
+
+    def _verbalizers(self) -> list[str]:
+        """What follows the prompt for each label: the answer itself in a chat turn, ' label' after 'Answer:'."""
+        return list(self.task.verbalizers) if self._chat_scored else [" " + v for v in self.task.verbalizers]
 
     def estimate(self, texts: list[str]) -> dict:
         """Expected tokens and cost of labeling `texts`, from token counts alone (nothing is sent)."""
@@ -222,7 +243,7 @@ class LLMTeacher(Teacher):
                     "far is stored. Raise max_spend to label more, or label a smaller pool (split.n_pool).")
 
     def _label_likelihood(self, prompts):
-        verb = [" " + v for v in self.task.verbalizers]
+        verb = self._verbalizers()
         scores, usages = self.backend.label_logprobs(prompts, verb)
         cf = None
         if self.calibrate:
@@ -236,7 +257,7 @@ class LLMTeacher(Teacher):
 
     def prompts_content_free(self) -> list[str]:
         """Content-free prompts (Zhao et al., 2021): the same prompt around texts that say nothing."""
-        return [render_prompt(self.task, t, s) for t in ("N/A", "[MASK]", "")
+        return [self._wrap(render_prompt(self.task, t, s)) for t in ("N/A", "[MASK]", "")
                 for s in self.shots.for_batch(["N/A"])[:1]]
 
     def _top_logprobs(self, prompts):
@@ -306,7 +327,7 @@ def build_llm_teacher(cfg, *, labels, a_texts, a_labels, a_ids, seed: int = 0) -
     return LLMTeacher(task, backend, scoring=cfg.scoring, fallback=cfg.fallback, samples=cfg.samples,
                       temperature=cfg.temperature, pseudo_count=cfg.pseudo_count, smoothing=cfg.smoothing,
                       max_answer_tokens=cfg.max_answer_tokens, calibrate=cfg.calibrate, prices=prices,
-                      max_spend=cfg.max_spend, shots=shots, seed=seed)
+                      max_spend=cfg.max_spend, shots=shots, seed=seed, prompt_format=cfg.prompt_format)
 
 
 def _tokenizer(path: str):

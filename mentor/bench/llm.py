@@ -1,0 +1,159 @@
+"""`mentor bench llm`: an LLM as teacher on real text, through a real OpenAI-compatible server
+(llama.cpp) and the same weights locally.
+
+Two kinds of rows (JSON lines):
+- `row: "teacher"` — one per (dataset, seed, backend, scoring mode, shots): the LLM's accuracy,
+  calibration error, AUROC of its confidence and abstention rate on test examples, with tokens
+  and seconds per example;
+- `row: "student"` — one per (dataset, seed, method), as `bench quality` writes them, with the
+  LLM (label likelihood through the server) labeling V, test and the pool.
+
+The question the rows answer: is a student trained on the LLM's full label distribution (with
+mentor's corrections) better than one trained on its argmax labels — what labeling tools give?
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ConfigError
+from .quality import _append_row
+
+TEACHER_METHODS = ["labeled-only", "vanilla-hard", "vanilla-soft", "calibrated-soft", "slam", "slam-hard",
+                   "weighted-margin", "auto"]
+FORTUNES_TOPICS = ["computers", "food", "sports", "medicine"]  # clearly distinct topics of the 17
+
+
+def llm_suite(suite: str) -> dict:
+    """Data, sizes and the teacher grid of each suite. smoke: minutes on 2 CPU cores."""
+    data = {"fine-foods": {"name": "fine-foods"},
+            "fortunes4": {"name": "fortunes", "options": {"topics": FORTUNES_TOPICS}}}
+    suites = {
+        "smoke": {"split": {"n_labeled": 40, "n_val": 60, "n_test": 60, "n_pool": 120}, "n_teacher": 30,
+                  "grid": [("server", "label-likelihood", 0), ("local", "label-likelihood", 0),
+                           ("server", "label-likelihood", 1), ("server", "top-logprobs", 0),
+                           ("server", "sampling", 0), ("server", "single-answer", 0)],
+                  "student_teacher": {"scoring": "label-likelihood", "shots": 1}},
+        "standard": {"split": {"n_labeled": 100, "n_val": 300, "n_test": 500, "n_pool": 1500}, "n_teacher": 200,
+                     "grid": [(b, m, k) for b in ("server", "local") for m in ("label-likelihood",) for k in (0, 1)]
+                     + [("server", m, k) for m in ("top-logprobs", "sampling", "single-answer") for k in (0, 1)]
+                     + [("local", "label-likelihood-calibrated", k) for k in (0, 1)],
+                     "student_teacher": {"scoring": "label-likelihood", "shots": 1}},
+    }
+    if suite not in suites:
+        raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
+    return {"data": data, **suites[suite]}
+
+
+def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, model_path: str | None) -> dict:
+    calibrate = mode.endswith("-calibrated")
+    llm = {"scoring": mode.removesuffix("-calibrated"), "shots": shots, "calibrate": calibrate,
+           "shot_selection": "per-class"}
+    if backend == "server":
+        llm["endpoint"] = {"url": server_url, "model": "smollm2", "context_tokens": 2048}
+    else:
+        llm["local"] = {"path": model_path} if model_path else {}
+    return llm
+
+
+def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
+    """Label `index` (positions in the data) with `teacher` directly and score it on the labels."""
+    from ..evaluate import accuracy, confidence_auroc, expected_calibration_error
+    data = ctx.data
+    probs, tokens, abstained = [], 0, 0
+    t0 = time.perf_counter()
+    for s in range(0, len(index), batch_size):
+        part = index[s:s + batch_size]
+        ans = teacher.answer(data.features[part], data.ids[part])
+        probs.append(ans.probs)
+        tokens += sum(ans.extras["input_tokens"]) + sum(ans.extras["output_tokens"])
+        abstained += sum(bool(a) for a in ans.extras["abstained"])
+    seconds = time.perf_counter() - t0
+    p, y = np.concatenate(probs), data.labels[index]
+    return {"teacher_accuracy": accuracy(p, y), "ece": expected_calibration_error(p, y),
+            "auroc": confidence_auroc(p, y), "abstain_rate": abstained / len(index),
+            "tokens_per_example": tokens / len(index), "seconds_per_example": seconds / len(index),
+            "n_examples": int(len(index)), "teacher_fingerprint": teacher.fingerprint}
+
+
+def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = None,
+              work_dir: Path = Path("bench-out/llm"), datasets: list[str] | None = None,
+              server_url: str | None = None, model_path: str | None = None, students: bool = True,
+              log: Callable = print) -> list[dict]:
+    """Teacher rows for every grid entry, then student rows; starts a llama.cpp server on
+    127.0.0.1 for the run unless `server_url` points at one."""
+    from ..config import parse_config
+    from ..pipeline import prepare
+    from ..teachers.llm.teacher import build_llm_teacher
+    from ..config import LLMConfig
+    from .quality import quality
+    spec = llm_suite(suite)
+    names = datasets or list(spec["data"])
+    unknown = [n for n in names if n not in spec["data"]]
+    if unknown:
+        raise ConfigError(f"data sets {unknown} are not in the llm suite ({', '.join(spec['data'])}).")
+    if json_out is not None and Path(json_out).exists():
+        Path(json_out).unlink()
+    rows: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        if server_url is None and any(b == "server" for b, _, _ in spec["grid"]):
+            from ..teachers.llm.llamacpp import llama_server
+            server_url = stack.enter_context(llama_server(model_path=model_path))
+        for name in names:
+            template = {"data": spec["data"][name], "split": spec["split"], "student": {"kind": "tfidf"},
+                        "train": {"epochs": 20}}
+            for seed in range(seeds):
+                out = Path(work_dir) / suite / name / f"seed-{seed}"
+                ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
+                                            "teacher": {"kind": "llm"}}), force=True)
+                index = ctx.splits.test[:spec["n_teacher"]]
+                a = ctx.splits.labeled
+                for backend, mode, shots in spec["grid"]:
+                    cfg = LLMConfig.model_validate(_llm_section(backend, mode, shots, server_url, model_path))
+                    teacher = build_llm_teacher(cfg, labels=ctx.data.class_names, a_texts=ctx.data.features[a],
+                                                a_labels=ctx.data.labels[a], a_ids=ctx.data.ids[a], seed=seed)
+                    row = {"dataset": name, "row": "teacher", "scoring": mode, "shots": shots, "backend": backend,
+                           "seed": seed, "suite": suite, **teacher_row(ctx, teacher, index)}
+                    rows.append(row)
+                    _append_row(json_out, row)
+                    log(f"{name} seed={seed} teacher {backend:6s} {mode:28s} shots={shots} "
+                        f"acc={100 * row['teacher_accuracy']:.1f} ece={row['ece']:.3f} "
+                        f"abstain={row['abstain_rate']:.2f} {row['seconds_per_example']:.2f} s/ex")
+            if students:
+                st = spec["student_teacher"]
+                llm = _llm_section("server", st["scoring"], st["shots"], server_url, model_path)
+                cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}}}
+                for r in quality(suite, seeds=seeds, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
+                                 work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
+                    r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": "server"}
+                    rows.append(r)
+                    _append_row(json_out, r)
+    return rows
+
+
+def summarize_llm(rows: list[dict]) -> str:
+    """Markdown: the teacher grid (mean ± std over seeds), then students, then the answer to
+    'full distribution + corrections vs argmax labels' as paired gains over vanilla-hard."""
+    from .quality import _mean_std, report
+    teacher = [r for r in rows if r.get("row") == "teacher"]
+    out = []
+    if teacher:
+        out += ["| dataset | backend | scoring | shots | accuracy (%) | ECE | AUROC | abstain | tokens/ex | s/ex | seeds |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
+        keys = list(dict.fromkeys((r["dataset"], r["backend"], r["scoring"], r["shots"]) for r in teacher))
+        for k in keys:
+            rs = [r for r in teacher if (r["dataset"], r["backend"], r["scoring"], r["shots"]) == k]
+            col = lambda f: [r[f] for r in rs if r[f] is not None]  # noqa: E731
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {_mean_std([100 * x for x in col('teacher_accuracy')])} "
+                       f"| {np.mean(col('ece')):.3f} | {np.mean(col('auroc')) if col('auroc') else float('nan'):.3f} "
+                       f"| {np.mean(col('abstain_rate')):.2f} | {np.mean(col('tokens_per_example')):.0f} "
+                       f"| {np.mean(col('seconds_per_example')):.2f} | {len(rs)} |")
+    student = [r for r in rows if r.get("row") == "student"]
+    if student:
+        out += ["", "Students distilled from the LLM (argmax labels = vanilla-hard):", "", report(student, "vanilla-hard")]
+    return "\n".join(out)
