@@ -26,7 +26,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class DataConfig(_Strict):
-    name: str | None = "digits"          # built-in data set: digits, fashion-mnist, letter, fortunes, mnist1d
+    name: str | None = "digits"          # built-in: digits, fashion-mnist, letter, fortunes, mnist1d, fine-foods
     path: str | None = None              # or your own file (.parquet, .csv, .npz); overrides `name`
     id_column: str = "id"
     label_column: str = "label"          # empty for unlabeled rows

@@ -32,6 +32,8 @@ FORTUNE_TOPICS = ("computers", "politics", "science", "men-women", "linux", "sta
                   "songs-poems")
 
 MLBENCH_DATA = Path("usr/lib/R/site-library/mlbench/data")
+MODELDATA_DATA = Path("usr/lib/R/site-library/modeldata/data")
+FINE_FOODS_CLASSES = ["great", "other"]
 INSTALL_HINT = "run `bash scripts/install-data.sh`"
 
 
@@ -304,18 +306,23 @@ def data_dir() -> Path:
     return Path(os.environ.get("MENTOR_DATA_DIR") or Path.home() / ".cache" / "mentor")
 
 
-def letter_recognition_candidates(path=None) -> list[Path]:
-    """Where LetterRecognition.rda is looked for, in order (an explicit path is the only candidate)."""
+def _r_package_candidates(path, package: str, data: Path, file: str) -> list[Path]:
+    """Where an unpacked R package's data file is looked for, in order: an explicit path (a file, or
+    a folder holding it directly, as an unpacked .deb or as <package>/ of one), else the data dirs
+    and then a system-wide install."""
     if path is not None:
         path = Path(path)
         if path.is_dir():
-            return [path / "LetterRecognition.rda", path / MLBENCH_DATA / "LetterRecognition.rda",
-                    path / "mlbench" / MLBENCH_DATA / "LetterRecognition.rda"]
+            return [path / file, path / data / file, path / package / data / file]
         return [path]
     roots = [Path(os.environ["MENTOR_DATA_DIR"])] if os.environ.get("MENTOR_DATA_DIR") else []
     roots.append(Path.home() / ".cache" / "mentor")
-    return ([r / "mlbench" / MLBENCH_DATA / "LetterRecognition.rda" for r in roots]
-            + [Path("/") / MLBENCH_DATA / "LetterRecognition.rda"])
+    return [r / package / data / file for r in roots] + [Path("/") / data / file]
+
+
+def letter_recognition_candidates(path=None) -> list[Path]:
+    """Where LetterRecognition.rda is looked for, in order (an explicit path is the only candidate)."""
+    return _r_package_candidates(path, "mlbench", MLBENCH_DATA, "LetterRecognition.rda")
 
 
 def load_letter_recognition(path=None) -> Dataset:
@@ -340,6 +347,135 @@ def load_letter_recognition(path=None) -> Dataset:
     return Dataset("letter", _ids("letter", len(df)), features,
                    target.cat.codes.to_numpy().astype(np.int64), len(target.cat.categories),
                    "tabular", class_names=[str(c) for c in target.cat.categories]).validate()
+
+
+def fine_foods_candidates(path=None) -> list[Path]:
+    """Where modeldata's Rdata.rdx is looked for, in order (its Rdata.rdb must lie beside it)."""
+    return _r_package_candidates(path, "modeldata", MODELDATA_DATA, "Rdata.rdx")
+
+
+def _r_unserialize(raw: bytes):
+    import rdata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assumed RDS", "tbl_df read as data.frame": harmless here
+        return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True))
+
+
+def _r_lazyload_chunk(chunk: bytes, compressed: int) -> bytes:
+    """One object's bytes in an R lazy-load .rdb: 4-byte big-endian length, [type byte], payload."""
+    import bz2
+    import lzma
+    import zlib
+
+    size = int.from_bytes(chunk[:4], "big")
+    kind, body = (chunk[4:5], chunk[5:]) if compressed in (2, 3) else (b"1", chunk[4:])
+    if kind == b"Z":  # R writes raw LZMA2 with preset 9 + extreme, no container
+        filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+        raw = lzma.decompress(body, format=lzma.FORMAT_RAW, filters=filters)
+    elif kind == b"2":
+        raw = bz2.decompress(body)
+    elif kind == b"1":
+        raw = zlib.decompress(body)
+    elif kind == b"0":
+        raw = body
+    else:
+        raise DataError(f"unknown compression type {kind!r} in an R lazy-load database; "
+                        "reinstall the package it came from.")
+    if len(raw) != size:
+        raise DataError(f"an R lazy-load object unpacked to {len(raw)} bytes, its header says {size}; "
+                        "the .rdb is damaged: reinstall the package it came from.")
+    return raw
+
+
+def read_r_lazyload(rdx: Path, names) -> dict:
+    """Objects `names` from an R package's lazy-load database (data/Rdata.rdx + Rdata.rdb).
+
+    `rdata.read_rda` reads .rda files but not this format: the .rdx is a gzipped serialised list
+    whose `variables` give each object's (offset, length) in the .rdb.
+    """
+    index = _r_unserialize(gzip.decompress(rdx.read_bytes()))
+    compressed = int(np.ravel(index.get("compressed", [1]))[0])
+    missing = [n for n in names if n not in index["variables"]]
+    if missing:
+        raise DataError(f"{rdx} holds no objects {missing}; reinstall the package it came from.")
+    out = {}
+    with open(rdx.with_suffix(".rdb"), "rb") as f:
+        for name in names:
+            offset, length = (int(v) for v in np.ravel(index["variables"][name]))
+            f.seek(offset)
+            out[name] = _r_unserialize(_r_lazyload_chunk(f.read(length), compressed))
+    return out
+
+
+def _fine_foods_table(rdx: Path):
+    """The two splits as one Arrow table (split, product, review, score), cached as Parquet.
+
+    Parsing the R database takes seconds; the cache is keyed by the .rdx's hash (which holds every
+    object's offset and length) so a reinstalled package is read again, and written atomically.
+    """
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    key = hashlib.sha256(rdx.read_bytes()).hexdigest().encode()
+    cache = data_dir() / "modeldata" / "fine-foods.parquet"
+    try:
+        table = pq.read_table(cache)
+        if (table.schema.metadata or {}).get(b"mentor.source") == key:
+            return table
+    except (OSError, pa.ArrowException):
+        pass  # no cache yet, or an unreadable one: parse again and rewrite it
+    try:
+        import rdata  # noqa: F401
+    except ImportError as e:
+        raise DataError("reading the fine-food reviews needs the `rdata` package: "
+                        "`pip install rdata` (or `pip install mentor[data]`).") from e
+    frames = read_r_lazyload(rdx, ["training_data", "testing_data"])
+    columns = {"split": [], "product": [], "review": [], "score": []}
+    for split, name in (("train", "training_data"), ("test", "testing_data")):
+        df = frames[name]
+        columns["split"] += [split] * len(df)
+        for c in ("product", "review", "score"):
+            columns[c] += df[c].astype(str).tolist()
+    table = pa.table(columns).replace_schema_metadata({b"mentor.source": key})
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, cache)
+    except OSError as e:
+        warnings.warn(f"could not cache the fine-food reviews at {cache} ({e}); they will be parsed "
+                      "again next time. Set MENTOR_DATA_DIR to a writable folder.", stacklevel=3)
+    return table
+
+
+def load_fine_foods(path=None) -> Dataset:
+    """Amazon fine-food reviews from r-cran-modeldata: 4,000 train + 1,000 test (is_test) texts.
+
+    Binary sentiment: class 0 "great" (about 65%), class 1 "other". Ids are "train/i" and "test/i",
+    the row's position in modeldata's `training_data` / `testing_data`.
+    """
+    candidates = fine_foods_candidates(path)
+    found = next((p for p in candidates if p.is_file() and p.with_suffix(".rdb").is_file()), None)
+    if found is None:
+        raise DataError(
+            f"modeldata's Rdata.rdx/.rdb not found (looked for {[str(p) for p in candidates]}). "
+            f"{INSTALL_HINT}, or by hand: `apt-get download r-cran-modeldata && dpkg -x "
+            f"r-cran-modeldata_*.deb {data_dir() / 'modeldata'}` (do not apt-get install it: it pulls in R).")
+    table = _fine_foods_table(found).to_pydict()
+    scores = table["score"]
+    unknown = sorted(set(scores) - set(FINE_FOODS_CLASSES))
+    if unknown:
+        raise DataError(f"fine-food scores {unknown} are not {FINE_FOODS_CLASSES}; "
+                        "reinstall r-cran-modeldata.")
+    split = np.array(table["split"], dtype=object)
+    n_train = int((split == "train").sum())
+    ids = np.concatenate([_ids("train", n_train), _ids("test", len(split) - n_train)])
+    labels = np.array([FINE_FOODS_CLASSES.index(s) for s in scores], dtype=np.int64)
+    return Dataset("fine-foods", ids, np.array(table["review"], dtype=object), labels, 2, "text",
+                   class_names=list(FINE_FOODS_CLASSES), is_test=split == "test").validate()
 
 
 def _fortune_records(path: Path) -> list[str]:
@@ -431,8 +567,10 @@ LOADERS = {
     "letter": load_letter_recognition,
     "fortunes": load_fortunes,
     "mnist1d": load_mnist1d,
+    "fine-foods": load_fine_foods,
 }
-ALIASES = {"letter-recognition": "letter", "fashion": "fashion-mnist", "mnist-1d": "mnist1d"}
+ALIASES = {"letter-recognition": "letter", "fashion": "fashion-mnist", "mnist-1d": "mnist1d",
+           "fine-food-reviews": "fine-foods"}
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:

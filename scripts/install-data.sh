@@ -2,13 +2,14 @@
 # Install the real data sets that mentor's loaders read offline (they never download).
 # Safe to run again: each step is skipped when its files are already there.
 #   - Debian packages dataset-fashion-mnist and fortunes (apt-get install)
-#   - r-cran-mlbench, only unpacked (apt-get download + dpkg -x) into
-#     ${MENTOR_DATA_DIR:-$HOME/.cache/mentor}/mlbench: installing it would pull in R.
-# Set MLBENCH_DEB=/path/to/r-cran-mlbench_*.deb to unpack a .deb you already have.
+#   - r-cran-mlbench (LetterRecognition) and r-cran-modeldata (Amazon fine-food reviews), only
+#     unpacked (apt-get download + dpkg -x) into ${MENTOR_DATA_DIR:-$HOME/.cache/mentor}/mlbench
+#     and .../modeldata: installing them would pull in R.
+# Set MLBENCH_DEB / MODELDATA_DEB=/path/to/the.deb to unpack a .deb you already have.
 set -euo pipefail
 
-DEST="${MENTOR_DATA_DIR:-$HOME/.cache/mentor}/mlbench"
-RDA="$DEST/usr/lib/R/site-library/mlbench/data/LetterRecognition.rda"
+ROOT="${MENTOR_DATA_DIR:-$HOME/.cache/mentor}"
+R_LIB="usr/lib/R/site-library"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
@@ -34,23 +35,30 @@ if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-if [ -f "$RDA" ]; then
-  echo "ok: LetterRecognition already at $RDA"
-else
-  tmp="$(mktemp -d)"
-  trap 'rm -rf "$tmp"' EXIT
-  chmod 777 "$tmp"  # apt-get download runs as the _apt user, which must be able to write here
-  deb="${MLBENCH_DEB:-}"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+chmod 777 "$tmp"  # apt-get download runs as the _apt user, which must be able to write here
+
+# unpack PACKAGE DEST FILE [DEB]: dpkg -x the package's .deb into DEST unless DEST/FILE exists
+unpack() {
+  local pkg="$1" dest="$2" file="$2/$3" deb="${4:-}"
+  if [ -f "$file" ]; then
+    echo "ok: $pkg already unpacked at $dest"
+    return
+  fi
   if [ -z "$deb" ]; then
     apt_update
-    (cd "$tmp" && apt-get download -qq r-cran-mlbench)
-    deb="$(ls "$tmp"/r-cran-mlbench_*.deb)"
+    (cd "$tmp" && apt-get download -qq "$pkg")
+    deb="$(ls "$tmp"/"${pkg}"_*.deb)"
   fi
-  mkdir -p "$DEST"
-  dpkg -x "$deb" "$DEST"
-  if [ ! -f "$RDA" ]; then
-    echo "error: $deb did not contain $RDA; check the package r-cran-mlbench." >&2
+  mkdir -p "$dest"
+  dpkg -x "$deb" "$dest"
+  if [ ! -f "$file" ]; then
+    echo "error: $deb did not contain $file; check the package $pkg." >&2
     exit 1
   fi
-  echo "unpacked: LetterRecognition at $RDA"
-fi
+  echo "unpacked: $pkg at $dest"
+}
+
+unpack r-cran-mlbench "$ROOT/mlbench" "$R_LIB/mlbench/data/LetterRecognition.rda" "${MLBENCH_DEB:-}"
+unpack r-cran-modeldata "$ROOT/modeldata" "$R_LIB/modeldata/data/Rdata.rdx" "${MODELDATA_DEB:-}"

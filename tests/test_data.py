@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mentor.data import (Dataset, iter_file_batches, letter_recognition_candidates, load_dataset,
-                         load_digits, load_fashion_mnist, load_file, load_fortunes,
-                         load_letter_recognition, load_mnist1d, make_splits)
+from mentor.data import (Dataset, _r_lazyload_chunk, fine_foods_candidates, iter_file_batches,
+                         letter_recognition_candidates, load_dataset, load_digits, load_fashion_mnist,
+                         load_file, load_fine_foods, load_fortunes, load_letter_recognition,
+                         load_mnist1d, make_splits)
 from mentor.errors import DataError
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -92,6 +93,72 @@ def test_fortunes():
     assert two.n_classes == 2 and two.class_names == ["food", "art"]
 
 
+def fine_foods_rdx():
+    return next((p for p in fine_foods_candidates() if p.is_file()), None)
+
+
+def test_fine_foods():
+    ds = load_or_skip(load_fine_foods, fine_foods_rdx() is not None)
+    assert_well_formed(ds, 5000, 2)
+    assert ds.kind == "text" and ds.class_names == ["great", "other"] and ds.features.ndim == 1
+    assert ds.is_test.sum() == 1000 and not ds.is_test[:4000].any()
+    assert ds.ids[0] == "train/0" and ds.ids[3999] == "train/3999" and ds.ids[4000] == "test/0"
+    # modeldata's counts: 2,600 of 4,000 train and 658 of 1,000 test reviews are "great".
+    assert np.bincount(ds.labels[~ds.is_test]).tolist() == [2600, 1400]
+    assert np.bincount(ds.labels[ds.is_test]).tolist() == [658, 342]
+    assert all(isinstance(t, str) and t.strip() for t in ds.features)
+    assert ds.features[0].startswith("this stuff is  not stuffing")
+    again = load_dataset("fine_foods")  # from the Parquet cache by now
+    assert np.array_equal(again.ids, ds.ids) and np.array_equal(again.labels, ds.labels)
+    assert again.features.tolist() == ds.features.tolist()
+
+
+def test_fine_foods_cache_is_keyed_and_rebuilt(tmp_path, monkeypatch):
+    rdx = fine_foods_rdx()
+    if rdx is None:
+        pytest.skip("r-cran-modeldata is not unpacked; run `bash scripts/install-data.sh`")
+    src = tmp_path / "src"
+    src.mkdir()
+    for suffix in (".rdx", ".rdb"):
+        (src / f"Rdata{suffix}").write_bytes(rdx.with_suffix(suffix).read_bytes())
+    monkeypatch.setenv("MENTOR_DATA_DIR", str(tmp_path / "data"))
+    cache = tmp_path / "data" / "modeldata" / "fine-foods.parquet"
+    first = load_fine_foods(path=src)
+    assert cache.is_file() and pq.read_table(cache).num_rows == 5000
+    # A second load reads the cache, not the .rdb (damaged here, so parsing it would fail).
+    (src / "Rdata.rdb").write_bytes(b"\0" * 16)
+    assert load_fine_foods(path=src).ids.tolist() == first.ids.tolist()
+    (src / "Rdata.rdb").write_bytes(rdx.with_suffix(".rdb").read_bytes())
+    # A cache made from another source (other key), or an unreadable one, is parsed again and replaced.
+    stale = pa.table({"split": ["train"], "product": ["p"], "review": ["r"], "score": ["great"]})
+    pq.write_table(stale.replace_schema_metadata({b"mentor.source": b"other"}), cache)
+    assert len(load_fine_foods(path=src)) == 5000 and pq.read_table(cache).num_rows == 5000
+    cache.write_bytes(b"not parquet")
+    assert load_fine_foods(path=src).features.tolist() == first.features.tolist()
+    assert pq.read_table(cache).num_rows == 5000
+
+
+@pytest.mark.parametrize("kind", [b"Z", b"2", b"1", b"0", None])
+def test_r_lazyload_chunk_compressions(kind):
+    import bz2
+    import lzma
+    import zlib
+
+    raw = b"serialised R object " * 50
+    header = len(raw).to_bytes(4, "big")
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    packed = {b"Z": lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters), b"2": bz2.compress(raw),
+              b"1": zlib.compress(raw), b"0": raw, None: zlib.compress(raw)}[kind]
+    if kind is None:  # `compressed` 1 (TRUE): no type byte, zlib
+        assert _r_lazyload_chunk(header + packed, 1) == raw
+    else:
+        assert _r_lazyload_chunk(header + kind + packed, 3) == raw
+    with pytest.raises(DataError, match="damaged"):
+        _r_lazyload_chunk((len(raw) + 1).to_bytes(4, "big") + b"0" + raw, 3)
+    with pytest.raises(DataError, match="unknown compression"):
+        _r_lazyload_chunk(header + b"X" + raw, 2)
+
+
 def test_fortunes_parsing(tmp_path):
     (tmp_path / "cats").write_text(
         "one two three four\n%\ntoo short\n%\none  two three\nfour\n%\n\n%\ncats chase the mice\n",
@@ -112,6 +179,8 @@ def test_loader_errors_name_the_fix(tmp_path):
         load_fortunes(root=tmp_path / "none")
     with pytest.raises(DataError, match="install-data.sh"):
         load_letter_recognition(path=tmp_path / "LetterRecognition.rda")
+    with pytest.raises(DataError, match="install-data.sh.*apt-get download r-cran-modeldata"):
+        load_fine_foods(path=tmp_path)
     if FORTUNES_ROOT.is_dir():
         with pytest.raises(DataError, match="available: .*computers"):
             load_fortunes(topics=["no-such-topic"])
