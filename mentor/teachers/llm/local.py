@@ -239,13 +239,14 @@ class LocalLM:
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True,
                          **({self._keep_arg: keep.to(dev)} if self._keep_arg else {}))
         col = torch.searchsorted(keep, last)
-        first = torch.log_softmax(out.logits[torch.arange(len(batch)), col.to(dev)].float(), dim=-1)  # (B, V)
+        rows = torch.arange(len(batch), device=dev)
+        first = torch.log_softmax(out.logits[rows, col.to(dev)].float(), dim=-1)  # (B, V): each prefix's next token
 
         conts = [list(t.ids[p:]) for row, p in zip(batch, prefix) for t in row]   # B*L continuations
         skip = [t.start - p for row, p in zip(batch, prefix) for t in row]        # their unscored context tokens
         owner = [k // n_labels for k in range(len(conts))]
-        total = torch.zeros(len(conts), dtype=torch.float64)
-        total += first[owner, [c[0] for c in conts]].double().cpu() * torch.tensor([s == 0 for s in skip])
+        head = first[torch.tensor(owner, device=dev), torch.tensor([c[0] for c in conts], device=dev)]
+        total = head.double().cpu() * torch.tensor([s == 0 for s in skip])
         multi = [k for k, c in enumerate(conts) if len(c) > 1]
         if multi:
             cache = getattr(out, "cache", None)
@@ -278,6 +279,12 @@ class LocalLM:
 
     # ------------------------------------------------------------------------------ generation
 
+    def _cuda_index(self) -> list[int]:
+        """The CUDA device whose random state sampling may touch (none on CPU)."""
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
     def generate(self, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
                  seed: int = 0, return_usage: bool = False):
         """`n` answers per prompt: greedy at temperature 0 (the n answers are then equal), otherwise
@@ -297,7 +304,7 @@ class LocalLM:
                 sample = temperature > 0
                 kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                               num_return_sequences=n) if sample else dict(do_sample=False)
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with torch.random.fork_rng(devices=self._cuda_index()):
                     torch.manual_seed(_seed_for(seed, prompt))
                     out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                               pad_token_id=self.pad_id, **kwargs)
