@@ -123,6 +123,16 @@ def test_count_tokens_matches_the_tokenizer(smol):
 
 
 @needs_model
+def test_truncate_cuts_at_a_token_boundary(smol):
+    text = "Beam me up, Scotty, there is no intelligent life down here."
+    n = smol.count_tokens([text])[0]
+    assert smol.truncate([text, "short"], n) == [text, "short"]
+    cut = smol.truncate([text], 5)[0]
+    assert text.startswith(cut) and len(cut) < len(text) and smol.count_tokens([cut]) == [5]
+    assert smol.truncate([text], 0) == [""]
+
+
+@needs_model
 def test_chat_prompt_wraps_the_user_text_for_the_answer(smol):
     p = smol.chat_prompt("Is the sky blue?")
     assert p.endswith("<|im_start|>user\nIs the sky blue?<|im_end|>\n<|im_start|>assistant\n")

@@ -151,6 +151,26 @@ class LocalLM:
         """Tokens per text, exactly as the model sees it (for usage, cost estimates and context checks)."""
         return [len(ids) for ids in self.tokenize(texts)]
 
+    def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Each text cut at a token boundary to its first `max_tokens` tokens (counted without special
+        tokens); texts that fit come back unchanged, so `out[i] != texts[i]` tells which were cut."""
+        if max_tokens < 0:
+            raise ConfigError(f"max_tokens is {max_tokens}; it must be 0 or more.")
+        out = []
+        for text in texts:
+            try:
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            except (NotImplementedError, ValueError):  # a slow tokenizer: decode the kept tokens instead
+                ids, offsets = self.tokenizer(text, add_special_tokens=False)["input_ids"], None
+            if len(ids) <= max_tokens:
+                out.append(text)
+            elif offsets is None:
+                out.append(self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True))
+            else:
+                out.append(text[:offsets[max_tokens - 1][1]] if max_tokens else "")
+        return out
+
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """`user` (and `system`) in the model's chat template, ending where the assistant's answer starts.
 
