@@ -230,7 +230,9 @@ class LocalLM:
                        min_fill: float = 0.8, return_usage: bool = False):
         """(n, L) float64 summed log-probabilities of each verbalizer given each prompt (and, with
         `return_usage`, a Usage per prompt). Each prompt runs once; the labels continue from its cache.
-        A batch holds up to `batch_size` prompts, each at least `min_fill` of the longest's tokens."""
+        A batch holds up to `batch_size` prompts, each at least `min_fill` of the longest's tokens.
+        Usage counts every label's prompt + verbalizer as input (what a server scoring each would bill) and
+        the shared-prompt tokens reused by every label after the first as cached input."""
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1.")
         pairs = self.pair_tokens(prompts, verbalizers)
