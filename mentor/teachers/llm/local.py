@@ -70,6 +70,18 @@ def common_prefix(seqs) -> int:
     return k
 
 
+def length_batches(lengths, batch_size: int, min_fill: float = 0.8) -> list[list[int]]:
+    """Indices grouped longest first into batches of at most `batch_size` whose members are each at
+    least `min_fill` of the batch's longest: padding stays under about a fifth of the tokens run."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batches and len(batches[-1]) < batch_size and lengths[i] >= min_fill * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per position: logits (..., V), targets (...) -> (...) float32."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -139,6 +151,26 @@ class LocalLM:
         """Tokens per text, exactly as the model sees it (for usage, cost estimates and context checks)."""
         return [len(ids) for ids in self.tokenize(texts)]
 
+    def truncate(self, texts: list[str], max_tokens: int) -> list[str]:
+        """Each text cut at a token boundary to its first `max_tokens` tokens (counted without special
+        tokens); texts that fit come back unchanged, so `out[i] != texts[i]` tells which were cut."""
+        if max_tokens < 0:
+            raise ConfigError(f"max_tokens is {max_tokens}; it must be 0 or more.")
+        out = []
+        for text in texts:
+            try:
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                ids, offsets = enc["input_ids"], enc["offset_mapping"]
+            except (NotImplementedError, ValueError):  # a slow tokenizer: decode the kept tokens instead
+                ids, offsets = self.tokenizer(text, add_special_tokens=False)["input_ids"], None
+            if len(ids) <= max_tokens:
+                out.append(text)
+            elif offsets is None:
+                out.append(self.tokenizer.decode(ids[:max_tokens], skip_special_tokens=True))
+            else:
+                out.append(text[:offsets[max_tokens - 1][1]] if max_tokens else "")
+        return out
+
     def chat_prompt(self, user: str, system: str | None = None) -> str:
         """`user` (and `system`) in the model's chat template, ending where the assistant's answer starts.
 
@@ -195,19 +227,21 @@ class LocalLM:
     # ------------------------------------------------------------------------------ label scoring
 
     def label_logprobs(self, prompts: list[str], verbalizers: list[str], *, batch_size: int = 8,
-                       return_usage: bool = False):
+                       min_fill: float = 0.8, return_usage: bool = False):
         """(n, L) float64 summed log-probabilities of each verbalizer given each prompt (and, with
-        `return_usage`, a Usage per prompt). Each prompt runs once; the labels continue from its cache."""
+        `return_usage`, a Usage per prompt). Each prompt runs once; the labels continue from its cache.
+        A batch holds up to `batch_size` prompts, each at least `min_fill` of the longest's tokens.
+        Usage counts every label's prompt + verbalizer as input (what a server scoring each would bill) and
+        the shared-prompt tokens reused by every label after the first as cached input."""
         if batch_size < 1:
             raise ConfigError(f"batch_size is {batch_size}; it must be at least 1.")
         pairs = self.pair_tokens(prompts, verbalizers)
         scores = np.zeros((len(pairs), len(verbalizers)), dtype=np.float64)
         prefix = [min(common_prefix([t.ids for t in row]), min(t.start for t in row)) for row in pairs]
         fast = [i for i in range(len(pairs)) if prefix[i] >= 1]
-        fast.sort(key=lambda i: -len(pairs[i][0].ids))  # similar lengths share a batch: less padding
         with self._lock, torch.inference_mode():
-            for b in range(0, len(fast), batch_size):
-                rows = fast[b:b + batch_size]
+            for rows in length_batches([prefix[i] for i in fast], batch_size, min_fill):
+                rows = [fast[r] for r in rows]
                 scores[rows] = self._score_batch([pairs[i] for i in rows], [prefix[i] for i in rows])
             for i in range(len(pairs)):
                 if prefix[i] < 1:  # labels differ from the first token on: nothing to share
@@ -218,42 +252,41 @@ class LocalLM:
                               cached_input_tokens=(len(row) - 1) * prefix[i]) for i, row in enumerate(pairs)]
 
     def _score_batch(self, batch: list[list[PairTokens]], prefix: list[int]) -> np.ndarray:
-        """Scores of a batch of examples: the shared prefixes in one pass, then every label's remaining
-        tokens in one pass over the prefixes' keys/values, repeated once per label."""
+        """Scores of a batch of examples: the shared prefixes in one pass, then the remaining tokens of
+        every label longer than one token in one pass over its prefix's keys/values (copied per label)."""
         n_labels, dev = len(batch[0]), self.device
         ids, mask = _pad([list(row[0].ids[:p]) for row, p in zip(batch, prefix)], self.pad_id)
         last = torch.tensor(prefix) - 1
-        keep = torch.unique(last)  # logits only where a prefix ends
-        if self._keep_arg is None:
-            keep = torch.arange(ids.shape[1])
+        keep = torch.unique(last) if self._keep_arg else torch.arange(ids.shape[1])  # logits where prefixes end
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=True,
                          **({self._keep_arg: keep.to(dev)} if self._keep_arg else {}))
         col = torch.searchsorted(keep, last)
-        first = torch.log_softmax(out.logits[torch.arange(len(batch)), col.to(dev)].float(), dim=-1)  # (B, V)
+        rows = torch.arange(len(batch), device=dev)
+        first = torch.log_softmax(out.logits[rows, col.to(dev)].float(), dim=-1)  # (B, V): each prefix's next token
 
-        conts = [list(t.ids[p:]) for row, p in zip(batch, prefix) for t in row]   # (B*L) continuations
-        skip = [t.start - p for row, p in zip(batch, prefix) for t in row]        # unscored context tokens
-        firsts = torch.tensor([c[0] for c in conts], device=dev)
-        owner = torch.arange(len(batch), device=dev).repeat_interleave(n_labels)
-        total = first[owner, firsts].double() * torch.tensor([s == 0 for s in skip], device=dev)
-        if max(len(c) for c in conts) > 1:
+        conts = [list(t.ids[p:]) for row, p in zip(batch, prefix) for t in row]   # B*L continuations
+        skip = [t.start - p for row, p in zip(batch, prefix) for t in row]        # their unscored context tokens
+        owner = [k // n_labels for k in range(len(conts))]
+        head = first[torch.tensor(owner, device=dev), torch.tensor([c[0] for c in conts], device=dev)]
+        total = head.double().cpu() * torch.tensor([s == 0 for s in skip])
+        multi = [k for k, c in enumerate(conts) if len(c) > 1]
+        if multi:
             cache = getattr(out, "cache", None)
             cache = out.past_key_values if cache is None else cache
-            cache.batch_select_indices(owner)
-            fed, fed_mask = _pad([c[:-1] or [self.pad_id] for c in conts], self.pad_id)
-            fed_mask *= torch.tensor([len(c) > 1 for c in conts]).unsqueeze(1)
-            positions = torch.tensor(prefix).repeat_interleave(n_labels).unsqueeze(1) + torch.arange(fed.shape[1])
-            full_mask = torch.cat([mask.repeat_interleave(n_labels, dim=0), fed_mask], dim=1)
+            cache.batch_select_indices(torch.tensor([owner[k] for k in multi], device=dev))
+            fed, fed_mask = _pad([conts[k][:-1] for k in multi], self.pad_id)
+            positions = torch.tensor([prefix[owner[k]] for k in multi]).unsqueeze(1) + torch.arange(fed.shape[1])
+            full_mask = torch.cat([mask[[owner[k] for k in multi]], fed_mask], dim=1)
             logits = self.model(input_ids=fed.to(dev), attention_mask=full_mask.to(dev),
                                 position_ids=positions.to(dev), use_cache=True, **{self._cache_arg: cache}).logits
-            targets, _ = _pad([c[1:] or [self.pad_id] for c in conts], self.pad_id)
-            lp = gather_logprobs(logits, targets.to(dev)).double()
-            # token j + 1 of a continuation is scored when it exists and lies past the context
-            j = torch.arange(1, fed.shape[1] + 1)
-            use = (j.unsqueeze(0) < torch.tensor([len(c) for c in conts]).unsqueeze(1)) & \
-                (j.unsqueeze(0) >= torch.tensor(skip).unsqueeze(1))
-            total = total + (lp * use.to(dev)).sum(dim=1)
-        return total.reshape(len(batch), n_labels).cpu().numpy()
+            targets, _ = _pad([conts[k][1:] for k in multi], self.pad_id)
+            lp = gather_logprobs(logits, targets.to(dev)).double().cpu()
+            # position j predicts continuation token j + 1: scored when it exists and lies past the context
+            j = torch.arange(1, fed.shape[1] + 1).unsqueeze(0)
+            use = (j < torch.tensor([len(conts[k]) for k in multi]).unsqueeze(1)) & \
+                (j >= torch.tensor([skip[k] for k in multi]).unsqueeze(1))
+            total[multi] += (lp * use).sum(dim=1)
+        return total.reshape(len(batch), n_labels).numpy()
 
     def _score_sequence(self, pair: PairTokens) -> float:
         ids = torch.tensor([pair.ids], device=self.device)
@@ -267,6 +300,12 @@ class LocalLM:
             return np.array([[self._score_sequence(t) for t in row] for row in pairs], dtype=np.float64)
 
     # ------------------------------------------------------------------------------ generation
+
+    def _cuda_index(self) -> list[int]:
+        """The CUDA device whose random state sampling may touch (none on CPU)."""
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, n: int = 1, temperature: float = 0.0,
                  seed: int = 0, return_usage: bool = False):
@@ -287,7 +326,7 @@ class LocalLM:
                 sample = temperature > 0
                 kwargs = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                               num_return_sequences=n) if sample else dict(do_sample=False)
-                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with torch.random.fork_rng(devices=self._cuda_index()):
                     torch.manual_seed(_seed_for(seed, prompt))
                     out = self.model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens,
                                               pad_token_id=self.pad_id, **kwargs)
