@@ -232,7 +232,7 @@ def _llm_teacher(ctx: RunContext) -> Teacher:
                              a_labels=data.labels[sp.labeled], a_ids=data.ids[sp.labeled], seed=ctx.cfg.seed)
 
 
-TEACHER_NOTE = "teacher.json"  # in the store folder: what made its outputs, to name what changed
+TEACHER_NOTE = "_teacher.json"  # in the store folder (underscore: Parquet readers skip it): what made its outputs, to name what changed
 
 
 def _check_store_teacher(path: Path, teacher: Teacher) -> None:
