@@ -88,8 +88,8 @@ class EndpointBackend:
 
     def __init__(self, endpoint, *, tokenizer=None, context_tokens: int | None = None):
         self.ep, self.tokenizer, self.context_tokens = endpoint, tokenizer, context_tokens
-        # the endpoint module raises its own class; the teacher catches this attribute
-        self.LogprobsUnavailable = getattr(endpoint, "LogprobsUnavailable", LogprobsUnavailable)
+        from .endpoint import LogprobsUnavailable as raised  # what the client raises; the teacher catches this
+        self.LogprobsUnavailable = raised
 
     def identity(self) -> dict:
         return {"backend": "server", "url": redact_url(self.ep.base_url), "model": self.ep.model}
