@@ -210,7 +210,8 @@ def test_redirect_to_another_origin_is_refused(monkeypatch):
 def test_non_json_4xx_message_and_no_logprobs():
     srv = Scripted([(200, {"Content-Type": "text/html"}, b"<html>login</html>"),
                     (400, {}, {"error": {"message": "context length exceeded", "type": "invalid_request_error"}}),
-                    (200, {}, chat_answer())])
+                    (200, {}, chat_answer()),
+                    (400, {}, {"error": {"message": "logprobs are not supported with this model"}})])
     try:
         client = Endpoint(srv.url, "m", check_model=False, max_retries=0)
         with pytest.raises(EndpointError, match="not JSON .*text/html.*<html>login"):
@@ -219,6 +220,8 @@ def test_non_json_4xx_message_and_no_logprobs():
             client.answer(MSG)
         with pytest.raises(LogprobsUnavailable, match="no top_logprobs .*sampling"):
             client.top_logprobs(MSG)
+        with pytest.raises(LogprobsUnavailable, match="HTTP 400.*not supported.*scoring mode top_logprobs"):
+            client.label_logprobs(["<s>Q: pizza?\nA:"], [" food"])  # verify_echo's first request gets the 400
         assert isinstance(LogprobsUnavailable("x"), TeacherOutputError)
     finally:
         srv.close()

@@ -432,9 +432,22 @@ class Endpoint:
 
     # -- Label log-probabilities (exact scoring) -----------------------------------------------
 
+    def _logprobs_refused(self, e: EndpointError, fix: str) -> EndpointError:
+        """A 4xx that names log-probabilities (or echo) means the server does not give them."""
+        text = str(e)
+        if type(e) is EndpointError and " HTTP 4" in text and ("logprob" in text.lower() or "echo" in text.lower()):
+            return LogprobsUnavailable(f"{text} The endpoint does not give these log-probabilities: {fix}")
+        return e
+
+    def _completions(self, payload: dict, *, retries: bool = True) -> dict:
+        try:
+            return self._post("/completions", {"max_tokens": 1, "temperature": 0, "logprobs": 1, **payload},
+                              retries=retries)
+        except EndpointError as e:
+            raise self._logprobs_refused(e, "use the scoring mode top_logprobs or sampling.") from None
+
     def _echo(self, texts: list, *, retries: bool = True) -> tuple[list, Usage]:
-        data = self._post("/completions", {"prompt": texts[0] if len(texts) == 1 else texts, "echo": True,
-                                           "logprobs": 1, "max_tokens": 1, "temperature": 0}, retries=retries)
+        data = self._completions({"prompt": texts[0] if len(texts) == 1 else texts, "echo": True}, retries=retries)
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != len(texts):
             raise EndpointError(f"endpoint {self.shown_url}/completions answered {len(choices)} choices for "
@@ -445,7 +458,7 @@ class Endpoint:
         """Whether the server's echoed prompt log-probs belong to the right tokens: the log-prob of
         the token it generates after `prompt` must be the same when that token is echoed as part of
         the prompt. None when this prompt cannot tell (the answer is empty, or merges with it)."""
-        data = self._post("/completions", {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 1})
+        data = self._completions({"prompt": prompt})
         self.overhead += usage_of(data)
         choice = (data.get("choices") or [{}])[0]
         token, lps = choice.get("text") or "", (choice.get("logprobs") or {}).get("token_logprobs") or []
@@ -531,7 +544,10 @@ class Endpoint:
         """The top-`k` log-probabilities of the answer's first token (greedy), the answer, its usage."""
         if not 1 <= int(k) <= 20:
             raise ConfigError(f"top_logprobs k must be 1..20 (the OpenAI protocol's limit), got {k}.")
-        data = self._chat(messages, logprobs=True, top_logprobs=int(k), max_tokens=1, temperature=0)
+        try:
+            data = self._chat(messages, logprobs=True, top_logprobs=int(k), max_tokens=1, temperature=0)
+        except EndpointError as e:
+            raise self._logprobs_refused(e, "use the scoring mode sampling or answer.") from None
         choice = (data.get("choices") or [{}])[0]
         content = (choice.get("logprobs") or {}).get("content") or []
         top = content[0].get("top_logprobs") if content and isinstance(content[0], dict) else None
