@@ -142,6 +142,12 @@ class _PricedTeacher:
     def predict_proba(self, inputs, ids=None):
         return self.teacher.predict_proba(inputs, ids)
 
+    def answer(self, inputs, ids=None):  # extras and the real cost (an LLM's tokens) reach the store
+        if hasattr(self.teacher, "answer"):
+            return self.teacher.answer(inputs, ids)
+        from .teachers.base import TeacherAnswer  # a user's teacher with predict_proba only
+        return TeacherAnswer(self.teacher.predict_proba(inputs, ids))
+
 
 class Budget:
     """Prices of teacher calls and a spending cap, accounted in the store.
@@ -194,9 +200,11 @@ class Budget:
     def remaining(self, store) -> float:
         return math.inf if self.total is None else self.total - self.spent(store)
 
-    def charge(self, store, teacher, ids, inputs, *, batch_size: int = 1024):
+    def charge(self, store, teacher, ids, inputs, *, batch_size: int = 1024, distribute=None):
         """Pay the teacher for the ids not stored yet (in batches, each at its exact price) and
         store their outputs. Raises BudgetExhausted, paying nothing, if that would exceed the cap.
+        `distribute` (the run's section) runs the batches at once on threads or Ray workers; a
+        teacher that knows each call's real cost (an LLM's tokens) is billed that.
         Returns (new ids paid, cost)."""
         ids = np.asarray(ids).astype(str)
         new = np.isin(ids, store.missing(ids))
@@ -205,6 +213,16 @@ class Budget:
             raise BudgetExhausted(f"these {int(new.sum())} new teacher calls cost {cost:g} but only "
                                   f"{self.remaining(store):g} of the budget {self.total:g} is left.")
         idx = np.flatnonzero(new)
+        if distribute is not None and distribute.engine != "none" and len(idx) > batch_size:
+            from .teachers.pools import make_pool
+            priced = _PricedTeacher(teacher, cost / max(len(idx), 1))
+            pool = make_pool(distribute, priced)
+            try:
+                store.label(priced, [(ids[idx[s:s + batch_size]], _take(inputs, idx[s:s + batch_size]))
+                                     for s in range(0, len(idx), batch_size)], pool=pool)
+            finally:
+                pool.close()
+            return int(new.sum()), cost
         for s in range(0, len(idx), batch_size):
             part = idx[s:s + batch_size]
             price = float(self.costs_of(ids[part]).mean())
@@ -430,7 +448,8 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
             state["pending"] = {"round": r, "positions": chosen.tolist()}
             _atomic_json(state_path, state)  # saved before paying: a resumed run reuses this batch
         try:
-            paid, _ = budget.charge(store, teacher, pool_ids[chosen], data.features[sp.pool[chosen]], batch_size=bs)
+            paid, _ = budget.charge(store, teacher, pool_ids[chosen], data.features[sp.pool[chosen]], batch_size=bs,
+                                    distribute=cfg.distribute)
         except BudgetExhausted as e:
             stopped = f"budget exhausted before round {r}: {e}"
             if log:

@@ -228,8 +228,12 @@ def _llm_teacher(ctx: RunContext) -> Teacher:
                           "(data.text_column) or another teacher kind.")
     labels = data.class_names or [str(c) for c in range(data.n_classes)]
     from .teachers.llm.teacher import build_llm_teacher
-    return build_llm_teacher(ctx.cfg.teacher.llm, labels=labels, a_texts=data.features[sp.labeled],
-                             a_labels=data.labels[sp.labeled], a_ids=data.ids[sp.labeled], seed=ctx.cfg.seed)
+    teacher = build_llm_teacher(ctx.cfg.teacher.llm, labels=labels, a_texts=data.features[sp.labeled],
+                                a_labels=data.labels[sp.labeled], a_ids=data.ids[sp.labeled], seed=ctx.cfg.seed)
+    # the price of one call before it is made (budgets, the ledger's estimate): tokens of a sample of V
+    sample = sp.val[:20] if len(sp.val) else sp.pool[:20]
+    teacher.cost_per_example = teacher.estimate(list(data.features[sample]))["cost_per_example"]
+    return teacher
 
 
 TEACHER_NOTE = "_teacher.json"  # in the store folder (underscore: Parquet readers skip it): what made its outputs, to name what changed
@@ -311,7 +315,6 @@ def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     sp, data, bs = ctx.splits, ctx.data, ctx.cfg.store.batch_size
     if hasattr(teacher, "spent_before"):  # an LLM's spending cap counts what the store already paid
         teacher.spent_before = store.spent
-        teacher.cost_per_example = teacher.estimate(list(data.features[sp.val[:20]]))["cost_per_example"]
     val, rest = sp.val, np.concatenate([sp.test, sp.pool])
     if isinstance(teacher, FileTeacher):  # a file may leave V / test out; only the pool is required
         val, rest = val[teacher.covers(data.ids[val])], rest[teacher.covers(data.ids[rest])]

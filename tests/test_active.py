@@ -222,3 +222,28 @@ def test_continue_training_with_coreset_and_a_correction(tmp_out):
     res = run_active(_cfg(tmp_out, strategy="coreset", budget=[15, 25], retrain="continue", correction="slam"))
     assert res["queries"] == [0, 15, 25] and res["correction"] == "slam"
     assert all(0.0 < a <= 1.0 for a in res["test_accuracy"])
+
+
+def test_budget_charge_on_threads_keeps_extras_and_real_cost(tmp_path):
+    """`mentor active` pays each round's batch on threads when distribute asks, and a teacher
+    that knows each call's real cost (an LLM's tokens) is billed that, with its extras kept."""
+    from mentor.active import Budget
+    from mentor.config import DistributeConfig
+    from mentor.store import TeacherStore
+    from mentor.teachers.base import Teacher, TeacherAnswer
+
+    class Tokens(Teacher):
+        n_classes, fingerprint, cost_per_example = 2, "tokens", 0.5  # the estimate
+
+        def answer(self, inputs, ids=None):
+            n = len(ids)
+            return TeacherAnswer(np.tile([[0.7, 0.3]], (n, 1)).astype(np.float32),
+                                 {"raw": [f"answer {i}" for i in ids]}, cost=0.1 * n)
+
+    store = TeacherStore(tmp_path / "s", fingerprint="tokens", n_classes=2)
+    ids = np.array([f"x{i}" for i in range(40)])
+    paid, est = Budget(cost_per_example=0.5).charge(store, Tokens(), ids, np.zeros((40, 3)), batch_size=8,
+                                                    distribute=DistributeConfig(engine="threads", workers=3))
+    assert paid == 40 and est == pytest.approx(20.0)
+    assert store.spent == pytest.approx(4.0)  # the real cost, not the estimate
+    assert store.read_extras(ids).column("raw").to_pylist() == [f"answer {i}" for i in ids]

@@ -6,7 +6,7 @@ Two kinds of rows (JSON lines):
   calibration error, AUROC of its confidence and abstention rate on test examples, with tokens
   and seconds per example;
 - `row: "student"` — one per (dataset, seed, method), as `bench quality` writes them, with the
-  LLM (label likelihood through the server) labeling V, test and the pool.
+  LLM (label likelihood, local backend: the same weights the server runs) labeling V, test and the pool.
 
 The question the rows answer: is a student trained on the LLM's full label distribution (with
 mentor's corrections) better than one trained on its argmax labels — what labeling tools give?
@@ -34,16 +34,21 @@ def llm_suite(suite: str) -> dict:
     data = {"fine-foods": {"name": "fine-foods"},
             "fortunes4": {"name": "fortunes", "options": {"topics": FORTUNES_TOPICS}}}
     suites = {
+        # label likelihood through llama.cpp's server is slow (it sorts the vocabulary in Python for
+        # every echoed prompt token), so its rows use fewer test examples (`n_server_exact`)
         "smoke": {"split": {"n_labeled": 40, "n_val": 60, "n_test": 60, "n_pool": 120}, "n_teacher": 30,
-                  "grid": [("server", "label-likelihood", 0), ("local", "label-likelihood", 0),
-                           ("server", "label-likelihood", 1), ("server", "top-logprobs", 0),
+                  "n_server_exact": 6,
+                  "grid": [("local", "label-likelihood", 0), ("local", "label-likelihood", 1),
+                           ("local", "label-likelihood-calibrated", 0), ("server", "label-likelihood", 0),
+                           ("server", "top-logprobs", 0), ("server", "top-logprobs", 1),
                            ("server", "sampling", 0), ("server", "single-answer", 0)],
-                  "student_teacher": {"scoring": "label-likelihood", "shots": 1}},
+                  "student_teacher": {"backend": "local", "scoring": "label-likelihood", "shots": 0}},
         "standard": {"split": {"n_labeled": 100, "n_val": 300, "n_test": 500, "n_pool": 1500}, "n_teacher": 200,
-                     "grid": [(b, m, k) for b in ("server", "local") for m in ("label-likelihood",) for k in (0, 1)]
-                     + [("server", m, k) for m in ("top-logprobs", "sampling", "single-answer") for k in (0, 1)]
-                     + [("local", "label-likelihood-calibrated", k) for k in (0, 1)],
-                     "student_teacher": {"scoring": "label-likelihood", "shots": 1}},
+                     "n_server_exact": 40,
+                     "grid": [(b, m, k) for b in ("local", "server") for m in ("label-likelihood",) for k in (0, 1)]
+                     + [("local", "label-likelihood-calibrated", k) for k in (0, 1)]
+                     + [("server", m, k) for m in ("top-logprobs", "sampling", "single-answer") for k in (0, 1)],
+                     "student_teacher": {"backend": "local", "scoring": "label-likelihood", "shots": 0}},
     }
     if suite not in suites:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
@@ -54,8 +59,10 @@ def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, mo
     calibrate = mode.endswith("-calibrated")
     llm = {"scoring": mode.removesuffix("-calibrated"), "shots": shots, "calibrate": calibrate,
            "shot_selection": "per-class"}
-    if backend == "server":
-        llm["endpoint"] = {"url": server_url, "model": "smollm2", "context_tokens": 2048}
+    if backend == "server":  # the GGUF's tokenizer gives the chat template and exact token counts
+        from ..teachers.llm.llamacpp import default_gguf
+        llm["endpoint"] = {"url": server_url, "model": "smollm2", "context_tokens": 2048,
+                           "tokenizer": model_path or str(default_gguf())}
     else:
         llm["local"] = {"path": model_path} if model_path else {}
     return llm
@@ -111,9 +118,10 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                 out = Path(work_dir) / suite / name / f"seed-{seed}"
                 ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
                                             "teacher": {"kind": "llm"}}), force=True)
-                index = ctx.splits.test[:spec["n_teacher"]]
                 a = ctx.splits.labeled
                 for backend, mode, shots in spec["grid"]:
+                    exact_on_server = backend == "server" and mode.startswith("label-likelihood")
+                    index = ctx.splits.test[:spec["n_server_exact" if exact_on_server else "n_teacher"]]
                     cfg = LLMConfig.model_validate(_llm_section(backend, mode, shots, server_url, model_path))
                     teacher = build_llm_teacher(cfg, labels=ctx.data.class_names, a_texts=ctx.data.features[a],
                                                 a_labels=ctx.data.labels[a], a_ids=ctx.data.ids[a], seed=seed)
@@ -126,11 +134,11 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                         f"abstain={row['abstain_rate']:.2f} {row['seconds_per_example']:.2f} s/ex")
             if students:
                 st = spec["student_teacher"]
-                llm = _llm_section("server", st["scoring"], st["shots"], server_url, model_path)
+                llm = _llm_section(st["backend"], st["scoring"], st["shots"], server_url, model_path)
                 cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}}}
                 for r in quality(suite, seeds=seeds, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
                                  work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
-                    r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": "server"}
+                    r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": st["backend"]}
                     rows.append(r)
                     _append_row(json_out, r)
     return rows

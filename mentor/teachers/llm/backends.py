@@ -11,14 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...credentials import redact_url
-from ...errors import ConfigError, TeacherOutputError
+from ...errors import ConfigError
+from .endpoint import LogprobsUnavailable
 from .usage import Usage
 
 CHARS_PER_TOKEN = 4  # rough count for a server whose tokenizer is not at hand (estimates only)
-
-
-class LogprobsUnavailable(TeacherOutputError):
-    """The server returned no log-probabilities for a mode that needs them."""
 
 
 def _messages(prompt: str) -> list[dict]:
@@ -88,8 +85,6 @@ class EndpointBackend:
 
     def __init__(self, endpoint, *, tokenizer=None, context_tokens: int | None = None):
         self.ep, self.tokenizer, self.context_tokens = endpoint, tokenizer, context_tokens
-        from .endpoint import LogprobsUnavailable as raised  # what the client raises; the teacher catches this
-        self.LogprobsUnavailable = raised
 
     def identity(self) -> dict:
         return {"backend": "server", "url": redact_url(self.ep.base_url), "model": self.ep.model}
