@@ -23,7 +23,7 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
 fi
 # llama-cpp-python (extra llm-server: the OpenAI-compatible server the LLM tests talk to) is published
-# as source only: installing it compiles llama.cpp (12.5 minutes on this project's 2 shared cores).
+# as source only: installing it compiles llama.cpp (16 CPU-minutes: about 8 minutes on 2 idle cores).
 # Build its wheel once into a cache folder that outlives .venv; later setups install it in seconds.
 LLAMA_CPP_VERSION=0.3.36
 WHEELS=${MENTOR_WHEEL_CACHE:-$HOME/.cache/mentor/wheels}
