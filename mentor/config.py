@@ -328,11 +328,15 @@ def _set_dotted(data: dict, key: str, value) -> None:
 
 def config_record(cfg: RunConfig) -> dict:
     """The config as saved beside results (config.yaml, metrics.json): a key written literally in
-    teacher.url is replaced by *** (write it as ${VAR} to keep it out of the config altogether)."""
+    teacher.url or teacher.llm.endpoint.url is replaced by *** (write it as ${VAR} to keep it out
+    of the config altogether)."""
     from .credentials import redact_url
     d = cfg.model_dump(mode="json")
     if d.get("teacher", {}).get("url"):
         d["teacher"]["url"] = redact_url(d["teacher"]["url"])
+    endpoint = (d.get("teacher", {}).get("llm") or {}).get("endpoint")
+    if endpoint and endpoint.get("url"):
+        endpoint["url"] = redact_url(endpoint["url"])
     return d
 
 

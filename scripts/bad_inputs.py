@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+TOPICS = ["computers", "food", "sports", "medicine"]
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
@@ -42,6 +44,12 @@ def user_files(root: Path) -> dict:
     pq.write_table(pa.table({"id": ids, "probs": [list(r) for r in nan]}), root / "teacher-nan.parquet")
     pq.write_table(pa.table({"id": ids[:1500], "probs": [list(r) for r in probs[:1500]]}),
                    root / "teacher-short.parquet")
+    texts = [f"text number {i} about {TOPICS[i % 4]}" for i in range(40)]
+    texts[33] = "   "
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(40)], "text": texts,
+                             "label": [TOPICS[i % 4] for i in range(40)]}), root / "texts-empty.csv.parquet")
+    import pyarrow.csv as pcsv
+    pcsv.write_csv(pq.read_table(root / "texts-empty.csv.parquet"), root / "texts-empty.csv")
     (root / "empty.parquet").write_bytes(b"")
     (root / "empty.csv").write_bytes(b"")
     (root / "not-parquet.parquet").write_text("id,label\n1,2\n")
@@ -57,6 +65,16 @@ def user_files(root: Path) -> dict:
 
 def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
     """(what the user did, config or None for an empty file, extra CLI arguments)."""
+    def llm(**options):
+        """Four fortunes topics labeled by an LLM teacher (SmolLM2 on this machine unless an endpoint is set)."""
+        out = f"run-llm-{zlib.crc32(repr(sorted(options.items())).encode())}"  # one folder per case
+        return {"seed": 0, "output_dir": out, "data": {"name": "fortunes", "options": {"topics": TOPICS}},
+                "split": {"n_labeled": 8, "n_val": 8, "n_test": 4, "n_pool": 8},
+                "teacher": {"kind": "llm", "llm": options}, "student": {"kind": "tfidf"}}
+
+    def llm_file(path):
+        return {**llm(), "output_dir": "run-llm-file", "data": {"path": path, "classes": TOPICS}}
+
     def with_(**changes):
         cfg = yaml.safe_load(yaml.safe_dump(good))
         for key, value in changes.items():
@@ -104,6 +122,21 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
                                                   output_dir="run-other"), []),
         ("a shard of the store truncated", with_(store={"path": "broken-store"}, output_dir="run-broken"), []),
         ("`mentor store status` on a folder that is no store", None, ["STORE-STATUS"]),
+        ("LLM teacher on image data", with_(teacher={"kind": "llm"}), []),
+        ("LLM template without `{text}`", llm(template="{instructions}\nAnswer:"), []),
+        ("two labels with the same verbalizer", llm(verbalizers={"food": "Computers!"}), []),
+        ("verbalizer for a label the data lacks", llm(verbalizers={"cooking": "food"}), []),
+        ("negative LLM price", llm(price_input=-1.0), []),
+        ("negative spending cap", llm(max_spend=-5.0), []),
+        ("LLM server unreachable", llm(endpoint={"url": "http://127.0.0.1:9/v1", "model": "m",
+                                                 "max_retries": 0}), []),
+        ("API key variable not set", llm(endpoint={"url": "http://127.0.0.1:9/v1", "model": "m",
+                                                   "api_key_env": "MENTOR_NO_SUCH_KEY"}), []),
+        ("key written into the endpoint URL", llm(endpoint={"url": "https://u:sk-123@api.example.com/v1",
+                                                            "model": "m"}), []),
+        ("endpoint and local model both set", llm(endpoint={"url": "http://127.0.0.1:9/v1", "model": "m"},
+                                                 local={}), []),
+        ("an empty text for the LLM", llm_file("texts-empty.csv"), []),
     ]
 
 

@@ -160,3 +160,11 @@ def test_a_call_refused_before_sending_is_not_on_the_bill(tmp_path):
         store.label(Capped(), [(["a", "b"], [0, 0]), (["c", "d"], [0, 0])])
     assert len(store) == 2 and store.spent == pytest.approx(0.25)  # the refused call's estimate (2.0) is not billed
     assert TeacherStore.open(tmp_path / "s").spent == pytest.approx(0.25)
+
+
+def test_a_key_in_the_llm_endpoint_url_is_redacted_in_the_saved_config():
+    from mentor.config import dump_config
+    cfg = parse_config({"data": {"name": "fortunes"}, "teacher": {"kind": "llm", "llm": {
+        "endpoint": {"url": "https://u:sk-secret-123@api.example.com/v1?api_key=sk-other-456", "model": "m"}}}})
+    text = dump_config(cfg)
+    assert "sk-secret-123" not in text and "sk-other-456" not in text and "api.example.com" in text
