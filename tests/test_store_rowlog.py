@@ -70,7 +70,9 @@ def test_rows_in_the_row_log_are_read_and_never_paid_again(tmp_path, monkeypatch
     unflushed(tmp_path, IDS[:100], monkeypatch)
     assert logs(tmp_path) and not list(tmp_path.glob("shard-*.parquet"))
     again = TeacherStore.open(tmp_path)
-    assert len(again) == 100 and again.manifest["pending"]
+    assert len(again) == 100 and again.manifest["pending"] and again.status()["unflushed_rows"] == 100
+    from mentor.store.status import status
+    assert "100 stored in 0 shards and the row log (100 rows" in status(tmp_path)
     order = np.random.default_rng(0).permutation(100)
     assert np.array_equal(again.read(IDS[order]), probs_of(IDS[order]))
     ids, probs = again.read_all()

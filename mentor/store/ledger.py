@@ -139,7 +139,7 @@ class Ledger:
     def refresh(self) -> None:
         """Read the records appended since the last call (by this or any other process)."""
         fd = self._handle()
-        if fd is None:
+        if fd is None or os.fstat(fd).st_size == self._pos:  # nothing new: one fstat, no read
             return
         chunks = []
         while True:
@@ -271,7 +271,7 @@ class Ledger:
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         fd = self._handle(create=True)
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and size != self._pos and os.pread(fd, 1, size - 1) != b"\n":  # at _pos a line has just ended
             line = b"\n" + line  # after a torn line, start a fresh one
         os.write(fd, line)
         self._unsynced = not sync
