@@ -59,7 +59,9 @@ def test_small_calls_become_one_shard_per_shard_size_rows_and_no_log_is_left(tmp
     store.label(Teacher(), chunks(IDS, 20))  # 10 calls of 20 rows
     assert [s["rows"] for s in store.manifest["shards"]] == [60, 60, 60, 20]  # flushed at >= 50 rows, then the rest
     assert not logs(tmp_path) and store.manifest["pending"] == []
-    assert len(pd.read_parquet(tmp_path)) == len(IDS)  # every row visible to Parquet readers after a run
+    table = pd.read_parquet(tmp_path)
+    assert len(table) == len(IDS) and set(table["teacher"]) == {"log-test"}  # every row, for Parquet readers
+    assert store.read([]).shape == (0, C) and store.read_extras([]).num_rows == 0
     store.label(Teacher(), chunks(np.array([f"r{i}" for i in range(200, 240)]), 20))
     assert [s["rows"] for s in store.manifest["shards"]] == [60, 60, 60, 60]  # the short one merged with the next
     ledger = [json.loads(x) for x in (tmp_path / "_ledger.jsonl").read_text().splitlines()]

@@ -182,6 +182,7 @@ class TeacherStore:
         self._sig = None  # (inode, size, mtime) of the manifest we loaded
         self._index: dict[str, int] = {}  # id -> position in stored order
         self._sorted = None  # the stored ids as an Arrow array, for reads of many ids
+        self._part_of_row = None  # the part (shard or frame) of each stored row, for reads
         self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids) once verified
         self._max_number = 0
         self._small: dict[str, pa.Table] = {}  # small shards this object wrote, kept for the next merge
@@ -268,6 +269,8 @@ class TeacherStore:
         if ids is None:
             return self.read_all()[1]
         needed, rows = self._locate(_as_ids(ids))
+        if not len(rows):
+            return np.zeros((0, self.n_classes), np.float32)
         cols = ["probs"] if self.top_k is None else ["topk_index", "topk_prob"]  # ids are not needed
         n_shards = len(self._manifest["shards"])
         shards, frames = needed[needed < n_shards], needed[needed >= n_shards]
@@ -276,7 +279,8 @@ class TeacherStore:
         parts = [ds.dataset([str(self._verified_path(int(s))) for s in shards], format="parquet").to_table(
             columns=cols)] if len(shards) else []
         parts += [self._read_part(int(s)).select(cols) for s in frames]
-        return self._decode(parts[0] if len(parts) == 1 else pa.concat_tables(parts))[rows]
+        # np.take, not fancy indexing: an order of magnitude faster for many rows of a 2-d array
+        return np.take(self._decode(parts[0] if len(parts) == 1 else pa.concat_tables(parts)), rows, axis=0)
 
     @property
     def extra_columns(self) -> list[str]:
@@ -324,11 +328,16 @@ class TeacherStore:
                 f"{len(gone)} of {len(ids)} requested ids have no stored teacher output (e.g. {gone[:3].tolist()}) "
                 f"in {self.path}. " + (note or "Run labeling for them first (store.label(teacher, batches) "
                                                "or `mentor label`)."))
-        shard_of = np.searchsorted(self._offsets, pos, side="right") - 1
-        needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets)))
-        start = np.zeros(len(self._offsets), np.int64)
-        start[needed] = np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
-        return needed, pos - self._offsets[shard_of] + start[shard_of]
+        if self._part_of_row is None:  # the part of every stored row, until the store changes
+            sizes = np.diff(self._offsets)
+            self._part_of_row = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        shard_of = self._part_of_row[pos]
+        needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets) - 1))
+        if len(needed) == len(self._offsets) - 1:
+            return needed, pos  # every part: rows are at their stored positions
+        skipped = np.zeros(len(self._offsets) - 1, np.int64)  # rows of the parts not read before each part
+        skipped[needed] = self._offsets[needed] - np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
+        return needed, pos - skipped[shard_of]
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, dense probabilities) in stored order."""
@@ -689,15 +698,19 @@ class TeacherStore:
         were never committed or no longer needed); updates the highest shard number."""
         listed = {s["file"] for s in self._manifest.get("shards", [])}
         stray = []
-        with os.scandir(self.path) as it:
-            for d in it:
-                n = _shard_number(d.name)
+        for name in os.listdir(self.path):  # once per teacher call: names only, a stat for row logs
+            if name.endswith(".tmp"):
+                stray.append(self.path / name)
+            elif name.startswith(SHARD_PREFIX):
+                n = _shard_number(name)
                 if n is not None:
                     self._max_number = max(self._max_number, n)
-                if d.name.endswith(".tmp") or (n is not None and d.name not in listed):
-                    stray.append(Path(d.path))
-                elif rowlog.is_log(d.name) and d.stat().st_size != self._ledger.frame_end.get(d.name, 0):
-                    stray.append(Path(d.path))  # it holds a frame never committed
+                    if name not in listed:
+                        stray.append(self.path / name)
+            elif rowlog.is_log(name):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(self.path / name).st_size != self._ledger.frame_end.get(name, 0):
+                        stray.append(self.path / name)  # it holds a frame never committed
         return stray
 
     def _sync(self, *, scan: bool = True) -> bool:
@@ -964,6 +977,7 @@ class TeacherStore:
 
     def _update_offsets(self) -> None:
         self._offsets = np.cumsum([0] + [s["rows"] for s in self._parts()])
+        self._part_of_row = None
 
     def _parts(self) -> list[dict]:
         """Where the stored rows are, in stored order: the shards, then the row log's frames."""
@@ -1036,7 +1050,10 @@ class TeacherStore:
                                      "in input order; nothing was stored for this batch.")
         return probs
 
-    def _encode(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None) -> pa.Table:
+    def _encode(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None, *,
+                teacher: bool = True) -> pa.Table:
+        """Rows as a shard table: id, probabilities, `teacher` (row-log frames leave it out: the
+        flush adds it), extras."""
         dtype = PRECISIONS[self.precision]
         np_dtype = np.float16 if self.precision == "float16" else np.float32
         cols = {"id": pa.array(ids, pa.string())}
@@ -1048,10 +1065,14 @@ class TeacherStore:
             offsets = pa.array(np.arange(0, idx.size + 1, idx.shape[1], dtype=np.int32))
             cols["topk_index"] = pa.ListArray.from_arrays(offsets, pa.array(idx.reshape(-1), pa.int32()))
             cols["topk_prob"] = pa.ListArray.from_arrays(offsets, pa.array(val.astype(np_dtype).reshape(-1), dtype))
-        cols["teacher"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)),
-                                                         pa.array([self.fingerprint]))
+        if teacher:
+            cols["teacher"] = self._teacher_column(len(ids))
         cols.update(extras or {})
         return pa.table(cols)
+
+    def _teacher_column(self, n: int) -> pa.Array:
+        """The constant `teacher` column (dictionary-encoded: one string for all rows)."""
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([self.fingerprint]))
 
     def _encode_bytes(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None,
                       cost: float | None = None) -> bytes:
@@ -1102,8 +1123,9 @@ class TeacherStore:
                 self._ledger.append({"e": "done", "call": call, "stored": 0, **paid})
             return
         id_list = ids.tolist()
-        table = self._encode(ids, probs, extras)
-        if call is None or (len(ids) >= self.shard_size and not self._manifest["pending"]):
+        direct = call is None or (len(ids) >= self.shard_size and not self._manifest["pending"])
+        table = self._encode(ids, probs, extras, teacher=direct)
+        if direct:
             try:
                 entry = self._write_shard(table, spent=spent, calls=calls, call=call, ids=id_list, cost=cost)
             except OSError as e:
@@ -1209,6 +1231,8 @@ class TeacherStore:
             return
         n = len(self._manifest["shards"])
         table = self._concat([self._read_part(n + i) for i in range(len(pend))])
+        at = 1 + (self.top_k is not None) + 1  # after id and the probabilities, as `_encode` puts it
+        table = table.add_column(at, "teacher", self._teacher_column(table.num_rows))
         keys = [_key(f) for f in pend]
         ids = [x for k in keys for x in self._checked[k][2]]
         entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
