@@ -268,11 +268,20 @@ class TeacherStore:
         """Dense float32 (len(ids), n_classes) probabilities aligned to `ids` (all rows if None)."""
         if ids is None:
             return self.read_all()[1]
-        needed, rows = self._locate(_as_ids(ids))
-        if not len(rows):
+        ids = _as_ids(ids)
+        if not len(ids):
             return np.zeros((0, self.n_classes), np.float32)
         cols = ["probs"] if self.top_k is None else ["topk_index", "topk_prob"]  # ids are not needed
         n_shards = len(self._manifest["shards"])
+        if n_shards and 2 * len(ids) >= len(self):  # most of the store: read every shard while ids are looked up
+            paths = [str(self._verified_path(s)) for s in range(n_shards)]
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Arrow reads without holding the GIL
+                shards = pool.submit(lambda: ds.dataset(paths, format="parquet").to_table(columns=cols))
+                pos = self._positions(ids)
+                self._require_stored(ids, pos)
+                parts = [shards.result()] + [self._read_part(i).select(cols) for i in range(n_shards, len(self._parts()))]
+            return np.take(self._decode(parts[0] if len(parts) == 1 else pa.concat_tables(parts)), pos, axis=0)
+        needed, rows = self._locate(ids)
         shards, frames = needed[needed < n_shards], needed[needed >= n_shards]
         # the shards holding these ids, verified, in one multi-threaded read; rows not yet flushed
         # from the row log after them; then one decode
@@ -321,13 +330,7 @@ class TeacherStore:
         """(the parts holding `ids` (shards, then row-log frames), in stored order; each id's row in
         those parts concatenated). StoreError if any id is not stored."""
         pos = self._positions(ids)
-        if (pos < 0).any():
-            gone = ids[pos < 0]
-            note = self._quarantine_note()
-            raise StoreError(
-                f"{len(gone)} of {len(ids)} requested ids have no stored teacher output (e.g. {gone[:3].tolist()}) "
-                f"in {self.path}. " + (note or "Run labeling for them first (store.label(teacher, batches) "
-                                               "or `mentor label`)."))
+        self._require_stored(ids, pos)
         if self._part_of_row is None:  # the part of every stored row, until the store changes
             sizes = np.diff(self._offsets)
             self._part_of_row = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
@@ -338,6 +341,15 @@ class TeacherStore:
         skipped = np.zeros(len(self._offsets) - 1, np.int64)  # rows of the parts not read before each part
         skipped[needed] = self._offsets[needed] - np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
         return needed, pos - skipped[shard_of]
+
+    def _require_stored(self, ids: np.ndarray, pos: np.ndarray) -> None:
+        if (pos < 0).any():
+            gone = ids[pos < 0]
+            note = self._quarantine_note()
+            raise StoreError(
+                f"{len(gone)} of {len(ids)} requested ids have no stored teacher output (e.g. {gone[:3].tolist()}) "
+                f"in {self.path}. " + (note or "Run labeling for them first (store.label(teacher, batches) "
+                                               "or `mentor label`)."))
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, dense probabilities) in stored order."""
