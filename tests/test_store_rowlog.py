@@ -3,7 +3,9 @@
 never hides a committed one; a damaged frame is caught like a damaged shard. Real files, no mocks
 of the file system (monkeypatch only stops a run at a chosen moment, as a kill would)."""
 
+import contextlib
 import json
+import os
 import warnings
 
 import numpy as np
@@ -165,3 +167,30 @@ def test_a_lost_manifest_is_rebuilt_with_the_row_log(tmp_path, monkeypatch):
         again = TeacherStore.open(tmp_path)
     assert len(again) == 60 and np.array_equal(again.read(IDS[:60]), probs_of(IDS[:60]))
     assert again.spent == pytest.approx(30.0)
+
+
+def test_a_ledger_line_the_full_disk_cut_is_never_counted(tmp_path):
+    """A full disk may take only part of a line (write() returns short): the record must then fail,
+    not be counted in memory while the file holds a torn line (the bill and the file disagreed)."""
+    from test_store_trust import small_disk
+
+    from mentor.store.ledger import Ledger
+    with small_disk(64) as mnt:
+        ledger, again = Ledger(mnt), Ledger(mnt)
+        try:
+            ledger.append({"e": "store", "pad": "x" * 3900})  # most of the file's first 4 KiB page
+            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # then the rest of the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            os.close(fd)
+            with pytest.raises(OSError):
+                ledger.send([f"id{i}" for i in range(40)], cost=20.0)  # crosses into a page with no room
+            assert ledger.spent == 0 and ledger.n_calls == 0
+            (mnt / "filler").unlink()
+            ledger.send(["a", "b"], cost=1.0)
+            again.refresh()
+            assert again.spent == ledger.spent == 1.0 and again.n_calls == 1
+        finally:
+            ledger.close()
+            again.close()

@@ -273,7 +273,9 @@ class Ledger:
         size = os.fstat(fd).st_size
         if size and size != self._pos and os.pread(fd, 1, size - 1) != b"\n":  # at _pos a line has just ended
             line = b"\n" + line  # after a torn line, start a fresh one
-        os.write(fd, line)
+        view = memoryview(line)
+        while view:  # a full disk may take part of a line: write the rest, or raise (a torn line is skipped)
+            view = view[os.write(fd, view):]
         self._unsynced = not sync
         if sync:
             os.fsync(fd)
