@@ -127,9 +127,9 @@ def together(store: Path, url: str, n: int, threads: int, chunk: int, k: int = 2
 
 # ------------------------------------------------------------------------------------------ the checks
 
-def ledger_ids(store: Path) -> Counter:
-    """How many times the ledger says each id was sent."""
-    out = Counter()
+def sends(store: Path) -> list[dict]:
+    """The ledger's `send` records (a line torn by a full disk or a kill is skipped, as the store does)."""
+    out = []
     p = store / "_ledger.jsonl"
     for line in (p.read_text().splitlines() if p.exists() else []):
         try:
@@ -137,7 +137,15 @@ def ledger_ids(store: Path) -> Counter:
         except ValueError:
             continue
         if r.get("e") == "send":
-            out.update(r["ids"])
+            out.append(r)
+    return out
+
+
+def ledger_ids(store: Path) -> Counter:
+    """How many times the ledger says each id was sent."""
+    out = Counter()
+    for r in sends(store):
+        out.update(r["ids"])
     return out
 
 
@@ -171,8 +179,7 @@ def audit(store: Path, received: Counter, n: int) -> dict:
         "lost_calls": status["lost"]["calls"], "failed_calls": status["failed"]["calls"],
         "in_flight_calls": status["in_flight"]["calls"],
         "quarantined": len(status["quarantined"]),
-        "processes_that_sent": len({r["pid"] for r in map(json.loads, (store / "_ledger.jsonl").read_text()
-                                                          .splitlines()) if r.get("e") == "send"}),
+        "processes_that_sent": len({r["pid"] for r in sends(store)}),
         "warnings": [str(w.message)[:160] for w in caught],
     }
 

@@ -175,10 +175,15 @@ def test_bad_teacher_output_raises_and_keeps_earlier_batches(tmp_path, corrupt, 
 # ------------------------------------------------------------------------------------------ crash recovery
 
 def _foreign_shard(tmp_path, name, ids, probs, fingerprint="t1", cost=0.0):
-    """A shard as a killed writer leaves it: renamed into place, not in the manifest."""
+    """A shard as a killed writer of an older mentor (one shard per call, before the ledger) left
+    it: renamed into place, not in the manifest, its call's spend in its metadata."""
     other = TeacherStore(tmp_path / f"other-{name}", fingerprint=fingerprint, n_classes=C)
-    other.label(CountingTeacher(fingerprint=fingerprint, cost=cost), [(ids, np.zeros((len(ids), 1)))])
-    return (other.path / other.manifest["shards"][0]["file"]).read_bytes()
+    other.write(ids, probs)
+    table = pq.read_table(other.path / other.manifest["shards"][0]["file"])
+    meta = {**table.schema.metadata, b"spent": repr(cost * len(ids)).encode(), b"calls": b"1"}
+    out = tmp_path / f"other-{name}.parquet"
+    pq.write_table(table.replace_schema_metadata(meta), out)
+    return out.read_bytes()
 
 
 def test_orphan_shards_are_adopted_without_duplicates_and_tmp_files_removed(tmp_path):

@@ -169,7 +169,7 @@ def flip_an_id(f: Path) -> str:
 
 
 def test_flipped_id_is_detected_and_the_bogus_id_never_stored(tmp_path):
-    store, _ = labeled(tmp_path, shard_size=10**6)
+    store, _ = labeled(tmp_path, shard_size=40)  # one shard per 40-id call
     f = tmp_path / store.manifest["shards"][0]["file"]
     bogus = flip_an_id(f)  # main kept the bogus id and paid again for the real one
     with pytest.warns(StoreWarning, match=f"{f.name} is damaged"):

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 from ..checks import dense_to_topk, topk_to_dense, validate_probabilities
 from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
 from . import extras as xcols
+from . import rowlog
 from .files import LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
 from .ledger import LEDGER_NAME, Ledger, release
 
@@ -106,23 +108,22 @@ def id_hashes(ids: np.ndarray, width: int) -> np.ndarray:
 
 
 class IdLookup:
-    """Stored position of many string ids at once: sorted 64-bit hashes and a binary search, each
-    hit confirmed by comparing the ids themselves (a hash collision can never misplace a row)."""
+    """Stored position of many string ids at once: a hash table (pandas' uint64 one) from 64-bit
+    hashes of the ids to their stored positions, each hit confirmed by comparing the ids themselves
+    (a hash collision can never misplace a row)."""
 
     def __init__(self, stored: np.ndarray):
+        import pandas as pd  # imported here: only reads of many ids need it
+
         self.stored, self.width = stored, max(int(stored.dtype.itemsize // 4), 1)
-        hashes = id_hashes(stored, self.width)
-        self.order = np.argsort(hashes, kind="stable")
-        self.sorted = hashes[self.order]
-        self.unique = not (self.sorted[1:] == self.sorted[:-1]).any()  # else the caller uses a dict
+        self.hashes = pd.Index(id_hashes(stored, self.width))  # position = stored order
+        self.unique = self.hashes.is_unique  # else the caller uses a dict
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
         if len(self.stored) == 0:
             return np.full(len(ids), -1, np.int64)
-        q = id_hashes(ids, self.width)  # ids longer than any stored one are cut here, then fail the check
-        at = np.minimum(np.searchsorted(self.sorted, q), len(self.sorted) - 1)
-        pos = self.order[at]
-        hit = (self.sorted[at] == q) & (self.stored[pos] == ids)
+        pos = self.hashes.get_indexer(id_hashes(ids, self.width))  # ids longer than any stored one are cut
+        hit = (pos >= 0) & (self.stored[pos] == ids)                 # here, then fail this check
         return np.where(hit, pos, -1).astype(np.int64, copy=False)
 
 
@@ -186,9 +187,12 @@ class TeacherStore:
         self._sig = None  # (inode, size, mtime) of the manifest we loaded
         self._index: dict[str, int] = {}  # id -> position in stored order
         self._sorted = None  # the stored ids as an Arrow array, for reads of many ids
+        self._part_of_row = None  # the part (shard or frame) of each stored row, for reads
         self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids) once verified
         self._max_number = 0
         self._small: dict[str, pa.Table] = {}  # small shards this object wrote, kept for the next merge
+        self._frames: dict[str, pa.Table] = {}  # row-log frames (pending rows) as tables, once verified
+        self._log: tuple[str, int] | None = None  # the row log this object appends to, and its open fd
         self._applied = 0  # ledger shard events already reflected in self._manifest
         self._dirty = False  # shards committed in the ledger but not yet in the manifest file
         self._lock = FolderLock(self.path, write=self.writable)
@@ -211,8 +215,9 @@ class TeacherStore:
         return _stored_settings(Path(path), peek=True) is not None
 
     def close(self) -> None:
-        """Close the ledger and lock files this object keeps open (it reopens them if used again)."""
+        """Close the ledger, row log and lock files this object keeps open (it reopens them if used again)."""
         self._ledger.close()
+        self._close_log()
         self._lock.close()
 
     def __enter__(self):
@@ -268,16 +273,33 @@ class TeacherStore:
         """Dense float32 (len(ids), n_classes) probabilities aligned to `ids` (all rows if None)."""
         if ids is None:
             return self.read_all()[1]
-        needed, rows = self._locate(_as_ids(ids))
-        # the shards holding these ids, verified, in one multi-threaded read; then one decode
-        table = ds.dataset([str(self._verified_path(int(s))) for s in needed], format="parquet").to_table(
-            columns=["probs"] if self.top_k is None else ["topk_index", "topk_prob"])  # ids are not needed
-        return self._decode(table)[rows]
+        ids = _as_ids(ids)
+        if not len(ids):
+            return np.zeros((0, self.n_classes), np.float32)
+        cols = ["probs"] if self.top_k is None else ["topk_index", "topk_prob"]  # ids are not needed
+        n_shards = len(self._manifest["shards"])
+        if n_shards and 2 * len(ids) >= len(self):  # most of the store: read every shard while ids are looked up
+            paths = [str(self._verified_path(s)) for s in range(n_shards)]
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Arrow reads without holding the GIL
+                shards = pool.submit(lambda: ds.dataset(paths, format="parquet").to_table(columns=cols))
+                pos = self._positions(ids)
+                self._require_stored(ids, pos)
+                parts = [shards.result()] + [self._read_part(i).select(cols) for i in range(n_shards, len(self._parts()))]
+            return np.take(self._decode(parts[0] if len(parts) == 1 else pa.concat_tables(parts)), pos, axis=0)
+        needed, rows = self._locate(ids)
+        shards, frames = needed[needed < n_shards], needed[needed >= n_shards]
+        # the shards holding these ids, verified, in one multi-threaded read; rows not yet flushed
+        # from the row log after them; then one decode
+        parts = [ds.dataset([str(self._verified_path(int(s))) for s in shards], format="parquet").to_table(
+            columns=cols)] if len(shards) else []
+        parts += [self._read_part(int(s)).select(cols) for s in frames]
+        # np.take, not fancy indexing: an order of magnitude faster for many rows of a 2-d array
+        return np.take(self._decode(parts[0] if len(parts) == 1 else pa.concat_tables(parts)), rows, axis=0)
 
     @property
     def extra_columns(self) -> list[str]:
         """Names of the extra columns teachers returned beside the probabilities (`read_extras`)."""
-        return list(dict.fromkeys(c for e in self._manifest["shards"] for c in e.get("extras", ())))
+        return list(dict.fromkeys(c for e in self._parts() for c in e.get("extras", ())))
 
     def read_extras(self, ids=None, columns=None) -> pa.Table:
         """The extras stored with `ids` (all rows, in stored order, if None) as an Arrow table
@@ -295,21 +317,37 @@ class TeacherStore:
         id_col = pa.array(ids, pa.string())
         if not cols:
             return pa.table({"id": id_col})
-        parts = []
-        for s in needed:
-            entry = self._manifest["shards"][int(s)]
+        parts, all_parts, n_shards = [], self._parts(), len(self._manifest["shards"])
+        for s in needed.tolist():
+            entry = all_parts[s]
             mine = [c for c in cols if c in entry.get("extras", ())]
-            parts.append(pq.read_table(self._verified_path(int(s)), columns=mine) if mine else
-                         pa.table({"_rows": pa.nulls(entry["rows"])}))
+            if not mine:
+                parts.append(pa.table({"_rows": pa.nulls(entry["rows"])}))
+            else:
+                parts.append(pq.read_table(self._verified_path(s), columns=mine) if s < n_shards else
+                             self._read_part(s).select(mine))
         parts = xcols.conform(parts, cols)
         table = pa.concat_tables(parts).take(pa.array(rows)) if parts else pa.table(
             [pa.array([], pa.null())] * len(cols), names=cols)
         return table.add_column(0, "id", id_col)
 
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the shards holding `ids`, in stored order; each id's row in those shards concatenated).
-        StoreError if any id is not stored."""
+        """(the parts holding `ids` (shards, then row-log frames), in stored order; each id's row in
+        those parts concatenated). StoreError if any id is not stored."""
         pos = self._positions(ids)
+        self._require_stored(ids, pos)
+        if self._part_of_row is None:  # the part of every stored row, until the store changes
+            sizes = np.diff(self._offsets)
+            self._part_of_row = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        shard_of = self._part_of_row[pos]
+        needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets) - 1))
+        if len(needed) == len(self._offsets) - 1:
+            return needed, pos  # every part: rows are at their stored positions
+        skipped = np.zeros(len(self._offsets) - 1, np.int64)  # rows of the parts not read before each part
+        skipped[needed] = self._offsets[needed] - np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
+        return needed, pos - skipped[shard_of]
+
+    def _require_stored(self, ids: np.ndarray, pos: np.ndarray) -> None:
         if (pos < 0).any():
             gone = ids[pos < 0]
             note = self._quarantine_note()
@@ -317,11 +355,6 @@ class TeacherStore:
                 f"{len(gone)} of {len(ids)} requested ids have no stored teacher output (e.g. {gone[:3].tolist()}) "
                 f"in {self.path}. " + (note or "Run labeling for them first (store.label(teacher, batches) "
                                                "or `mentor label`)."))
-        shard_of = np.searchsorted(self._offsets, pos, side="right") - 1
-        needed = np.flatnonzero(np.bincount(shard_of, minlength=len(self._offsets)))
-        start = np.zeros(len(self._offsets), np.int64)
-        start[needed] = np.concatenate([[0], np.cumsum(np.diff(self._offsets)[needed])[:-1]])
-        return needed, pos - self._offsets[shard_of] + start[shard_of]
 
     def read_all(self) -> tuple[np.ndarray, np.ndarray]:
         """All stored (ids, dense probabilities) in stored order."""
@@ -337,8 +370,8 @@ class TeacherStore:
         pending: list[pa.Table] = []
         n_pending = 0
         keep = ["id", "probs"] if self.top_k is None else ["id", "topk_index", "topk_prob"]
-        for s in range(len(self._manifest["shards"])):
-            pending.append(self._read_shard(s).select(keep))
+        for s in range(len(self._parts())):
+            pending.append(self._read_part(s).select(keep))
             n_pending += pending[-1].num_rows
             while n_pending >= batch_rows:
                 table = pa.concat_tables(pending)
@@ -360,7 +393,8 @@ class TeacherStore:
         (the caller reports them)."""
         self._sync()
         self._checked.clear()
-        bad = [(e, why) for e in list(self._manifest["shards"]) if (why := self._check_shard(e, full=True)[1])]
+        self._frames.clear()
+        bad = [(e, why) for e in self._parts() if (why := self._check_shard(e, full=True)[1])]
         if bad and self.writable:
             self._set_aside(bad, warn=False)
         return bad
@@ -373,6 +407,7 @@ class TeacherStore:
             live = self._ledger.live_leases(record=self.writable)
         return {"path": str(self.path), "fingerprint": self.fingerprint, "rows": len(self),
                 "shards": len(self._manifest["shards"]), "writable": self.writable,
+                "unflushed_rows": sum(f["rows"] for f in self._manifest["pending"]),
                 "ledger": self._ledger.exists(), **self._ledger.summary(live),
                 "spent": self.spent, "calls": self.n_calls,
                 "quarantined": [{"shard": k, "rows": v, "where": str(self.path / QUARANTINE / k)}
@@ -574,6 +609,11 @@ class TeacherStore:
             self._sync()
             mask = _first_new(ids, self._index)
             ids, probs = ids[mask], probs[mask]
+            if len(ids) and self._manifest["pending"]:  # rows are stored in order: the row log's come first
+                try:
+                    self._flush(final=True)
+                except OSError as e:
+                    raise self._io_error(e, "write a shard", "Nothing was written.") from None
             for i in range(0, len(ids), self.shard_size):
                 try:
                     self._append(ids[i:i + self.shard_size], probs[i:i + self.shard_size], spent=0.0, calls=0)
@@ -589,6 +629,7 @@ class TeacherStore:
         self._require_writable("compact")
         with self._locked():
             self._sync()
+            self._flush(final=True)
             self._merge(final=True)
             if self._dirty:
                 self._commit()
@@ -598,7 +639,7 @@ class TeacherStore:
     def _new_manifest(self) -> dict:
         return {"format": FORMAT_VERSION, **{k: getattr(self, k) for k in SETTINGS},
                 "shard_size": self.shard_size, "created": datetime.now(timezone.utc).isoformat(),
-                "shards": [], "rows": 0, "spent": 0.0, "n_calls": 0}
+                "shards": [], "pending": [], "rows": 0, "spent": 0.0, "n_calls": 0}
 
     def _locked(self):
         return self._lock
@@ -653,7 +694,8 @@ class TeacherStore:
     def _commit(self) -> None:
         """Atomically rewrite the manifest; this is the moment a shard becomes part of the store."""
         m = self._manifest
-        m["rows"] = sum(s["rows"] for s in m["shards"])
+        m["rows"] = sum(s["rows"] for s in self._parts())
+        self._ledger.sync()  # commit lines written without fsync must be durable before the manifest cites them
         m["spent"], m["n_calls"] = self.spent, self.n_calls
         m["updated"] = datetime.now(timezone.utc).isoformat()
         m["ledger_pos"] = self._ledger.position  # every shard committed in the ledger so far is listed
@@ -662,48 +704,75 @@ class TeacherStore:
         self._dirty = False
 
     def _checkpoint(self) -> None:
-        """Write the manifest if shards were committed (in the ledger) since it was last written."""
-        if self._dirty:
+        """End of a run: write the row log's rows as a shard (so Parquet readers see every row), and
+        the manifest if anything was committed (in the ledger) since it was last written."""
+        if self._dirty or self._manifest["pending"]:
             with self._locked():
                 self._sync(scan=False)
-                self._commit()
+                self._flush(final=True)
+                if self._dirty:
+                    self._commit()
 
     def _scan(self) -> list[Path]:
-        """Leftovers of a crashed writer (.tmp files, unlisted shards); updates the highest shard number."""
+        """Leftovers of a crashed writer (.tmp files, unlisted shards, row logs holding frames that
+        were never committed or no longer needed); updates the highest shard number."""
         listed = {s["file"] for s in self._manifest.get("shards", [])}
         stray = []
-        with os.scandir(self.path) as it:
-            for d in it:
-                n = _shard_number(d.name)
+        for name in os.listdir(self.path):  # once per teacher call: names only, a stat for row logs
+            if name.endswith(".tmp"):
+                stray.append(self.path / name)
+            elif name.startswith(SHARD_PREFIX):
+                n = _shard_number(name)
                 if n is not None:
                     self._max_number = max(self._max_number, n)
-                if d.name.endswith(".tmp") or (n is not None and d.name not in listed):
-                    stray.append(Path(d.path))
+                    if name not in listed:
+                        stray.append(self.path / name)
+            elif rowlog.is_log(name):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(self.path / name).st_size != self._ledger.frame_end.get(name, 0):
+                        stray.append(self.path / name)  # it holds a frame never committed
         return stray
 
     def _sync(self, *, scan: bool = True) -> bool:
-        """Catch up with other processes (shards they committed in the ledger, a manifest they
+        """Catch up with other processes (rows they committed in the ledger, a manifest they
         rewrote) and, with `scan`, with leftovers of crashed writers. True if anything changed."""
         self._ledger.refresh()
-        if file_sig(self.path / MANIFEST_NAME) != self._sig or (scan and self._scan()):
+        if file_sig(self.path / MANIFEST_NAME) != self._sig:
             self._load()
             return True
+        changed = self._apply_new()
+        if scan and self._scan():
+            self._load()
+            return True
+        return changed
+
+    def _apply_new(self) -> bool:
+        """Apply the ledger's shard events since the last look (another process's calls)."""
         new = [r for _, r in self._ledger.events[self._applied:]]
         if not new:
             return False
-        if any(r["e"] in ("merge", "quarantine") for r in new):
+        if any(r["e"] in ("merge", "quarantine", "flush") for r in new):
             self._load()  # another process rewrote the shard list
             return True
-        listed = {e["file"] for e in self._manifest["shards"]}
-        checked = [(r["entry"], *self._check_shard(r["entry"])) for r in new if r["entry"]["file"] not in listed]
+        known = {_key(e) for e in self._parts()}
+        fresh = [r.get("frame") or r["entry"] for r in new]
+        checked = [(e, *self._check_shard(e)) for e in fresh if _key(e) not in known]
         if any(why for _, _, why in checked):
             self._load()  # sets the damaged ones aside
             return True
+        reindex = False
         for entry, ids, _ in checked:
-            self._manifest["shards"].append(dict(entry))
-            self._add_to_index(ids, entry["file"])
+            if "log" in entry:
+                self._manifest["pending"].append(dict(entry))
+            else:
+                reindex |= bool(self._manifest["pending"])  # a shard goes before the row log's rows
+                self._manifest["shards"].append(dict(entry))
+            if not reindex:
+                self._add_to_index(ids, _key(entry))
         self._applied = len(self._ledger.events)
         self._dirty = True
+        if reindex:
+            self._load_index()
         self._update_offsets()
         return True
 
@@ -728,6 +797,7 @@ class TeacherStore:
                     f"the store at {self.path} was written with {diff}. Open it with TeacherStore.open(path) to "
                     "use its settings, use another store path, or delete the folder to relabel. Nothing was changed.")
         self._manifest = m
+        m.setdefault("pending", [])
         dirty = rebuilt = m.pop("_rebuilt", False)
         if self.writable:
             if not had_ledger:  # the first line names the store; older stores carry their spend over
@@ -741,16 +811,19 @@ class TeacherStore:
         # what the ledger recorded after the manifest was written (everything, if it was rebuilt)
         after = 0 if rebuilt else m.get("ledger_pos", 0)
         if any(end > after for end, _ in self._ledger.events):
-            m["shards"] = _replay(m["shards"], [r for end, r in self._ledger.events if end > after])
+            m["shards"], m["pending"] = _replay(m["shards"], m["pending"],
+                                                [r for end, r in self._ledger.events if end > after])
             dirty = True
         self._applied = len(self._ledger.events)
         self._index, bad, self._sorted = {}, [], None
-        for entry in m["shards"]:
+        for entry in self._parts():
             ids, why = self._check_shard(entry)
             if why:
                 bad.append((entry, why))
             else:
-                self._add_to_index(ids, entry["file"])
+                self._add_to_index(ids, _key(entry))
+        keys = {_key(f) for f in m["pending"]}
+        self._frames = {k: t for k, t in self._frames.items() if k in keys}
         if bad:
             if not self.writable:
                 raise StoreError(" ".join(self._damage_message(e, why, moved=False) for e, why in bad))
@@ -760,7 +833,10 @@ class TeacherStore:
         orphans = sorted((p for p in self._scan() if not p.name.endswith(".tmp")), key=lambda p: p.name)
         if orphans and self.writable:
             for p in orphans:
-                self._adopt(p)
+                if rowlog.is_log(p.name):
+                    self._adopt_log(p)
+                else:
+                    self._adopt(p)
             dirty = True
         self._dirty = bool(dirty)
         if dirty and self.writable:
@@ -802,6 +878,8 @@ class TeacherStore:
 
     def _check_shard(self, entry: dict, *, full: bool = False) -> tuple[list | None, str | None]:
         """(ids, None) for a sound shard, (None, why) for a damaged one; verified once per file version."""
+        if "log" in entry:
+            return self._check_frame(entry, full=full)
         p = self.path / entry["file"]
         sig = file_sig(p)
         if sig is None:
@@ -826,10 +904,33 @@ class TeacherStore:
         self._checked[entry["file"]] = (sig, entry["sha256"], ids)
         return ids, None
 
+    def _check_frame(self, ref: dict, *, full: bool = False) -> tuple[list | None, str | None]:
+        """`_check_shard` for a frame of the row log (frames never change once written)."""
+        key = _key(ref)
+        cached = self._checked.get(key)
+        if cached and not full:
+            return cached[2], None
+        try:
+            frame = rowlog.read(self.path / ref["log"], ref["at"], ref["bytes"])
+        except FileNotFoundError:
+            return None, "its row log is missing"
+        why = rowlog.check(frame, ref["sha256"])
+        if why:
+            return None, why
+        try:
+            table = rowlog.decode(frame)
+        except Exception as e:  # noqa: BLE001 - a frame that passed its checksum but does not decode
+            return None, f"it cannot be read as Arrow ({type(e).__name__}: {str(e)[:200]})"
+        ids = table.column("id").to_pylist()
+        if len(ids) != ref["rows"]:
+            return None, f"it has {len(ids)} rows but the ledger says {ref['rows']}"
+        self._checked[key], self._frames[key] = (None, ref["sha256"], ids), table
+        return ids, None
+
     def _damage_message(self, entry: dict, why: str, *, moved: bool = True) -> str:
-        where = self.path / QUARANTINE / entry["file"]
+        where = self.path / QUARANTINE / _key(entry)
         rows = "an unknown number of" if entry["rows"] < 0 else entry["rows"]
-        head = f"{self.path / entry['file']} is damaged: {why}. It held {rows} paid rows"
+        head = f"{self.path / _key(entry)} is damaged: {why}. It held {rows} paid rows"
         if not moved:
             return (head + "; nothing was changed (the store is read-only). Make the folder writable and open "
                     "it again to set the shard aside, or restore the file from a backup.")
@@ -842,15 +943,21 @@ class TeacherStore:
         q = self.path / QUARANTINE
         q.mkdir(exist_ok=True)
         for entry, why in bad:
-            src = self.path / entry["file"]
-            if src.exists():
-                dest = q / entry["file"]
-                if dest.exists():
-                    dest = q / f"{entry['file']}.{int(time.time() * 1000)}"
-                os.replace(src, dest)
-            self._manifest["shards"].remove(entry)
-            self._checked.pop(entry["file"], None)
-            self._ledger.append({"e": "quarantine", "shard": entry["file"], "rows": entry["rows"],
+            key = _key(entry)
+            dest = q / key
+            if dest.exists():
+                dest = q / f"{key}.{int(time.time() * 1000)}"
+            if "log" in entry:  # a row-log frame: its bytes are copied aside, the log keeps the others
+                with contextlib.suppress(OSError):
+                    dest.write_bytes(rowlog.read(self.path / entry["log"], entry["at"], entry["bytes"]))
+                self._manifest["pending"].remove(entry)
+                self._frames.pop(key, None)
+            else:
+                if (self.path / key).exists():
+                    os.replace(self.path / key, dest)
+                self._manifest["shards"].remove(entry)
+            self._checked.pop(key, None)
+            self._ledger.append({"e": "quarantine", "shard": key, "rows": entry["rows"],
                                  "sha256": entry["sha256"], "why": why})
             self._applied = len(self._ledger.events)
             if warn:
@@ -861,8 +968,8 @@ class TeacherStore:
 
     def _load_index(self) -> None:
         self._index, self._sorted = {}, None
-        for entry in self._manifest["shards"]:
-            self._add_to_index(self._checked[entry["file"]][2], entry["file"])
+        for entry in self._parts():
+            self._add_to_index(self._checked[_key(entry)][2], _key(entry))
         self._update_offsets()
 
     def _quarantine_note(self) -> str:
@@ -889,7 +996,12 @@ class TeacherStore:
                              "by hand. Delete the folder to relabel.")
 
     def _update_offsets(self) -> None:
-        self._offsets = np.cumsum([0] + [s["rows"] for s in self._manifest["shards"]])
+        self._offsets = np.cumsum([0] + [s["rows"] for s in self._parts()])
+        self._part_of_row = None
+
+    def _parts(self) -> list[dict]:
+        """Where the stored rows are, in stored order: the shards, then the row log's frames."""
+        return self._manifest["shards"] + self._manifest.get("pending", [])
 
     def _adopt(self, p: Path) -> None:
         """Take in a shard renamed into place but never committed (the writer was killed), keeping
@@ -935,7 +1047,10 @@ class TeacherStore:
         self._applied = len(self._ledger.events)
         self._manifest["shards"].append(entry)
         self._checked[p.name] = (file_sig(p), entry["sha256"], ids[keep].tolist())
-        self._add_to_index(ids[keep].tolist(), p)
+        if self._manifest["pending"]:  # it goes before the row log's rows
+            self._load_index()
+        else:
+            self._add_to_index(ids[keep].tolist(), p)
         self._update_offsets()
 
     def _quarantine_orphan(self, p: Path, why: str) -> None:
@@ -955,7 +1070,10 @@ class TeacherStore:
                                      "in input order; nothing was stored for this batch.")
         return probs
 
-    def _encode(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None) -> pa.Table:
+    def _encode(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None, *,
+                teacher: bool = True) -> pa.Table:
+        """Rows as a shard table: id, probabilities, `teacher` (row-log frames leave it out: the
+        flush adds it), extras."""
         dtype = PRECISIONS[self.precision]
         np_dtype = np.float16 if self.precision == "float16" else np.float32
         cols = {"id": pa.array(ids, pa.string())}
@@ -967,10 +1085,14 @@ class TeacherStore:
             offsets = pa.array(np.arange(0, idx.size + 1, idx.shape[1], dtype=np.int32))
             cols["topk_index"] = pa.ListArray.from_arrays(offsets, pa.array(idx.reshape(-1), pa.int32()))
             cols["topk_prob"] = pa.ListArray.from_arrays(offsets, pa.array(val.astype(np_dtype).reshape(-1), dtype))
-        cols["teacher"] = pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int32)),
-                                                         pa.array([self.fingerprint]))
+        if teacher:
+            cols["teacher"] = self._teacher_column(len(ids))
         cols.update(extras or {})
         return pa.table(cols)
+
+    def _teacher_column(self, n: int) -> pa.Array:
+        """The constant `teacher` column (dictionary-encoded: one string for all rows)."""
+        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([self.fingerprint]))
 
     def _encode_bytes(self, table: pa.Table, *, spent: float, calls: int, call: str | None = None,
                       cost: float | None = None) -> bytes:
@@ -1010,37 +1132,199 @@ class TeacherStore:
 
     def _append(self, ids: np.ndarray, probs: np.ndarray, extras: dict | None = None, *, spent: float, calls: int,
                 call: str | None = None, cost: float | None = None) -> None:
-        """Store one call's new rows: shard (fsynced), the call's outcome in the ledger (with its
-        real `cost` where known), then the manifest."""
+        """Store new rows. A teacher call's (`call`) go to the row log as one frame (fsynced), then
+        its outcome line in the ledger commits them (with the call's real `cost` where known); the
+        frames become a Parquet shard once they add up to `shard_size` rows. Rows from `write()`
+        (no call, committed by an `import` line) and a call of `shard_size` rows or more go
+        straight to a shard."""
         paid = {} if cost is None else {"cost": cost}
         if not len(ids):
             if call:
                 self._ledger.append({"e": "done", "call": call, "stored": 0, **paid})
             return
         id_list = ids.tolist()
+        direct = call is None or (len(ids) >= self.shard_size and not self._manifest["pending"])
+        table = self._encode(ids, probs, extras, teacher=direct)
+        if direct:
+            try:
+                entry = self._write_shard(table, spent=spent, calls=calls, call=call, ids=id_list, cost=cost)
+            except OSError as e:
+                raise self._io_error(e, f"write a shard ({len(ids)} rows)",
+                                     "The answer of this teacher call was lost (the call is in the ledger as failed, "
+                                     "so its cost is accounted)." if call else "") from None
+            try:  # the commit: one fsynced line
+                self._ledger.append({"e": "done", "call": call, "stored": len(ids), "entry": entry, **paid} if call
+                                    else {"e": "import", "entry": entry})
+            except OSError as e:
+                raise self._io_error(e, "record a stored shard", f"The rows are kept in {entry['file']}, which the "
+                                     "next open adopts.") from None
+            self._applied = len(self._ledger.events)
+            self._manifest["shards"].append(entry)
+            self._dirty = True
+            self._add_to_index(id_list, entry["file"])
+            self._update_offsets()
+            try:
+                self._merge(final=False)
+            except OSError as e:
+                raise self._io_error(e, "merge small shards", "Every row is stored; only the merge was undone.") \
+                    from None
+            return
         try:
-            entry = self._write_shard(self._encode(ids, probs, extras), spent=spent, calls=calls, call=call,
-                                      ids=id_list, cost=cost)
+            ref = self._write_frame(table, call=call, cost=cost)
         except OSError as e:
-            raise self._io_error(e, f"write a shard ({len(ids)} rows)",
+            raise self._io_error(e, f"write the answer ({len(ids)} rows) to the row log",
                                  "The answer of this teacher call was lost (the call is in the ledger as failed, "
-                                 "so its cost is accounted)." if call else "") from None
-        try:  # the commit: one fsynced line; the manifest catches up at checkpoints
-            self._ledger.append({"e": "done", "call": call, "stored": len(ids), "entry": entry, **paid} if call
-                                else {"e": "import", "entry": entry})
+                                 "so its cost is accounted).") from None
+        try:  # the commit; not fsynced: the frame is, and a frame without its line is adopted on open
+            self._ledger.append({"e": "done", "call": call, "stored": len(ids), "frame": ref, **paid}, sync=False)
         except OSError as e:
-            raise self._io_error(e, "record a stored shard", f"The answer is kept in {entry['file']}, which the next "
+            raise self._io_error(e, "record a stored answer", f"The answer is kept in {ref['log']}, which the next "
                                  "open adopts.") from None
+        self._add_frame(ref, table, id_list)
+        try:
+            self._flush(final=False)
+        except OSError as e:
+            raise self._io_error(e, "write a shard from the row log", "Every answer is stored (in the row log).") \
+                from None
+
+    def _add_frame(self, ref: dict, table: pa.Table, ids: list) -> None:
+        """A frame just committed in the ledger joins the stored rows (after all others)."""
+        key = _key(ref)
+        self._applied = len(self._ledger.events)
+        self._manifest["pending"].append(ref)
+        self._checked[key], self._frames[key] = (None, ref["sha256"], ids), table
+        self._dirty = True
+        self._add_to_index(ids, key)
+        self._update_offsets()
+
+    def _write_frame(self, table: pa.Table, *, call: str, cost: float | None, adopting: bool = False) -> dict:
+        """Append `table` as one frame to the row log (fsynced); returns its reference. A log whose
+        end is not the end of its last committed frame holds an answer whose writer was killed
+        before committing it: that is adopted first (unless `adopting` already)."""
+        meta = {"fingerprint": self.fingerprint, "n_classes": str(self.n_classes), "top_k": str(self.top_k),
+                "precision": self.precision, "format": str(FORMAT_VERSION), "call": call}
+        if cost is not None:
+            meta["cost"] = repr(float(cost))
+        frame = rowlog.encode(table, meta)
+        name, fd = self._log_handle()
+        if not adopting and os.fstat(fd).st_size != self._ledger.frame_end.get(name, 0):
+            self._adopt_log(self.path / name)
+            name, fd = self._log_handle()
+        at = rowlog.append(fd, frame)
+        ref = {"log": name, "at": at, "bytes": len(frame), "sha256": frame[len(rowlog.MAGIC) + 8:rowlog.HEADER].hex(),
+               "rows": table.num_rows}
+        extra = xcols.names(table)
+        if extra:
+            ref["extras"] = extra
+        return ref
+
+    def _log_handle(self) -> tuple[str, int]:
+        """(name, fd) of the row log to append to: the one holding the last unflushed frame; when
+        every frame has been flushed, the one this object used last (unless another process has
+        deleted it since), else a new one."""
+        pending = self._manifest["pending"]
+        name = pending[-1]["log"] if pending else None
+        if self._log is not None and (name is None or self._log[0] == name) and os.fstat(self._log[1]).st_nlink:
+            return self._log
+        self._close_log()
+        new = name is None
+        if new:
+            name = f"{rowlog.LOG_PREFIX}{uuid.uuid4().hex[:12]}{rowlog.LOG_SUFFIX}"
+        fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if new:
+            _fsync_dir(self.path)  # the log's name must survive a power cut, like its frames
+        self._log = (name, fd)
+        return self._log
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._log[1])
+            self._log = None
+
+    def _flush(self, *, final: bool) -> None:
+        """Write the row log's frames as one Parquet shard once they add up to `shard_size` rows
+        (with `final`, whatever is there), commit it with a `flush` line, delete the logs. A kill
+        before the line leaves a shard whose ids are all stored, which the next open deletes."""
+        pend = list(self._manifest["pending"])
+        if not pend or (not final and sum(f["rows"] for f in pend) < self.shard_size):
+            return
+        n = len(self._manifest["shards"])
+        table = self._concat([self._read_part(n + i) for i in range(len(pend))])
+        at = 1 + (self.top_k is not None) + 1  # after id and the probabilities, as `_encode` puts it
+        table = table.add_column(at, "teacher", self._teacher_column(table.num_rows))
+        keys = [_key(f) for f in pend]
+        ids = [x for k in keys for x in self._checked[k][2]]
+        entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
+        self._ledger.append({"e": "flush", "entry": entry, "frames": keys})
         self._applied = len(self._ledger.events)
         self._manifest["shards"].append(entry)
+        self._manifest["pending"] = []
         self._dirty = True
-        self._add_to_index(id_list, entry["file"])
-        self._update_offsets()
+        self._update_offsets()  # the same rows in the same order: the index stays valid
+        for k in keys:
+            self._checked.pop(k, None)
+            self._frames.pop(k, None)
+        # every frame is in a shard now: delete the logs at the end of a run, or once they are big
+        # (a log grown past its last commit holds an answer to adopt first: `_scan` finds it)
+        logs = [p for p in self.path.iterdir() if rowlog.is_log(p.name)] if final else \
+            [self.path / log for log in {f["log"] for f in pend}]
+        for p in logs:
+            with contextlib.suppress(OSError):
+                size = p.stat().st_size
+                if size == self._ledger.frame_end.get(p.name, 0) and (final or size > rowlog.ROTATE_BYTES):
+                    p.unlink()
+        self._merge(final=False)
+
+    def _adopt_log(self, p: Path) -> None:
+        """Take in the frames of row log `p` whose commit line was never written (the writer was
+        killed after the frame), keeping only ids not stored yet; delete the log if no frame in it
+        is still needed."""
+        committed = set()
+        for _, r in self._ledger.events:
+            if r.get("frame"):
+                committed.add(_key(r["frame"]))
+            committed.update(r.get("frames", ()))
         try:
-            self._merge(final=False)
-        except OSError as e:
-            raise self._io_error(e, "merge small shards", "Every answer is stored; only the merge was undone.") \
-                from None
+            data = p.read_bytes()
+        except FileNotFoundError:
+            return
+        for at, frame in rowlog.scan(data):
+            if f"{p.name}@{at}" not in committed:
+                self._adopt_frame(p.name, at, frame)
+        if p.name not in {f["log"] for f in self._manifest["pending"]}:
+            if self._log is not None and self._log[0] == p.name:
+                self._close_log()
+            p.unlink()
+
+    def _adopt_frame(self, log: str, at: int, frame: bytes) -> None:
+        table = rowlog.decode(frame)
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        if meta.get("fingerprint") != self.fingerprint or meta.get("n_classes") != str(self.n_classes) \
+                or meta.get("top_k") != str(self.top_k) or meta.get("precision") != self.precision:
+            raise StoreError(f"{self.path / log} holds answers of teacher {meta.get('fingerprint')!r}, not of this "
+                             f"store's {self.fingerprint!r}. Move it out of {self.path} and open the store again.")
+        table = table.replace_schema_metadata(None)
+        ids = np.asarray(table.column("id").to_pylist(), dtype=str)
+        keep = _first_new(ids, self._index)
+        call = meta.get("call")
+        paid = {"cost": float(meta["cost"])} if "cost" in meta else {}
+        answered = bool(call) and call in self._ledger.cost and call not in self._ledger.outcome
+        if not keep.any():
+            if answered:
+                self._ledger.append({"e": "done", "call": call, "stored": 0, "note": "adopted after a crash", **paid})
+            return
+        if keep.all():
+            ref = {"log": log, "at": at, "bytes": len(frame), "rows": len(ids),
+                   "sha256": frame[len(rowlog.MAGIC) + 8:rowlog.HEADER].hex()}
+            if xcols.names(table):
+                ref["extras"] = xcols.names(table)
+        else:
+            table = table.filter(pa.array(keep))
+            ref = self._write_frame(table, call=call, cost=paid.get("cost"), adopting=True)
+        self._ledger.append({"e": "done", "call": call, "stored": table.num_rows, "frame": ref,
+                             "note": "adopted after a crash", **paid} if answered else {"e": "adopt", "frame": ref})
+        self._add_frame(ref, table, ids[keep].tolist())
 
     def _merge(self, *, final: bool) -> None:
         """Rewrite each run of consecutive small shards that adds up to `shard_size` rows as one
@@ -1077,6 +1361,20 @@ class TeacherStore:
         cols += list(dict.fromkeys(c for t in tables for c in xcols.names(t)))
         return pa.concat_tables(xcols.conform(tables, cols))
 
+    def _read_part(self, i: int) -> pa.Table:
+        """Part `i` of the stored rows (a shard, or a frame of the row log after them), verified."""
+        n = len(self._manifest["shards"])
+        if i < n:
+            return self._read_shard(i)
+        ref = self._manifest["pending"][i - n]
+        table = self._frames.get(_key(ref))
+        if table is not None:
+            return table
+        why = self._check_frame(ref)[1]
+        if why:
+            self._damaged(ref, why)
+        return self._frames[_key(ref)]
+
     def _read_shard(self, s: int) -> pa.Table:
         """Shard `s` as a table (verified)."""
         p = self._verified_path(s)
@@ -1093,15 +1391,19 @@ class TeacherStore:
             return p
         self._checked.pop(entry["file"], None)
         self._small.pop(entry["file"], None)
-        ids, why = self._check_shard(entry)
+        why = self._check_shard(entry)[1]
         if why:
-            if self.writable:
-                with self._locked():
-                    self._sync()
-                    if entry in self._manifest["shards"]:
-                        self._set_aside([(entry, why)])
-            raise StoreError(self._damage_message(entry, why, moved=self.writable))
+            self._damaged(entry, why)
         return p
+
+    def _damaged(self, part: dict, why: str) -> None:
+        """A part found damaged when read: set it aside (if the store is writable) and raise."""
+        if self.writable:
+            with self._locked():
+                self._sync()
+                if part in self._parts():
+                    self._set_aside([(part, why)])
+        raise StoreError(self._damage_message(part, why, moved=self.writable))
 
     def _decode(self, table: pa.Table) -> np.ndarray:
         n, C = table.num_rows, self.n_classes
@@ -1129,20 +1431,34 @@ def _entry(name: str, table: pa.Table, data: bytes) -> dict:
     return entry
 
 
-def _replay(shards: list[dict], events: list[dict]) -> list[dict]:
-    """The shard list after the ledger's shard events (commits, merges, quarantines), in order."""
-    shards = [dict(e) for e in shards]
+def _key(part: dict) -> str:
+    """The name of a part of the stored rows: a shard's file, or `log@offset` for a row-log frame."""
+    return part["file"] if "file" in part else f"{part['log']}@{part['at']}"
+
+
+def _replay(shards: list[dict], pending: list[dict], events: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The shard list and the row log's frames after the ledger's shard events (commits, flushes,
+    merges, quarantines), in order."""
+    shards, pending = [dict(e) for e in shards], [dict(f) for f in pending]
     for r in events:
         files = [e["file"] for e in shards]
         if r["e"] == "quarantine":
             shards = [e for e in shards if e["file"] != r["shard"]]
+            pending = [f for f in pending if _key(f) != r["shard"]]
         elif r["e"] == "merge":
             at = [i for i, f in enumerate(files) if f in set(r["old"])]
             shards = [e for e in shards if e["file"] not in set(r["old"])]
             shards.insert(at[0] if at else len(shards), dict(r["entry"]))
+        elif r["e"] == "flush":
+            pending = [f for f in pending if _key(f) not in set(r["frames"])]
+            if r["entry"]["file"] not in files:
+                shards.append(dict(r["entry"]))
+        elif "frame" in r:
+            if _key(r["frame"]) not in {_key(f) for f in pending}:
+                pending.append(dict(r["frame"]))
         elif r["entry"]["file"] not in files:
             shards.append(dict(r["entry"]))
-    return shards
+    return shards, pending
 
 
 def _merge_groups(rows: list[int], target: int, *, final: bool) -> list[tuple[int, int]]:

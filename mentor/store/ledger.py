@@ -7,9 +7,11 @@ line, appended under the store's folder lock:
     {"e": "store", ...settings}                      first line: what the store holds
     {"e": "lease", "call", "pid", "host", "start", "at", "n", "ids"}  ids reserved for a call queued in a pool
     {"e": "send", "call", "pid", "host", "start", "at", "n", "cost", "ids"}   fsynced BEFORE the call
-    {"e": "done", "call", "stored", "entry", "cost"}  the answer is on disk: this line commits its shard;
-                                                     `cost`: what the call really cost, where the teacher said
-    {"e": "import", "entry"} / {"e": "adopt", "entry"}   rows written by `write()`, an orphan adopted
+    {"e": "done", "call", "stored", "frame", "cost"}  the answer is on disk: this line commits its rows,
+                                                     a frame of the row log (rowlog.py); `cost`: what the
+                                                     call really cost, where the teacher said
+    {"e": "flush", "entry", "frames"}                committed frames written as one Parquet shard
+    {"e": "import", "entry"} / {"e": "adopt", "entry" or "frame"}   rows written by `write()`, an orphan adopted
     {"e": "merge", "entry", "old"}                   small shards rewritten as one
     {"e": "failed", "call", "error", "cost"}         the call raised, or its answer could not be kept
     {"e": "lost", "call", "why"}                     its process died (or its lease expired) mid-call
@@ -40,7 +42,7 @@ from pathlib import Path
 LEDGER_NAME = "_ledger.jsonl"
 HOST = socket.gethostname()
 OUTCOMES = ("done", "failed", "lost")
-SHARD_EVENTS = ("done", "import", "adopt", "merge", "quarantine")
+SHARD_EVENTS = ("done", "import", "adopt", "merge", "flush", "quarantine")
 
 # call ids this process has in flight (any TeacherStore object): its own leases are live only
 # while listed here, so a call abandoned by an exception does not block a retry in this process
@@ -102,8 +104,10 @@ class Ledger:
         # what happened to the shard list, with the ledger position after each record: the
         # manifest is a checkpoint up to a position, these records replay what came after it
         self.events: list[tuple[int, dict]] = []
+        self.frame_end: dict[str, int] = {}  # row log -> end of its last committed frame
         self.header: dict | None = None
         self._fd: int | None = None  # kept open: one open per store, not one per record
+        self._unsynced = False  # a record was appended without fsync since the last one
 
     def __del__(self):
         self.close()
@@ -135,7 +139,7 @@ class Ledger:
     def refresh(self) -> None:
         """Read the records appended since the last call (by this or any other process)."""
         fd = self._handle()
-        if fd is None:
+        if fd is None or os.fstat(fd).st_size == self._pos:  # nothing new: one fstat, no read
             return
         chunks = []
         while True:
@@ -153,9 +157,16 @@ class Ledger:
                 self._apply(r)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn line from a crash: the next append starts on a fresh line
-            if r.get("e") in SHARD_EVENTS and (r["e"] != "done" or "entry" in r):
-                self.events.append((at, r))
+            self._event(at, r)
         self._pos += end
+
+    def _event(self, at: int, r: dict) -> None:
+        """Note a record that changes the shard list (and where in the ledger it ends)."""
+        if r.get("e") in SHARD_EVENTS and (r["e"] != "done" or "entry" in r or "frame" in r):
+            self.events.append((at, r))
+            f = r.get("frame")
+            if f:
+                self.frame_end[f["log"]] = max(self.frame_end.get(f["log"], 0), f["at"] + f["bytes"])
 
     def _apply(self, r: dict) -> None:
         e = r["e"]
@@ -260,18 +271,26 @@ class Ledger:
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         fd = self._handle(create=True)
         size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
+        if size and size != self._pos and os.pread(fd, 1, size - 1) != b"\n":  # at _pos a line has just ended
             line = b"\n" + line  # after a torn line, start a fresh one
-        os.write(fd, line)
+        view = memoryview(line)
+        while view:  # a full disk may take part of a line: write the rest, or raise (a torn line is skipped)
+            view = view[os.write(fd, view):]
+        self._unsynced = not sync
         if sync:
             os.fsync(fd)
         if size == self._pos and line[:1] != b"\n":  # caught up (we hold the lock): apply, don't re-read
             self._pos += len(line)
             self._apply(record)
-            if record["e"] in SHARD_EVENTS and (record["e"] != "done" or "entry" in record):
-                self.events.append((self._pos, record))
+            self._event(self._pos, record)
         else:
             self.refresh()
+
+    def sync(self) -> None:
+        """Make records appended with `sync=False` durable (before a manifest cites them)."""
+        if self._unsynced and self._fd is not None:
+            os.fsync(self._fd)
+            self._unsynced = False
 
     def summary(self, live: dict[str, dict]) -> dict:
         """The bill by outcome; `live`: the leases in flight (from `live_leases`)."""

@@ -34,7 +34,9 @@ def status_text(s: dict) -> str:
     lines = [
         f"store        {s['path']} ({'writable' if s['writable'] else 'read-only'})",
         f"teacher      {s['fingerprint']}",
-        f"rows         {s['rows']:,} stored in {s['shards']} shards",
+        f"rows         {s['rows']:,} stored in {s['shards']} shards"
+        + (f" and the row log ({s['unflushed_rows']:,} rows written to a shard at the end of the run)"
+           if s.get("unflushed_rows") else ""),
         f"spent        {money(s['spent'])} over {s['calls']:,} teacher calls sent (the ledger)",
         f"  stored     {money(s['done']['cost'])} for {s['done']['calls']:,} calls answered and stored",
         f"  failed     {money(s['failed']['cost'])} for {s['failed']['calls']:,} calls that failed or whose answer "

@@ -1,0 +1,196 @@
+"""The row log: small teacher calls are kept as fsynced frames and written as Parquet once per
+`shard_size` rows. Rows in the log are stored rows (read, never re-paid); a torn or orphan frame
+never hides a committed one; a damaged frame is caught like a damaged shard. Real files, no mocks
+of the file system (monkeypatch only stops a run at a chosen moment, as a kill would)."""
+
+import contextlib
+import json
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mentor.errors import StoreError
+from mentor.store import StoreWarning, TeacherStore
+from mentor.store import rowlog
+
+C = 4
+IDS = np.array([f"r{i}" for i in range(200)])
+
+
+def probs_of(ids) -> np.ndarray:
+    k = np.array([int(i[1:]) for i in ids], dtype=np.float64)[:, None]
+    e = np.exp(np.sin(k * np.arange(1, C + 1) * 0.29))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Teacher:
+    fingerprint, n_classes, cost_per_example = "log-test", C, 0.5
+
+    def __init__(self):
+        self.asked = []
+
+    def predict_proba(self, inputs, ids=None):
+        self.asked += list(ids)
+        return probs_of(ids)
+
+
+def chunks(ids, size=20):
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size], np.zeros((len(ids[i:i + size]), 1))
+
+
+def logs(path):
+    return sorted(p for p in path.iterdir() if rowlog.is_log(p.name))
+
+
+def unflushed(path, ids, monkeypatch, shard_size=10**6):
+    """A store whose run stopped before its end-of-run flush (as a kill there would): its rows are
+    frames of the row log, committed in the ledger."""
+    store = TeacherStore(path, fingerprint="log-test", n_classes=C, shard_size=shard_size)
+    monkeypatch.setattr(store, "_checkpoint", lambda: None)
+    store.label(Teacher(), chunks(ids))
+    store.close()
+    return store
+
+
+def test_small_calls_become_one_shard_per_shard_size_rows_and_no_log_is_left(tmp_path):
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=50)
+    store.label(Teacher(), chunks(IDS, 20))  # 10 calls of 20 rows
+    assert [s["rows"] for s in store.manifest["shards"]] == [60, 60, 60, 20]  # flushed at >= 50 rows, then the rest
+    assert not logs(tmp_path) and store.manifest["pending"] == []
+    table = pd.read_parquet(tmp_path)
+    assert len(table) == len(IDS) and set(table["teacher"]) == {"log-test"}  # every row, for Parquet readers
+    assert store.read([]).shape == (0, C) and store.read_extras([]).num_rows == 0
+    store.label(Teacher(), chunks(np.array([f"r{i}" for i in range(200, 240)]), 20))
+    assert [s["rows"] for s in store.manifest["shards"]] == [60, 60, 60, 60]  # the short one merged with the next
+    ledger = [json.loads(x) for x in (tmp_path / "_ledger.jsonl").read_text().splitlines()]
+    assert sum(r["e"] == "done" and "frame" in r for r in ledger) == 12 and sum(r["e"] == "flush" for r in ledger) == 5
+
+
+def test_rows_in_the_row_log_are_read_and_never_paid_again(tmp_path, monkeypatch):
+    unflushed(tmp_path, IDS[:100], monkeypatch)
+    assert logs(tmp_path) and not list(tmp_path.glob("shard-*.parquet"))
+    again = TeacherStore.open(tmp_path)
+    assert len(again) == 100 and again.manifest["pending"] and again.status()["unflushed_rows"] == 100
+    from mentor.store.status import status
+    assert "100 stored in 0 shards and the row log (100 rows" in status(tmp_path)
+    order = np.random.default_rng(0).permutation(100)
+    assert np.array_equal(again.read(IDS[order]), probs_of(IDS[order]))
+    ids, probs = again.read_all()
+    assert ids.tolist() == IDS[:100].tolist() and np.array_equal(probs, probs_of(IDS[:100]))
+    teacher = Teacher()
+    again.label(teacher, chunks(IDS))
+    assert teacher.asked == IDS[100:].tolist() and again.spent == pytest.approx(0.5 * len(IDS))
+    assert not logs(tmp_path) and np.array_equal(TeacherStore.open(tmp_path).read(IDS), probs_of(IDS))
+
+
+def test_a_torn_frame_never_hides_the_frames_after_it(tmp_path, monkeypatch):
+    unflushed(tmp_path, IDS[:40], monkeypatch)
+    log = logs(tmp_path)[0]
+    frame = log.read_bytes()[:200]
+    with open(log, "ab") as f:  # a writer killed mid-frame: a header and part of its payload
+        f.write(frame)
+    again = TeacherStore.open(tmp_path)
+    monkeypatch.setattr(again, "_checkpoint", lambda: None)
+    again.label(Teacher(), chunks(IDS[:80]))  # appends after the torn bytes
+    again.close()
+    third = TeacherStore.open(tmp_path)
+    assert len(third) == 80 and np.array_equal(third.read(IDS[:80]), probs_of(IDS[:80]))
+    assert third.spent == pytest.approx(40.0)
+
+
+def test_an_answer_written_but_not_committed_is_adopted_even_after_later_frames(tmp_path, monkeypatch):
+    """Another writer is killed between its frame and its commit line while this one's call is in
+    flight; this one then appends after the orphan frame. The orphan is adopted, not lost."""
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
+    monkeypatch.setattr(store, "_checkpoint", lambda: None)
+    store.label(Teacher(), chunks(IDS[:20]))
+
+    other = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)  # opened earlier
+
+    class DiesMeanwhile(Teacher):
+        def predict_proba(self, inputs, ids=None):
+            append = other._ledger.append
+
+            def killed(record, **kw):
+                if record["e"] == "done":
+                    raise KeyboardInterrupt
+                return append(record, **kw)
+
+            other._ledger.append = killed
+            other._checkpoint = other._record_failure = lambda *a: None  # a killed process does neither
+            with pytest.raises(KeyboardInterrupt):
+                other.label(Teacher(), chunks(IDS[100:120]))
+            other._ledger.append = append
+            return super().predict_proba(inputs, ids)
+
+    store.label(DiesMeanwhile(), chunks(IDS[20:40]))
+    assert any(r.get("note") == "adopted after a crash" for _, r in store._ledger.events)  # by the writer
+    store.close()
+    again = TeacherStore.open(tmp_path)
+    want = np.concatenate([IDS[:40], IDS[100:120]])
+    assert again.stored_ids() == set(want.tolist()) and np.array_equal(again.read(want), probs_of(want))
+    assert again.spent == pytest.approx(30.0)  # 60 ids at 0.5: the orphan's call was billed before it was sent
+    teacher = Teacher()
+    again.label(teacher, chunks(want))
+    assert teacher.asked == []
+
+
+def test_a_damaged_frame_is_quarantined_and_not_paid_again_without_asking(tmp_path, monkeypatch):
+    unflushed(tmp_path, IDS[:60], monkeypatch)
+    log = logs(tmp_path)[0]
+    data = bytearray(log.read_bytes())
+    second = list(rowlog.scan(bytes(data)))[1][0]
+    data[second + rowlog.HEADER + 40] ^= 0x01
+    log.write_bytes(bytes(data))
+    with pytest.warns(StoreWarning, match=rf"{log.name}@{second} is damaged.*20 paid rows"):
+        again = TeacherStore.open(tmp_path)
+    assert again.stored_ids() == set(IDS[:20].tolist()) | set(IDS[40:60].tolist())
+    teacher = Teacher()
+    with pytest.raises(StoreError, match="before sending anything"):
+        again.label(teacher, chunks(IDS[:60]))
+    assert teacher.asked == []
+    again.repair(repay=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreWarning)
+        again.label(teacher, chunks(IDS[:60]))
+    assert teacher.asked == IDS[20:40].tolist() and np.array_equal(again.read(IDS[:60]), probs_of(IDS[:60]))
+
+
+def test_a_lost_manifest_is_rebuilt_with_the_row_log(tmp_path, monkeypatch):
+    unflushed(tmp_path, IDS[:60], monkeypatch, shard_size=30)  # shards and unflushed frames both
+    (tmp_path / "_manifest.json").unlink()
+    with pytest.warns(StoreWarning, match="rebuilt"):
+        again = TeacherStore.open(tmp_path)
+    assert len(again) == 60 and np.array_equal(again.read(IDS[:60]), probs_of(IDS[:60]))
+    assert again.spent == pytest.approx(30.0)
+
+
+def test_a_ledger_line_the_full_disk_cut_is_never_counted(tmp_path):
+    """A full disk may take only part of a line (write() returns short): the record must then fail,
+    not be counted in memory while the file holds a torn line (the bill and the file disagreed)."""
+    from test_store_trust import small_disk
+
+    from mentor.store.ledger import Ledger
+    with small_disk(64) as mnt:
+        ledger, again = Ledger(mnt), Ledger(mnt)
+        try:
+            ledger.append({"e": "store", "pad": "x" * 3900})  # most of the file's first 4 KiB page
+            fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT)  # then the rest of the disk
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+            os.close(fd)
+            with pytest.raises(OSError):
+                ledger.send([f"id{i}" for i in range(40)], cost=20.0)  # crosses into a page with no room
+            assert ledger.spent == 0 and ledger.n_calls == 0
+            (mnt / "filler").unlink()
+            ledger.send(["a", "b"], cost=1.0)
+            again.refresh()
+            assert again.spent == ledger.spent == 1.0 and again.n_calls == 1
+        finally:
+            ledger.close()
+            again.close()
