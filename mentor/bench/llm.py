@@ -2,9 +2,10 @@
 (llama.cpp) and the same weights locally.
 
 Two kinds of rows (JSON lines):
-- `row: "teacher"` — one per (dataset, seed, backend, scoring mode, shots): the LLM's accuracy,
-  calibration error, AUROC of its confidence and abstention rate on test examples, with tokens
-  and seconds per example;
+- `row: "teacher"` — one per (dataset, seed, backend, scoring mode, shots): the LLM's accuracy
+  (abstentions count as wrong; `accuracy_answered` on the rows it answered; `argmax_accuracy`
+  the plain argmax, where a uniform row falls on the first class), calibration error, AUROC of
+  its confidence and abstention rate on test examples, with tokens and seconds per example;
 - `row: "student"` — one per (dataset, seed, method), as `bench quality` writes them, with the
   LLM (label likelihood, local backend: the same weights the server runs) labeling V, test and the pool.
 
@@ -72,18 +73,21 @@ def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
     """Label `index` (positions in the data) with `teacher` directly and score it on the labels."""
     from ..evaluate import accuracy, confidence_auroc, expected_calibration_error
     data = ctx.data
-    probs, tokens, abstained = [], 0, 0
+    probs, tokens, abstained = [], 0, []
     t0 = time.perf_counter()
     for s in range(0, len(index), batch_size):
         part = index[s:s + batch_size]
         ans = teacher.answer(data.features[part], data.ids[part])
         probs.append(ans.probs)
         tokens += sum(ans.extras["input_tokens"]) + sum(ans.extras["output_tokens"])
-        abstained += sum(bool(a) for a in ans.extras["abstained"])
+        abstained += [bool(a) for a in ans.extras["abstained"]]
     seconds = time.perf_counter() - t0
-    p, y = np.concatenate(probs), data.labels[index]
-    return {"teacher_accuracy": accuracy(p, y), "ece": expected_calibration_error(p, y),
-            "auroc": confidence_auroc(p, y), "abstain_rate": abstained / len(index),
+    p, y, abst = np.concatenate(probs), data.labels[index], np.array(abstained, bool)
+    right = (p.argmax(1) == y) & ~abst  # an abstention (a uniform row) is not a right answer
+    return {"teacher_accuracy": float(right.mean()),
+            "accuracy_answered": float(right[~abst].mean()) if (~abst).any() else None,
+            "argmax_accuracy": accuracy(p, y), "ece": expected_calibration_error(p, y),
+            "auroc": confidence_auroc(p, y), "abstain_rate": float(abst.mean()),
             "tokens_per_example": tokens / len(index), "seconds_per_example": seconds / len(index),
             "n_examples": int(len(index)), "teacher_fingerprint": teacher.fingerprint}
 
