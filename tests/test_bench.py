@@ -143,3 +143,17 @@ def test_report_rows_picks_the_report_by_row_kind():
     assert "| d | rad | 60.00 ± 0.00 | +10.00 ± 0.00 |" in bench.report_rows(active)
     with pytest.raises(ConfigError, match="mix or lack"):
         bench.report_rows(guide + active)
+
+
+def test_llm_rows_report_teacher_grid_and_gain_over_argmax_labels():
+    """`bench report` on `bench llm` rows: the teacher table, and students' gains over vanilla-hard
+    (argmax labels, what labeling tools give), paired by seed."""
+    rows = [{"dataset": "d", "row": "teacher", "scoring": "sampling", "shots": 0, "backend": "server", "seed": s,
+             "teacher_accuracy": 0.5 + 0.1 * s, "ece": 0.2, "auroc": None, "abstain_rate": 0.25,
+             "tokens_per_example": 100.0, "seconds_per_example": 1.0} for s in (0, 1)]
+    rows += [{"dataset": "d", "row": "student", "scoring": "label-likelihood", "method": m, "seed": s,
+              "test_accuracy": acc + 0.01 * s, "val_accuracy": acc, "teacher_accuracy": 0.6}
+             for s in (0, 1) for m, acc in (("teacher", 0.6), ("vanilla-hard", 0.5), ("vanilla-soft", 0.55))]
+    text = bench.report_rows(rows)
+    assert "| d | server | sampling | 0 | 55.00 ± 7.07 |" in text  # mean ± std of the two seeds
+    assert "| vanilla-soft | +5.00 ± 0.00 |" in text  # paired gain over vanilla-hard
