@@ -358,6 +358,15 @@ def check_class_order(ctx: RunContext, store: TeacherStore) -> None:
             "the pool was not sent. If the teacher is really this wrong, set teacher.check_class_order: false.")
 
 
+def answered(store: TeacherStore, ids: np.ndarray) -> np.ndarray:
+    """Which ids the teacher answered: False where the store flags an abstention (an LLM answer
+    that named no label), True for every row of a teacher that never abstains."""
+    if "abstained" not in (getattr(store, "extra_columns", ()) or ()):
+        return np.ones(len(ids), bool)
+    flags = store.read_extras(ids, columns="abstained").column("abstained").to_pylist()
+    return ~np.array([bool(f) for f in flags], bool)
+
+
 def teacher_outputs(store: TeacherStore, ids: np.ndarray, *, required: bool = True) -> np.ndarray | None:
     ids = np.asarray(ids).astype(str)
     if not required and len(store.missing(ids)):
@@ -429,6 +438,13 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         store = store or open_store(ctx)
         x_pool = feat.transform(data.features[sp.pool])
         t_pool = teacher_outputs(store, data.ids[sp.pool])
+        keep = answered(store, data.ids[sp.pool])
+        if not keep.all():  # an LLM that named no label said nothing: its uniform row is not a target
+            if not keep.any():
+                raise DataError("the teacher abstained on every pool example (its answers named no label), so there "
+                                "is nothing to distil; check its raw answers (store.read_extras) and the prompt.")
+            x_pool, t_pool = x_pool[keep], t_pool[keep]
+            info["pool_abstentions_left_out"] = int((~keep).sum())
         t_val = teacher_outputs(store, data.ids[sp.val], required=False)
         cfg_t = ctx.cfg.train
 

@@ -168,3 +168,27 @@ def test_a_key_in_the_llm_endpoint_url_is_redacted_in_the_saved_config():
         "endpoint": {"url": "https://u:sk-secret-123@api.example.com/v1?api_key=sk-other-456", "model": "m"}}}})
     text = dump_config(cfg)
     assert "sk-secret-123" not in text and "sk-other-456" not in text and "api.example.com" in text
+
+
+def test_abstained_pool_rows_are_not_distillation_targets(tmp_path):
+    """A uniform row stored for an answer that named no label must not train a student (its
+    argmax would be class 0 for hard-label methods)."""
+    from mentor.pipeline import answered
+    from mentor.store import TeacherStore
+    from mentor.teachers.base import Teacher, TeacherAnswer
+
+    class Sometimes(Teacher):
+        n_classes, fingerprint = 2, "sometimes"
+
+        def answer(self, inputs, ids=None):
+            abst = [i.endswith("3") for i in ids]
+            probs = np.array([[0.5, 0.5] if a else [0.1, 0.9] for a in abst], np.float32)
+            return TeacherAnswer(probs, {"abstained": abst})
+
+    store = TeacherStore(tmp_path / "s", fingerprint="sometimes", n_classes=2)
+    ids = np.array([f"x{i}" for i in range(8)])
+    store.label(Sometimes(), [(ids, np.zeros(8))])
+    assert answered(store, ids).tolist() == [True, True, True, False, True, True, True, True]
+    plain = TeacherStore(tmp_path / "p", fingerprint="plain", n_classes=2)
+    plain.write(ids, np.full((8, 2), 0.5, np.float32))
+    assert answered(plain, ids).all()  # a teacher that never abstains: every row counts

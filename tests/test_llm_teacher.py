@@ -95,3 +95,12 @@ def test_spending_cap_stops_before_paying_and_keeps_what_was_paid(tmp_path):
     from mentor.store import TeacherStore
     store = TeacherStore.open(tmp_path / "run" / "store")
     assert store.spent <= 0.5 and len(store) >= 0
+
+
+def test_a_student_trains_on_the_llm_answers(labeled_run):
+    from mentor.pipeline import student_test_probs, train
+    tmp, ctx, store = labeled_run
+    info = train(ctx, store, method="vanilla-soft", name="vanilla-soft")
+    probs = student_test_probs(ctx, "vanilla-soft")
+    assert probs.shape == (len(ctx.splits.test), 4) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert "pool_abstentions_left_out" not in info  # label likelihood never abstains
