@@ -67,19 +67,17 @@ class Shots:
             return {"selection": "similar", "k": self.k, "encoder": "all-MiniLM-L6-v2", "labeled_set": digest}
         return {"selection": "none"}
 
-    def for_batch(self, texts: list[str]) -> list[list[tuple[str, int]]]:
+    def positions(self, texts: list[str]) -> list[list[int]]:
+        """Each text's shots as positions in A (embedding the texts once, for `similar`)."""
         if self.selection == "per-class":
-            one = [(self.texts[i], int(self.labels[i])) for i in self.fixed]
-            return [one] * len(texts)
-        if self.selection == "similar":
-            near = similar_shots(self.embed(texts), self.a_emb, self.k)
-            return [[(self.texts[i], int(self.labels[i])) for i in row] for row in near]
-        return [[] for _ in texts]
-
-    def positions(self, texts: list[str]) -> list[list[int]] | None:
+            return [list(self.fixed)] * len(texts)
         if self.selection == "similar":
             return [row.tolist() for row in similar_shots(self.embed(texts), self.a_emb, self.k)]
-        return None
+        return [[] for _ in texts]
+
+    def pairs(self, positions: list[int]) -> list[tuple[str, int]]:
+        """(text, label) of the shots at these positions in A."""
+        return [(self.texts[i], int(self.labels[i])) for i in positions]
 
 
 class LLMTeacher(Teacher):
@@ -156,17 +154,18 @@ class LLMTeacher(Teacher):
     def _wrap(self, prompt: str) -> str:
         return self.backend.chat_wrap(prompt) if self._chat_scored else prompt
 
-    def prompts(self, texts: list[str]) -> tuple[list[str], list[bool]]:
+    def prompts(self, texts: list[str]) -> tuple[list[str], list[bool], list[list[int]]]:
         """Each example's prompt, its text shortened where the prompt (in the chat template, when
-        scored so) would not fit the context."""
+        scored so) would not fit the context; and its shots' positions in A."""
         limit = self.backend.max_prompt_tokens(self.max_answer_tokens)
         count = (lambda p: self.backend.count_tokens(self._wrap(p))) if self._chat_scored else self.backend.count_tokens
-        out, cut = [], []
-        for text, shots in zip(texts, self.shots.for_batch(texts)):
+        out, cut, where = [], [], self.shots.positions(texts)
+        for text, pos in zip(texts, where):
+            shots = self.shots.pairs(pos)
             t, was_cut = truncate_to_fit(self.task, text, shots, count, limit)
             out.append(self._wrap(render_prompt(self.task, t, shots)))
             cut.append(was_cut)
-        return out, cut
+        return out, cut, where
 
     def _verbalizers(self) -> list[str]:
         """What follows the prompt for each label: the answer itself in a chat turn, ' label' after 'Answer:'."""
@@ -174,7 +173,7 @@ class LLMTeacher(Teacher):
 
     def estimate(self, texts: list[str]) -> dict:
         """Expected tokens and cost of labeling `texts`, from token counts alone (nothing is sent)."""
-        prompts, cut = self.prompts(check_texts(texts))
+        prompts, cut, _ = self.prompts(check_texts(texts))
         u = Usage()
         for p in prompts:
             u = u + self.backend.expected_usage(self._mode, p, list(self.task.verbalizers),
@@ -192,7 +191,7 @@ class LLMTeacher(Teacher):
 
     def answer(self, inputs, ids=None) -> TeacherAnswer:
         texts = check_texts(list(inputs), ids)
-        prompts, cut = self.prompts(texts)
+        prompts, cut, shot_pos = self.prompts(texts)
         self._check_cap(prompts)
         mode = self._mode
         if mode == "top-logprobs":
@@ -222,8 +221,7 @@ class LLMTeacher(Teacher):
         extras.update(scoring=[mode] * len(texts), truncated=cut,
                       input_tokens=[u.input_tokens for u in usages], output_tokens=[u.output_tokens for u in usages],
                       cached_input_tokens=[u.cached_input_tokens for u in usages], cost=costs)
-        shot_pos = self.shots.positions(texts)
-        if shot_pos is not None:
+        if self.shots.selection == "similar":  # fixed shots are in the fingerprint; these differ per row
             extras["shots"] = [json.dumps([self.shots.ids[i] for i in row]) for row in shot_pos]
         return TeacherAnswer(np.asarray(probs, dtype=np.float32), extras, float(sum(costs)))
 
@@ -258,7 +256,7 @@ class LLMTeacher(Teacher):
     def prompts_content_free(self) -> list[str]:
         """Content-free prompts (Zhao et al., 2021): the same prompt around texts that say nothing."""
         return [self._wrap(render_prompt(self.task, t, s)) for t in ("N/A", "[MASK]", "")
-                for s in self.shots.for_batch(["N/A"])[:1]]
+                for s in [self.shots.pairs(self.shots.positions(["N/A"])[0])]]
 
     def _top_logprobs(self, prompts):
         probs, raw, cov, abst, usages = [], [], [], [], []
