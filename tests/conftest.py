@@ -17,3 +17,16 @@ def model(digits):
     from sklearn.linear_model import LogisticRegression
     est = LogisticRegression(max_iter=300).fit(digits.features[:300], digits.labels[:300])
     return SklearnTeacher(est, 10)
+
+
+def kill_before_done(store, monkeypatch):
+    """Make `store` die (KeyboardInterrupt) at its next ledger `done` line: the answer is on disk
+    but not committed, as when a process is killed there."""
+    append = store._ledger.append
+
+    def killed(record, **kw):
+        if record["e"] == "done":
+            raise KeyboardInterrupt
+        return append(record, **kw)
+
+    monkeypatch.setattr(store._ledger, "append", killed)

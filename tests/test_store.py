@@ -23,6 +23,7 @@ from mentor.errors import ConfigError, StoreError, TeacherOutputError
 from mentor.store import MANIFEST_NAME, LabelReport, TeacherStore, _merge_groups
 
 import _store_worker as worker
+from conftest import kill_before_done
 
 C = 5
 RNG = np.random.default_rng(0)
@@ -220,14 +221,7 @@ def test_kill_between_shard_rename_and_its_commit_loses_nothing(tmp_path, monkey
     in the ledger is not written yet), made certain by interrupting that line."""
     store = TeacherStore(tmp_path, fingerprint="t1", n_classes=C, shard_size=10**6)
     store.label(CountingTeacher(cost=1.0), chunks(IDS[:40]))
-    append = store._ledger.append
-
-    def killed(record, **kw):
-        if record["e"] == "done":
-            raise KeyboardInterrupt
-        return append(record, **kw)
-
-    monkeypatch.setattr(store._ledger, "append", killed)
+    kill_before_done(store, monkeypatch)
     teacher = CountingTeacher(cost=1.0)
     with pytest.raises(KeyboardInterrupt):
         store.label(teacher, chunks(IDS[:80]))

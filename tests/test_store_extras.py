@@ -15,6 +15,7 @@ from mentor.errors import StoreError, TeacherOutputError
 from mentor.store import TeacherStore
 from mentor.teachers.base import Teacher, TeacherAnswer
 from mentor.teachers.pools import ThreadTeacherPool
+from conftest import kill_before_done
 
 ROOT = Path(__file__).resolve().parents[1]
 C = 3
@@ -212,14 +213,7 @@ def test_another_process_reads_the_extras(tmp_path):
 
 def test_kill_before_the_commit_line_keeps_the_real_cost(tmp_path, monkeypatch):
     store = TeacherStore(tmp_path, fingerprint="llm-test", n_classes=C, shard_size=10**6)
-    append = store._ledger.append
-
-    def killed(record, **kw):
-        if record["e"] == "done":
-            raise KeyboardInterrupt
-        return append(record, **kw)
-
-    monkeypatch.setattr(store._ledger, "append", killed)
+    kill_before_done(store, monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         store.label(PricedLLM(), chunks(IDS[:16]))
     monkeypatch.undo()
