@@ -3,14 +3,14 @@
 The data flows one way, one module per step:
 
     data.py      load a data set, split it into A (labeled), V (validation), U (pool), test
-    teachers.py  any teacher behind one interface (torch, sklearn, file of outputs, MiniLM, HTTP)
+    teachers/    any teacher behind one interface (torch, sklearn, file, MiniLM, HTTP, LLM)
     store/       teacher outputs in Parquet shards: paid once, crash-safe, resumable
     methods.py   distillation methods by name (the objective and per-example weights)
     corrections.py  weighted distillation, SLaM and the noise baselines (plain functions)
     selection.py / active.py  budgeted teacher queries (RAD and baselines)
     guide.py / lm.py  GUIDE initialisation and token-level LM distillation
     losses.py    the distillation losses as plain functions
-    train.py     the bundled trainer (CE on A + distillation on U)
+    students/    built-in models and featurizers, the bundled trainer (CE on A + distillation on U)
     evaluate.py  accuracy, NLL, ECE, agreement, gap closed
     pipeline.py  the steps wired together; cli.py and bench.py on top
 """
@@ -25,12 +25,12 @@ _EXPORTS = {
     "errors": ["ConfigError", "DataError", "MentorError", "StoreError", "TeacherOutputError"],
     "losses": ["distillation_loss", "hard_distillation", "kd_kl", "per_example_distillation", "soft_cross_entropy"],
     "methods": ["METHODS", "MethodContext", "MethodPlan", "register_method"],
-    # pipeline's train and evaluate are reached as mentor.pipeline.train / .evaluate: the names
-    # mentor.train and mentor.evaluate are the modules of the same names
+    # pipeline's train and evaluate are reached as mentor.pipeline.train / .evaluate: the name
+    # mentor.evaluate is the module of the same name
     "pipeline": ["label", "prepare", "run"],
     "store": ["TeacherStore"],
     "teachers": ["EncoderTeacher", "FileTeacher", "RemoteTeacher", "SklearnTeacher", "Teacher", "TorchTeacher"],
-    "train": ["TrainConfig", "VanillaObjective", "predict_proba", "train_student"],
+    "students.train": ["TrainConfig", "VanillaObjective", "predict_proba", "train_student"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + ["demo"]

@@ -254,7 +254,7 @@ def auc(queries, accuracy) -> float:
 def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int = 4096,
                        device: str = "auto") -> np.ndarray:
     """Inputs of the student's last linear layer (its penultimate features), via a forward hook."""
-    from .train import resolve_device
+    from .students.train import resolve_device
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         raise ConfigError("coreset needs a student whose last layer is torch.nn.Linear (to read its embeddings).")
@@ -334,7 +334,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     from .evaluate import accuracy
     from .methods import MethodContext, plan_method, train_with_plan
     from .pipeline import _featurizer, _new_student, _train_config, open_store
-    from .train import load_plain, predict_proba, train_student
+    from .students.train import load_plain, predict_proba, train_student
 
     cfg = cfg or ctx.cfg
     out = Path(out or ctx.out)
@@ -492,7 +492,7 @@ def _queried(state: dict) -> list:
 
 def _select(cfg: ActiveConfig, model, candidates, b, rng, x_lab, x_pool, queried, teacher_val_acc, device):
     """Gather what the strategy needs from the current student and call the selector."""
-    from .train import predict_proba
+    from .students.train import predict_proba
     name = cfg.strategy
     needs = SELECTORS[name].needs
     inputs: dict = {}

@@ -429,7 +429,7 @@ def _train_order(n_rows: int, n_needed: int, seed: int) -> np.ndarray:
 
 def train_lm(cfg: LMDistillConfig, data: LMData, student, *, log: Callable = lambda *_: None) -> dict:
     """Train `student` on cfg.train.tokens tokens; returns curve and final validation loss."""
-    from .train import resolve_device
+    from .students.train import resolve_device
     t = cfg.train
     device = resolve_device(t.device)
     L = cfg.corpus.seq_len

@@ -67,7 +67,7 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
     λ = 0 trains on A alone, exactly as the labeled-only baseline does."""
     from dataclasses import replace
 
-    from .train import train_student
+    from .students.train import train_student
     if plan.distill_weight is not None:
         config = replace(config, distill_weight=float(plan.distill_weight))
         if plan.distill_weight == 0:
@@ -212,8 +212,8 @@ def plan_method(name: str, ctx: MethodContext) -> MethodPlan:
 
 
 def VanillaObjective(mode: str = "soft", temperature: float = 1.0):
-    """mentor.train.VanillaObjective, imported on use (torch)."""
-    from .train import VanillaObjective as Vanilla
+    """mentor.students.train.VanillaObjective, imported on use (torch)."""
+    from .students.train import VanillaObjective as Vanilla
     return Vanilla(mode, temperature)
 
 

@@ -28,11 +28,11 @@ from .checks import suspected_permutation
 from .errors import ConfigError, DataError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict
 from .methods import MethodContext, plan_method, train_with_plan
-from .models import Featurizer, build_model, default_featurizer
+from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
-from .train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
+from .students.train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
 @dataclass
@@ -125,7 +125,7 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
 def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     """Load and validate the data, split it by the protocol, record the config and split.
     `force`: replace the results of another config's run in the same output_dir."""
-    from .train import resolve_device
+    from .students.train import resolve_device
     resolve_device(cfg.train.device)  # a device this machine lacks fails now, not after labeling
     data = load_data(cfg).validate()
     s = cfg.split

@@ -16,7 +16,7 @@ from mentor.active import (ActiveConfig, Budget, BudgetExhausted, auc, load_acti
 from mentor.errors import ConfigError, DataError
 from mentor.store import TeacherStore
 
-train_module = importlib.import_module("mentor.train")  # the attribute mentor.train is pipeline.train
+train_module = importlib.import_module("mentor.students.train")
 
 
 class Killed(BaseException):

@@ -10,10 +10,10 @@ from mentor.config import parse_config
 from mentor.errors import ConfigError
 from mentor.methods import (AUTO_CANDIDATES, MethodPlan, VanillaObjective, check_method_options,
                             choose_on_validation, cross_fit_folds, parse_candidate, simplicity_order, train_with_plan)
-from mentor.models import MLP
+from mentor.students.models import MLP
 from mentor.pipeline import get_teacher, label, prepare, train
 from mentor.presets import demo_config
-from mentor.train import TrainConfig, train_student
+from mentor.students.train import TrainConfig, train_student
 
 # ---------------------------------------------------------------------------------------------- the choice
 

@@ -11,9 +11,9 @@ from mentor import corrections as cr
 from mentor import losses
 from mentor.errors import ConfigError, DataError, TeacherOutputError
 from mentor.methods import METHODS, MethodContext, MethodPlan, plan_method
-from mentor.models import MLP
+from mentor.students.models import MLP
 from mentor.reliability import apply_temperature, fit_reliability, fit_temperature, teacher_margin
-from mentor.train import TrainConfig, VanillaObjective, predict_proba, train_student
+from mentor.students.train import TrainConfig, VanillaObjective, predict_proba, train_student
 
 CORRECTION_METHODS = ["weighted-margin", "weighted-margin-hard", "weighted-disagreement", "slam", "slam-hard",
                       "slam-normalized", "threshold", "forward-correction", "taid", "calibrated-soft"]

@@ -18,11 +18,11 @@ import yaml
 
 from mentor.config import parse_config
 from mentor.errors import DataError
-from mentor.models import Featurizer
+from mentor.students.models import Featurizer
 from mentor.pipeline import get_teacher, load_student, prepare, train
 from mentor.teachers import (EncoderTeacher, TeacherCacheError, load_teacher, save_teacher, teacher_cache_suffix,
                              train_model_teacher)
-from mentor.train import TrainConfig, train_student
+from mentor.students.train import TrainConfig, train_student
 
 MENTOR = [sys.executable, "-m", "mentor.cli"]
 

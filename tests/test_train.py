@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mentor.errors import ConfigError, DataError
-from mentor.models import MLP
-from mentor.train import TrainConfig, VanillaObjective, predict_proba, train_student
+from mentor.students.models import MLP
+from mentor.students.train import TrainConfig, VanillaObjective, predict_proba, train_student
 
 
 @pytest.fixture(scope="module")

@@ -91,9 +91,9 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
     import torch
     from ..data import load_dataset
     from ..methods import MethodContext, plan_method, train_with_plan
-    from ..models import build_model
+    from ..students.models import build_model
     from ..store import TeacherStore
-    from ..train import TrainConfig, train_student
+    from ..students.train import TrainConfig, train_student
 
     try:
         ds = load_dataset("fashion-mnist")

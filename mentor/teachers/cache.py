@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..models import Featurizer, build_model
+from ..students.models import Featurizer, build_model
 from .base import Teacher
 from .local import SklearnTeacher, TorchTeacher
 from .encoder import EncoderTeacher

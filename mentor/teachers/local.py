@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checks import validate_probabilities
 from ..errors import ConfigError
-from ..models import Featurizer, build_model, default_featurizer
+from ..students.models import Featurizer, build_model, default_featurizer
 from .base import Teacher, _fingerprint_object, _sha, fingerprint_module
 
 
@@ -33,7 +33,7 @@ class TorchTeacher(Teacher):
 
     @torch.no_grad()
     def predict_proba(self, inputs, ids=None) -> np.ndarray:
-        from ..train import resolve_device
+        from ..students.train import resolve_device
         x = self.featurizer.transform(inputs) if self.featurizer is not None else np.asarray(inputs, dtype=np.float32)
         dev = resolve_device(self.device)
         self.module.to(dev).eval()
@@ -97,7 +97,7 @@ def train_model_teacher(kind: str, features, labels, *, n_classes: int, data_kin
         from sklearn.ensemble import HistGradientBoostingClassifier
         est = HistGradientBoostingClassifier(random_state=seed).fit(x, labels)
         return SklearnTeacher(est, n_classes, featurizer=feat)
-    from ..train import TrainConfig, train_student
+    from ..students.train import TrainConfig, train_student
     torch.manual_seed(seed)
     model = build_model(kind, in_features=x.shape[1], n_classes=n_classes, image_shape=image_shape,
                         hidden=tuple(hidden), dropout=0.1)  # recorded in teacher.build below

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError, DataError
-from .losses import per_example_distillation
+from ..errors import ConfigError, DataError
+from ..losses import per_example_distillation
 
 
 @dataclass

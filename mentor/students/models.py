@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class MLP(nn.Module):

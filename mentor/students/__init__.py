@@ -1,0 +1,1 @@
+"""Students: the built-in architectures and featurizers (models), the bundled trainer (train)."""
