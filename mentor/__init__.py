@@ -7,7 +7,7 @@ The data flows one way, one module per step:
     store/       teacher outputs in Parquet shards: paid once, crash-safe, resumable
     methods.py   distillation methods by name (the objective and per-example weights)
     corrections.py  weighted distillation, SLaM and the noise baselines (plain functions)
-    selection.py / active.py  budgeted teacher queries (RAD and baselines)
+    active/      budgeted teacher queries: selectors (RAD and baselines) and the loop
     guide.py / lm.py  GUIDE initialisation and token-level LM distillation
     losses.py    the distillation losses as plain functions
     students/    built-in models and featurizers, the bundled trainer (CE on A + distillation on U)

@@ -391,10 +391,10 @@ def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on C
 
 @app.command("active")
 @_guard
-def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys plus strategy, budget, ... (see mentor.active)."),
+def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys plus strategy, budget, ... (see mentor.active.loop)."),
                set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
     """Spend a budget of teacher calls round by round (RAD, margin, ...); writes active.json and active.png."""
-    from .active import load_active_config, run_active
+    from .active.loop import load_active_config, run_active
     cfg = load_active_config(config, _overrides(set_))
     res = run_active(cfg, force=force)
     from rich.table import Table
@@ -420,7 +420,7 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                      work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
     """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc."""
-    from .active import bench_active, summarize_active
+    from .bench.active import bench_active, summarize_active
     rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
                         log=out, correction=correction)

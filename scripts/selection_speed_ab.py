@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    from mentor import selection as after
+    from mentor.active import selection as after
     before = load_before(a.before)
     rng = np.random.default_rng(0)
     z = rng.normal(size=(a.n, a.classes)).astype(np.float32) * 2

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mentor.active import (ActiveConfig, Budget, BudgetExhausted, auc, load_active_config, parse_active_config,
+from mentor.active.loop import (ActiveConfig, Budget, BudgetExhausted, auc, load_active_config, parse_active_config,
                            run_active)
 from mentor.errors import ConfigError, DataError
 from mentor.store import TeacherStore
@@ -227,7 +227,7 @@ def test_continue_training_with_coreset_and_a_correction(tmp_out):
 def test_budget_charge_on_threads_keeps_extras_and_real_cost(tmp_path):
     """`mentor active` pays each round's batch on threads when distribute asks, and a teacher
     that knows each call's real cost (an LLM's tokens) is billed that, with its extras kept."""
-    from mentor.active import Budget
+    from mentor.active.loop import Budget
     from mentor.config import DistributeConfig
     from mentor.store import TeacherStore
     from mentor.teachers.base import Teacher, TeacherAnswer

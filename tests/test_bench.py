@@ -114,7 +114,7 @@ def test_method_auto_equals_the_choice_on_v_computed_from_rows(tmp_path):
 
 
 def test_active_summary_pairs_auc_gains_by_seed():
-    from mentor.active import summarize_active
+    from mentor.bench.active import summarize_active
     rows = [{"dataset": "d", "strategy": s, "seed": seed, "auc": base + (0.01 if s == "rad" else 0.0),
              "test_accuracy": [0.5, base]} for seed, base in enumerate([0.6, 0.9]) for s in ("random", "rad")]
     text = summarize_active(rows)
@@ -122,7 +122,7 @@ def test_active_summary_pairs_auc_gains_by_seed():
 
 
 def test_selection_speed_reports_and_checks_the_kcenter_extrapolation():
-    from mentor.active import selection_speed
+    from mentor.bench.active import selection_speed
     res = selection_speed(n=20_000, repeats=1, kcenter_b=20, kcenter_centres=20, kcenter_dim=8,
                           kcenter_max_seconds=0.2)
     assert set(res["seconds"]) >= {"margin", "entropy", "rad", "dep_round_systematic"}

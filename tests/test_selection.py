@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import linprog
 
 from mentor.errors import ConfigError, DataError
-from mentor.selection import (SELECTORS, NoInformationWarning, dep_round, entropy, k_center, rad_gains,
+from mentor.active.selection import (SELECTORS, NoInformationWarning, dep_round, entropy, k_center, rad_gains,
                               rad_probabilities, rad_single, select, student_margin, worst_case_value)
 
 

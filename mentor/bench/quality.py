@@ -169,7 +169,7 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
         from ..lm import summarize_guide
         return summarize_guide(rows)
     if kind == "strategy":
-        from ..active import summarize_active
+        from .active import summarize_active
         return summarize_active(rows, baseline or "random")
     return report(rows, baseline or "vanilla-soft")
 

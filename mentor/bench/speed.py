@@ -179,7 +179,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         "slam_plan": {key: slam_info[key] for key in ("k", "alpha")},
     }
     if selection:
-        from ..active import selection_speed
+        from .active import selection_speed
         result["selection"] = selection_speed(n=1_000_000, n_classes=10)
     if json_out is not None:
         Path(json_out).parent.mkdir(parents=True, exist_ok=True)

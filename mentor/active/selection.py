@@ -51,7 +51,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 
 class NoInformationWarning(UserWarning):
