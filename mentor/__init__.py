@@ -8,7 +8,7 @@ The data flows one way, one module per step:
     methods.py   distillation methods by name (the objective and per-example weights)
     corrections.py  weighted distillation, SLaM and the noise baselines (plain functions)
     active/      budgeted teacher queries: selectors (RAD and baselines) and the loop
-    guide.py / lm.py  GUIDE initialisation and token-level LM distillation
+    lm/          token-level LM distillation and the GUIDE initialiser
     losses.py    the distillation losses as plain functions
     students/    built-in models and featurizers, the bundled trainer (CE on A + distillation on U)
     evaluate.py  accuracy, NLL, ECE, agreement, gap closed

@@ -361,10 +361,10 @@ def bench_pool(n: int = typer.Option(4000, help="Fortunes to label."),
 
 @app.command("lm-distill")
 @_guard
-def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see mentor.lm.LMDistillConfig)."),
+def lm_distill_cmd(config: Path = typer.Argument(..., help="YAML config (see mentor.lm.distill.LMDistillConfig)."),
                    set_: Optional[list[str]] = SetOpt):
     """Distil SmolLM2-135M into a small student on real text; writes curve.csv and summary.json."""
-    from .lm import load_lm_config, run_lm_distill
+    from .lm.distill import load_lm_config, run_lm_distill
     cfg = load_lm_config(config, _overrides(set_))
     s = run_lm_distill(cfg, log=out)
     out(f"init={s['init']} loss={s['loss']} val_loss={s['val_loss']:.4f} "
@@ -383,7 +383,7 @@ def bench_guide_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on C
                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                     work_dir: Path = typer.Option(Path("bench-out/guide"), help="Run folders and teacher store.")):
     """GUIDE vs weight selection vs KD vs GUIDE+KD at equal training tokens; gap reduction vs random."""
-    from .lm import bench_guide, summarize_guide
+    from .bench.guide import bench_guide, summarize_guide
     rows = bench_guide(suite, seeds=seeds, first_seed=first_seed, arms=arms.split(",") if arms else None, json_out=json_out,
                        work_dir=work_dir, log=out)
     out(summarize_guide(rows))

@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python scripts/guide_init_losses.py
 """
 import torch
-from mentor.lm import parse_lm_config, prepare_lm, build_student, val_loss, guide_suite
+from mentor.bench.guide import guide_suite
+from mentor.lm.distill import parse_lm_config, prepare_lm, build_student, val_loss
 torch.set_num_threads(1)
 base = guide_suite("smoke")
 variants = {"random": {"method": "random"}, "weight-selection": {"method": "weight-selection"},

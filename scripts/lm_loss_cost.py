@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from mentor.lm_losses import TopK, _kl, forward_kl, next_token_ce
+from mentor.lm.losses import TopK, _kl, forward_kl, next_token_ce
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--rows", type=int, default=8)

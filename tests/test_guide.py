@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from mentor import guide
+from mentor.lm import guide
 from mentor.errors import ConfigError
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mentor import lm
+from mentor.bench import guide as bench_guide_mod
+from mentor.lm import distill as lm
 from mentor.errors import ConfigError, DataError, StoreError
 
 WORDS = ("the a of to and in is it you that he was for on are with as his they be at one have this from "
@@ -138,23 +139,23 @@ def test_two_handles_on_one_store_share_work_and_keep_all_shards(tmp_path):
 def test_bench_rows_have_gap_reduction(tmp_path, corpus, monkeypatch):
     teacher = _teacher(_tokenizer())
     base = _cfg(tmp_path, corpus).model_dump(exclude={"seed", "output_dir", "init", "loss", "store"})
-    monkeypatch.setattr(lm, "guide_suite", lambda suite: base)
+    monkeypatch.setattr(bench_guide_mod, "guide_suite", lambda suite: base)
     monkeypatch.setattr(lm, "load_teacher", lambda cfg: teacher)
     out = tmp_path / "rows.jsonl"
-    rows = lm.bench_guide("smoke", seeds=2, json_out=out, work_dir=tmp_path / "bench", log=lambda *_: None)
-    assert [r["arm"] for r in rows[:5]] == list(lm.ARMS) and len(rows) == 10
+    rows = bench_guide_mod.bench_guide("smoke", seeds=2, json_out=out, work_dir=tmp_path / "bench", log=lambda *_: None)
+    assert [r["arm"] for r in rows[:5]] == list(bench_guide_mod.ARMS) and len(rows) == 10
     assert all(r["gap_reduction"] == 0.0 or np.isnan(r["gap_reduction"]) for r in rows if r["arm"] == "random")
     assert all({"arm", "seed", "val_loss", "teacher_val_loss", "tokens", "gap_reduction"} <= set(r) for r in rows)
-    assert len(out.read_text().splitlines()) == 10 and "| guide+kd |" in lm.summarize_guide(rows)
+    assert len(out.read_text().splitlines()) == 10 and "| guide+kd |" in bench_guide_mod.summarize_guide(rows)
     init = {(r["seed"], r["arm"]): r["init_val_loss"] for r in rows}
     for seed in (0, 1):  # the loss does not change the initialisation: same init, same starting loss
         assert init[seed, "random"] == pytest.approx(init[seed, "kd"])
         assert init[seed, "guide"] == pytest.approx(init[seed, "guide+kd"])
         assert init[seed, "guide"] != pytest.approx(init[seed, "random"])
     with pytest.raises(ConfigError, match="unknown arms"):
-        lm.bench_guide("smoke", arms=["distill"])
+        bench_guide_mod.bench_guide("smoke", arms=["distill"])
     # a later seed run on its own (as a parallel process would) reproduces that seed's rows
-    alone = lm.bench_guide("smoke", seeds=1, first_seed=1, arms=["guide"], work_dir=tmp_path / "bench2",
+    alone = bench_guide_mod.bench_guide("smoke", seeds=1, first_seed=1, arms=["guide"], work_dir=tmp_path / "bench2",
                            log=lambda *_: None)
     assert [(r["seed"], r["arm"]) for r in alone] == [(1, "random"), (1, "guide")]
     for r in alone:
@@ -163,7 +164,7 @@ def test_bench_rows_have_gap_reduction(tmp_path, corpus, monkeypatch):
 
 def test_unknown_suite():
     with pytest.raises(ConfigError, match="unknown suite"):
-        lm.guide_suite("huge")
+        bench_guide_mod.guide_suite("huge")
 
 
 @pytest.mark.slow

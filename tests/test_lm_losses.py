@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mentor import lm_losses as L
+from mentor.lm import losses as L
 from mentor.errors import ConfigError, TeacherOutputError
 
 B, T, V = 2, 5, 11
@@ -153,7 +153,7 @@ def test_taid_schedule_moves_monotonically_and_checkpoints():
 def test_fused_tail_logsumexp_values_and_gradients():
     """The one-pass (log Σ e^z, log Σ_tail e^z) equals logsumexp on the masked logits, with exact
     gradients (gradcheck), also where the tail underflows against the maximum in float32."""
-    from mentor.lm_losses import _LogSumExpAndTail
+    from mentor.lm.losses import _LogSumExpAndTail
     g = torch.Generator().manual_seed(0)
     z = torch.randn(2, 3, 11, generator=g, dtype=torch.float64, requires_grad=True)
     idx = torch.randint(0, 11, (2, 3, 4), generator=g)  # may repeat a token: masking is idempotent

@@ -166,7 +166,7 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
                           "kind (`mentor bench quality|active|guide --json`) at a time.")
     kind = kinds.pop()
     if kind == "arm":
-        from ..lm import summarize_guide
+        from .guide import summarize_guide
         return summarize_guide(rows)
     if kind == "strategy":
         from .active import summarize_active

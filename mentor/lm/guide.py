@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 METHODS = ("random", "weight-selection", "guide", "layer-copy")
 

@@ -4,7 +4,7 @@ Every loss takes the student's logits `(B, T, V)` and a teacher given either as
 
 - full logits `(B, T, V)` (a tensor), or
 - `TopK(indices, logprobs)`, both `(B, T, k)`: the teacher's k most likely next tokens and their
-  log-probabilities (what APIs return and what `mentor.lm` stores for big vocabularies),
+  log-probabilities (what APIs return and what `mentor.lm.distill` stores for big vocabularies),
 
 plus an optional `mask` `(B, T)` (1 = real position, 0 = padding). Positions are already aligned:
 `student_logits[:, t]` and the teacher at `t` both predict token `t + 1`; shift before calling.
@@ -36,7 +36,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, TeacherOutputError
+from ..errors import ConfigError, TeacherOutputError
 
 TAIL_FLOOR = 1e-10
 TAILS = ("bucket", "renorm")
