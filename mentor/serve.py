@@ -1,0 +1,267 @@
+"""Serve a trained student over HTTP, optionally as a cascade that asks the teacher when unsure.
+
+`mentor serve MODEL_DIR [--cascade]` starts a FastAPI app under uvicorn. Endpoints:
+
+    GET  /health                 what is served: classes, runtime, threshold, teacher fingerprint
+    POST /predict                mentor's teacher protocol: {"ids": [...], "inputs": [...]} ->
+                                 {"ids", "probs", "classes", "labels", "answered_by", "confidence"},
+                                 so a served student (or cascade) can itself be a `teacher.kind: http`
+    POST /v1/chat/completions    text tasks: an OpenAI-compatible chat endpoint; the last user message
+                                 is the text to classify, the answer's content is the class name
+    GET  /v1/models              the one model served, for OpenAI clients that list models first
+
+The cascade rule is one comparison: the student answers an example when its top probability is at
+least `threshold` (chosen on V by `mentor cascade`, which bounds the accuracy of what the student
+answers); every other example in the request goes to the teacher in one call. When the teacher
+fails (unreachable, an error), `on_teacher_error` decides: "student" answers with the student and
+says so in `answered_by` ("student-fallback-failed") and `fallback_error`; "fail" answers 503.
+
+A bad request (malformed JSON, ids and inputs of different lengths, feature rows of the wrong
+width, text sent to a tabular model) gets a 4xx JSON error naming the problem; the service never
+crashes on one.
+"""
+
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import ConfigError, MentorError
+
+
+class Predictor(Protocol):
+    """What the service needs from a student: probabilities for a batch of raw inputs."""
+
+    def predict_proba(self, inputs) -> np.ndarray: ...
+
+
+@dataclass
+class ServedModel:
+    """A student ready to serve, with what requests are checked against."""
+    predictor: Predictor
+    classes: list[str] | None          # one name per output column; None for integer labels (answers then
+                                       # carry no "classes", as a teacher of a data set without names would)
+    input_kind: str                    # "text" or "features"
+    n_features: int | None = None      # width of a feature row (None for text)
+    name: str = "mentor-student"
+    info: dict = field(default_factory=dict)
+
+    def label(self, index: int) -> str:
+        return str(index) if self.classes is None else self.classes[index]
+
+
+def student_answers(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Which rows the student answers itself: all when there is no threshold, else top prob ≥ threshold."""
+    if threshold is None:
+        return np.ones(len(probs), dtype=bool)
+    return probs.max(axis=1) >= threshold
+
+
+class BadRequest(ValueError):
+    """A request the service cannot answer as sent (answered 400 with the message)."""
+
+
+def parse_inputs(inputs: list, model: ServedModel) -> np.ndarray:
+    """Request inputs as the array the predictor takes, checked against the model's input kind."""
+    if not isinstance(inputs, list) or not inputs:
+        raise BadRequest("'inputs' must be a non-empty list")
+    if model.input_kind == "text":
+        if not all(isinstance(x, str) for x in inputs):
+            raise BadRequest("this model classifies text: every input must be a string")
+        return np.asarray(inputs, dtype=object)
+    if any(isinstance(x, str) for x in inputs):
+        raise BadRequest(f"this model takes rows of {model.n_features} numbers, not text")
+    try:
+        x = np.asarray(inputs, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise BadRequest("every input must be a list of numbers of the same length") from None
+    x = x.reshape(len(inputs), -1)
+    if model.n_features is not None and x.shape[1] != model.n_features:
+        raise BadRequest(f"each input must have {model.n_features} features, got {x.shape[1]}")
+    if not np.isfinite(x).all():
+        raise BadRequest("inputs contain NaN or inf")
+    return x
+
+
+class Cascade:
+    """The student, and the teacher for the examples it is unsure of. Thread-safe: the teacher is
+    called under a lock (mentor teachers need not be thread-safe); the student runs concurrently."""
+
+    def __init__(self, model: ServedModel, teacher=None, threshold: float | None = None,
+                 on_teacher_error: str = "student"):
+        if on_teacher_error not in ("student", "fail"):
+            raise ConfigError(f"on_teacher_error must be 'student' or 'fail', got {on_teacher_error!r}.")
+        if teacher is not None and threshold is None:
+            raise ConfigError("a cascade needs a confidence threshold: run `mentor cascade RUN_DIR` (it writes "
+                              "cascade.json) or pass --threshold.")
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold}.")
+        self.model, self.teacher, self.on_teacher_error = model, teacher, on_teacher_error
+        self.threshold = None if teacher is None else float(threshold)
+        self._teacher_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.counts = {"requests": 0, "examples": 0, "student": 0, "teacher": 0, "fallback_failed": 0}
+
+    def answer(self, ids: list[str], x: np.ndarray) -> dict:
+        probs = np.asarray(self.model.predictor.predict_proba(x), dtype=np.float64)
+        by = np.array(["student"] * len(ids), dtype=object)
+        out: dict[str, Any] = {}
+        if self.teacher is not None:
+            ask = ~student_answers(probs, self.threshold)
+            if ask.any():
+                idx = np.flatnonzero(ask)
+                try:
+                    with self._teacher_lock:
+                        t = np.asarray(self.teacher.predict_proba(x[idx], np.asarray(ids, dtype=str)[idx]),
+                                       dtype=np.float64)
+                    probs[idx] = t
+                    by[idx] = "teacher"
+                except Exception as e:  # noqa: BLE001 - any teacher failure is handled per on_teacher_error
+                    if self.on_teacher_error == "fail":
+                        raise TeacherUnavailable(f"the teacher could not answer ({type(e).__name__}: {e})") from None
+                    by[idx] = "student-fallback-failed"
+                    out["fallback_error"] = f"{type(e).__name__}: {e}"[:500]
+        with self._count_lock:
+            self.counts["requests"] += 1
+            self.counts["examples"] += len(ids)
+            self.counts["student"] += int((by == "student").sum())
+            self.counts["teacher"] += int((by == "teacher").sum())
+            self.counts["fallback_failed"] += int((by == "student-fallback-failed").sum())
+        top = probs.argmax(axis=1)
+        if self.model.classes is not None:
+            out["classes"] = self.model.classes
+        out.update(ids=list(ids), probs=probs.tolist(), labels=[self.model.label(i) for i in top],
+                   confidence=probs.max(axis=1).tolist(), answered_by=by.tolist())
+        return out
+
+
+class TeacherUnavailable(RuntimeError):
+    """The cascade needed the teacher, it failed, and on_teacher_error is 'fail' (answered 503)."""
+
+
+def create_app(cascade: Cascade, *, max_batch: int = 1024):
+    """The FastAPI app serving `cascade` (a student alone when it has no teacher)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    model = cascade.model
+    app = FastAPI(title="mentor student", description="A distilled student, with the teacher as fallback.")
+
+    def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+        # the shape OpenAI clients parse; mentor's RemoteTeacher shows the message as is
+        return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(422, f"malformed request: {first.get('msg', 'invalid body')}" + (f" at {where}" if where else ""))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):  # never a crash, never a stack trace to the client
+        return error(500, f"internal error ({type(exc).__name__}); the service is still running", "server_error")
+
+    async def _json(request: Request) -> dict:
+        try:
+            body = await request.json()
+        except Exception:  # noqa: BLE001 - any unparsable body
+            raise BadRequest("the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def _run(ids: list[str], x: np.ndarray):
+        try:
+            return cascade.answer(ids, x)
+        except TeacherUnavailable as e:
+            return error(503, str(e), "teacher_unavailable")
+        except MentorError as e:
+            return error(400, str(e))
+
+    @app.get("/health")
+    def health():
+        t = cascade.teacher
+        return {"status": "ok", "model": model.name, "classes": model.classes, "input_kind": model.input_kind,
+                "n_features": model.n_features, "cascade": t is not None, "threshold": cascade.threshold,
+                "teacher": None if t is None else getattr(t, "fingerprint", type(t).__name__),
+                "on_teacher_error": cascade.on_teacher_error, "counts": dict(cascade.counts), **model.info}
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        try:
+            body = await _json(request)
+            if "inputs" not in body:
+                raise BadRequest('send {"ids": [...], "inputs": [...]} ("ids" optional)')
+            inputs = body["inputs"]
+            if not isinstance(inputs, list):
+                raise BadRequest("'inputs' must be a list")
+            ids = body.get("ids")
+            ids = [str(i) for i in range(len(inputs))] if ids is None else ids
+            if not isinstance(ids, list) or len(ids) != len(inputs):
+                raise BadRequest(f"'ids' must be a list as long as 'inputs' ({len(inputs)})")
+            if len(inputs) > max_batch:
+                raise BadRequest(f"at most {max_batch} inputs per request, got {len(inputs)}; split the batch")
+            x = parse_inputs(inputs, model)
+        except BadRequest as e:
+            return error(400, f"bad request: {e}")
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(_run, [str(i) for i in ids], x)
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "owned_by": "mentor"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if model.input_kind != "text":
+            return error(400, "the chat endpoint serves text models; this one takes feature rows (use /predict)")
+        try:
+            body = await _json(request)
+            text = last_user_text(body.get("messages"))
+            if body.get("stream"):
+                raise BadRequest("streaming is not supported; send \"stream\": false")
+        except BadRequest as e:
+            return error(400, f"bad request: {e}")
+        from starlette.concurrency import run_in_threadpool
+        res = await run_in_threadpool(_run, ["chat-" + uuid.uuid4().hex[:12]], np.asarray([text], dtype=object))
+        if not isinstance(res, dict):
+            return res  # an error response
+        label = res["labels"][0]
+        return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
+                "model": model.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": label}, "finish_reason": "stop",
+                             "logprobs": None}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "mentor": {"answered_by": res["answered_by"][0], "confidence": res["confidence"][0],
+                           "probs": {model.label(i): p for i, p in enumerate(res["probs"][0])},
+                           **({"fallback_error": res["fallback_error"]} if "fallback_error" in res else {})}}
+
+    return app
+
+
+def last_user_text(messages) -> str:
+    """The text to classify: the content of the last user message (string, or text parts joined)."""
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list of {\"role\", \"content\"}")
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):
+                parts = [p.get("text", "") for p in c if isinstance(p, dict) and p.get("type") == "text"]
+                if parts:
+                    return "\n".join(parts)
+            raise BadRequest("the last user message has no text content")
+    raise BadRequest("no user message to classify")
+
+
+def serve(cascade: Cascade, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> None:
+    """Run the app under uvicorn until interrupted."""
+    import uvicorn
+    uvicorn.run(create_app(cascade), host=host, port=port, log_level=log_level)

@@ -1,0 +1,214 @@
+"""`mentor serve`: a student over HTTP, and the cascade that asks a real teacher server when unsure.
+
+Everything runs as real servers on 127.0.0.1: the student under uvicorn, the teacher behind mentor's
+own teacher server, clients through httpx, mentor's RemoteTeacher and the official OpenAI client."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from mentor.data import load_dataset
+from mentor.serve import Cascade, ServedModel, create_app, student_answers
+from mentor.students.models import MLP, Featurizer
+from mentor.students.train import TrainConfig, predict_proba, train_student
+from mentor.teachers import RemoteTeacher, TorchTeacher
+from mentor.teachers.http import serve_teacher
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_server(app):
+    import uvicorn
+    port = _port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.time() + 20
+    while not server.started:
+        if time.time() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(10)
+
+
+class TorchPredictor:
+    def __init__(self, model, feat):
+        self.model, self.feat = model, feat
+
+    def predict_proba(self, inputs):
+        return predict_proba(self.model, self.feat.transform(inputs), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """A weak student (logistic on 60 labels) and a stronger teacher (MLP on 600), both real torch models."""
+    data = load_dataset("digits")
+    x, y = data.features.astype(np.float32), data.labels
+    feat = Featurizer("standardize").fit(x)
+    torch.manual_seed(0)
+    student = MLP(64, 10, hidden=())
+    train_student(student, feat.transform(x[:60]), y[:60], config=TrainConfig(epochs=30, min_steps=0, device="cpu"))
+    teacher_net = MLP(64, 10, hidden=(64,))
+    train_student(teacher_net, feat.transform(x[:600]), y[:600], config=TrainConfig(epochs=30, min_steps=0, device="cpu"))
+    teacher = TorchTeacher(_Standardized(teacher_net, feat), 10)
+    served = ServedModel(TorchPredictor(student, feat), None, "features", 64, name="digits")
+    return data, served, teacher
+
+
+class _Standardized(torch.nn.Module):
+    def __init__(self, net, feat):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(feat.mean_, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(feat.scale_, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.scale)
+
+
+def test_student_answers_is_the_threshold_rule():
+    p = np.array([[0.5, 0.5], [0.91, 0.09], [0.2, 0.8]])
+    assert student_answers(p, None).all()
+    assert student_answers(p, 0.8).tolist() == [False, True, True]
+    assert student_answers(p, 0.95).tolist() == [False, False, False]
+
+
+def test_cascade_sends_unsure_examples_to_a_real_teacher_server(digits):
+    data, served, teacher = digits
+    x = data.features[1000:1064].astype(np.float32)
+    t_probs = teacher.predict_proba(x)
+    s_probs = served.predictor.predict_proba(x)
+    threshold = float(np.median(s_probs.max(1)))  # about half go to the teacher
+    tserver = serve_teacher(teacher, port=0, background=True, quiet=True)
+    try:
+        remote = RemoteTeacher(f"http://127.0.0.1:{tserver.server_address[1]}", 10, max_retries=0)
+        with uvicorn_server(create_app(Cascade(served, remote, threshold))) as url:
+            r = httpx.post(url + "/predict", json={"ids": [f"r{i}" for i in range(64)], "inputs": x.tolist()})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            by = np.array(body["answered_by"])
+            unsure = s_probs.max(1) < threshold
+            assert (by == "teacher").tolist() == unsure.tolist() and 0 < unsure.sum() < 64
+            probs = np.array(body["probs"])
+            np.testing.assert_allclose(probs[unsure], t_probs[unsure], atol=1e-6)
+            np.testing.assert_allclose(probs[~unsure], s_probs[~unsure], atol=1e-6)
+            assert body["ids"] == [f"r{i}" for i in range(64)]
+            assert body["labels"] == [str(i) for i in probs.argmax(1)]
+            health = httpx.get(url + "/health").json()
+            assert health["cascade"] and health["counts"]["teacher"] == int(unsure.sum())
+
+            # a served cascade is itself a mentor teacher (same protocol)
+            as_teacher = RemoteTeacher(url + "/predict", 10, max_retries=0)
+            np.testing.assert_allclose(as_teacher.predict_proba(x[:10]), probs[:10], atol=1e-6)
+    finally:
+        tserver.shutdown()
+        tserver.server_close()
+
+
+@pytest.mark.parametrize("policy", ["student", "fail"])
+def test_unreachable_teacher_follows_the_configured_policy(digits, policy):
+    data, served, _ = digits
+    dead = RemoteTeacher(f"http://127.0.0.1:{_port()}", 10, max_retries=0, timeout_s=2)  # nothing listens there
+    x = data.features[1000:1020].astype(np.float32)
+    with uvicorn_server(create_app(Cascade(served, dead, 0.999, on_teacher_error=policy))) as url:
+        r = httpx.post(url + "/predict", json={"inputs": x.tolist()})
+        if policy == "student":
+            assert r.status_code == 200
+            assert set(r.json()["answered_by"]) <= {"student", "student-fallback-failed"}
+            assert "student-fallback-failed" in r.json()["answered_by"] and r.json()["fallback_error"]
+        else:
+            assert r.status_code == 503 and "teacher" in r.json()["error"]["message"]
+        assert httpx.get(url + "/health").status_code == 200
+
+
+def test_bad_requests_get_clear_4xx_and_the_service_keeps_running(digits):
+    _, served, _ = digits
+    row = [0.0] * 64
+    with uvicorn_server(create_app(Cascade(served), max_batch=8)) as url:
+        cases = [
+            (b"not json", "not JSON"),
+            (b"[1, 2]", "JSON object"),
+            (b'{"ids": [1]}', "inputs"),
+            (b'{"ids": [1, 2], "inputs": [%s]}' % str(row).encode(), "as long as"),
+            (b'{"inputs": [[1, 2, 3]]}', "64 features"),
+            (b'{"inputs": ["some text"]}', "not text"),
+            (b'{"inputs": [[1, NaN]]}', None),  # Python's json reads NaN; rejected as not finite or wrong width
+            (b'{"inputs": %s}' % str([row] * 9).encode(), "at most 8"),
+            (b'{"inputs": []}', "non-empty"),
+        ]
+        for body, needle in cases:
+            r = httpx.post(url + "/predict", content=body, headers={"Content-Type": "application/json"})
+            assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+            msg = r.json()["error"]["message"]
+            if needle:
+                assert needle in msg, (body, msg)
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and "text models" in r.json()["error"]["message"]
+        assert httpx.post(url + "/predict", json={"inputs": [row]}).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def text_model():
+    """A TF-IDF + logistic student on two fortune-like topics, small enough to train in a second."""
+    texts = [f"the cat sat on the mat number {i}" for i in range(40)] + [
+        f"stock markets fell sharply today by {i} percent" for i in range(40)]
+    y = np.array([0] * 40 + [1] * 40)
+    feat = Featurizer("tfidf", max_features=200).fit(texts)
+    torch.manual_seed(0)
+    net = MLP(feat.n_features, 2, hidden=())
+    train_student(net, feat.transform(texts), y, config=TrainConfig(epochs=40, min_steps=0, device="cpu"))
+    return ServedModel(TorchPredictor(net, feat), ["pets", "finance"], "text", name="topics")
+
+
+def test_openai_client_can_point_at_the_cascade(text_model):
+    from openai import OpenAI
+
+    class KeywordTeacher:  # a plain teacher object: the cascade calls predict_proba(inputs, ids)
+        fingerprint = "keyword"
+
+        def predict_proba(self, inputs, ids=None):
+            return np.array([[0.0, 1.0] if "stock" in t else [1.0, 0.0] for t in inputs])
+
+    with uvicorn_server(create_app(Cascade(text_model, KeywordTeacher(), threshold=0.99))) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["topics"]
+        out = client.chat.completions.create(model="topics", messages=[
+            {"role": "system", "content": "Classify the topic."},
+            {"role": "user", "content": "the cat sat on the mat number 3"}])
+        assert out.choices[0].message.content == "pets"
+        extra = out.model_extra["mentor"]
+        assert extra["answered_by"] in ("student", "teacher")
+        # an unfamiliar text is unsure for the student: the teacher answers it
+        out = client.chat.completions.create(model="topics", messages=[
+            {"role": "user", "content": "stock"}])
+        assert out.choices[0].message.content == "finance"
+        assert out.model_extra["mentor"]["answered_by"] == "teacher"
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "system", "content": "x"}]})
+        assert r.status_code == 400 and "no user message" in r.json()["error"]["message"]
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "topics"})
+        assert r.status_code == 400 and "messages" in r.json()["error"]["message"]
+
+
+def test_a_cascade_needs_a_threshold(text_model):
+    from mentor.errors import ConfigError
+    with pytest.raises(ConfigError, match="mentor cascade"):
+        Cascade(text_model, object(), None)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        Cascade(text_model, object(), 1.5)
