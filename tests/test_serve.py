@@ -212,3 +212,16 @@ def test_a_cascade_needs_a_threshold(text_model):
         Cascade(text_model, object(), None)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         Cascade(text_model, object(), 1.5)
+
+
+def test_load_test_counts_every_request_and_every_failure(digits):
+    from mentor.bench.serve import load_test
+    data, served, _ = digits
+    good = {"inputs": data.features[:4].astype(float).tolist()}
+    bad = {"inputs": [[1.0, 2.0]]}  # wrong width: a 400 for every one of these
+    with uvicorn_server(create_app(Cascade(served))) as url:
+        res = load_test(url + "/predict", [good], concurrency=4, n_requests=40, warmup=2)
+        assert res["requests"] == 40 and res["errors"] == 0 and res["statuses"] == {"200": 40}
+        assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"] and res["requests_per_s"] > 0
+        res = load_test(url + "/predict", [good, bad], concurrency=4, n_requests=40, warmup=0)
+        assert res["errors"] == 20 and res["statuses"] == {"200": 20, "400": 20}
