@@ -86,3 +86,51 @@ def distillation_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor,
     """Weighted mean of the per-example distillation loss: the one-liner for a custom loop."""
     return weighted_mean(per_example_distillation(student_logits, teacher_probs, mode=mode,
                                                   temperature=temperature), weights)
+
+
+def dkd_terms(student_logits: torch.Tensor, teacher_probs: torch.Tensor, target: torch.Tensor,
+              temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KD's two parts per example (Zhao et al., 2022), at temperature τ:
+    TCKD = KL(b_t ‖ b_s) on the binary split (target class, all others), and
+    NCKD = KL(t̂ ‖ f̂) between the distributions over the non-target classes alone.
+    They decompose KD exactly: KL(t ‖ f) = TCKD + (1 − t_target) · NCKD, which is the coupling
+    (a confident teacher silences the non-target term) that DKD removes by weighting them apart."""
+    t_log = teacher_log_probs(teacher_probs, temperature)
+    s_log = F.log_softmax(student_logits / temperature, dim=-1)
+    mask = F.one_hot(target, student_logits.shape[-1]).bool()
+    t_g, s_g = t_log[mask], s_log[mask]  # log prob of the target class
+    t_rest = torch.log1p(-t_g.exp().clamp(max=1 - 1e-7))
+    s_rest = torch.log1p(-s_g.exp().clamp(max=1 - 1e-7))
+    tckd = t_g.exp() * (t_g - s_g) + t_rest.exp() * (t_rest - s_rest)
+    neg = torch.finfo(t_log.dtype).min
+    t_hat = torch.log_softmax(t_log.masked_fill(mask, neg), dim=-1)
+    s_hat = torch.log_softmax(s_log.masked_fill(mask, neg), dim=-1)
+    nckd = (t_hat.exp() * (t_hat - s_hat)).masked_fill(mask, 0.0).sum(dim=-1)
+    return tckd, nckd
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, target: torch.Tensor | None = None, *,
+             alpha: float = 1.0, beta: float = 8.0, temperature: float = 1.0) -> torch.Tensor:
+    """DKD per example: τ² (α·TCKD + β·NCKD). Without labels (the pool) the target is the teacher's
+    top class. α = 1, β = 1 − t_target would be plain KD; β > 1 lets the "dark knowledge" among the
+    wrong classes count even where the teacher is confident."""
+    if target is None:
+        target = teacher_probs.argmax(dim=-1)
+    tckd, nckd = dkd_terms(student_logits, teacher_probs, target, temperature)
+    return (temperature ** 2) * (alpha * tckd + beta * nckd)
+
+
+class DKDObjective:
+    """The trainer's pool objective for DKD (targets: the teacher's top class)."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 1.0):
+        self.alpha, self.beta, self.temperature = float(alpha), float(beta), float(temperature)
+
+    def pool_loss(self, student_logits, teacher_probs, pool_index):
+        return dkd_loss(student_logits, teacher_probs, alpha=self.alpha, beta=self.beta, temperature=self.temperature)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

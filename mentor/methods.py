@@ -147,6 +147,8 @@ OPTION_CHECKS: dict[str, Callable] = {
     "taid_epochs": _number(1, integer=True),
     "taid_t_start": _number(0, 1),
     "taid_t_end": _number(0, 1),
+    "dkd_alpha": _number(0),
+    "dkd_beta": _number(0),
     "auto_candidates": _candidates,
     "auto_folds": _number(1, integer=True),
     "auto_noise_se": _number(0),
@@ -430,13 +432,24 @@ def _taid(ctx: MethodContext) -> MethodPlan:
     return MethodPlan(obj, info={"taid_epochs": n, "t_start": obj.t_start, "t_end": obj.t_end})
 
 
+@register_method("dkd", options=("dkd_alpha", "dkd_beta"), uses_val=False)
+def _dkd(ctx: MethodContext) -> MethodPlan:
+    """Decoupled KD (Zhao et al., 2022): α·TCKD + β·NCKD at train.temperature, the target class being
+    the teacher's top label (the pool has no labels). Options dkd_alpha (1.0), dkd_beta (8.0, the
+    paper's CIFAR value). Needs no validation set."""
+    from .losses import DKDObjective
+    obj = DKDObjective(float(ctx.options.get("dkd_alpha", 1.0)), float(ctx.options.get("dkd_beta", 8.0)),
+                       ctx.temperature)
+    return MethodPlan(obj, info={"dkd_alpha": obj.alpha, "dkd_beta": obj.beta, "temperature": obj.temperature})
+
+
 # ---------------------------------------------------------------------------------------------- choice on V
 
 AUTO_CANDIDATES = [LABELED_ONLY, "vanilla-soft", "vanilla-soft@0.5", "vanilla-soft@0.25", "vanilla-hard",
                    "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
 # simplest first: when candidates are within noise on V, auto keeps the earliest of them
 SIMPLICITY = [LABELED_ONLY, "vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin",
-              "weighted-margin-hard", "threshold", "forward-correction", "cleanlab-filter", "taid",
+              "weighted-margin-hard", "threshold", "forward-correction", "cleanlab-filter", "taid", "dkd",
               "weighted-disagreement", "slam", "slam-normalized", "slam-hard"]
 
 

@@ -16,7 +16,7 @@ from mentor.reliability import apply_temperature, fit_reliability, fit_temperatu
 from mentor.students.train import TrainConfig, VanillaObjective, predict_proba, train_student
 
 CORRECTION_METHODS = ["weighted-margin", "weighted-margin-hard", "weighted-disagreement", "slam", "slam-hard",
-                      "slam-normalized", "threshold", "forward-correction", "taid", "calibrated-soft"]
+                      "slam-normalized", "threshold", "forward-correction", "taid", "calibrated-soft", "dkd"]
 
 
 def _rand(n=6, c=5, seed=0):
@@ -318,7 +318,7 @@ def test_each_method_trains_one_epoch_on_digits(name, digits_ctx):
         assert plan.info
 
 
-@pytest.mark.parametrize("name", [m for m in CORRECTION_METHODS if m != "taid"])
+@pytest.mark.parametrize("name", [m for m in CORRECTION_METHODS if m not in ("taid", "dkd")])
 def test_methods_need_validation_outputs(name, digits_ctx):
     ctx, *_ = digits_ctx
     bare = MethodContext(n_classes=10, teacher_probs_pool=ctx.teacher_probs_pool)
@@ -442,3 +442,17 @@ def test_calibrated_soft_retempers_an_overconfident_teacher_on_v_without_moving_
     assert slam.info["teacher_temperature"] == pytest.approx(plan.info["teacher_temperature"])
     assert np.allclose(slam.pool_targets, plan.pool_targets)
     assert plan_method("slam", over).pool_targets is None
+
+
+def test_dkd_options_are_checked_and_reach_the_objective(digits_ctx):
+    from dataclasses import replace
+
+    from mentor.methods import check_method_options
+    ctx, *_ = digits_ctx
+    check_method_options("dkd", {"dkd_alpha": 0.5, "dkd_beta": 2})
+    with pytest.raises(ConfigError, match="dkd_beta must be"):
+        check_method_options("dkd", {"dkd_beta": -1})
+    with pytest.raises(ConfigError, match="not read by method 'dkd'"):
+        check_method_options("dkd", {"slam_k_rule": "topk-accuracy"})
+    plan = plan_method("dkd", replace(ctx, options={"dkd_alpha": 0.5, "dkd_beta": 2.0}, temperature=3.0))
+    assert (plan.objective.alpha, plan.objective.beta, plan.objective.temperature) == (0.5, 2.0, 3.0)

@@ -91,3 +91,32 @@ def test_bad_mode_raises():
     s, t = _rand()
     with pytest.raises(ValueError, match="soft"):
         losses.per_example_distillation(s, t, mode="medium")
+
+
+def test_dkd_parts_decompose_kd_exactly():
+    """KL(t ‖ f) = TCKD + (1 − t_target)·NCKD for any target class, at any temperature (DKD's eq. 3)."""
+    s, t = _rand(seed=3)
+    for tau in (1.0, 2.5):
+        for target in (t.argmax(-1), torch.zeros(len(t), dtype=torch.long)):
+            tckd, nckd = losses.dkd_terms(s, t, target, tau)
+            t_tau = losses.teacher_log_probs(t, tau).exp()
+            pt_target = t_tau.gather(1, target[:, None])[:, 0]
+            kd = losses.kd_kl(s, t, tau) / tau ** 2
+            assert torch.allclose(tckd + (1 - pt_target) * nckd, kd, atol=1e-9)
+            assert (tckd >= -1e-12).all() and (nckd >= -1e-12).all()
+
+
+def test_dkd_loss_weights_the_parts_and_defaults_to_the_teachers_top_class():
+    s, t = _rand(seed=4)
+    tckd, nckd = losses.dkd_terms(s, t, t.argmax(-1), 2.0)
+    got = losses.dkd_loss(s, t, alpha=0.5, beta=3.0, temperature=2.0)
+    assert torch.allclose(got, 4.0 * (0.5 * tckd + 3.0 * nckd), atol=1e-12)
+    # a student with the teacher's target share but the other classes permuted: the binary part is
+    # zero, the non-target part is not (what DKD's β makes count)
+    z = torch.log(t.clone())
+    top = t.argmax(-1)
+    for i in range(len(t)):
+        rest = [j for j in range(t.shape[1]) if j != top[i]]
+        z[i, rest] = z[i, rest].flip(0)
+    tckd, nckd = losses.dkd_terms(z, t, top)
+    assert torch.allclose(tckd, torch.zeros_like(tckd), atol=1e-9) and (nckd > 1e-6).all()
