@@ -281,3 +281,25 @@ def test_bad_settings():
     assert "sk-abc" not in str(err.value)
     with pytest.raises(ConfigError, match="distinct non-empty"):
         Endpoint("http://h/v1", "m").label_logprobs(["p"], [" a", " a"])
+
+
+def test_retry_after_as_an_http_date_is_honoured():
+    from email.utils import formatdate
+
+    from mentor.teachers.http import _retry_after
+    now = 1_800_000_000.0
+    assert _retry_after({"Retry-After": formatdate(now + 30, usegmt=True)}, now=now) == pytest.approx(30, abs=1)
+    assert _retry_after({"Retry-After": formatdate(now - 30, usegmt=True)}, now=now) == 0.0  # already past
+    assert _retry_after({"Retry-After": "7"}) == 7.0
+    assert _retry_after({"Retry-After": "soon"}) is None and _retry_after({}) is None
+    # end to end: a server that answers 429 with a date 2 s ahead makes the client wait about that long
+    srv = Scripted([(429, {"Retry-After": formatdate(time.time() + 2.2, usegmt=True)},
+                     {"error": {"message": "slow down"}}), (200, {}, chat_answer())])
+    try:
+        client = Endpoint(srv.url, "m", check_model=False, backoff_s=0.0, max_retries=2)
+        t = time.monotonic()
+        with pytest.warns(UserWarning, match="HTTP 429"):
+            text, _ = client.answer(MSG)
+        assert text == "yes" and time.monotonic() - t >= 1.0  # second-resolution dates: at least 1 s
+    finally:
+        srv.close()

@@ -56,12 +56,27 @@ def _no_redirects():
     return urllib.request.build_opener(_Refuse)
 
 
-def _retry_after(headers) -> float | None:
-    """Seconds from a Retry-After header given as a number (the HTTP-date form is ignored)."""
+def _retry_after(headers, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: a number of seconds, or an HTTP date (RFC 9110),
+    counted from `now` (default: the current time). None when absent or unreadable."""
     try:
-        return max(0.0, float(headers.get("Retry-After")))
-    except (TypeError, ValueError, AttributeError):
+        value = headers.get("Retry-After")
+    except AttributeError:
         return None
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        pass
+    from email.utils import parsedate_to_datetime
+    try:
+        when = parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:  # an HTTP date is always GMT; anything else is not one
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class RemoteTeacher(Teacher):
@@ -75,8 +90,8 @@ class RemoteTeacher(Teacher):
     Every answer is validated (row count, class count, NaN/inf, rows summing to 1).
 
     Connection errors, timeouts, HTTP 429 and 5xx are retried up to `max_retries` times with
-    exponential backoff (`backoff_s`·2^attempt, jittered, capped at `max_backoff_s`; a numeric
-    Retry-After header is honoured); any other 4xx fails at once with the status and the start of
+    exponential backoff (`backoff_s`·2^attempt, jittered, capped at `max_backoff_s`; a Retry-After
+    header, in seconds or as an HTTP date, is honoured); any other 4xx fails at once with the status and the start of
     the body. `headers_env` maps a header to the environment variable holding its value (e.g.
     {"Authorization": "MENTOR_API_KEY"}): only the variable's name is kept, the value is read for
     each request and never enters the fingerprint, `describe()` or any file. A key that must sit in
