@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
 import random
 import zipfile
@@ -806,8 +807,10 @@ def _encode_labels(table, where: str, label_column: str, n_classes, ids, classes
 
 
 def load_file(path, *, id_column="id", label_column="label", text_column="text", feature_columns=None,
-              n_classes=None, name=None, classes=None) -> Dataset:
-    """Load the user's own data from Parquet, CSV or NPZ.
+              n_classes=None, name=None, classes=None, split=None) -> Dataset:
+    """Load the user's own data from Parquet, CSV or NPZ, or a Hugging Face dataset folder
+    (`save_to_disk`; `split` picks splits of a DatasetDict, default all; ClassLabel names give
+    the class order unless `classes` states another, matched by name).
 
     Inputs are, in order of preference: `feature_columns`; the one list/vector column (an NPZ
     "features" (n, d) array is one); the `text_column` (kind "text"); else every other column,
@@ -816,7 +819,7 @@ def load_file(path, *, id_column="id", label_column="label", text_column="text",
     string labels are numbered alphabetically and the Dataset says the order was inferred.
     """
     path = Path(path)
-    table = _read_table(path, id_column)
+    table, classes = _read_any(path, id_column, label_column, split, classes)
     where = str(path)
     ids = _file_ids(table, where, id_column)
     _check_unique_ids(ids, where)
@@ -827,12 +830,29 @@ def load_file(path, *, id_column="id", label_column="label", text_column="text",
                    class_order_inferred=classes is None and class_names is not None).validate()
 
 
+def _read_any(path: Path, id_column: str, label_column: str, split, classes):
+    """(table, classes): a file, or a Hugging Face dataset folder whose ClassLabel names become the
+    class order when `classes` is not given."""
+    from . import hf_datasets
+    if hf_datasets.is_hf_dataset_dir(path):
+        table, names = hf_datasets.read_table(path, label_column=label_column, split=split)
+        return table, classes if classes is not None else names
+    if split is not None:
+        raise DataError(f"data.options.split is for Hugging Face dataset folders (save_to_disk), and {path} is not "
+                        "one; remove it.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder but not a Hugging Face dataset saved with save_to_disk (no "
+                        f"{' or '.join(hf_datasets.MARKERS)}); point data.path at a .parquet, .csv or .npz file, or "
+                        "at such a folder.")
+    return _read_table(path, id_column), classes
+
+
 def iter_file_batches(path, batch_rows=65536, *, id_column="id", label_column="label", text_column="text",
-                      feature_columns=None, **_ignored) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                      feature_columns=None, split=None, **_ignored) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (ids, inputs) batches in file order, so a pool larger than RAM can be labeled.
 
-    Parquet is streamed record batch by record batch; CSV and NPZ are read whole, then sliced.
-    Inputs are chosen as in `load_file` (whose other keyword arguments are accepted and ignored);
+    Parquet is streamed record batch by record batch, a Hugging Face dataset folder batch by batch
+    from its memory-mapped Arrow files; CSV and NPZ are read whole, then sliced. Inputs are chosen as in `load_file` (whose other keyword arguments are accepted and ignored);
     ids are checked for duplicates within each batch only.
     """
     import pyarrow as pa
@@ -840,7 +860,15 @@ def iter_file_batches(path, batch_rows=65536, *, id_column="id", label_column="l
     batch_rows = _count("batch_rows", batch_rows, 1)
     path = Path(path)
     where = str(path)
-    if path.suffix.lower() == ".parquet" and path.is_file():
+    from . import hf_datasets
+    if hf_datasets.is_hf_dataset_dir(path):  # memory-mapped Arrow files, read batch by batch
+        batches = hf_datasets.iter_tables(path, batch_rows, label_column=label_column, split=split)
+        first = next(batches, None)
+        if first is None:
+            return
+        plan = _plan_inputs(first, where, id_column, label_column, text_column, feature_columns)
+        batches = itertools.chain([first], batches)
+    elif path.suffix.lower() == ".parquet" and path.is_file():
         import pyarrow.parquet as pq
         parquet = pq.ParquetFile(path)
         schema_only = parquet.schema_arrow.empty_table()

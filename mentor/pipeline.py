@@ -61,8 +61,13 @@ def _key(*parts) -> str:
 def load_data(cfg: RunConfig) -> Dataset:
     d = cfg.data
     if d.path:
+        extra = sorted(set(d.options) - {"split"})
+        if extra:
+            raise ConfigError(f"data.options {extra} are read only by the built-in data sets (data.name); with "
+                              "data.path the one option is split (a Hugging Face dataset folder's splits). Remove them.")
         return load_file(d.path, id_column=d.id_column, label_column=d.label_column, text_column=d.text_column,
-                         feature_columns=d.feature_columns, n_classes=d.n_classes, classes=d.classes)
+                         feature_columns=d.feature_columns, n_classes=d.n_classes, classes=d.classes,
+                         split=d.options.get("split"))
     data = load_dataset(d.name, **d.options)
     return data if d.classes is None else data.with_class_order(d.classes)
 
