@@ -827,6 +827,22 @@ def load_file(path, *, id_column="id", label_column="label", text_column="text",
                    class_order_inferred=classes is None and class_names is not None).validate()
 
 
+def input_columns(path, *, id_column="id", label_column="label", text_column="text", feature_columns=None,
+                  **_ignored) -> tuple[str, list[str]]:
+    """Which columns of a user's file `load_file` takes as inputs: ("tabular" or "text", names).
+    Parquet is read for its schema only; a model folder records them so new data is read the same way."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet" and path.is_file() and path.stat().st_size:
+        import pyarrow.parquet as pq
+        try:
+            table = pq.read_schema(path).empty_table()
+        except Exception:  # not Parquet after all: _read_table says so with its fix
+            table = _read_table(path, id_column)
+    else:
+        table = _read_table(path, id_column)
+    return _plan_inputs(table, str(path), id_column, label_column, text_column, feature_columns)
+
+
 def iter_file_batches(path, batch_rows=65536, *, id_column="id", label_column="label", text_column="text",
                       feature_columns=None, **_ignored) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (ids, inputs) batches in file order, so a pool larger than RAM can be labeled.
