@@ -228,15 +228,59 @@ def train_cmd(config: Path, set_: Optional[list[str]] = SetOpt,
     ctx = prepare(cfg, force=force)
     info = train(ctx, labeled_only=labeled_only)
     out(json.dumps(info, indent=2, default=str))
+    if not labeled_only and cfg.export.model_folder:
+        from .pipeline import write_model_folder
+        _print_folder(write_model_folder(ctx), ctx.out / "model")
 
 
 @app.command("evaluate")
 @_guard
 def evaluate_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):
-    """Score teacher and students on the test split; writes metrics.json."""
-    from .pipeline import evaluate, prepare
-    metrics = evaluate(prepare(_config(config, set_), force=force))
+    """Score teacher and students on the test split; writes metrics.json (and the model folder)."""
+    from .pipeline import _note_model_folder, _atomic_write_text, evaluate, prepare
+    ctx = prepare(_config(config, set_), force=force)
+    metrics = evaluate(ctx)
     print_summary(metrics)
+    _note_model_folder(ctx, metrics)
+    _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    if "model_folder" in metrics:
+        _print_folder(metrics["model_folder"], ctx.out / "model")
+
+
+def _print_folder(rec: dict, path: Path) -> None:
+    onnx = rec["onnx"]
+    state = (f"model.onnx checked (max |p_onnx - p_torch| = {onnx['max_abs_diff']:.1e})" if onnx.get("exported")
+             else f"no model.onnx: {onnx.get('why')}")
+    out(f"model folder {path}: {state}")
+
+
+@app.command("export")
+@_guard
+def export_cmd(run_dir: Path = typer.Argument(..., help="The output_dir of a finished run."),
+               out_dir: Path = typer.Argument(..., help="Where to write the model folder (replaced if it exists)."),
+               seed_run: Optional[list[Path]] = typer.Option(None, "--seed-run", help="Another run of the same config "
+                                                             "with another seed: the card reports the spread."),
+               require_onnx: bool = typer.Option(False, "--require-onnx", help="Fail (exit 2) when the student "
+                                                 "cannot be exported to ONNX, instead of recording why.")):
+    """Write a run's student as a folder to ship: safetensors + JSON config + model.onnx + model card."""
+    from .pipeline import open_run, write_model_folder
+    ctx = open_run(run_dir)
+    rec = write_model_folder(ctx, path=out_dir, onnx="required" if require_onnx else None, seed_runs=seed_run or ())
+    _print_folder(rec, out_dir)
+
+
+@app.command("predict")
+@_guard
+def predict_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<output_dir>/model or `mentor export`)."),
+                data: Path = typer.Argument(..., help="New data: .parquet, .csv or .npz with an id column and the "
+                                            "training data's inputs (a text column, or the same features)."),
+                out_path: Path = typer.Option(..., "--out", help="Predictions (.parquet): id, label, prob_<class>."),
+                runtime: str = typer.Option("torch", help="torch or onnx (model.onnx via onnxruntime)."),
+                batch_size: int = typer.Option(1024, "--batch-size", help="Rows read and predicted at a time.")):
+    """Predict new data with a shipped student; writes id, label and one prob_<class> column per class."""
+    from .students.export import predict_file
+    res = predict_file(model_dir, data, out_path, runtime=runtime, batch_size=batch_size)
+    out(f"{res['rows']} rows predicted with {res['runtime']} in {res['seconds']:.2f}s; wrote {res['out']}")
 
 
 @app.command("audit")

@@ -188,6 +188,13 @@ class TrainSection(_Strict):
         return v
 
 
+class ExportConfig(_Strict):
+    """The folder a user ships (README: Ship the student), written after `mentor run`, `train` and `evaluate`."""
+    model_folder: bool = True            # write <output_dir>/model: safetensors + JSON + model.onnx + model card
+    onnx: Literal["auto", "required", "off"] = "auto"  # auto: a student that cannot export is recorded (with why)
+                                         # in the folder; required: that is an error; off: no model.onnx
+
+
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0)
     output_dir: str = "results/run"
@@ -201,6 +208,7 @@ class RunConfig(_Strict):
     distribute: DistributeConfig = Field(default_factory=DistributeConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     train: TrainSection = Field(default_factory=TrainSection)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     def trained_method(self) -> str:
         """The method the student is trained with (the active loop's config names it `correction`)."""

@@ -847,6 +847,22 @@ def _read_any(path: Path, id_column: str, label_column: str, split, classes):
     return _read_table(path, id_column), classes
 
 
+def input_columns(path, *, id_column="id", label_column="label", text_column="text", feature_columns=None,
+                  split=None, **_ignored) -> tuple[str, list[str]]:
+    """Which columns of a user's file `load_file` takes as inputs: ("tabular" or "text", names).
+    Parquet is read for its schema only; a model folder records them so new data is read the same way."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet" and path.is_file() and path.stat().st_size:
+        import pyarrow.parquet as pq
+        try:
+            table = pq.read_schema(path).empty_table()
+        except Exception:  # not Parquet after all: _read_table says so with its fix
+            table = _read_table(path, id_column)
+    else:
+        table, _ = _read_any(path, id_column, label_column, split, None)
+    return _plan_inputs(table, str(path), id_column, label_column, text_column, feature_columns)
+
+
 def iter_file_batches(path, batch_rows=65536, *, id_column="id", label_column="label", text_column="text",
                       feature_columns=None, split=None, **_ignored) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (ids, inputs) batches in file order, so a pool larger than RAM can be labeled.

@@ -74,11 +74,11 @@ def load_data(cfg: RunConfig) -> Dataset:
 
 # result files of one run; a rerun with another config into the same folder must not mix with them
 RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "reliability.png", "active.json",
-               "active.png", "active_state.json", "teacher.json")
+               "active.png", "active_state.json", "teacher.json", "model")
 # settings that change how a run goes, not what it computes
 _COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
              ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),
-             ("teacher", "check_class_order")}
+             ("teacher", "check_class_order"), ("export",)}
 
 
 def config_differences(old: dict, new: dict, prefix: tuple = ()) -> list[str]:
@@ -122,7 +122,11 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
                               "outputs are kept).")
         if diffs:
             for name in RUN_RESULTS:
-                (out / name).unlink(missing_ok=True)
+                if (out / name).is_dir():
+                    import shutil
+                    shutil.rmtree(out / name)
+                else:
+                    (out / name).unlink(missing_ok=True)
     _atomic_write_text(previous, text)
     return out
 
@@ -564,6 +568,120 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     return metrics
 
 
+# ---------------------------------------------------------------------------------------------- the shippable folder
+
+def open_run(run_dir) -> RunContext:
+    """A finished run folder as a RunContext, read only: its config.yaml, its data, and the split
+    made again from them (it is a function of the data, the split sizes and the seed)."""
+    import yaml
+    from .config import parse_config
+    out = Path(run_dir)
+    if not (out / "config.yaml").is_file():
+        raise DataError(f"{out} is not a mentor run folder (no config.yaml); give the output_dir of a "
+                        "`mentor run` or `mentor train`.")
+    try:
+        record = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{out / 'config.yaml'} is not valid YAML ({e}); rerun `mentor run` into that folder.") from None
+    cfg = parse_config(record, str(out / "config.yaml"))
+    cfg.output_dir = str(out)
+    data = load_data(cfg).validate()
+    s = cfg.split
+    splits = make_splits(data, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool, seed=cfg.seed)
+    return RunContext(cfg, data, splits, out)
+
+
+def model_inputs(ctx: RunContext) -> dict:
+    """How the student reads new files: the data kind, the id/label/text columns and the feature
+    columns (for a user's file) or their count, as `mentor predict` checks them."""
+    from .data import input_columns
+    d = ctx.cfg.data
+    spec = {"kind": ctx.data.kind, "id_column": d.id_column, "label_column": d.label_column,
+            "text_column": d.text_column, "columns": None,
+            "n_features": None if ctx.data.kind == "text" else int(ctx.data.features.shape[1]),
+            "image_shape": list(ctx.data.image_shape) if ctx.data.image_shape else None}
+    if d.path and ctx.data.kind != "text":
+        spec["columns"] = input_columns(d.path, id_column=d.id_column, label_column=d.label_column,
+                                        text_column=d.text_column, feature_columns=d.feature_columns)[1]
+    return spec
+
+
+def _seed_row(metrics: dict) -> dict:
+    s = metrics.get("student", {})
+    return {"seed": metrics.get("seed"), "accuracy": s.get("accuracy"), "nll": s.get("nll"), "ece": s.get("ece")}
+
+
+def seed_runs_metrics(ctx: RunContext, run_dirs) -> list[dict]:
+    """Test metrics of other runs of the same config with other seeds (for the card's spread)."""
+    import yaml
+    mine = yaml.safe_load(dump_config(ctx.cfg))
+    rows = []
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "metrics.json").is_file() or not (d / "config.yaml").is_file():
+            raise DataError(f"--seed-run {d}: no metrics.json and config.yaml there; give the output_dir of a "
+                            "finished `mentor run` of the same config with another seed.")
+        other = yaml.safe_load((d / "config.yaml").read_text()) or {}
+        diffs = [x for x in config_differences(mine, other) if not x.startswith(("seed:", "output_dir:"))]
+        if diffs:
+            raise DataError(f"--seed-run {d} is not the same config with another seed: {'; '.join(diffs[:6])}. "
+                            "Give only runs that differ in seed (and output_dir).")
+        rows.append(_seed_row(json.loads((d / "metrics.json").read_text())))
+    return rows
+
+
+def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=None, onnx: str | None = None,
+                       seed_runs=()) -> dict:
+    """The trained student as a folder to ship (mentor.students.export): <output_dir>/model or
+    `path`. Test metrics come from `metrics` or the run's metrics.json when it scored this student."""
+    from .students.export import built_in_args, save_student_folder
+    model, feat, info = load_student(ctx, "student")
+    if metrics is None and (ctx.out / "metrics.json").is_file():
+        metrics = json.loads((ctx.out / "metrics.json").read_text())
+    if metrics is not None and json.loads(json.dumps(metrics.get("train_info"), default=_plain)) != \
+            json.loads(json.dumps(info, default=_plain)):
+        metrics = None  # metrics.json scored an earlier student: the card says "not evaluated yet"
+    data, sp = ctx.data, ctx.splits
+    rows = next((r for r in (sp.val, sp.test, sp.labeled) if len(r)), sp.labeled)[:1000]
+    x = feat.transform(data.features[rows])
+    st = ctx.cfg.student
+    kind, args = built_in_args(_student_kind(ctx), model, {
+        "in_features": int(x.shape[1]), "n_classes": ctx.n_classes,
+        "image_shape": list(data.image_shape) if data.image_shape else None,
+        "hidden": list(st.hidden), "dropout": st.dropout})
+    record = config_record(ctx.cfg)
+    t = record["teacher"]
+    teacher = {"kind": t["kind"], "fingerprint": info.get("teacher_fingerprint"),
+               "source": t.get("path") or t.get("url") or ((t.get("llm") or {}).get("endpoint") or {}).get("model")
+               or ((t.get("llm") or {}).get("local") or {}).get("path")}
+    metric_part = None
+    if metrics is not None:
+        teacher["test_accuracy"] = (metrics.get("teacher") or {}).get("accuracy")
+        metric_part = {"test": metrics.get("student"), "teacher": metrics.get("teacher"),
+                       "labeled_only": metrics.get("labeled_only"), "gap_closed": metrics.get("gap_closed"),
+                       "seeds": [_seed_row(metrics)] + seed_runs_metrics(ctx, seed_runs) if seed_runs else []}
+    meta = {"student": {"kind": kind, "args": args}, "n_classes": ctx.n_classes,
+            "class_names": [str(c) for c in data.class_names] if data.class_names else None,
+            "data": {"name": data.name, "kind": data.kind, "inputs": model_inputs(ctx)},
+            "teacher": teacher, "method": info.get("method"), "seed": ctx.cfg.seed, "train_info": info,
+            "sizes": {"n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_pool": len(sp.pool),
+                      "n_test": len(sp.test)},
+            "metrics": metric_part, "config": record,
+            "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+    return save_student_folder(model, feat, meta, Path(path) if path else ctx.out / "model", check_x=x,
+                               onnx=onnx or ctx.cfg.export.onnx)
+
+
+def _note_model_folder(ctx: RunContext, metrics: dict) -> None:
+    """Write the folder when the config asks for it; metrics.json says where and whether ONNX exported."""
+    if not ctx.cfg.export.model_folder:
+        return
+    rec = write_model_folder(ctx, metrics)
+    metrics["model_folder"] = {"path": str(ctx.out / "model"), "onnx": rec["onnx"],
+                               "latency_ms_per_example": rec.get("latency_ms_per_example"), "size_mb": rec["size_mb"],
+                               "params": rec["params"]}
+
+
 def run(cfg: RunConfig, *, force: bool = False) -> dict:
     """The whole pipeline from one validated config. Returns the metrics written to metrics.json.
     `force`: replace the results of another config's run in the same output_dir."""
@@ -575,6 +693,7 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
         train(ctx, labeled_only=True)
     train(ctx, store)
     metrics = evaluate(ctx, store)
+    _note_model_folder(ctx, metrics)
     metrics["seconds"] = time.perf_counter() - t0
     _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
