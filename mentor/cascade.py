@@ -12,10 +12,13 @@ between candidates on V (method `auto`) or whose correction was fitted on V has 
 Many thresholds are looked at, so keeping any one whose bound passes would not be a guarantee
 (multiple testing). We use fixed-sequence testing as in Learn-then-Test (Angelopoulos et al.,
 2021): the thresholds of a grid fixed in advance are tested in order from most to least
-confident, each at level delta, and testing stops at the first failure; the chosen threshold is
-the last that passed (the largest coverage within the passed prefix). The sequence starts at the
-first threshold that answers enough V examples for a pass to be possible at all (that count
-depends on V's confidences, never on its labels).
+confident and testing stops at the first failure; the chosen threshold is the last that passed
+(the largest coverage within the passed prefix). The sequence starts at the first threshold that
+answers enough V examples for a pass to be possible at all (a count that depends on V's
+confidences, never on its labels). Optionally (`max_sequences`), up to four sequences start at
+growing answered counts, each at level delta/m (Bonferroni), so that one unlucky error near the
+start does not end the search; measured on simulated students it gained with V ≥ 1000 and lost
+with V = 400, so the default stays one sequence.
 
 Everything here is plain numpy on arrays; `cascade_run` (used by `mentor cascade`) loads a
 finished run's students and stored teacher outputs, never calling the teacher.
@@ -117,7 +120,8 @@ class ThresholdChoice:
     lower_bound: float | None
     n_answered: int
     n_val: int
-    n_tested: int                      # thresholds tested before the sequence stopped (or ran out)
+    n_tested: int                      # tests made before the sequences stopped (or ran out)
+    n_sequences: int                   # testing sequences, each at level delta / n_sequences
     min_examples: int                  # fewest answered V examples for which a pass is possible
     best_lower_bound: float            # the highest bound any grid threshold reaches (descriptive only)
     best_coverage: float
@@ -137,14 +141,33 @@ def _answered_counts(confidence: np.ndarray, correct: np.ndarray, grid: np.ndarr
     return n, right_cum[n]
 
 
+def sequence_starts(n_val: int, target: float, delta: float, bound: str = "clopper-pearson",
+                    max_sequences: int = 4) -> tuple[int, list[int]]:
+    """(m, answered counts where the m testing sequences start). One sequence that starts at the
+    smallest count a pass needs dies on the first unlucky error there; m ≤ 4 sequences at level
+    delta/m (Bonferroni), starting at n0, 2·n0, 4·n0, ... answered V examples, keep going past such
+    an early error. The starts depend on V's size only, never on its labels."""
+    for m in range(max(1, max_sequences), 1, -1):
+        n0 = min_examples(target, delta / m, bound)
+        if n0 * 2 ** (m - 1) <= n_val:
+            return m, [n0 * 2 ** j for j in range(m)]
+    return 1, [min_examples(target, delta, bound)]
+
+
 def choose_threshold(confidence_val, correct_val, target: float, *, delta: float = 0.05,
-                     bound: str = "clopper-pearson", grid: np.ndarray | None = None) -> ThresholdChoice:
-    """The smallest confidence threshold, by fixed-sequence testing on V, whose answered set has a
-    lower bound of accuracy ≥ `target` (see the module docstring for what that guarantees).
+                     bound: str = "clopper-pearson", grid: np.ndarray | None = None,
+                     max_sequences: int = 1) -> ThresholdChoice:
+    """The smallest confidence threshold whose answered set on V has a lower bound of accuracy ≥
+    `target`, found by fixed-sequence testing (see the module docstring for what that guarantees).
+
+    The thresholds of `grid` (default GRID) are tested from most to least confident; each of the m
+    sequences (`sequence_starts`) starts where enough V examples are answered, tests at level
+    delta/m and stops at its first failure. A threshold passed by any sequence is safe (the chance
+    that any sequence passes a wrong one is at most delta); the lowest of them is chosen.
 
     confidence_val: the student's confidence on each V example (its top probability);
     correct_val: whether it is right there (against the label, or against the teacher's argmax for
-    an agreement target); grid: candidate thresholds (default GRID), tested most confident first."""
+    an agreement target); max_sequences: 1 for the plain single fixed sequence."""
     check_options(target=target, delta=delta, bound=bound)
     conf = np.asarray(confidence_val, dtype=np.float64).ravel()
     right = np.asarray(correct_val).astype(bool).ravel()
@@ -155,38 +178,46 @@ def choose_threshold(confidence_val, correct_val, target: float, *, delta: float
     grid = np.sort(np.unique(GRID if grid is None else np.asarray(grid, dtype=np.float64)))[::-1]
     n_val, need = len(conf), min_examples(target, delta, bound)
     n, k = _answered_counts(conf, right, grid)
-    lb = np.asarray(lower_bound(k, n, delta, bound), dtype=np.float64).reshape(-1)
-    start = int(np.argmax(n >= need)) if (n >= need).any() else len(grid)  # passes are impossible before
-    chosen, tested = None, 0
-    for i in range(start, len(grid)):
-        tested += 1
-        if lb[i] < target:
-            break
-        chosen = i
+    m, starts = sequence_starts(n_val, target, delta, bound, max_sequences)
+    lb_seq = np.asarray(lower_bound(k, n, delta / m, bound), dtype=np.float64).reshape(-1)
+    passed, tested, first_fail = np.zeros(len(grid), bool), 0, None
+    for n_start in starts:
+        if not (n >= n_start).any():
+            continue
+        for i in range(int(np.argmax(n >= n_start)), len(grid)):
+            if passed[i]:  # an earlier sequence went on from here already
+                continue
+            tested += 1
+            if lb_seq[i] < target:
+                first_fail = i if first_fail is None else first_fail
+                break
+            passed[i] = True
+    lb = np.asarray(lower_bound(k, n, delta, bound), dtype=np.float64).reshape(-1)  # one test alone, descriptive
     best = int(np.argmax(np.where(n > 0, lb, -1.0)))  # ties: the first, i.e. the most confident
     common = dict(target=float(target), delta=float(delta), bound=bound, n_val=int(n_val), n_tested=tested,
-                  min_examples=int(need), best_lower_bound=float(lb[best]) if n[best] else 0.0,
+                  n_sequences=m, min_examples=int(need),
+                  best_lower_bound=float(lb[best]) if n[best] else 0.0,
                   best_coverage=float(n[best] / max(n_val, 1)) if n[best] else 0.0,
                   best_threshold=float(grid[best]) if n[best] else None)
-    if chosen is not None:
-        return ThresholdChoice(met=True, threshold=float(grid[chosen]), coverage=float(n[chosen] / n_val),
-                               answered_accuracy=float(k[chosen] / n[chosen]), lower_bound=float(lb[chosen]),
-                               n_answered=int(n[chosen]), **common)
+    if passed.any():
+        i = int(np.flatnonzero(passed)[-1])  # the least confident threshold passed
+        return ThresholdChoice(met=True, threshold=float(grid[i]), coverage=float(n[i] / n_val),
+                               answered_accuracy=float(k[i] / n[i]), lower_bound=float(lb_seq[i]),
+                               n_answered=int(n[i]), **common)
     return ThresholdChoice(met=False, threshold=None, coverage=0.0, answered_accuracy=None, lower_bound=None,
-                           n_answered=0, reason=_not_met_reason(target, delta, bound, n_val, need, common,
-                                                                tested, start, lb, n, grid), **common)
+                           n_answered=0, reason=_not_met_reason(target, delta, bound, n_val, need, common, first_fail,
+                                                                lb_seq, n, grid), **common)
 
 
-def _not_met_reason(target, delta, bound, n_val, need, common, tested, start, lb, n, grid) -> str:
+def _not_met_reason(target, delta, bound, n_val, need, common, first, lb, n, grid) -> str:
     level = f"{100 * (1 - delta):g}% {bound}"
     if n_val < need:
         cap = lower_bound(n_val, n_val, delta, bound) if n_val else 0.0
         return (f"V has {n_val} examples: even if the student were right on all of them, the {level} lower bound "
                 f"could not exceed {cap:.4f} < target {target:.4f}. At least {need} V examples (all answered "
                 f"correctly; more in practice) are needed for this target, or lower the target or raise delta.")
-    if start >= len(grid):
-        return (f"no threshold answers the {need} V examples a pass needs; check the student's confidences.")
-    first = start + tested - 1
+    if first is None:
+        return f"no threshold answers the {need} V examples a pass needs; check the student's confidences."
     later = np.flatnonzero((lb >= target) & (np.arange(len(lb)) > first) & (n > 0))
     if len(later):
         j = later[0]
@@ -326,7 +357,8 @@ def summarize_cascade(choice: ThresholdChoice, val_probs, val_correct, test: dic
                     "lower_bound": choice.lower_bound, "n_answered": choice.n_answered,
                     "teacher_accuracy": teacher_val_accuracy,
                     "student_accuracy": float(np.mean(val_correct)) if len(val_correct) else None,
-                    "thresholds_tested": choice.n_tested, "min_examples": choice.min_examples,
+                    "thresholds_tested": choice.n_tested, "sequences": choice.n_sequences,
+                    "min_examples": choice.min_examples,
                     "best_achievable": {"lower_bound": choice.best_lower_bound, "coverage": choice.best_coverage,
                                         "threshold": choice.best_threshold}},
             "test": test}
@@ -379,12 +411,11 @@ def cascade_run(run_dir, *, target: float | None = None, of_teacher: float | Non
                 delta: float = 0.05, bound: str = "clopper-pearson", student: str = "student") -> dict:
     """Choose the threshold on V for a finished run's student, report it on test from the stored
     teacher outputs, write cascade.json and cascade.png (cascade-<student>.* for another student)."""
-    from .pipeline import open_store, student_probs, teacher_outputs
     check_options(delta=delta, bound=bound)
-    if target is not None:
-        check_options(target=target)
+    resolve_target(target=target, of_teacher=of_teacher, agreement=agreement, teacher_val_accuracy=1.0)  # checks only
     if student not in ("student", "labeled-only"):
         raise ConfigError(f"--student must be student or labeled-only, got {student!r}.")
+    from .pipeline import open_store, student_probs, teacher_outputs  # torch: only once the options are sound
     ctx = open_run(run_dir)
     if not (ctx.out / f"{student}.pt").exists():
         raise DataError(f"{ctx.out} has no trained {student} ({student}.pt); train one first with `mentor run` "
