@@ -372,10 +372,33 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
     out(summarize_llm(rows))
 
 
+@bench_app.command("cascade")
+@_guard
+def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, synthetic-margin; minutes) or "
+                                                "standard (Fashion-MNIST and fortunes at two teacher strengths)."),
+                      seeds: int = typer.Option(3, help="Number of seeds."),
+                      datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
+                      targets: str = typer.Option("0.9,0.95,0.99", help="Comma-separated shares of the teacher's "
+                                                  "accuracy on V (above 1: the student must beat the teacher)."),
+                      delta: float = typer.Option(0.05, help="Chance that the guarantee fails."),
+                      bound: str = typer.Option("clopper-pearson", help="clopper-pearson or wilson."),
+                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
+                      work_dir: Path = typer.Option(Path("bench-out/cascade"), help="Run folders and stores.")):
+    """Coverage at 90/95/99% of the teacher's accuracy, auto vs vanilla-hard students, and whether the bound held."""
+    from .bench.cascade import bench_cascade, summarize_cascade
+    try:
+        shares = tuple(float(t) for t in targets.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--targets must be comma-separated numbers, e.g. 0.9,0.95,0.99; got {targets!r}.") from None
+    rows = bench_cascade(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None, targets=shares,
+                         delta=delta, bound=bound, json_out=json_out, work_dir=work_dir, log=out)
+    out(summarize_cascade(rows))
+
+
 @bench_app.command("report")
 @_guard
 def bench_report(rows_files: list[Path] = typer.Argument(..., help="JSON rows written by `mentor bench "
-                                                         "quality|active|guide --json` (several files are joined)."),
+                                                         "quality|active|guide|llm|cascade --json` (several files are joined)."),
                  baseline: Optional[str] = typer.Option(None, help="What paired gains are measured against "
                                                         "(default: vanilla-soft; random for active rows).")):
     """Tables from saved rows: quality (accuracy, paired gains, choice on V), active (AUC) or guide (gap reduction)."""

@@ -240,3 +240,22 @@ def test_missing_teacher_rows_name_mentor_label(tiny_run, tmp_path):
     shutil.copytree(tiny_run, copy, ignore=shutil.ignore_patterns("store"))
     with pytest.raises(StoreError, match="mentor label"):
         cascade_run(copy, target=0.9)
+
+
+def test_bench_rows_report_through_bench_report(tmp_path):
+    """`mentor bench report` recognises cascade rows and pairs auto against vanilla-hard by seed."""
+    from mentor.bench import read_rows, report_rows
+    rows = []
+    for seed in range(2):
+        for method, cov in (("auto", 0.8 + 0.1 * seed), ("vanilla-hard", 0.7)):
+            rows.append({"bench": "cascade", "dataset": "digits", "seed": seed, "student_method": method,
+                         "target": 0.95, "met": True, "threshold": 0.5, "coverage": cov, "answered_accuracy": 0.93,
+                         "cascade_accuracy": 0.92, "teacher_accuracy": 0.91, "bound_held": seed == 0,
+                         "teacher_calls_saved": int(400 * cov), "student_test_ece": 0.05})
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    res = _cli("bench", "report", str(path))
+    assert res.returncode == 0, res.stderr
+    text = report_rows(read_rows(path))
+    assert "| digits | 0.95 | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 |" in text
+    assert "| digits | 0.95 | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
