@@ -309,6 +309,62 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = Fo
     out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
 
 
+@app.command("cascade")
+@_guard
+def cascade_cmd(run_dir: Path = typer.Argument(..., help="The output_dir of a finished `mentor run`."),
+                target: Optional[float] = typer.Option(None, "--target", help="Accuracy the answered part must keep, "
+                                                       "e.g. 0.9 (with --agreement: agreement with the teacher)."),
+                of_teacher: Optional[float] = typer.Option(None, "--of-teacher", help="Target as a share of the "
+                                                           "teacher's accuracy on V (default 0.95)."),
+                agreement: bool = typer.Option(False, "--agreement", help="Target the student's agreement with "
+                                               "the teacher instead of accuracy (needs no labels)."),
+                delta: float = typer.Option(0.05, help="Chance that the guarantee fails (the bound is at 1 − delta)."),
+                bound: str = typer.Option("clopper-pearson", help="clopper-pearson (exact) or wilson."),
+                student: str = typer.Option("student", help="student or labeled-only.")):
+    """Choose the student's confidence threshold on V (student answers, teacher falls back); report it on test."""
+    from .cascade import cascade_run
+    r = cascade_run(run_dir, target=target, of_teacher=of_teacher, agreement=agreement, delta=delta, bound=bound,
+                    student=student)
+    print_cascade(r)
+
+
+def print_cascade(r: dict) -> None:
+    from rich.table import Table
+    v, t = r["val"], r["test"]
+    metric = "agreement" if r["target_kind"] == "agreement" else "accuracy"
+    head = (f"target: {metric} of the answered part >= {r['target']:.4f} ({r['target_kind']}), "
+            f"{100 * (1 - r['delta']):g}% {r['bound']} lower bound on V (n = {v['n']})")
+    out(head)
+    if not r["met"]:
+        b = v["best_achievable"]
+        out(f"not met: {r['reason']}")
+        out(f"best achievable on V: lower bound {b['lower_bound']:.4f} at coverage {b['coverage']:.3f}. "
+            f"The cascade sends every request to the teacher.")
+        out(f"wrote {Path(r['run_dir']) / r['plot'].replace('.png', '.json')} and {r['plot']}")
+        return
+    thr = r["threshold"]
+    table = Table(title=f"threshold {thr:.6g} on the {r['student']}'s confidence"
+                        + (" (it answers everything)" if thr <= 0 else ""))
+    for c in ("", "V", "test"):
+        table.add_column(c, justify="right" if c else "left")
+    ans = "answered_agreement" if metric == "agreement" else "answered_accuracy"
+
+    def f(x, spec=".4f"):
+        return "" if x is None else format(x, spec)
+    for name, a, b in (("coverage", f(v["coverage"], ".3f"), f(t["coverage"], ".3f")),
+                       (f"{metric} of the answered part", f(v["answered_accuracy"]), f(t[ans])),
+                       ("its lower bound", f(v["lower_bound"]), ""),
+                       ("cascade accuracy", "", f(t["cascade_accuracy"])),
+                       ("teacher accuracy", f(v["teacher_accuracy"]), f(t["teacher_accuracy"])),
+                       ("teacher calls (saved)", "", f"{t['teacher_calls']} ({t['teacher_calls_saved']})"),
+                       ("cost saved", "", f(t["cost_saved"], ".4g"))):
+        table.add_row(name, a, b)
+    out(table)
+    held = {True: "held", False: "did NOT hold", None: "not checked"}[t["bound_held"]]
+    out(f"on test the target {held}; price per teacher call {t['price_per_call']:.4g} ({t['price_source']}). "
+        f"Plot: {Path(r['run_dir']) / r['plot']}")
+
+
 @app.command("methods")
 def methods_cmd():
     """List the distillation methods a config may name."""
@@ -360,10 +416,33 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
     out(summarize_llm(rows))
 
 
+@bench_app.command("cascade")
+@_guard
+def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, synthetic-margin; minutes) or "
+                                                "standard (Fashion-MNIST and fortunes at two teacher strengths)."),
+                      seeds: int = typer.Option(3, help="Number of seeds."),
+                      datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
+                      targets: str = typer.Option("0.9,0.95,0.99", help="Comma-separated shares of the teacher's "
+                                                  "accuracy on V (above 1: the student must beat the teacher)."),
+                      delta: float = typer.Option(0.05, help="Chance that the guarantee fails."),
+                      bound: str = typer.Option("clopper-pearson", help="clopper-pearson or wilson."),
+                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
+                      work_dir: Path = typer.Option(Path("bench-out/cascade"), help="Run folders and stores.")):
+    """Coverage at 90/95/99% of the teacher's accuracy, auto vs vanilla-hard students, and whether the bound held."""
+    from .bench.cascade import bench_cascade, summarize_cascade
+    try:
+        shares = tuple(float(t) for t in targets.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"--targets must be comma-separated numbers, e.g. 0.9,0.95,0.99; got {targets!r}.") from None
+    rows = bench_cascade(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None, targets=shares,
+                         delta=delta, bound=bound, json_out=json_out, work_dir=work_dir, log=out)
+    out(summarize_cascade(rows))
+
+
 @bench_app.command("report")
 @_guard
 def bench_report(rows_files: list[Path] = typer.Argument(..., help="JSON rows written by `mentor bench "
-                                                         "quality|active|guide --json` (several files are joined)."),
+                                                         "quality|active|guide|llm|cascade --json` (several files are joined)."),
                  baseline: Optional[str] = typer.Option(None, help="What paired gains are measured against "
                                                         "(default: vanilla-soft; random for active rows).")):
     """Tables from saved rows: quality (accuracy, paired gains, choice on V), active (AUC) or guide (gap reduction)."""

@@ -74,7 +74,8 @@ def load_data(cfg: RunConfig) -> Dataset:
 
 # result files of one run; a rerun with another config into the same folder must not mix with them
 RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "reliability.png", "active.json",
-               "active.png", "active_state.json", "teacher.json", "model")
+               "active.png", "active_state.json", "teacher.json", "model", "cascade.json", "cascade.png",
+               "cascade-labeled-only.json", "cascade-labeled-only.png")
 # settings that change how a run goes, not what it computes
 _COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
              ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),

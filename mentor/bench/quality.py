@@ -155,7 +155,10 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def report_rows(rows: list[dict], baseline: str | None = None) -> str:
-    """The report that fits the rows: quality (`method`), active (`strategy`) or guide (`arm`)."""
+    """The report that fits the rows: quality (`method`), active (`strategy`), guide (`arm`), llm or cascade."""
+    if rows and all(r.get("bench") == "cascade" for r in rows):
+        from .cascade import summarize_cascade
+        return summarize_cascade(rows)
     if rows and all(r.get("row") in ("teacher", "student") and "scoring" in r for r in rows):
         from .llm import summarize_llm
         return summarize_llm(rows)
