@@ -283,6 +283,37 @@ def predict_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<out
     out(f"{res['rows']} rows predicted with {res['runtime']} in {res['seconds']:.2f}s; wrote {res['out']}")
 
 
+@app.command("serve")
+@_guard
+def serve_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<output_dir>/model or `mentor export`)."),
+              cascade: Optional[Path] = typer.Option(None, "--cascade", help="The run folder the model came from: "
+                                                     "low-confidence requests go to its teacher, at the threshold "
+                                                     "`mentor cascade` chose there."),
+              threshold: Optional[float] = typer.Option(None, help="With --cascade: the student's confidence "
+                                                        "threshold (default: the run's cascade.json)."),
+              on_teacher_error: str = typer.Option("student", "--on-teacher-error", help="When the teacher fails: "
+                                                   "student (answer with the student and say so) or fail (HTTP 503)."),
+              runtime: str = typer.Option("torch", help="torch or onnx (model.onnx via onnxruntime)."),
+              host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
+              port: int = typer.Option(8000, help="Port to listen on."),
+              max_batch: int = typer.Option(1024, "--max-batch", help="Most inputs one request may carry.")):
+    """Serve a student over HTTP (POST /predict, OpenAI-style /v1/chat/completions for text), optionally
+    as a cascade that asks the teacher when the student is unsure."""
+    from .serve import Cascade, cascade_from_run, create_app, load_served_model
+    if threshold is not None and cascade is None:
+        raise ConfigError("--threshold is the cascade's; add --cascade RUN_DIR (the run whose teacher answers the rest).")
+    if max_batch < 1 or not 0 < port < 65536:
+        raise ConfigError(f"--max-batch must be >= 1 and --port in 1..65535; got {max_batch} and {port}.")
+    model = load_served_model(model_dir, runtime)
+    c = (cascade_from_run(model, cascade, threshold=threshold, on_teacher_error=on_teacher_error) if cascade
+         else Cascade(model, on_teacher_error=on_teacher_error))
+    what = (f"cascade: the student answers at confidence >= {c.threshold:.4f}, else the teacher"
+            if c.teacher is not None else "the student alone")
+    print(f"serving {model_dir} ({model.input_kind}, {runtime}) on http://{host}:{port} — {what}", flush=True)
+    import uvicorn
+    uvicorn.run(create_app(c, max_batch=max_batch), host=host, port=port, log_level="warning")
+
+
 @app.command("audit")
 @_guard
 def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = ForceOpt):

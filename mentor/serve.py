@@ -261,6 +261,88 @@ def last_user_text(messages) -> str:
     raise BadRequest("no user message to classify")
 
 
+class FolderPredictor:
+    """A model folder's featurizer, then its torch module or its checked ONNX graph."""
+
+    def __init__(self, folder, runtime: str = "torch"):
+        from pathlib import Path
+
+        from .students import export
+        if runtime not in ("torch", "onnx"):
+            raise ConfigError(f"--runtime must be torch or onnx, got {runtime!r}.")
+        self.folder, self.runtime = Path(folder), runtime
+        self.meta = export.read_record(self.folder)
+        self.featurizer = export.load_featurizer(self.folder)
+        if runtime == "onnx":
+            onnx = self.meta.get("onnx") or {}
+            if not onnx.get("exported") or not (self.folder / export.ONNX_FILE).is_file():
+                raise ConfigError(f"{self.folder} has no checked model.onnx ({onnx.get('why') or 'not exported'}); "
+                                  f"serve it with --runtime torch, or {export.EXPORT_HINT}.")
+            session = export.onnx_session(self.folder / export.ONNX_FILE)
+            self._probs = lambda x: export.onnx_probs(session, x)
+        else:
+            kind = self.meta["student"]["kind"]
+            model = export.format_for(kind).load(self.folder, self.meta["student"].get("args", {}))
+            self._probs = lambda x: export.torch_probs(model, x)
+
+    def predict_proba(self, inputs) -> np.ndarray:
+        return self._probs(self.featurizer.transform(inputs))
+
+
+def load_served_model(folder, runtime: str = "torch") -> ServedModel:
+    """A model folder (`<output_dir>/model`, or `mentor export`'s) ready to serve."""
+    pred = FolderPredictor(folder, runtime)
+    meta = pred.meta
+    inputs = (meta.get("data") or {}).get("inputs") or {}
+    text = inputs.get("kind") == "text" or (meta.get("data") or {}).get("kind") == "text"
+    names = meta.get("class_names")
+    data_name = (meta.get("data") or {}).get("name") or "student"
+    return ServedModel(pred, [str(c) for c in names] if names else None, "text" if text else "features",
+                       None if text else inputs.get("n_features"), name=f"mentor-{data_name}",
+                       info={"runtime": runtime, "method": meta.get("method"), "n_classes": meta.get("n_classes"),
+                             "teacher_fingerprint": (meta.get("teacher") or {}).get("fingerprint")})
+
+
+def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = None,
+                     on_teacher_error: str = "student") -> Cascade:
+    """The cascade for a served student: the teacher of the run in `run_dir` (built from its
+    config.yaml, as `mentor run` built it) and the threshold `mentor cascade` chose there, unless
+    `threshold` is given. A teacher for another task (other classes) is refused; a different
+    teacher than the one the student learnt from is allowed with a warning."""
+    import json
+    import warnings
+    from pathlib import Path
+
+    from .cascade import open_run
+    from .pipeline import get_teacher
+    run = Path(run_dir)
+    ctx = open_run(run)
+    if ctx.n_classes != model.info.get("n_classes"):
+        raise ConfigError(f"the run in {run} has {ctx.n_classes} classes but the model folder has "
+                          f"{model.info.get('n_classes')}: they are different tasks. Give the run the model came from.")
+    names = [str(c) for c in ctx.data.class_names] if ctx.data.class_names else None
+    if names != model.classes:
+        raise ConfigError(f"the run in {run} names its classes {names} but the model folder {model.classes}; give the "
+                          "run the model came from.")
+    if threshold is None:
+        file = run / "cascade.json"
+        if not file.is_file():
+            raise ConfigError(f"no threshold: {file} does not exist. Run `mentor cascade {run} --target ...` first "
+                              "(it chooses one on V with a stated guarantee), or pass --threshold.")
+        choice = json.loads(file.read_text())
+        if not choice.get("met") or choice.get("threshold") is None:
+            raise ConfigError(f"{file}: no threshold met its target ({choice.get('target')}); the student would answer "
+                              "nothing with that guarantee. Run `mentor cascade` with a lower target, or pass "
+                              "--threshold to choose one yourself.")
+        threshold = float(choice["threshold"])
+    teacher = get_teacher(ctx)
+    fp, want = getattr(teacher, "fingerprint", None), model.info.get("teacher_fingerprint")
+    if want and fp and fp != want:
+        warnings.warn(f"the teacher of {run} ({fp}) is not the one the student learnt from ({want}); the cascade "
+                      "falls back to it anyway.", stacklevel=2)
+    return Cascade(model, teacher, threshold, on_teacher_error=on_teacher_error)
+
+
 def serve(cascade: Cascade, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> None:
     """Run the app under uvicorn until interrupted."""
     import uvicorn

@@ -225,3 +225,89 @@ def test_load_test_counts_every_request_and_every_failure(digits):
         assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"] and res["requests_per_s"] > 0
         res = load_test(url + "/predict", [good, bad], concurrency=4, n_requests=40, warmup=0)
         assert res["errors"] == 20 and res["statuses"] == {"200": 20, "400": 20}
+
+
+# ---------------------------------------------------------------------------------------------- the CLI
+
+MENTOR = [__import__("sys").executable, "-m", "mentor.cli"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A finished run (model folder written) with a cascade threshold chosen on V."""
+    import subprocess
+
+    import yaml
+    tmp = tmp_path_factory.mktemp("serve-run")
+    cfg = {"data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 500, "n_test": 300},
+           "teacher": {"kind": "mlp", "epochs": 40, "min_steps": 0}, "student": {"kind": "logistic"},
+           "train": {"epochs": 20, "min_steps": 0}, "baseline": False, "output_dir": str(tmp / "run")}
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(MENTOR + ["run", str(tmp / "cfg.yaml")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(MENTOR + ["cascade", str(tmp / "run"), "--target", "0.95"], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "run"
+
+
+@contextlib.contextmanager
+def cli_server(*args):
+    import subprocess
+    port = _port()
+    proc = subprocess.Popen(MENTOR + ["serve", *map(str, args), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"mentor serve exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError("mentor serve did not answer within 120 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def test_mentor_serve_cascade_end_to_end(digits_run):
+    import json
+    choice = json.loads((digits_run / "cascade.json").read_text())
+    assert choice["met"], choice
+    data = load_dataset("digits")
+    x = data.features[:200].astype(float).tolist()
+    with cli_server(digits_run / "model", "--cascade", digits_run) as url:
+        health = httpx.get(url + "/health").json()
+        assert health["cascade"] and health["threshold"] == pytest.approx(choice["threshold"])
+        body = httpx.post(url + "/predict", json={"inputs": x}, timeout=120).json()
+        conf, by = np.array(body["confidence"]), np.array(body["answered_by"])
+        assert set(by) <= {"student", "teacher"} and (by == "teacher").any()
+        # every example the student kept is at or above the threshold chosen on V
+        assert (conf[by == "student"] >= choice["threshold"] - 1e-9).all()
+    with cli_server(digits_run / "model", "--runtime", "onnx") as url:  # the student alone, from its ONNX graph
+        body = httpx.post(url + "/predict", json={"inputs": x[:20]}).json()
+        assert set(body["answered_by"]) == {"student"} and np.allclose(np.sum(body["probs"], 1), 1, atol=1e-5)
+
+
+def test_mentor_serve_bad_input_exits_2(digits_run, tmp_path):
+    import subprocess
+
+    def run(*args):
+        r = subprocess.run(MENTOR + ["serve", *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        return r.stderr
+
+    assert "not a mentor model folder" in run(tmp_path)
+    assert "run folder, not a model folder" in run(digits_run)
+    assert "--cascade RUN_DIR" in run(digits_run / "model", "--threshold", "0.9")
+    (tmp_path / "run2").mkdir()
+    import shutil
+    shutil.copy(digits_run / "config.yaml", tmp_path / "run2" / "config.yaml")
+    assert "mentor cascade" in run(digits_run / "model", "--cascade", tmp_path / "run2")
