@@ -447,6 +447,23 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
     out(summarize_llm(rows))
 
 
+@bench_app.command("serve")
+@_guard
+def bench_serve_cmd(run_dir: Path = typer.Argument(..., help="A finished run with model/ and cascade.json."),
+                    requests: int = typer.Option(500, help="Measured requests per arm."),
+                    concurrency: int = typer.Option(8, help="Requests in flight at once."),
+                    batch: int = typer.Option(1, help="Inputs per request."),
+                    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here (JSON lines).")):
+    """Load test of `mentor serve`: the student (torch, ONNX) and the cascade, requests/s and p50/p95/p99."""
+    from .bench.serve import bench_serve
+    if requests < 1 or concurrency < 1 or batch < 1:
+        raise ConfigError("--requests, --concurrency and --batch must be at least 1.")
+    rows = bench_serve(run_dir, n_requests=requests, concurrency=concurrency, batch=batch, log=out)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 @bench_app.command("cascade")
 @_guard
 def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, synthetic-margin; minutes) or "

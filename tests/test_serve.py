@@ -311,3 +311,11 @@ def test_mentor_serve_bad_input_exits_2(digits_run, tmp_path):
     import shutil
     shutil.copy(digits_run / "config.yaml", tmp_path / "run2" / "config.yaml")
     assert "mentor cascade" in run(digits_run / "model", "--cascade", tmp_path / "run2")
+
+
+def test_bench_serve_measures_student_onnx_and_cascade(digits_run):
+    from mentor.bench.serve import bench_serve
+    rows = bench_serve(digits_run, n_requests=12, concurrency=2, batch=4, n_inputs=48, log=lambda *_: None)
+    assert [r["arm"] for r in rows] == ["student (torch)", "student (onnx)", "cascade (torch + teacher)"]
+    assert all(r["errors"] == 0 and r["requests"] == 12 and r["p50_ms"] > 0 for r in rows)
+    assert rows[0]["teacher_share"] == 0 and rows[2]["teacher_share"] > 0

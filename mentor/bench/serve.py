@@ -45,3 +45,69 @@ def load_test(url: str, bodies: list[dict], *, concurrency: int = 8, n_requests:
             "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "p99_ms": float(np.percentile(ms, 99)), "errors": n_requests - statuses.get(200, 0),
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], port: int, timeout_s: float = 180.0):
+    """`mentor serve ...` as a subprocess on 127.0.0.1:port, once it answers /health."""
+    import subprocess
+    import sys
+
+    import httpx
+    proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", "serve", *args, "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mentor serve {' '.join(args)} exited {proc.returncode}: {proc.stderr.read()[-1500:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mentor serve {' '.join(args)} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: int = 1, n_inputs: int = 200,
+                log=print) -> list[dict]:
+    """Requests/s and latency percentiles of `mentor serve` on a finished run's model folder: the
+    student with torch, with ONNX, and the cascade (the run's teacher and cascade.json threshold).
+    Requests carry `batch` test-split inputs each (cycled over `n_inputs` of them)."""
+    from pathlib import Path
+
+    import httpx
+
+    from ..cascade import open_run
+    run = Path(run_dir)
+    ctx = open_run(run)
+    rows = ctx.splits.test[:n_inputs]
+    x = ctx.data.features[rows]
+    inputs = [str(v) for v in x] if ctx.data.kind == "text" else np.asarray(x, dtype=np.float64).tolist()
+    bodies = [{"inputs": inputs[i:i + batch]} for i in range(0, len(inputs) - batch + 1, batch)]
+    arms = [("student (torch)", [str(run / "model")]), ("student (onnx)", [str(run / "model"), "--runtime", "onnx"]),
+            ("cascade (torch + teacher)", [str(run / "model"), "--cascade", str(run)])]
+    out = []
+    for name, args in arms:
+        port = _free_port()
+        proc = _start(args, port)
+        try:
+            res = load_test(f"http://127.0.0.1:{port}/predict", bodies, concurrency=concurrency, n_requests=n_requests)
+            counts = httpx.get(f"http://127.0.0.1:{port}/health").json()["counts"]
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        row = {"arm": name, "batch": batch, "dataset": ctx.data.name, **res,
+               "teacher_share": counts["teacher"] / max(counts["examples"], 1)}
+        out.append(row)
+        log(f"{name:28s} {row['requests_per_s']:8.1f} req/s   p50 {row['p50_ms']:7.2f} ms   p95 {row['p95_ms']:7.2f} ms"
+            f"   p99 {row['p99_ms']:7.2f} ms   errors {row['errors']}   teacher share {row['teacher_share']:.2f}")
+    return out
