@@ -137,7 +137,33 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("endpoint and local model both set", llm(endpoint={"url": "http://127.0.0.1:9/v1", "model": "m"},
                                                  local={}), []),
         ("an empty text for the LLM", llm_file("texts-empty.csv"), []),
+        # `mentor predict MODEL_DIR DATA` with the model folder `mentor train good.yaml` wrote (run/model)
+        ("predict: new data with 60 features, model trained on 64", None, ["PREDICT", "run/model", "short.parquet"]),
+        ("predict: text given to a model of numeric features", None, ["PREDICT", "run/model", "texts-empty.csv"]),
+        ("predict: a run folder instead of its model folder", None, ["PREDICT", "run", "data.parquet"]),
+        ("predict: model folder without mentor_student.json", None, ["PREDICT", "model-no-config", "data.parquet"]),
+        ("predict: weights file is a pickle", None, ["PREDICT", "model-pickle", "data.parquet"]),
+        ("predict: model folder of a newer format", None, ["PREDICT", "model-v99", "data.parquet"]),
+        ("predict: weights do not match the config", None, ["PREDICT", "model-mismatch", "data.parquet"]),
     ]
+
+
+def damaged_model_folders(root: Path) -> None:
+    """Copies of run/model as a user might receive them: config gone, weights pickled, newer format,
+    weights of another architecture than the config says."""
+    import json
+    import torch
+    for name in ("model-no-config", "model-pickle", "model-v99", "model-mismatch"):
+        shutil.copytree(root / "run" / "model", root / name)
+    (root / "model-no-config" / "mentor_student.json").unlink()
+    torch.save({"net.0.weight": torch.zeros(1)}, root / "model-pickle" / "model.safetensors")
+    for name, change in (("model-v99", {"format_version": 99}), ("model-mismatch", None)):
+        rec = json.loads((root / name / "mentor_student.json").read_text())
+        if change:
+            rec.update(change)
+        else:
+            rec["student"]["args"]["in_features"] = 32
+        (root / name / "mentor_student.json").write_text(json.dumps(rec))
 
 
 _DROP = object()
@@ -168,10 +194,26 @@ def main() -> int:
         if first.returncode != 0:
             print(first.stderr)
             return 1
+        trained = subprocess.run([sys.executable, "-m", "mentor.cli", "train", str(root / "good.yaml")],
+                                 capture_output=True, text=True)  # writes run/model for the predict cases
+        if trained.returncode != 0:
+            print(trained.stderr)
+            return 1
+        damaged_model_folders(root)
+        x = pq.read_table(root / "data.parquet").slice(0, 5)
+        pq.write_table(pa.table({"id": x.column("id"), "pixels": [r[:60] for r in x.column("pixels").to_pylist()]}),
+                       root / "short.parquet")
         shutil.copytree(root / "run" / "store", root / "broken-store")
         shard = sorted((root / "broken-store").glob("shard-*.parquet"))[0]
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
         for i, (what, cfg, extra) in enumerate(cases(good)):
+            if extra[:1] == ["PREDICT"]:
+                res = subprocess.run([sys.executable, "-m", "mentor.cli", "predict", str(root / extra[1]),
+                                      str(root / extra[2]), "--out", str(root / "pred.parquet")],
+                                     capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+                rows.append(_row(what, res, tmp))
+                failed += rows[-1][1] != "exit 2"
+                continue
             if extra == ["STORE-STATUS"]:
                 res = subprocess.run([sys.executable, "-m", "mentor.cli", "store", "status", str(root / "a-folder")],
                                      capture_output=True, text=True)
@@ -187,7 +229,8 @@ def main() -> int:
             rows.append(_row(what, res, tmp))
             failed += rows[-1][1] != "exit 2"
     lines = ["# Bad input and what mentor says", "",
-             "Written by `python scripts/bad_inputs.py` from the real CLI (`mentor label CONFIG`); every case must "
+             "Written by `python scripts/bad_inputs.py` from the real CLI (`mentor label CONFIG`, or `mentor predict "
+             "MODEL_DIR DATA --out PRED.parquet` for the predict cases); every case must "
              "exit with status 2, one plain `error:` message (after any `warning:` lines) and no traceback. Temporary paths are shown as `…`.", "",
              "| what the user did | result | message |", "|---|---|---|"]
     lines += [f"| {w} | {r} | {m.replace('|', '¦')} |" for w, r, m in rows]

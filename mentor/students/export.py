@@ -58,13 +58,16 @@ class StudentFormat:
     """How one student kind is written into a folder and rebuilt from it.
 
     save(model, folder, args) writes the weights and returns the JSON-able args that rebuilding needs;
-    load(folder, args) rebuilds the module; onnx(model, example, file) writes model.onnx for a module
-    taking a float (batch, d) matrix, or is None when this kind cannot export (`why_no_onnx` says why).
+    load(folder, args) rebuilds the module; probs(model, x) gives its probabilities on featurised rows
+    (the torch runtime, the ONNX check and the latency use it); onnx(model, example, file) writes a
+    model.onnx whose input `features` takes those rows, or is None when this kind cannot export
+    (`why_no_onnx` says why).
     """
     save: Callable[[nn.Module, Path, dict], dict]
     load: Callable[[Path, dict], nn.Module]
     onnx: Callable[[nn.Module, np.ndarray, Path], None] | None = None
     why_no_onnx: str = ""
+    probs: Callable[[nn.Module, np.ndarray], np.ndarray] | None = None  # default: torch_probs (softmax of a float matrix)
 
 
 FORMATS: dict[str, StudentFormat] = {}
@@ -288,7 +291,7 @@ def torch_probs(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.n
 def ms_per_example(fn: Callable[[np.ndarray], object], x: np.ndarray, batch: int, budget_s: float = 0.25,
                    min_reps: int = 5) -> float:
     """Median wall time of fn on one batch of `batch` rows, per example, in milliseconds."""
-    xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])).astype(np.float32))
+    xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
     fn(xb)  # warm-up
     times, t_end = [], time.perf_counter() + budget_s
     while len(times) < min_reps or time.perf_counter() < t_end:
@@ -300,14 +303,12 @@ def ms_per_example(fn: Callable[[np.ndarray], object], x: np.ndarray, batch: int
     return 1000 * statistics.median(times) / batch
 
 
-def measure_latency(model: nn.Module, x: np.ndarray, onnx_file: Path | None, budget_s: float = 0.25) -> dict:
-    """CPU ms per example at batch 1 and 64 for torch (and ONNX when exported), on featurised rows."""
+def measure_latency(model: nn.Module, x: np.ndarray, onnx_file: Path | None, budget_s: float = 0.25,
+                    probs: Callable | None = None) -> dict:
+    """CPU ms per example at batch 1 and 64 for torch (and ONNX when exported), on featurised rows;
+    `probs(model, rows)` is the torch side (default: softmax of the module on a float matrix)."""
     model = model.cpu().eval()
-
-    @torch.no_grad()
-    def run_torch(xb):
-        return model(torch.from_numpy(xb))
-
+    run_torch = (lambda xb: probs(model, xb)) if probs else (lambda xb: torch_probs(model, xb))
     out = {"threads": torch.get_num_threads(), "featurizer_included": False}
     for b in (1, 64):
         out[f"torch_b{b}_ms"] = ms_per_example(run_torch, x, b, budget_s)
@@ -337,7 +338,7 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     kind = meta["student"]["kind"]
     fmt = format_for(kind)
     model = model.cpu().eval()
-    check_x = np.asarray(check_x, np.float32)
+    check_x = np.asarray(check_x)
     if len(check_x) == 0:
         raise DataError("save_student_folder needs at least one featurised row in check_x (V) to check the ONNX "
                         "graph and time the student.")
@@ -352,7 +353,7 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
         record["onnx"] = _export_and_check(model, fmt, check_x, tmp, onnx)
         onnx_file = tmp / ONNX_FILE if record["onnx"].get("exported") else None
         if latency:
-            record["latency_ms_per_example"] = measure_latency(model, check_x, onnx_file)
+            record["latency_ms_per_example"] = measure_latency(model, check_x, onnx_file, probs=fmt.probs)
         record["size_mb"] = {"weights": _mb(tmp / WEIGHTS_FILE) if (tmp / WEIGHTS_FILE).exists() else _mb_dir(tmp),
                              "onnx": _mb(onnx_file) if onnx_file else None, "folder": None}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=_plain, ensure_ascii=False))
@@ -376,7 +377,7 @@ def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: st
         try:
             fmt.onnx(model, check_x[:2], folder / ONNX_FILE)
             p_onnx = onnx_probs(onnx_session(folder / ONNX_FILE), check_x)
-            diff = float(np.abs(p_onnx - torch_probs(model, check_x)).max())
+            diff = float(np.abs(p_onnx - (fmt.probs or torch_probs)(model, check_x)).max())
             if diff <= ONNX_TOLERANCE:
                 return {"exported": True, "file": ONNX_FILE, "max_abs_diff": diff, "checked_rows": len(check_x),
                         "tolerance": ONNX_TOLERANCE, "opset": _opset(folder / ONNX_FILE),
@@ -527,8 +528,9 @@ def predict_file(model_dir, data_path, out_path, *, runtime: str = "torch", batc
         session = onnx_session(folder / ONNX_FILE)
         probs_of = lambda x: onnx_probs(session, x, batch_size)  # noqa: E731
     else:
-        model = format_for(meta["student"]["kind"]).load(folder, meta["student"].get("args", {}))
-        probs_of = lambda x: torch_probs(model, x, batch_size)  # noqa: E731
+        fmt = format_for(meta["student"]["kind"])
+        model = fmt.load(folder, meta["student"].get("args", {}))
+        probs_of = (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, batch_size))
     n_classes = int(meta["n_classes"])
     names = meta.get("class_names")
     names = [str(c) for c in names] if names else None
