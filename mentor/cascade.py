@@ -20,9 +20,9 @@ that an answered set with half the allowed error rate would pass (`power_start`;
 target at delta 0.05), or, where V is smaller, the fewest with which a pass is possible at all.
 Optionally (`max_sequences`), up to four sequences start at growing answered counts, each at
 level delta/m (Bonferroni). The starts depend on V's size, never on its labels. On simulated
-students (tests/test_cascade.py, /BENCHMARKS.md) the "power" start covered more than the minimal
-one in nearly every setting, and several sequences helped only where confidence says nothing
-about correctness.
+students (`scripts/cascade_starts.py`, BENCHMARKS.md "Cascade") the "power" start covered more
+than the minimal one in nearly every setting, and several sequences helped only where confidence
+says nothing about correctness.
 
 Everything here is plain numpy on arrays; `cascade_run` (used by `mentor cascade`) loads a
 finished run's students and stored teacher outputs, never calling the teacher.
@@ -100,8 +100,9 @@ def min_examples(target: float, delta: float = 0.05, bound: str = "clopper-pears
 
 def check_options(*, target: float | None = None, delta: float | None = None, bound: str | None = None) -> None:
     """Refuse a target, level or bound that means nothing, naming the fix."""
-    if target is not None and not (math.isfinite(target) and 0 < target <= 1):
-        raise ConfigError(f"the target must be an accuracy in (0, 1], e.g. 0.9 for 90%; got {target}.")
+    if target is not None and not (math.isfinite(target) and 0 < target < 1):
+        raise ConfigError(f"the target must be an accuracy in (0, 1), e.g. 0.9 for 90% (no finite V can show 100%); "
+                          f"got {target}.")
     if delta is not None and not (0 < delta < 1):
         raise ConfigError(f"delta (the chance the guarantee fails) must be in (0, 1), e.g. 0.05; got {delta}.")
     if bound is not None and bound not in BOUNDS:

@@ -148,7 +148,7 @@ def test_not_met_reports_best_achievable_and_the_examples_needed():
     assert not c2.met and 0 < c2.best_lower_bound < 0.95 and "best" in c2.reason
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.0, 1.5, float("nan")])
 def test_malformed_targets_are_refused(bad):
     with pytest.raises(ConfigError, match="target"):
         choose_threshold([0.9], [True], bad)

@@ -77,8 +77,8 @@ def _target_rows(base, s_val, y_val, s_test, t_test, y_test, targets, teacher_va
     rows = []
     for share in targets:
         goal = share * teacher_val
-        if goal > 1:
-            continue  # more than 100%: no student can be held to it
+        if goal >= 1:
+            continue  # 100% or more: no finite V can show it
         c = choose_threshold(s_val.max(1), s_val.argmax(1) == y_val, goal, delta=delta, bound=bound)
         r = cascade_report(s_test, t_test, y_test, c.threshold, price, target=goal)
         row = {**base, "target": share, "target_accuracy": goal, "met": c.met, "threshold": c.threshold,
