@@ -13,12 +13,16 @@ Many thresholds are looked at, so keeping any one whose bound passes would not b
 (multiple testing). We use fixed-sequence testing as in Learn-then-Test (Angelopoulos et al.,
 2021): the thresholds of a grid fixed in advance are tested in order from most to least
 confident and testing stops at the first failure; the chosen threshold is the last that passed
-(the largest coverage within the passed prefix). The sequence starts at the first threshold that
-answers enough V examples for a pass to be possible at all (a count that depends on V's
-confidences, never on its labels). Optionally (`max_sequences`), up to four sequences start at
-growing answered counts, each at level delta/m (Bonferroni), so that one unlucky error near the
-start does not end the search; measured on simulated students it gained with V ≥ 1000 and lost
-with V = 400, so the default stays one sequence.
+(the largest coverage within the passed prefix). Where the sequence starts matters: a threshold
+answering few V examples can pass only if nearly all are right, so a sequence starting there
+dies on the first unlucky error. It starts at the first threshold answering enough V examples
+that an answered set with half the allowed error rate would pass (`power_start`; 120 for a 90%
+target at delta 0.05), or, where V is smaller, the fewest with which a pass is possible at all.
+Optionally (`max_sequences`), up to four sequences start at growing answered counts, each at
+level delta/m (Bonferroni). The starts depend on V's size, never on its labels. On simulated
+students (`scripts/cascade_starts.py`, BENCHMARKS.md "Cascade") the "power" start covered more
+than the minimal one in nearly every setting, and several sequences helped only where confidence
+says nothing about correctness.
 
 Everything here is plain numpy on arrays; `cascade_run` (used by `mentor cascade`) loads a
 finished run's students and stored teacher outputs, never calling the teacher.
@@ -96,8 +100,9 @@ def min_examples(target: float, delta: float = 0.05, bound: str = "clopper-pears
 
 def check_options(*, target: float | None = None, delta: float | None = None, bound: str | None = None) -> None:
     """Refuse a target, level or bound that means nothing, naming the fix."""
-    if target is not None and not (math.isfinite(target) and 0 < target <= 1):
-        raise ConfigError(f"the target must be an accuracy in (0, 1], e.g. 0.9 for 90%; got {target}.")
+    if target is not None and not (math.isfinite(target) and 0 < target < 1):
+        raise ConfigError(f"the target must be an accuracy in (0, 1), e.g. 0.9 for 90% (no finite V can show 100%); "
+                          f"got {target}.")
     if delta is not None and not (0 < delta < 1):
         raise ConfigError(f"delta (the chance the guarantee fails) must be in (0, 1), e.g. 0.05; got {delta}.")
     if bound is not None and bound not in BOUNDS:
@@ -141,22 +146,33 @@ def _answered_counts(confidence: np.ndarray, correct: np.ndarray, grid: np.ndarr
     return n, right_cum[n]
 
 
+def power_start(target: float, delta: float, bound: str = "clopper-pearson") -> int:
+    """The fewest answered examples at which an answered set with half the allowed error rate
+    passes: a sequence starting earlier dies on the first unlucky error in its few examples."""
+    a = (1.0 + target) / 2
+    n = min_examples(target, delta, bound)
+    while lower_bound(np.floor(a * n), n, delta, bound) < target:
+        n = int(n * 1.05) + 1
+    return n
+
+
 def sequence_starts(n_val: int, target: float, delta: float, bound: str = "clopper-pearson",
-                    max_sequences: int = 4) -> tuple[int, list[int]]:
-    """(m, answered counts where the m testing sequences start). One sequence that starts at the
-    smallest count a pass needs dies on the first unlucky error there; m ≤ 4 sequences at level
-    delta/m (Bonferroni), starting at n0, 2·n0, 4·n0, ... answered V examples, keep going past such
-    an early error. The starts depend on V's size only, never on its labels."""
+                    max_sequences: int = 4, start: str = "power") -> tuple[int, list[int]]:
+    """(m, answered counts where the m testing sequences start): one sequence at `power_start`
+    (or, start="min" or a V too small for it, at the fewest examples a pass needs); with
+    max_sequences > 1, m ≤ max_sequences sequences at level delta/m (Bonferroni), starting at n0,
+    2·n0, 4·n0, ... answered V examples. The starts depend on V's size only, never on its labels."""
     for m in range(max(1, max_sequences), 1, -1):
         n0 = min_examples(target, delta / m, bound)
         if n0 * 2 ** (m - 1) <= n_val:
             return m, [n0 * 2 ** j for j in range(m)]
-    return 1, [min_examples(target, delta, bound)]
+    n0 = power_start(target, delta, bound) if start == "power" else n_val + 1
+    return 1, [n0 if n0 <= n_val else min_examples(target, delta, bound)]
 
 
 def choose_threshold(confidence_val, correct_val, target: float, *, delta: float = 0.05,
                      bound: str = "clopper-pearson", grid: np.ndarray | None = None,
-                     max_sequences: int = 1) -> ThresholdChoice:
+                     max_sequences: int = 1, start: str = "power") -> ThresholdChoice:
     """The smallest confidence threshold whose answered set on V has a lower bound of accuracy ≥
     `target`, found by fixed-sequence testing (see the module docstring for what that guarantees).
 
@@ -167,7 +183,7 @@ def choose_threshold(confidence_val, correct_val, target: float, *, delta: float
 
     confidence_val: the student's confidence on each V example (its top probability);
     correct_val: whether it is right there (against the label, or against the teacher's argmax for
-    an agreement target); max_sequences: 1 for the plain single fixed sequence."""
+    an agreement target); max_sequences, start: see `sequence_starts`."""
     check_options(target=target, delta=delta, bound=bound)
     conf = np.asarray(confidence_val, dtype=np.float64).ravel()
     right = np.asarray(correct_val).astype(bool).ravel()
@@ -178,7 +194,7 @@ def choose_threshold(confidence_val, correct_val, target: float, *, delta: float
     grid = np.sort(np.unique(GRID if grid is None else np.asarray(grid, dtype=np.float64)))[::-1]
     n_val, need = len(conf), min_examples(target, delta, bound)
     n, k = _answered_counts(conf, right, grid)
-    m, starts = sequence_starts(n_val, target, delta, bound, max_sequences)
+    m, starts = sequence_starts(n_val, target, delta, bound, max_sequences, start)
     lb_seq = np.asarray(lower_bound(k, n, delta / m, bound), dtype=np.float64).reshape(-1)
     passed, tested, first_fail = np.zeros(len(grid), bool), 0, None
     for n_start in starts:

@@ -374,8 +374,7 @@ def print_cascade(r: dict) -> None:
         out(f"wrote {Path(r['run_dir']) / r['plot'].replace('.png', '.json')} and {r['plot']}")
         return
     thr = r["threshold"]
-    table = Table(title=f"threshold {thr:.6g} on the {r['student']}'s confidence"
-                        + (" (it answers everything)" if thr <= 0 else ""))
+    table = Table(title=f"threshold {thr:.6g} on the {r['student']}'s confidence")
     for c in ("", "V", "test"):
         table.add_column(c, justify="right" if c else "left")
     ans = "answered_agreement" if metric == "agreement" else "answered_accuracy"
@@ -391,6 +390,8 @@ def print_cascade(r: dict) -> None:
                        ("cost saved", "", f(t["cost_saved"], ".4g"))):
         table.add_row(name, a, b)
     out(table)
+    if thr <= 0:
+        out(f"the {r['student']} answers everything: it meets the target on all of V.")
     held = {True: "held", False: "did NOT hold", None: "not checked"}[t["bound_held"]]
     out(f"on test the target {held}; price per teacher call {t['price_per_call']:.4g} ({t['price_source']}). "
         f"Plot: {Path(r['run_dir']) / r['plot']}")

@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binom
 
 from mentor.cascade import (cascade_report, cascade_run, choose_threshold, clopper_pearson_lower, lower_bound,
-                            min_examples, resolve_target, wilson_lower)
+                            min_examples, power_start, resolve_target, sequence_starts, wilson_lower)
 from mentor.config import parse_config
 from mentor.errors import ConfigError, StoreError
 
@@ -59,7 +59,7 @@ def test_fixed_sequence_stops_at_the_first_failure():
     would pass on its own (1100/1130 right) but the sequence stopped at 0.9, so it is not chosen."""
     conf = np.r_[np.full(100, 0.99), np.full(30, 0.9), np.full(1000, 0.8)]
     right = np.r_[np.ones(100), np.zeros(30), np.ones(1000)].astype(bool)
-    c = choose_threshold(conf, right, 0.9, delta=0.05, max_sequences=1)
+    c = choose_threshold(conf, right, 0.9, delta=0.05, start="min")  # the sequence starts at 29 answered
     assert c.met and 0.9 < c.threshold <= 0.99
     assert c.n_answered == 100 and c.coverage == pytest.approx(100 / 1130)
     assert c.answered_accuracy == 1.0 and c.lower_bound == pytest.approx(0.05 ** (1 / 100))
@@ -69,15 +69,27 @@ def test_fixed_sequence_stops_at_the_first_failure():
     # when the very first testable threshold fails, nothing is chosen, and the reason says why
     conf2 = np.r_[np.full(40, 0.99), np.full(1000, 0.8)]
     right2 = np.r_[np.zeros(40), np.ones(1000)].astype(bool)
-    c2 = choose_threshold(conf2, right2, 0.9, max_sequences=1)
+    c2 = choose_threshold(conf2, right2, 0.9, start="min")
     assert not c2.met and c2.threshold is None and c2.n_tested == 1
     assert "not monotone" in c2.reason and c2.best_lower_bound > 0.9
+    # the default starts where the test has power (120 answered for 90%), here the first threshold answering
+    # everything (1000 of 1040 right): a single valid test, which passes
+    assert power_start(0.9, 0.05) == 120 and choose_threshold(conf2, right2, 0.9).coverage == 1.0
+
+
+def test_the_power_start_survives_one_early_error():
+    """40 most confident with one error, then a long right stretch: a sequence starting at the
+    fewest examples a pass needs (29) dies on that error; the default start (120) does not."""
+    conf = np.r_[np.linspace(0.999, 0.99, 40), np.linspace(0.98, 0.5, 960)]
+    right = np.r_[np.arange(40) != 5, np.ones(960, bool)]
+    assert not choose_threshold(conf, right, 0.9, start="min").met
+    c = choose_threshold(conf, right, 0.9)
+    assert c.met and c.coverage == 1.0
 
 
 def test_several_sequences_each_stop_at_their_first_failure():
     """Sequences start at growing answered counts (n0, 2·n0, ...), each at level delta/m: an early
     failure ends only its own sequence, and a wrong stretch inside one still blocks what follows it."""
-    from mentor.cascade import sequence_starts
     m, starts = sequence_starts(2000, 0.9, 0.05)
     assert m == 4 and starts == [min_examples(0.9, 0.05 / 4) * 2 ** j for j in range(4)]
     assert sequence_starts(30, 0.9, 0.05) == (1, [29])  # too few for more than one
@@ -85,7 +97,7 @@ def test_several_sequences_each_stop_at_their_first_failure():
     # the first n0 answered have 3 errors (fails), then a long right stretch: a later sequence finds it
     conf = np.r_[np.linspace(0.999, 0.99, n0), np.linspace(0.98, 0.5, 1500)]
     right = np.r_[np.arange(n0) >= 3, np.ones(1500, bool)]
-    assert not choose_threshold(conf, right, 0.9, max_sequences=1).met
+    assert not choose_threshold(conf, right, 0.9, start="min").met
     c = choose_threshold(conf, right, 0.9, max_sequences=4)
     assert c.met and c.coverage == 1.0 and c.n_sequences == 4
     # a wrong stretch after every start blocks the thresholds beyond it
@@ -136,7 +148,7 @@ def test_not_met_reports_best_achievable_and_the_examples_needed():
     assert not c2.met and 0 < c2.best_lower_bound < 0.95 and "best" in c2.reason
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan")])
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.0, 1.5, float("nan")])
 def test_malformed_targets_are_refused(bad):
     with pytest.raises(ConfigError, match="target"):
         choose_threshold([0.9], [True], bad)

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..config import parse_config
 from ..errors import ConfigError
-from .quality import _append_row, _mean_std, materialise, select_datasets, suite_configs
+from .quality import _append_row, _mean_std, each_run, select_datasets, suite_configs
 
 STUDENTS = ("auto", "vanilla-hard")
 TARGETS = (0.90, 0.95, 0.99)
@@ -35,7 +35,7 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
                   bound: str = "clopper-pearson", json_out: Path | None = None,
                   work_dir: Path = Path("bench-out/cascade"), log: Callable = print) -> list[dict]:
     """One row per (dataset, seed, student method, target)."""
-    from ..cascade import cascade_report, check_options, choose_threshold
+    from ..cascade import check_options
     from ..evaluate import expected_calibration_error
     from ..pipeline import get_teacher, label, prepare, student_probs, teacher_outputs, train
     check_options(delta=delta, bound=bound)
@@ -44,50 +44,55 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
             raise ConfigError(f"targets are shares of the teacher's accuracy on V, e.g. 0.95; got {t}.")
     configs = cascade_suite(suite)
     names = select_datasets(configs, datasets, suite)
-    if json_out is not None and Path(json_out).exists():
-        Path(json_out).unlink()
     rows = []
-    for name in names:
-        template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
-            cfg = parse_config({**template, "seed": seed,
-                                "output_dir": str(Path(work_dir) / suite / name / f"seed-{seed}")})
-            ctx = prepare(cfg, force=True)  # benchmark folders are scratch
-            store = label(ctx, get_teacher(ctx))
-            sp, data = ctx.splits, ctx.data
-            t_val, t_test = teacher_outputs(store, data.ids[sp.val]), teacher_outputs(store, data.ids[sp.test])
-            y_val, y_test = data.labels[sp.val], data.labels[sp.test]
-            teacher_val = float((t_val.argmax(1) == y_val).mean())
-            price = float(ctx.cfg.teacher.cost_per_example or 0.0)
-            for method in students:
-                t0 = time.perf_counter()
-                info = train(ctx, store, method=method, name=method)
-                s_val, s_test = student_probs(ctx, method, sp.val), student_probs(ctx, method, sp.test)
-                base = {"bench": "cascade", "dataset": name, "seed": seed, "suite": suite, "student_method": method,
-                        "chosen": info.get("auto", {}).get("chosen"), "delta": delta, "bound": bound,
-                        "n_val": len(sp.val), "n_test": len(sp.test), "teacher_val_accuracy": teacher_val,
-                        "student_val_accuracy": float((s_val.argmax(1) == y_val).mean()),
-                        "student_test_accuracy": float((s_test.argmax(1) == y_test).mean()),
-                        "student_test_ece": expected_calibration_error(s_test, y_test),
-                        "train_seconds": time.perf_counter() - t0}
-                for share in targets:
-                    goal = share * teacher_val
-                    if goal > 1:
-                        continue  # more than 100%: no student can be held to it
-                    c = choose_threshold(s_val.max(1), s_val.argmax(1) == y_val, goal, delta=delta, bound=bound)
-                    r = cascade_report(s_test, t_test, y_test, c.threshold, price, target=goal)
-                    row = {**base, "target": share, "target_accuracy": goal, "met": c.met, "threshold": c.threshold,
-                           "val_coverage": c.coverage, "val_lower_bound": c.lower_bound,
-                           "best_val_lower_bound": c.best_lower_bound,
-                           **{k: r[k] for k in ("coverage", "answered_accuracy", "cascade_accuracy",
-                                                "teacher_accuracy", "bound_held", "teacher_calls",
-                                                "teacher_calls_saved", "cost_saved")}}
-                    rows.append(row)
-                    _append_row(json_out, row)
-                    log(f"{name} seed={seed} {method:13s} target={share:.2f}x teacher ({goal:.3f}): "
-                        + (f"threshold {c.threshold:.4g}, coverage {r['coverage']:.3f}, answered "
-                           f"{r['answered_accuracy'] if r['answered_accuracy'] is None else round(r['answered_accuracy'], 4)}, "
-                           f"held {r['bound_held']}" if c.met else "not met (all to the teacher)"))
+    for name, seed, template in each_run(configs, names, seeds, work_dir, json_out):
+        cfg = parse_config({**template, "seed": seed, "output_dir": str(Path(work_dir) / suite / name / f"seed-{seed}")})
+        ctx = prepare(cfg, force=True)  # benchmark folders are scratch
+        store = label(ctx, get_teacher(ctx))
+        sp, data = ctx.splits, ctx.data
+        t_val, t_test = teacher_outputs(store, data.ids[sp.val]), teacher_outputs(store, data.ids[sp.test])
+        y_val, y_test = data.labels[sp.val], data.labels[sp.test]
+        teacher_val = float((t_val.argmax(1) == y_val).mean())
+        price = float(ctx.cfg.teacher.cost_per_example or 0.0)
+        for method in students:
+            t0 = time.perf_counter()
+            info = train(ctx, store, method=method, name=method)
+            s_val, s_test = student_probs(ctx, method, sp.val), student_probs(ctx, method, sp.test)
+            base = {"bench": "cascade", "dataset": name, "seed": seed, "suite": suite, "student_method": method,
+                    "chosen": info.get("auto", {}).get("chosen"), "delta": delta, "bound": bound,
+                    "n_val": len(sp.val), "n_test": len(sp.test), "teacher_val_accuracy": teacher_val,
+                    "student_val_accuracy": float((s_val.argmax(1) == y_val).mean()),
+                    "student_test_accuracy": float((s_test.argmax(1) == y_test).mean()),
+                    "student_test_ece": expected_calibration_error(s_test, y_test),
+                    "train_seconds": time.perf_counter() - t0}
+            rows += _target_rows(base, s_val, y_val, s_test, t_test, y_test, targets, teacher_val, price,
+                                 delta, bound, json_out, log)
+    return rows
+
+
+def _target_rows(base, s_val, y_val, s_test, t_test, y_test, targets, teacher_val, price, delta, bound, json_out,
+                 log) -> list[dict]:
+    """One row per target share: the threshold chosen on V and the cascade on test."""
+    from ..cascade import cascade_report, choose_threshold
+    rows = []
+    for share in targets:
+        goal = share * teacher_val
+        if goal >= 1:
+            continue  # 100% or more: no finite V can show it
+        c = choose_threshold(s_val.max(1), s_val.argmax(1) == y_val, goal, delta=delta, bound=bound)
+        r = cascade_report(s_test, t_test, y_test, c.threshold, price, target=goal)
+        row = {**base, "target": share, "target_accuracy": goal, "met": c.met, "threshold": c.threshold,
+               "val_coverage": c.coverage, "val_lower_bound": c.lower_bound,
+               "best_val_lower_bound": c.best_lower_bound,
+               **{k: r[k] for k in ("coverage", "answered_accuracy", "cascade_accuracy",
+                                    "teacher_accuracy", "bound_held", "teacher_calls",
+                                    "teacher_calls_saved", "cost_saved")}}
+        rows.append(row)
+        _append_row(json_out, row)
+        log(f"{base['dataset']} seed={base['seed']} {base['student_method']:13s} target={share:.2f}x teacher "
+            f"({goal:.3f}): " + (f"threshold {c.threshold:.4g}, coverage {r['coverage']:.3f}, answered accuracy "
+                                 f"{r['answered_accuracy']:.4f}, held {r['bound_held']}" if c.met and r["coverage"]
+                                 else "not met (all to the teacher)" if not c.met else "answers nothing on test"))
     return rows
 
 

@@ -177,6 +177,17 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
     return report(rows, baseline or "vanilla-soft")
 
 
+def each_run(configs: dict[str, dict], names: list[str], seeds: int, work_dir: Path, json_out: Path | None):
+    """(name, seed, template with generated data filled in) for every entry and seed, after
+    emptying the rows file (a benchmark writes its rows afresh)."""
+    if json_out is not None and Path(json_out).exists():
+        Path(json_out).unlink()
+    for name in names:
+        template = materialise(configs[name], Path(work_dir))
+        for seed in range(seeds):
+            yield name, seed, template
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return
@@ -204,41 +215,37 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     if bad:
         raise ConfigError(f"unknown methods {bad}; available: teacher, labeled-only, {', '.join(sorted(METHODS))}, "
                           "and method@λ (e.g. vanilla-soft@0.5: that method with train.distill_weight = λ).")
-    if json_out is not None and Path(json_out).exists():
-        Path(json_out).unlink()
     rows = []
-    for name in names:
-        template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
-            cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
-            t0 = time.perf_counter()
-            ctx = prepare(cfg, force=True)  # benchmark folders are scratch
-            teacher = get_teacher(ctx)
-            store = label(ctx, teacher)
-            y_test = ctx.data.labels[ctx.splits.test]
-            t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
-            y_val = ctx.data.labels[ctx.splits.val]
-            t_val = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.val]), y_val)
-            base = {"dataset": name, "seed": seed, "suite": suite, "teacher_accuracy": t_acc,
-                    "n_labeled": len(ctx.splits.labeled), "n_pool": len(ctx.splits.pool),
-                    "n_val": len(ctx.splits.val), "n_test": len(ctx.splits.test),
-                    "teacher_fingerprint": store.fingerprint, "teacher_kind": cfg.teacher.kind,
-                    "student": cfg.student.kind, "setup_seconds": time.perf_counter() - t0}
-            for method in methods:
-                t1 = time.perf_counter()
-                if method == "teacher":
-                    acc, val_acc = t_acc, t_val
-                else:
-                    lab = method == "labeled-only"
-                    train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
-                    acc = accuracy(student_test_probs(ctx, method), y_test)
-                    val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
-                # val_accuracy: what a user can see to choose a method (V also fits the corrections)
-                row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
-                       "seconds": time.perf_counter() - t1}
-                rows.append(row)
-                _append_row(json_out, row)
-                log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
+    for name, seed, template in each_run(configs, names, seeds, work_dir, json_out):
+        cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
+        t0 = time.perf_counter()
+        ctx = prepare(cfg, force=True)  # benchmark folders are scratch
+        teacher = get_teacher(ctx)
+        store = label(ctx, teacher)
+        y_test = ctx.data.labels[ctx.splits.test]
+        t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
+        y_val = ctx.data.labels[ctx.splits.val]
+        t_val = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.val]), y_val)
+        base = {"dataset": name, "seed": seed, "suite": suite, "teacher_accuracy": t_acc,
+                "n_labeled": len(ctx.splits.labeled), "n_pool": len(ctx.splits.pool),
+                "n_val": len(ctx.splits.val), "n_test": len(ctx.splits.test),
+                "teacher_fingerprint": store.fingerprint, "teacher_kind": cfg.teacher.kind,
+                "student": cfg.student.kind, "setup_seconds": time.perf_counter() - t0}
+        for method in methods:
+            t1 = time.perf_counter()
+            if method == "teacher":
+                acc, val_acc = t_acc, t_val
+            else:
+                lab = method == "labeled-only"
+                train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
+                acc = accuracy(student_test_probs(ctx, method), y_test)
+                val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
+            # val_accuracy: what a user can see to choose a method (V also fits the corrections)
+            row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
+                   "seconds": time.perf_counter() - t1}
+            rows.append(row)
+            _append_row(json_out, row)
+            log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
     return rows
 
 
