@@ -171,7 +171,7 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README).")
     cfg = _config(config, set_)
     metrics = run(cfg, force=force)
     print_summary(metrics)
-    out(f"results in {cfg.output_dir}/metrics.json")
+    out(f"results in {cfg.output_dir}/metrics.json" + _report_note(cfg.output_dir))
 
 
 @app.command("label")
@@ -243,6 +243,11 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = Fo
     if a.get("fallback"):
         out(f"note: {a['fallback']}")
     out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
+
+
+def _report_note(output_dir) -> str:
+    html = Path(output_dir) / "report.html"
+    return f"; report in {html}" if html.exists() else ""
 
 
 @app.command("report")
@@ -396,7 +401,7 @@ def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys pl
     out(table)
     if res["stopped"]:
         out(res["stopped"])
-    out(f"results in {cfg.output_dir}/active.json and active.png")
+    out(f"results in {cfg.output_dir}/active.json and active.png" + _report_note(cfg.output_dir))
 
 
 @bench_app.command("active")

@@ -68,9 +68,10 @@ def load_data(cfg: RunConfig) -> Dataset:
 
 # result files of one run; a rerun with another config into the same folder must not mix with them
 RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "reliability.png", "active.json",
-               "active.png", "active_state.json", "teacher.json", "report.md", "report.html")
+               "active.png", "active_state.json", "teacher.json", "report.md", "report.html",
+               "history-student.json", "history-labeled-only.json")
 # settings that change how a run goes, not what it computes
-_COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
+_COSMETIC = {("train", "progress"), ("distribute",), ("tracking",), ("store", "batch_size"), ("store", "shard_size"),
              ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),
              ("teacher", "check_class_order")}
 
@@ -470,6 +471,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
+    _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
     _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
     return info
 
@@ -568,5 +570,7 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
     metrics["seconds"] = time.perf_counter() - t0
     _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     from .report import report_after_run
+    from .tracking import track_after_run
     report_after_run(ctx, store)
+    track_after_run(ctx)
     return metrics

@@ -293,7 +293,7 @@ def plot_curves(curves: dict[str, tuple[list, list]], path: Path, title: str = "
 
 def _state_key(cfg: ActiveConfig) -> str:
     d = cfg.model_dump(mode="json")
-    for k in ("output_dir", "store"):
+    for k in ("output_dir", "store", "tracking"):
         d.pop(k, None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -321,7 +321,9 @@ def run_active(cfg: ActiveConfig, *, force: bool = False) -> dict:
     result = active_loop(ctx, teacher)
     from ..pipeline import open_store
     from ..report import report_after_run
+    from ..tracking import track_after_run
     report_after_run(ctx, open_store(ctx, teacher), stored_pool_only=True)
+    track_after_run(ctx)
     return result
 
 
