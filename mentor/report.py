@@ -102,7 +102,7 @@ def report_sections(run_dir) -> tuple[str, list[Section]]:
                         "the output_dir of a finished `mentor run` or `mentor active`.")
     audit = _read_json(run_dir / "audit.json")
     teacher = _read_json(run_dir / "teacher.json")
-    cascade = _read_json(run_dir / "cascade.json")
+    cascades = {p.name: _read_json(p) for p in sorted(run_dir.glob("cascade*.json"), key=lambda p: (p.name != "cascade.json", p.name))}
     m = metrics or {}
     dataset = (m.get("data") or {}).get("name") or (active or {}).get("dataset") or "?"
     if metrics is not None:
@@ -116,8 +116,7 @@ def report_sections(run_dir) -> tuple[str, list[Section]]:
                 _audit(run_dir, audit, m.get("teacher_fingerprint") or (active or {}).get("teacher_fingerprint"))]
     if metrics is not None:
         sections += [_methods(m), _final(m)]
-    if cascade is not None:
-        sections.append(_cascade(run_dir, cascade))
+    sections += [_cascade(run_dir, c, name) for name, c in cascades.items()]
     if active is not None:
         sections.append(_active(run_dir, active))
     sections += [_config(run_dir), _machine(m, active)]
@@ -292,17 +291,22 @@ def _final(m: dict) -> Section:
     return s
 
 
-_CASCADE_LABELS = {"coverage": ("share answered by the student", pct),
-                   "answered_accuracy": ("accuracy on the answered part", pct),
-                   "cascade_accuracy": ("accuracy of the whole cascade", pct),
-                   "teacher_accuracy": ("teacher accuracy", pct),
-                   "teacher_calls_saved": ("teacher calls saved", None),
-                   "cost_saved": ("cost saved", None),
-                   "bound_held": ("bound held", None)}
+_CASCADE_ROWS = {  # cascade.json's val/test keys in the order shown, with what they mean
+    "n": ("examples", None), "coverage": ("share answered by the student (coverage)", pct),
+    "answered_accuracy": ("accuracy on the answered part", pct),
+    "answered_agreement": ("agreement with the teacher on the answered part", pct),
+    "lower_bound": ("its lower confidence bound", pct), "n_answered": ("answered by the student", None),
+    "student_accuracy": ("student accuracy (answering everything)", pct),
+    "teacher_accuracy": ("teacher accuracy", pct), "cascade_accuracy": ("accuracy of the whole cascade", pct),
+    "teacher_calls": ("teacher calls", None), "teacher_calls_saved": ("teacher calls saved", None),
+    "price_per_call": ("price per teacher call", None), "cost_all_teacher": ("cost, teacher on everything", None),
+    "cost_saved": ("cost saved", None), "bound_held": ("target held", None),
+    "thresholds_tested": ("thresholds tested", None), "sequences": ("threshold sequences (Bonferroni)", None),
+    "min_examples": ("fewest answered examples a threshold needs", None)}
 
 
 def _value(key, v):
-    fmt = _CASCADE_LABELS.get(key, (None, None))[1]
+    fmt = _CASCADE_ROWS.get(key, (None, None))[1]
     if isinstance(v, bool):
         return "yes" if v else "no"
     if fmt and isinstance(v, (int, float)):
@@ -312,21 +316,39 @@ def _value(key, v):
     return v if isinstance(v, (int, str)) or v is None else json.dumps(v, default=str)
 
 
-def _cascade(run_dir: Path, c: dict) -> Section:
-    s = Section("Cascade: the student answers when sure, the teacher otherwise")
-    target = c.get("target")
+def _cascade(run_dir: Path, c: dict, name: str) -> Section:
+    student = c.get("student") or "student"
+    s = Section(f"Cascade: the {student} answers when sure, the teacher otherwise"
+                + ("" if name == "cascade.json" else f" ({name})"))
     kind = c.get("target_kind") or "accuracy"
-    s.p(f"Target: {kind} at least {_value('', target)} on the answered part, shown by a "
-        f"{c.get('bound') or 'lower'} confidence bound"
-        + (f" at level {1 - c['delta']:.0%}" if isinstance(c.get("delta"), (int, float)) else "")
-        + f" on V. Threshold chosen on V: {_value('', c.get('threshold'))}. Target met on V: "
-        f"{_value('', c.get('met'))}.")
+    metric = "agreement with the teacher" if kind == "agreement" else "accuracy"
     val, test = c.get("val") or {}, c.get("test") or {}
-    keys = list(dict.fromkeys([*test, *val]))
-    s.table(["", "V", "test"], [[_CASCADE_LABELS.get(k, (k,))[0], _value(k, val.get(k)), _value(k, test.get(k))]
-                                for k in keys])
-    if _png(run_dir, "cascade.png"):
-        s.img("cascade.png", "cascade accuracy against coverage, with the chosen threshold")
+    target = c.get("target")
+    of = (f" ({c['of_teacher']:g} × the teacher's accuracy on V)" if isinstance(c.get("of_teacher"), (int, float))
+          else "")
+    level = f"{100 * (1 - c['delta']):g}% " if isinstance(c.get("delta"), (int, float)) else ""
+    s.p(f"Target: {metric} of the answered part at least {pct(target) if isinstance(target, (int, float)) else target}"
+        f"{of}, shown on V by a {level}{c.get('bound') or ''} lower confidence bound"
+        + (f" ({c['student_method']} student)" if c.get("student_method") else "") + ".")
+    if c.get("met"):
+        s.p(f"Met on V with the student answering when its confidence is at least {_value('', c.get('threshold'))}."
+            + (f" On test the target {'held' if test['bound_held'] else 'did not hold'}."
+               if isinstance(test.get("bound_held"), bool) else ""))
+    else:
+        best = val.get("best_achievable") or {}
+        s.p(f"Not met on V: {c.get('reason') or 'no threshold reaches the target'}. Best achievable: lower bound "
+            f"{pct(best.get('lower_bound'))} at coverage {pct(best.get('coverage'))}; the cascade sends every "
+            "request to the teacher.")
+    keys = [k for k in _CASCADE_ROWS if k in val or k in test]
+    keys += [k for k in dict.fromkeys([*val, *test]) if k not in _CASCADE_ROWS
+             and not isinstance(val.get(k, test.get(k)), (dict, list, str))]
+    s.table(["", "V", "test"], [[_CASCADE_ROWS.get(k, (k,))[0], _value(k, val.get(k)), _value(k, test.get(k))]
+                                for k in keys if val.get(k) is not None or test.get(k) is not None])
+    if test.get("price_source"):
+        s.p(f"Price per teacher call from: {test['price_source']}.")
+    png = c.get("plot") if isinstance(c.get("plot"), str) else name.replace(".json", ".png")
+    if Path(png).name == png and _png(run_dir, png):
+        s.img(png, f"accuracy of the answered part against coverage, with the chosen threshold ({png})")
     return s
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from .errors import MentorError
 
-ARTIFACTS = ("report.html", "report.md", "config.yaml", "metrics.json", "audit.json", "active.json", "cascade.json",
-             "teacher.json")
+ARTIFACTS = ("report.html", "report.md", "config.yaml", "metrics.json", "audit.json", "active.json", "teacher.json")
 _NOT_METRICS = {"config", "machine", "seed"}  # recorded as params or not numbers about the run
 
 
@@ -78,7 +77,9 @@ def run_record(run_dir) -> dict:
               for k, v in _flat(cfg if isinstance(cfg, dict) else {}).items() if not k.startswith("tracking.")}
     params = {k: v if len(v) <= 500 else v[:497] + "..." for k, v in params.items()}
     metrics, series = {}, {}
-    for name, prefix in (("metrics.json", ""), ("audit.json", "audit."), ("cascade.json", "cascade.")):
+    sources = [("metrics.json", ""), ("audit.json", "audit.")]
+    sources += [(p.name, p.stem + ".") for p in sorted(run_dir.glob("cascade*.json"))]
+    for name, prefix in sources:
         d = _json(run_dir / name)
         if isinstance(d, dict):
             metrics.update(_numbers(d, prefix))
@@ -95,7 +96,8 @@ def run_record(run_dir) -> dict:
     run_name = "-".join(str(x) for x in ((m.get("data") or {}).get("name") or (active or {}).get("dataset") or "run",
                                          m.get("method") or (active or {}).get("strategy") or "",
                                          f"seed{cfg.get('seed', 0) if isinstance(cfg, dict) else 0}") if x)
-    artifacts = [run_dir / a for a in ARTIFACTS if (run_dir / a).exists()] + sorted(run_dir.glob("*.png"))
+    artifacts = ([run_dir / a for a in ARTIFACTS if (run_dir / a).exists()] + sorted(run_dir.glob("cascade*.json"))
+                 + sorted(run_dir.glob("*.png")))
     return {"run_name": run_name, "params": params, "metrics": metrics, "series": series, "artifacts": artifacts,
             "tags": {"mentor.run_dir": str(run_dir.resolve()),
                      "mentor.teacher_fingerprint": str(m.get("teacher_fingerprint") or

@@ -93,21 +93,34 @@ def test_report_cli_regenerates_it_from_the_files_alone(run_dir, tmp_path):
     assert (copy / "report.html").exists()
 
 
+CASCADE = {  # the shape `mentor cascade RUN_DIR` writes (mentor/cascade.py)
+    "target": 0.8525, "target_kind": "of-teacher", "of_teacher": 0.95, "delta": 0.05, "bound": "clopper-pearson",
+    "threshold": 0.8125, "met": True, "reason": None, "student": "student", "student_method": "auto",
+    "plot": "cascade.png",
+    "val": {"n": 300, "coverage": 0.71, "answered_accuracy": 0.97, "lower_bound": 0.9412, "n_answered": 213,
+            "teacher_accuracy": 0.8967, "student_accuracy": 0.8933, "thresholds_tested": 12, "sequences": 1,
+            "min_examples": 30, "best_achievable": {"lower_bound": 0.95, "coverage": 0.6, "threshold": 0.9}},
+    "test": {"n": 400, "coverage": 0.6925, "answered_accuracy": 0.9675, "answered_agreement": 0.99,
+             "cascade_accuracy": 0.93, "teacher_accuracy": 0.9, "teacher_calls": 123, "teacher_calls_saved": 277,
+             "price_per_call": 0.01, "cost_all_teacher": 4.0, "cost_saved": 2.77, "bound_held": True,
+             "price_source": "teacher.json cost_per_example"}}
+
+
 def test_cascade_table_and_plot_appear_when_the_folder_has_them(run_dir, tmp_path):
     copy = _copy_files(run_dir, tmp_path / "copy")
-    (copy / "cascade.json").write_text(json.dumps({
-        "target": 0.95, "target_kind": "teacher_relative", "delta": 0.05, "bound": "clopper-pearson",
-        "threshold": 0.8125, "met": True,
-        "val": {"coverage": 0.71, "answered_accuracy": 0.97},
-        "test": {"coverage": 0.6925, "answered_accuracy": 0.9675, "cascade_accuracy": 0.93, "teacher_accuracy": 0.9,
-                 "teacher_calls_saved": 277, "cost_saved": 2.77, "bound_held": True}}))
+    (copy / "cascade.json").write_text(json.dumps(CASCADE))
     shutil.copy(copy / "reliability.png", copy / "cascade.png")
+    not_met = {**CASCADE, "met": False, "threshold": None, "reason": "no threshold's lower bound reaches 0.99",
+               "student": "labeled-only", "plot": "cascade-labeled-only.png"}
+    (copy / "cascade-labeled-only.json").write_text(json.dumps(not_met))
     write_report(copy)
     md = (copy / "report.md").read_text()
-    assert "## Cascade" in md and "Threshold chosen on V: 0.8125" in md
-    assert "| share answered by the student | 71.00% | 69.25% |" in md
-    assert "| teacher calls saved | — | 277 |" in md and "| bound held | — | yes |" in md
-    assert len(_images((copy / "report.html").read_text())) == 2
+    assert "## Cascade: the student answers when sure" in md and "confidence is at least 0.8125" in md
+    assert "at least 85.25% (0.95 × the teacher's accuracy on V)" in md and "On test the target held." in md
+    assert "| share answered by the student (coverage) | 71.00% | 69.25% |" in md
+    assert "| teacher calls saved | — | 277 |" in md and "| target held | — | yes |" in md
+    assert "Not met on V: no threshold's lower bound reaches 0.99" in md  # the labeled-only cascade, no plot
+    assert len(_images((copy / "report.html").read_text())) == 2  # reliability + cascade.png
 
 
 def _make_hostile(run_dir: Path, dst: Path) -> Path:
@@ -120,6 +133,8 @@ def _make_hostile(run_dir: Path, dst: Path) -> Path:
     auto["candidates"][HOSTILE] = auto["candidates"].pop("slam")
     auto["order"] = [HOSTILE if o == "slam" else o for o in auto["order"]]
     (copy / "metrics.json").write_text(json.dumps(m))
+    (copy / "cascade.json").write_text(json.dumps({**CASCADE, "met": False, "reason": HOSTILE, "student": HOSTILE,
+                                                   "plot": "/etc/passwd", "bound": HOSTILE_IMG}))
     (copy / "config.yaml").write_text((copy / "config.yaml").read_text() + "# </pre>" + HOSTILE + "\n")
     write_report(copy)
     return copy
