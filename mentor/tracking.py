@@ -184,10 +184,13 @@ def track_after_run(ctx) -> dict:
         try:
             done["mlflow_run_id"] = log_mlflow(record, uri=uri, experiment=t.experiment, artifact_location=artifacts)
         except Exception as e:  # a tracker down or refusing: the run's results are on disk already
-            from .credentials import redact_url
+            from .credentials import redact_url, url_secrets
+            why = str(e)
+            for secret in url_secrets(uri):  # MLflow's messages quote the URL, password included
+                why = why.replace(secret, "***")
             raise TrackingError(
                 f"the run finished (results in {ctx.out}) but logging it to MLflow at {redact_url(uri)} failed: "
-                f"{type(e).__name__}: {str(e)[:300]}. Check tracking.mlflow_uri and that the server is up, then run "
+                f"{type(e).__name__}: {why[:300]}. Check tracking.mlflow_uri and that the server is up, then run "
                 "the same command again: the teacher outputs, teacher and students are reused, nothing is paid "
                 "twice.") from None
     return done

@@ -90,3 +90,35 @@ def test_tracking_is_off_by_default_and_its_uri_keeps_no_password(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "s3cret" not in res.stdout and "mlflow_uri: https://***@mlflow.example/" in res.stdout
+
+
+def test_a_tracker_that_is_down_fails_the_command_after_the_results_are_saved(tmp_path):
+    import os
+    import socket
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "c.yaml").write_text(
+        "output_dir: run\ndata: {name: digits}\nsplit: {n_labeled: 100, n_val: 300, n_test: 400, n_pool: 300}\n"
+        "teacher: {kind: logistic}\nstudent: {kind: logistic}\ntrain: {epochs: 3, min_steps: 0}\nbaseline: false\n"
+        f"tracking: {{mlflow: true, mlflow_uri: 'http://me:s3cret@127.0.0.1:{port}'}}\n")
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    res = subprocess.run([sys.executable, "-m", "mentor.cli", "run", str(tmp_path / "c.yaml")], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "the run finished (results in" in res.stderr and f"MLflow at http://***@127.0.0.1:{port}" in res.stderr
+    assert "s3cret" not in res.stderr + res.stdout + (tmp_path / "run" / "config.yaml").read_text()
+    assert (tmp_path / "run" / "metrics.json").exists() and (tmp_path / "run" / "report.html").exists()
+
+
+def test_an_active_run_is_tracked_against_its_queries(tmp_path):
+    from mentor.tracking import clean_key, run_record
+    (tmp_path / "config.yaml").write_text("seed: 3\nstrategy: rad\n")
+    (tmp_path / "active.json").write_text(json.dumps({
+        "strategy": "rad", "dataset": "digits", "queries": [0, 50, 100], "test_accuracy": [0.5, 0.6, 0.7],
+        "spent_per_round": [0, 5, 10], "auc": 0.61, "spent": 10.0, "stopped": None}))
+    rec = run_record(tmp_path)
+    assert rec["run_name"] == "digits-rad-seed3" and rec["params"] == {"seed": "3", "strategy": "rad"}
+    assert rec["series"]["active.test_accuracy"] == [(0, 0.5), (50, 0.6), (100, 0.7)]
+    assert rec["metrics"] == {"active.auc": 0.61, "active.spent": 10.0}
+    assert clean_key("auto.val_accuracy.vanilla-soft@0.5") == "auto.val_accuracy.vanilla-soft_0.5"
