@@ -84,21 +84,32 @@ def plot_reliability(audit: dict, path, *, title: str = "teacher reliability on 
     return path
 
 
-def audit_run(ctx, store=None) -> dict:
-    """Audit the configured teacher for a run: label V and the pool if needed, fit, write files."""
+def audit_run(ctx, store=None, *, stored_pool_only: bool = False) -> dict:
+    """Audit the configured teacher for a run: label V and the pool if needed, fit, write files.
+    `stored_pool_only`: estimate the pool error rate on the pool rows already stored (an active
+    run pays for part of the pool only), and never call the teacher."""
     from .pipeline import label, teacher_outputs
     store = store or label(ctx)
     data, sp = ctx.data, ctx.splits
+    pool_ids = data.ids[sp.pool]
+    if stored_pool_only:
+        pool_ids = pool_ids[~np.isin(pool_ids.astype(str), store.missing(pool_ids))]
+        if not len(pool_ids):
+            raise ConfigError("the audit estimates the teacher's error rate on the pool, but no pool example has a "
+                              "stored teacher output yet; label the pool (`mentor label`) or query it first.")
     t_val = teacher_outputs(store, data.ids[sp.val], required=False)
     if t_val is None:
         raise ConfigError("the audit needs teacher outputs on the validation set V; the teacher file does not "
                           "cover V. Add V's ids to the teacher file.")
-    t_pool = teacher_outputs(store, data.ids[sp.pool])
+    t_pool = teacher_outputs(store, pool_ids)
     result = audit_teacher(t_val, data.labels[sp.val], t_pool, n_classes=data.n_classes,
                            class_names=data.class_names)
     plot_reliability(result, ctx.out / "reliability.png", title=f"{data.name}: teacher reliability on V")
     result.pop("_reliability")
     result["teacher_fingerprint"] = store.fingerprint
-    result.update(answer_stats(store, data.ids[sp.val], data.ids[sp.pool]))
+    result.update(answer_stats(store, data.ids[sp.val], pool_ids))
+    if stored_pool_only and len(pool_ids) < len(sp.pool):
+        result["pool_note"] = (f"the pool estimates cover the {len(pool_ids)} pool examples the teacher answered "
+                               f"so far (of {len(sp.pool)}).")
     (ctx.out / "audit.json").write_text(json.dumps(result, indent=2))
     return result

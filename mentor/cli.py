@@ -129,6 +129,7 @@ def print_summary(metrics: dict) -> None:
             table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}",
                           "" if v is None else f"{100 * v:.2f}%")
     out(table)
+    from .evaluate import regime_hint
     hint = regime_hint(metrics)
     if hint:
         out(hint)
@@ -141,27 +142,6 @@ def print_summary(metrics: dict) -> None:
     epochs = metrics.get("train_info", {}).get("epochs_note")
     if epochs:
         out(epochs)
-
-
-def regime_hint(metrics: dict) -> str | None:
-    """Which kind of correction tends to pay, from V only (README: "Which one should I use?")."""
-    t, s = metrics.get("teacher_val_accuracy"), metrics.get("student", {}).get("val_accuracy")
-    if t is None or s is None:
-        return None
-    head = f"On V the distilled student ({100 * s:.1f}%) "
-    lab = metrics.get("labeled_only", {}).get("val_accuracy")
-    if lab is not None and lab > s + 0.005:
-        return (head + f"is below the labeled-only student ({100 * lab:.1f}%): distilling does not pay here "
-                f"(the teacher is at {100 * t:.1f}% on V). Keep the labeled-only student, or compare methods "
-                "with method: auto.")
-    if s >= t - 0.005:
-        return (head + f"reaches its teacher ({100 * t:.1f}%): what is left is the teacher's noise; corrections "
-                "such as slam-hard tend to help here (or use method: auto).")
-    if s < t - 0.03:
-        return (head + f"stays well below its teacher ({100 * t:.1f}%): it is capacity-bound; keep soft targets "
-                "(calibrated-soft) and avoid filtering corrections (or use method: auto).")
-    return (head + f"is close to its teacher ({100 * t:.1f}%): no clear regime; compare corrections on V "
-            "with method: auto.")
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
@@ -191,7 +171,7 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README).")
     cfg = _config(config, set_)
     metrics = run(cfg, force=force)
     print_summary(metrics)
-    out(f"results in {cfg.output_dir}/metrics.json")
+    out(f"results in {cfg.output_dir}/metrics.json" + _report_note(cfg.output_dir))
 
 
 @app.command("label")
@@ -397,6 +377,20 @@ def print_cascade(r: dict) -> None:
         f"Plot: {Path(r['run_dir']) / r['plot']}")
 
 
+def _report_note(output_dir) -> str:
+    html = Path(output_dir) / "report.html"
+    return f"; report in {html}" if html.exists() else ""
+
+
+@app.command("report")
+@_guard
+def report_cmd(run_dir: Path = typer.Argument(..., help="The output_dir of a `mentor run` or `mentor active`.")):
+    """(Re)write report.md and report.html (plots embedded) from the files in a run folder."""
+    from .report import write_report
+    md, html = write_report(run_dir)
+    out(f"wrote {md} and {html}")
+
+
 @app.command("methods")
 def methods_cmd():
     """List the distillation methods a config may name."""
@@ -579,7 +573,7 @@ def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys pl
     out(table)
     if res["stopped"]:
         out(res["stopped"])
-    out(f"results in {cfg.output_dir}/active.json and active.png")
+    out(f"results in {cfg.output_dir}/active.json and active.png" + _report_note(cfg.output_dir))
 
 
 @bench_app.command("active")

@@ -195,6 +195,25 @@ class ExportConfig(_Strict):
                                          # in the folder; required: that is an error; off: no model.onnx
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking, off by default (extra `tracking`): params, per-epoch losses, V and test
+    metrics, report and plots, logged when the run (or active run) has finished."""
+    mlflow: bool = False                 # log to MLflow
+    mlflow_uri: str | None = None        # tracking URI (http://..., sqlite:///...); default: a SQLite file under
+                                         # the run folder, <output_dir>/mlflow/mlflow.db, artifacts beside it
+    experiment: str = "mentor"           # MLflow experiment name
+    tensorboard: bool = False            # write TensorBoard event files to <output_dir>/tensorboard
+
+    @model_validator(mode="after")
+    def _installed(self):
+        from importlib.util import find_spec
+        for on, name in ((self.mlflow, "mlflow"), (self.tensorboard, "tensorboard")):
+            if on and find_spec(name) is None:
+                raise ValueError(f"tracking.{name} is on but {name} is not installed: pip install "
+                                 f"'mentor[tracking]' (or set tracking.{name}: false)")
+        return self
+
+
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0)
     output_dir: str = "results/run"
@@ -209,6 +228,7 @@ class RunConfig(_Strict):
     student: StudentConfig = Field(default_factory=StudentConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     def trained_method(self) -> str:
         """The method the student is trained with (the active loop's config names it `correction`)."""
@@ -342,6 +362,8 @@ def config_record(cfg: RunConfig) -> dict:
     d = cfg.model_dump(mode="json")
     if d.get("teacher", {}).get("url"):
         d["teacher"]["url"] = redact_url(d["teacher"]["url"])
+    if (d.get("tracking") or {}).get("mlflow_uri"):
+        d["tracking"]["mlflow_uri"] = redact_url(d["tracking"]["mlflow_uri"])
     endpoint = (d.get("teacher", {}).get("llm") or {}).get("endpoint")
     if endpoint and endpoint.get("url"):
         endpoint["url"] = redact_url(endpoint["url"])

@@ -82,3 +82,32 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, reference_probs
     if reference_probs is not None:
         out["agreement_with_teacher"] = agreement(probs, reference_probs)
     return out
+
+
+def regime_hint(metrics: dict) -> str | None:
+    """Which kind of correction tends to pay, from V only (README: "Which one should I use?")."""
+    t, s = metrics.get("teacher_val_accuracy"), metrics.get("student", {}).get("val_accuracy")
+    if t is None or s is None:
+        return None
+    head = f"On V the distilled student ({100 * s:.1f}%) "
+    lab = metrics.get("labeled_only", {}).get("val_accuracy")
+    if lab is not None and lab > s + 0.005:
+        return (head + f"is below the labeled-only student ({100 * lab:.1f}%): distilling does not pay here "
+                f"(the teacher is at {100 * t:.1f}% on V). Keep the labeled-only student, or compare methods "
+                "with method: auto.")
+    if s >= t - 0.005:
+        return (head + f"reaches its teacher ({100 * t:.1f}%): what is left is the teacher's noise; corrections "
+                "such as slam-hard tend to help here (or use method: auto).")
+    if s < t - 0.03:
+        return (head + f"stays well below its teacher ({100 * t:.1f}%): it is capacity-bound; keep soft targets "
+                "(calibrated-soft) and avoid filtering corrections (or use method: auto).")
+    return (head + f"is close to its teacher ({100 * t:.1f}%): no clear regime; compare corrections on V "
+            "with method: auto.")
+
+
+def machine_record() -> dict:
+    """What a result was measured on, recorded beside the numbers."""
+    import platform
+    import torch
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available()}

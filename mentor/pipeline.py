@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .teachers.pools import make_pool
 from .checks import suspected_permutation
 from .errors import ConfigError, DataError, StoreError, TeacherOutputError
-from .evaluate import classification_report, gap_closed_verdict
+from .evaluate import classification_report, gap_closed_verdict, machine_record
 from .methods import MethodContext, plan_method, train_with_plan
 from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
@@ -75,9 +74,11 @@ def load_data(cfg: RunConfig) -> Dataset:
 # result files of one run; a rerun with another config into the same folder must not mix with them
 RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "reliability.png", "active.json",
                "active.png", "active_state.json", "teacher.json", "model", "cascade.json", "cascade.png",
-               "cascade-labeled-only.json", "cascade-labeled-only.png")
+               "cascade-labeled-only.json", "cascade-labeled-only.png",
+               "report.md", "report.html",
+               "history-student.json", "history-labeled-only.json")
 # settings that change how a run goes, not what it computes
-_COSMETIC = {("train", "progress"), ("distribute",), ("store", "batch_size"), ("store", "shard_size"),
+_COSMETIC = {("train", "progress"), ("distribute",), ("tracking",), ("store", "batch_size"), ("store", "shard_size"),
              ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),
              ("teacher", "check_class_order"), ("export",)}
 
@@ -484,6 +485,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
+    _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
     _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
     return info
 
@@ -563,8 +565,7 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
         teacher_fingerprint=store.fingerprint, store={"path": str(store.path), "rows": len(store),
                                                       "spent": store.spent, "calls": store.n_calls},
         config=config_record(ctx.cfg),
-        machine={"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                 "cuda": torch.cuda.is_available()})
+        machine=machine_record())
     _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
 
@@ -697,4 +698,8 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
     _note_model_folder(ctx, metrics)
     metrics["seconds"] = time.perf_counter() - t0
     _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    from .report import report_after_run
+    from .tracking import track_after_run
+    report_after_run(ctx, store)
+    track_after_run(ctx)
     return metrics

