@@ -669,7 +669,7 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
             "sizes": {"n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_pool": len(sp.pool),
                       "n_test": len(sp.test)},
             "metrics": metric_part, "config": record,
-            "machine": {"platform": platform.platform(), "torch": torch.__version__}}
+            "machine": machine_record()}
     return save_student_folder(model, feat, meta, Path(path) if path else ctx.out / "model", check_x=x,
                                onnx=onnx or ctx.cfg.export.onnx)
 
