@@ -172,3 +172,15 @@ def test_missing_encoder_folder_and_stray_embedding_keys_are_config_errors(tmp_p
         prepare(_cfg(tmp_path, {"kind": "embedding", "encoder": str(tmp_path / "empty")}, data=data))
     with pytest.raises(ConfigError, match="set student.kind: embedding"):
         _cfg(tmp_path, {"kind": "tfidf", "head": "mlp"}, data=data)
+
+
+def test_active_loop_with_a_sparse_tfidf_student(tmp_path):
+    from mentor.active.loop import parse_active_config, run_active
+    data_path, teacher_path = _write_text_data(tmp_path)
+    cfg = parse_active_config({"seed": 0, "output_dir": str(tmp_path / "active"), "data": {"path": str(data_path)},
+                               "split": {"n_labeled": 30, "n_val": 30, "n_test": 30},
+                               "teacher": {"kind": "file", "path": str(teacher_path)}, "student": {"kind": "tfidf"},
+                               "train": {"epochs": 2, "min_steps": 0, "device": "cpu"},
+                               "strategy": "coreset", "budget": [10, 20]})  # coreset stacks A and queried rows
+    res = run_active(cfg)
+    assert res["queries"] == [0, 10, 20] and all(0 <= a <= 1 for a in res["test_accuracy"])
