@@ -62,10 +62,19 @@ def main() -> None:
     ap.add_argument("--head", choices=["logistic", "mlp"], default="logistic")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/students-text.jsonl"))
     ap.add_argument("--work-dir", type=Path, default=Path("bench-out/students"))
+    ap.add_argument("--students", default="tfidf,embedding", help="which of tfidf,embedding to run (processes "
+                    "running one each can be side by side; concatenate their --json files for the table)")
+    ap.add_argument("--table", type=Path, nargs="*", help="only print the table of these row files")
     args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for p in args.table for line in p.read_text().splitlines() if line.strip()]))
+        return
     t0 = time.perf_counter()
+    wanted = args.students.split(",")
+    chosen = {k: v for k, v in configs(args.labeled, args.work_dir, args.head).items()
+              if k.rsplit("/", 1)[1].split("-")[0] in wanted}
     rows = quality("standard", seeds=args.seeds, methods=METHODS, json_out=args.json, work_dir=args.work_dir,
-                   configs=configs(args.labeled, args.work_dir, args.head))
+                   configs=chosen)
     print(table(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "texts_encoded_by_student_and_teacher": ENCODED,
                       "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}"}))
