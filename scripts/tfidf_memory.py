@@ -64,12 +64,37 @@ def run_tree(tree: Path, config: Path) -> dict:
     return {"tree": str(tree), "peak_rss_mb": usage.ru_maxrss / 1024, "seconds": time.perf_counter() - t0}
 
 
+def matrix_sizes(data: Path) -> None:
+    """Child mode: fit the TF-IDF featurizer on the texts (A ∪ U in the run) and print the pool
+    matrix's size as CSR and as a dense float32 array; the parent reads this process's peak RSS."""
+    import pyarrow.parquet as pq
+    from mentor.students.models import Featurizer
+    texts = pq.read_table(data, columns=["text"]).column("text").to_pylist()
+    x = Featurizer("tfidf").fit(texts).transform(texts[4000:])
+    print(json.dumps({"pool_rows": x.shape[0], "features": x.shape[1], "nonzeros_per_row": x.nnz / x.shape[0],
+                      "csr_mb": (x.data.nbytes + x.indices.nbytes + x.indptr.nbytes) / 2 ** 20,
+                      "dense_mb": x.shape[0] * x.shape[1] * 4 / 2 ** 20}))
+
+
+def fit_peak(data: Path) -> dict:
+    proc = subprocess.Popen([sys.executable, __file__, "--matrix-of", str(data)], cwd=ROOT, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit("the featurizer-only process failed")
+    return {**json.loads(out.strip().splitlines()[-1]), "fit_and_transform_peak_rss_mb": usage.ru_maxrss / 1024}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--before", default=None, help="a commit of this repository to compare with (e.g. 31711df)")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "mentor-tfidf-memory")
+    ap.add_argument("--matrix-of", type=Path, help=argparse.SUPPRESS)  # child mode, see matrix_sizes
     args = ap.parse_args()
+    if args.matrix_of:
+        return matrix_sizes(args.matrix_of)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data, teacher = write_data(args.work_dir, args.n)
     trees = [("after (this checkout)", ROOT)]
@@ -98,6 +123,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['version']} | {r['n_texts']:,} | {r['peak_rss_mb']:.0f} | {r['seconds']:.0f} | "
               f"{100 * r['test_accuracy']:.2f} |")
+    print("\nthe featurizer alone (fit on all texts, transform the pool), in a fresh process:",
+          json.dumps(fit_peak(data)))
     if len(rows) == 2:
         print(f"\npeak RSS before / after: {rows[0]['peak_rss_mb'] / rows[1]['peak_rss_mb']:.2f}x")
 
