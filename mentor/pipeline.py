@@ -31,6 +31,7 @@ from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
+from .students.rows import n_rows, take_rows
 from .students.train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
@@ -139,6 +140,7 @@ def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     from .students.train import resolve_device
     resolve_device(cfg.train.device)  # a device this machine lacks fails now, not after labeling
     data = load_data(cfg).validate()
+    check_student(cfg, data)
     s = cfg.split
     splits = make_splits(data, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool, seed=cfg.seed)
     out = claim_output_dir(cfg, force=force)
@@ -395,9 +397,31 @@ def _student_kind(ctx: RunContext) -> str:
     return k or ("tfidf" if ctx.data.kind == "text" else "mlp")
 
 
-def _featurizer(ctx: RunContext) -> Featurizer:
+def check_student(cfg: RunConfig, data: Dataset) -> None:
+    """Refuse a student that cannot read this data, or whose encoder folder is missing, before
+    anything is labeled or paid for."""
+    st = cfg.student
+    if st.kind in ("embedding", "tfidf") and data.kind != "text":
+        raise ConfigError(f"student.kind {st.kind!r} reads text, but {data.name!r} is {data.kind} data; use "
+                          f"student.kind {'cnn or ' if data.kind == 'image' else ''}mlp or logistic here, or a text data "
+                          "set (data.text_column).")
+    if st.kind == "embedding" and st.encoder:
+        from .students.embedding import check_encoder_folder
+        check_encoder_folder(st.encoder)
+    elif st.kind == "embedding":
+        from .students.embedding import minilm_path
+        minilm_path()  # the default encoder's package is installed
+
+
+def _featurizer(ctx: RunContext):
     kind = _student_kind(ctx)
-    feat = Featurizer(default_featurizer(kind, ctx.data.kind), max_features=ctx.cfg.student.max_features)
+    st = ctx.cfg.student
+    if kind == "embedding":  # frozen encoder: nothing to fit; vectors come from the cache or are computed once
+        from .students.embedding import EmbeddingFeaturizer
+        from .students.train import resolve_device
+        return EmbeddingFeaturizer(st.encoder, cache_dir=st.embedding_cache, batch_size=st.encoder_batch_size or 64,
+                                   device=str(resolve_device(ctx.cfg.train.device))).fit()
+    feat = Featurizer(default_featurizer(kind, ctx.data.kind), max_features=st.max_features)
     fit_on = np.concatenate([ctx.splits.labeled, ctx.splits.pool])  # inputs only, never labels
     return feat.fit(ctx.data.features[fit_on])
 
@@ -405,8 +429,25 @@ def _featurizer(ctx: RunContext) -> Featurizer:
 def _new_student(ctx: RunContext, in_features: int) -> torch.nn.Module:
     st = ctx.cfg.student
     torch.manual_seed(ctx.cfg.seed)
-    return build_model(_student_kind(ctx), in_features=in_features, n_classes=ctx.n_classes,
+    kind = _student_kind(ctx)
+    if kind == "embedding":  # the trained part of the embedding student is its head
+        kind = st.head or "logistic"
+    return build_model(kind, in_features=in_features, n_classes=ctx.n_classes,
                        image_shape=ctx.data.image_shape, hidden=tuple(st.hidden), dropout=st.dropout)
+
+
+_EMBEDDING_KEYS = ("head", "encoder", "embedding_cache", "encoder_batch_size")
+
+
+def _student_key(cfg: RunConfig, feat=None) -> dict:
+    """The student section as it enters checkpoint keys: the embedding options only when set, so
+    checkpoints of runs from before they existed keep their keys; an embedding student adds its
+    encoder's fingerprint. The cache folder never enters it (where vectors are kept changes none)."""
+    st = cfg.student
+    key = st.model_dump(exclude={k for k in _EMBEDDING_KEYS if getattr(st, k) is None or k == "embedding_cache"})
+    if getattr(feat, "kind", None) == "embedding":
+        key["encoder_fingerprint"] = feat.fingerprint_
+    return key
 
 
 def _train_config(ctx: RunContext, checkpoint: Path | None) -> TrainConfig:
@@ -440,7 +481,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
     # the checkpoint name carries everything that defines this training run, so a changed method,
     # teacher or student never resumes from another run's checkpoint
     ckpt = ctx.out / "checkpoints" / (f"{name}-" + _key(labeled_only or method, ctx.cfg.method_options,
-                                                       ctx.cfg.student.model_dump(),
+                                                       _student_key(ctx.cfg, feat),
                                                        ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, _data_key(ctx.cfg),
                                                        None if labeled_only else (store or open_store(ctx)).fingerprint)
                                       + ".pt")
@@ -457,7 +498,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
             if not keep.any():
                 raise DataError("the teacher abstained on every pool example (its answers named no label), so there "
                                 "is nothing to distil; check its raw answers (store.read_extras) and the prompt.")
-            x_pool, t_pool = x_pool[keep], t_pool[keep]
+            x_pool, t_pool = take_rows(x_pool, keep), t_pool[keep]
             info["pool_abstentions_left_out"] = int((~keep).sum())
         t_val = teacher_outputs(store, data.ids[sp.val], required=False)
         cfg_t = ctx.cfg.train
@@ -472,7 +513,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=t_pool, teacher_probs_val=t_val,
                              val_labels=data.labels[sp.val], temperature=cfg_t.temperature, seed=ctx.cfg.seed,
                              train_and_predict=train_and_predict, options=dict(ctx.cfg.method_options),
-                             n_epochs=epochs_for(len(x_lab) + len(x_pool), _train_config(ctx, None)),
+                             n_epochs=epochs_for(n_rows(x_lab) + n_rows(x_pool), _train_config(ctx, None)),
                              pool_features=x_pool)
         plan = plan_method(method, mctx)
         info.update(plan.info)
@@ -486,6 +527,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
     _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
+    if getattr(feat, "kind", None) == "embedding":
+        info.update(student_head=ctx.cfg.student.head or "logistic", embedding_cache=dict(feat.stats))
     _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
     return info
 
@@ -514,10 +557,20 @@ def load_student(ctx: RunContext, name: str = "student"):
     state = load_plain(path, what="student", fix=fix)
     if state.get("format") != STUDENT_FORMAT:
         raise DataError(f"student {path} is not a {STUDENT_FORMAT} file (format {state.get('format')!r}); {fix}.")
-    feat = Featurizer.from_state_dict(state["featurizer"])
-    model = _new_student(ctx, feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
+    feat = Featurizer.from_state_dict(state["featurizer"], **_embedding_options(ctx, state["featurizer"]))
+    model = _new_student(ctx, feat.n_features or feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
     model.load_state_dict(state["model"])
     return model, feat, json.loads(state["info"])
+
+
+def _embedding_options(ctx: RunContext, fstate: dict) -> dict:
+    """Where an embedding student's featurizer finds its cache and device (not part of its state)."""
+    if fstate.get("kind") != "embedding":
+        return {}
+    from .students.train import resolve_device
+    st = ctx.cfg.student
+    return {"cache_dir": st.embedding_cache, "device": str(resolve_device(ctx.cfg.train.device)),
+            "encoder": st.encoder}
 
 
 def student_probs(ctx: RunContext, name: str, rows: np.ndarray) -> np.ndarray:

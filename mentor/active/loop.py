@@ -41,6 +41,7 @@ from pydantic import Field, model_validator
 
 from ..config import RunConfig, read_yaml_mapping, validate_config
 from ..errors import ConfigError, DataError
+from ..students.rows import dense_rows, n_rows, stack_rows
 from .selection import SELECTORS, select
 
 STATE_NAME = "active_state.json"
@@ -263,8 +264,8 @@ def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int
     grabbed: list[torch.Tensor] = []
     hook = linears[-1].register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].float().cpu()))
     try:
-        for s in range(0, len(x), batch_size):
-            model(torch.as_tensor(np.asarray(x[s:s + batch_size], dtype=np.float32), device=dev))
+        for s in range(0, n_rows(x), batch_size):
+            model(torch.as_tensor(dense_rows(x, s, s + batch_size), device=dev))
     finally:
         hook.remove()
     return torch.cat(grabbed).numpy() if grabbed else np.zeros((0, linears[-1].in_features), np.float32)
@@ -406,7 +407,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
             train_student(model, x_lab, y_lab, config=tcfg)
         else:
             xq, tq = x_pool[queried], store.read(pool_ids[queried])
-            n_epochs = max(tcfg.epochs, -(-tcfg.min_steps // -(-(len(x_lab) + len(xq)) // tcfg.batch_size)))
+            n_epochs = max(tcfg.epochs, -(-tcfg.min_steps // -(-(n_rows(x_lab) + n_rows(xq)) // tcfg.batch_size)))
 
             def train_and_predict(plan):  # two-pass corrections: a first student's outputs on the queried set and V
                 m = _new_student(ctx, x_lab.shape[1])
@@ -506,10 +507,10 @@ def _select(cfg: ActiveConfig, model, candidates, b, rng, x_lab, x_pool, queried
     if "probs" in needs:
         inputs["probs"] = predict_proba(model, x_pool[candidates], device=device)
     if "labeled_probs" in needs:
-        inputs["labeled_probs"] = predict_proba(model, np.concatenate([x_lab, x_pool[queried]]), device=device)
+        inputs["labeled_probs"] = predict_proba(model, stack_rows(x_lab, x_pool[queried]), device=device)
     if "embeddings" in needs:
         inputs["embeddings"] = student_embeddings(model, x_pool[candidates], device=device)
-        inputs["labeled_embeddings"] = student_embeddings(model, np.concatenate([x_lab, x_pool[queried]]),
+        inputs["labeled_embeddings"] = student_embeddings(model, stack_rows(x_lab, x_pool[queried]),
                                                           device=device)
     if name == "rad":
         from .selection import select_rad

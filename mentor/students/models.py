@@ -101,11 +101,12 @@ class Featurizer:
             raise ConfigError(f"unknown featurizer {self.kind!r}; use identity, standardize or tfidf.")
         return self
 
-    def transform(self, inputs) -> np.ndarray:
+    def transform(self, inputs):
+        """float32 rows; TF-IDF stays a scipy CSR matrix (see mentor.students.rows), never densified whole."""
         if self.kind == "standardize":
             return ((np.asarray(inputs, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
         if self.kind == "tfidf":
-            return self.vectorizer_.transform(list(inputs)).astype(np.float32).toarray()
+            return self.vectorizer_.transform(list(inputs)).astype(np.float32).tocsr()
         return np.asarray(inputs, dtype=np.float32)
 
     def state_dict(self) -> dict:
@@ -120,8 +121,12 @@ class Featurizer:
         return state
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "Featurizer":
-        """The inverse of `state_dict`; arrays may come back as numpy arrays or torch tensors."""
+    def from_state_dict(cls, state: dict, **embedding_options):
+        """The inverse of `state_dict`; arrays may come back as numpy arrays or torch tensors. An
+        'embedding' state gives a `mentor.students.embedding.EmbeddingFeaturizer` (options: cache_dir, device)."""
+        if state.get("kind") == "embedding":
+            from .embedding import EmbeddingFeaturizer
+            return EmbeddingFeaturizer.from_state_dict(state, **embedding_options)
         feat = cls(str(state["kind"]), int(state["max_features"]))
         if feat.kind == "standardize":
             feat.mean_, feat.scale_ = _float64(state["mean_"]), _float64(state["scale_"])
@@ -152,7 +157,10 @@ def _float64(a) -> np.ndarray:
 
 
 def default_featurizer(kind: str, data_kind: str) -> str:
-    """Text needs TF-IDF; tabular data is standardised; images are already in [0, 1]."""
+    """Text needs TF-IDF (or the embedding student's encoder); tabular data is standardised;
+    images are already in [0, 1]."""
+    if kind == "embedding":
+        return "embedding"
     if data_kind == "text":
         return "tfidf"
     if data_kind == "tabular":

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..losses import per_example_distillation
+from .rows import as_float32, dense_rows, is_sparse, n_rows
 
 
 @dataclass
@@ -134,21 +135,35 @@ def load_plain(path, *, map_location="cpu", what: str = "file", fix: str = "dele
     return state
 
 
-def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray, *,
-                  x_pool: np.ndarray | None = None, teacher_probs: np.ndarray | None = None,
+def _rows_on(x, device: torch.device):
+    """A dense tensor on `device`; a sparse matrix stays a CSR matrix on the host (see `_batch`)."""
+    x = as_float32(x)
+    return x if is_sparse(x) else torch.as_tensor(x, device=device)
+
+
+def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` of a tensor, or of a CSR matrix densified for this batch only."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return torch.from_numpy(dense_rows(x[idx.cpu().numpy()])).to(device)
+
+
+def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
+                  x_pool=None, teacher_probs: np.ndarray | None = None,
                   objective=None, pool_weights: np.ndarray | None = None,
                   config: TrainConfig | None = None) -> TrainResult:
     """Train `model` in place on CE(A) + λ·mean_U(w·objective).
 
     Each epoch visits every example of A ∪ U once in a seeded random order; a batch mixes both
-    kinds, and its loss is the sum of the per-example terms divided by the batch size.
+    kinds, and its loss is the sum of the per-example terms divided by the batch size. Inputs may
+    be arrays or scipy sparse matrices (TF-IDF); sparse rows are densified one batch at a time.
     """
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
-    n_lab = len(x_labeled)
-    n_pool = 0 if x_pool is None else len(x_pool)
+    n_lab = n_rows(x_labeled)
+    n_pool = 0 if x_pool is None else n_rows(x_pool)
     if n_pool and (teacher_probs is None or len(teacher_probs) != n_pool):
         raise DataError(f"teacher_probs must have one row per pool example ({n_pool}), "
                         f"got {None if teacher_probs is None else len(teacher_probs)}.")
@@ -156,10 +171,10 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
         raise DataError("nothing to train on: both the labeled set and the pool are empty.")
     objective = objective or VanillaObjective()
     model.to(device)
-    xl = torch.as_tensor(np.asarray(x_labeled, dtype=np.float32), device=device)
+    xl = _rows_on(x_labeled, device)
     yl = torch.as_tensor(np.asarray(y_labeled, dtype=np.int64), device=device)
     if n_pool:
-        xu = torch.as_tensor(np.asarray(x_pool, dtype=np.float32), device=device)
+        xu = _rows_on(x_pool, device)
         tu = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32), device=device)
         wu = None if pool_weights is None else torch.as_tensor(check_pool_weights(pool_weights, n_pool), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -200,9 +215,9 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = torch.zeros((), device=device)
                     if len(lab):
-                        loss = loss + F.cross_entropy(model(xl[lab]).float(), yl[lab], reduction="sum")
+                        loss = loss + F.cross_entropy(model(_batch(xl, lab, device)).float(), yl[lab], reduction="sum")
                     if len(pool_idx):
-                        per = objective.pool_loss(model(xu[pool_idx]).float(), tu[pool_idx], pool_idx)
+                        per = objective.pool_loss(model(_batch(xu, pool_idx, device)).float(), tu[pool_idx], pool_idx)
                         if wu is not None:
                             per = per * wu[pool_idx]
                         loss = loss + cfg.distill_weight * per.sum()
@@ -242,13 +257,13 @@ def _load_checkpoint(ckpt: Path, device) -> dict | None:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int = 4096, device: str = "auto") -> np.ndarray:
-    """Softmax outputs of `model` on a float array, in batches, in eval mode."""
+def predict_proba(model: nn.Module, x, *, batch_size: int = 4096, device: str = "auto") -> np.ndarray:
+    """Softmax outputs of `model` on a float array or a sparse matrix, in batches, in eval mode."""
     dev = resolve_device(device)
     model.to(dev).eval()
     out = []
-    for s in range(0, len(x), batch_size):
-        xb = torch.as_tensor(np.asarray(x[s:s + batch_size], dtype=np.float32), device=dev)
+    for s in range(0, n_rows(x), batch_size):
+        xb = torch.as_tensor(dense_rows(x, s, s + batch_size), device=dev)
         out.append(torch.softmax(model(xb).float(), dim=-1).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

@@ -11,6 +11,7 @@ from torch import nn
 from ..checks import validate_probabilities
 from ..errors import ConfigError
 from ..students.models import Featurizer, build_model, default_featurizer
+from ..students.rows import dense_rows, n_rows
 from .base import Teacher, _fingerprint_object, _sha, fingerprint_module
 
 
@@ -38,8 +39,8 @@ class TorchTeacher(Teacher):
         dev = resolve_device(self.device)
         self.module.to(dev).eval()
         outs = []
-        for s in range(0, len(x), self.batch_size):
-            out = self.module(torch.as_tensor(x[s:s + self.batch_size], dtype=torch.float32, device=dev)).float()
+        for s in range(0, n_rows(x), self.batch_size):  # a sparse (TF-IDF) x is densified a batch at a time
+            out = self.module(torch.as_tensor(dense_rows(x, s, s + self.batch_size), device=dev)).float()
             outs.append((torch.softmax(out, -1) if self.output == "logits" else out).cpu().numpy())
         probs = np.concatenate(outs) if outs else np.zeros((0, self.n_classes), np.float32)
         return validate_probabilities(probs, self.n_classes, name=f"torch teacher {self.fingerprint}")
