@@ -382,26 +382,6 @@ def summarize_cascade(choice: ThresholdChoice, val_probs, val_correct, test: dic
 
 # ---------------------------------------------------------------------------------------------- a finished run
 
-def open_run(run_dir):
-    """A finished run's context (config, data, split) from its folder's config.yaml, without
-    rewriting anything there (the split is remade from the config: it is deterministic in the seed)."""
-    from .config import parse_config, read_yaml_mapping
-    from .data import make_splits
-    from .pipeline import RunContext, load_data
-    out = Path(run_dir)
-    if not (out / "config.yaml").exists():
-        raise ConfigError(f"{out} is not a run folder (no config.yaml in it); give the output_dir of a finished "
-                          "`mentor run`.")
-    data = dict(read_yaml_mapping(out / "config.yaml"))
-    data["output_dir"] = str(out)
-    cfg = parse_config(data, str(out / "config.yaml"))
-    dataset = load_data(cfg).validate()
-    s = cfg.split
-    splits = make_splits(dataset, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool,
-                         seed=cfg.seed)
-    return RunContext(cfg, dataset, splits, out)
-
-
 def read_price(store, out: Path, cfg) -> tuple[float, str]:
     """The teacher's price per example: what the store paid per stored row when it paid anything
     (an LLM's token bill), else the teacher's recorded cost_per_example."""
@@ -431,7 +411,7 @@ def cascade_run(run_dir, *, target: float | None = None, of_teacher: float | Non
     resolve_target(target=target, of_teacher=of_teacher, agreement=agreement, teacher_val_accuracy=1.0)  # checks only
     if student not in ("student", "labeled-only"):
         raise ConfigError(f"--student must be student or labeled-only, got {student!r}.")
-    from .pipeline import open_store, student_probs, teacher_outputs  # torch: only once the options are sound
+    from .pipeline import open_run, open_store, student_probs, teacher_outputs  # torch: only once the options are sound
     ctx = open_run(run_dir)
     if not (ctx.out / f"{student}.pt").exists():
         raise DataError(f"{ctx.out} has no trained {student} ({student}.pt); train one first with `mentor run` "

@@ -313,7 +313,7 @@ def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = N
     import warnings
     from pathlib import Path
 
-    from .cascade import open_run
+    from .pipeline import open_run
     from .pipeline import get_teacher
     run = Path(run_dir)
     ctx = open_run(run)

@@ -12,7 +12,7 @@ from scipy.stats import binom
 from mentor.cascade import (cascade_report, cascade_run, choose_threshold, clopper_pearson_lower, lower_bound,
                             min_examples, power_start, resolve_target, sequence_starts, wilson_lower)
 from mentor.config import parse_config
-from mentor.errors import ConfigError, StoreError
+from mentor.errors import ConfigError, DataError, StoreError
 
 MENTOR = [sys.executable, "-m", "mentor.cli"]
 
@@ -242,7 +242,7 @@ def test_bad_inputs_exit_2_without_traceback(tiny_run, tmp_path):
     (empty / "config.yaml").write_text((tiny_run / "config.yaml").read_text())
     res = _cli("cascade", str(empty))
     assert res.returncode == 2 and "Traceback" not in res.stderr and "mentor run" in res.stderr
-    with pytest.raises(ConfigError, match="not a run folder"):
+    with pytest.raises(DataError, match="not a mentor run folder"):
         cascade_run(tmp_path)
 
 

@@ -86,7 +86,7 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
 
     import httpx
 
-    from ..cascade import open_run
+    from ..pipeline import open_run
     run = Path(run_dir)
     ctx = open_run(run)
     rows = ctx.splits.test[:n_inputs]

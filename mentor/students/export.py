@@ -38,6 +38,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .models import Featurizer, build_model
+from .rows import dense_rows, n_rows
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "mentor_student.json"
@@ -275,16 +276,16 @@ def onnx_session(file: Path):
 
 
 def onnx_probs(session, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    out = [session.run(["probs"], {"features": np.ascontiguousarray(x[s:s + batch_size], np.float32)})[0]
-           for s in range(0, len(x), batch_size)]
+    out = [session.run(["probs"], {"features": np.ascontiguousarray(dense_rows(x, s, s + batch_size))})[0]
+           for s in range(0, n_rows(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
 def torch_probs(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     model.eval()
-    out = [torch.softmax(model(torch.as_tensor(np.asarray(x[s:s + batch_size], np.float32))).float(), -1).numpy()
-           for s in range(0, len(x), batch_size)]
+    out = [torch.softmax(model(torch.as_tensor(dense_rows(x, s, s + batch_size))).float(), -1).numpy()
+           for s in range(0, n_rows(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -338,7 +339,7 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     kind = meta["student"]["kind"]
     fmt = format_for(kind)
     model = model.cpu().eval()
-    check_x = np.asarray(check_x)
+    check_x = dense_rows(check_x)  # a TF-IDF featurizer gives CSR rows; the graph and the timings take dense ones
     if len(check_x) == 0:
         raise DataError("save_student_folder needs at least one featurised row in check_x (V) to check the ONNX "
                         "graph and time the student.")
