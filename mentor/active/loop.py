@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..config import RunConfig, read_yaml_mapping, validate_config
+from ..config import RunConfig, read_yaml_mapping, validate_config, without_added_defaults
 from ..errors import ConfigError, DataError
 from .selection import SELECTORS, select
 
@@ -251,10 +251,11 @@ def auc(queries, accuracy) -> float:
 
 
 @torch.no_grad()
-def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int = 4096,
+def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int | None = None,
                        device: str = "auto") -> np.ndarray:
     """Inputs of the student's last linear layer (its penultimate features), via a forward hook."""
-    from ..students.train import resolve_device
+    from ..students.train import as_inputs, resolve_device
+    batch_size = batch_size or getattr(model, "predict_batch_size", 4096)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         raise ConfigError("coreset needs a student whose last layer is torch.nn.Linear (to read its embeddings).")
@@ -264,7 +265,7 @@ def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int
     hook = linears[-1].register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].float().cpu()))
     try:
         for s in range(0, len(x), batch_size):
-            model(torch.as_tensor(np.asarray(x[s:s + batch_size], dtype=np.float32), device=dev))
+            model(as_inputs(x[s:s + batch_size], dev))
     finally:
         hook.remove()
     return torch.cat(grabbed).numpy() if grabbed else np.zeros((0, linears[-1].in_features), np.float32)
@@ -292,7 +293,7 @@ def plot_curves(curves: dict[str, tuple[list, list]], path: Path, title: str = "
 
 
 def _state_key(cfg: ActiveConfig) -> str:
-    d = cfg.model_dump(mode="json")
+    d = without_added_defaults(cfg.model_dump(mode="json"))
     for k in ("output_dir", "store"):
         d.pop(k, None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device")}
