@@ -171,11 +171,15 @@ class StudentConfig(_Strict):
     tokenizer: str | None = None         # transformer: its tokenizer folder; default the encoder folder
     max_length: int = Field(128, ge=2)   # transformer: tokens per text, [CLS]/[SEP] included; longer texts are cut
     freeze_layers: int = Field(0, ge=0)  # transformer: freeze the embeddings and the first N layers (0: train all)
+    head_lr: float | None = Field(None, gt=0)  # transformer: peak lr of the new classification head (default 1e-3:
+                                         # a random head learns slowly at the encoder's lr); the encoder uses train.lr
 
     @model_validator(mode="after")
     def _transformer_only(self):
-        if self.kind != "transformer" and (self.freeze_layers or self.tokenizer):
-            raise ValueError(f"student.freeze_layers and student.tokenizer are for student.kind transformer "
+        if self.kind == "transformer" and self.head_lr is None:
+            self.head_lr = 1e-3
+        if self.kind != "transformer" and (self.freeze_layers or self.tokenizer or self.head_lr):
+            raise ValueError(f"student.freeze_layers, head_lr and tokenizer are for student.kind transformer "
                              f"(kind is {self.kind!r}); remove them or set student.kind: transformer")
         return self
 
@@ -226,7 +230,7 @@ def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> Non
 # are left out when a config is compared with an older one and from checkpoint and state keys.
 ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("train", "warmup_fraction"): 0.0,
               ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
-              ("student", "freeze_layers"): 0}
+              ("student", "freeze_layers"): 0, ("student", "head_lr"): None}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:

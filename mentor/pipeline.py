@@ -414,7 +414,8 @@ def _new_student(ctx: RunContext, in_features: int) -> torch.nn.Module:
         from .students.hf import build_transformer_student
         encoder, tokenizer = _transformer_paths(ctx)
         return build_transformer_student(encoder, ctx.n_classes, tokenizer_path=tokenizer, max_length=st.max_length,
-                                         freeze=st.freeze_layers, dropout=st.dropout)
+                                         freeze=st.freeze_layers, dropout=st.dropout,
+                                         head_lr_scale=(st.head_lr or ctx.cfg.train.lr) / ctx.cfg.train.lr)
     return build_model(_student_kind(ctx), in_features=in_features, n_classes=ctx.n_classes,
                        image_shape=ctx.data.image_shape, hidden=tuple(st.hidden), dropout=st.dropout)
 

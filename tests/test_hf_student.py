@@ -103,6 +103,7 @@ def test_transformer_defaults_are_resolved_and_visible(tiny, tmp_path):
     cfg = parse_config({"data": {"name": "fortunes"}, "student": {"kind": "transformer"}})
     t = cfg.train
     assert (t.lr, t.epochs, t.min_steps, t.batch_size, t.schedule, t.warmup_fraction) == (5e-5, 3, 0, 32, "linear", 0.1)
+    assert cfg.student.head_lr == 1e-3
     small = parse_config({}).train  # the other students keep the old defaults: their results do not change
     assert (small.lr, small.epochs, small.min_steps, small.schedule, small.warmup_fraction) == (
         1e-3, 30, 2000, "constant", 0.0)
@@ -127,7 +128,7 @@ def test_old_run_folder_still_matches_its_config(tmp_path):
     old = cfg.model_dump(mode="json")
     for key in ("grad_accum", "schedule", "warmup_fraction"):
         del old["train"][key]
-    for key in ("encoder", "tokenizer", "max_length", "freeze_layers"):
+    for key in ("encoder", "tokenizer", "max_length", "freeze_layers", "head_lr"):
         del old["student"][key]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     claim_output_dir(cfg)  # no "holds a run with another config"
@@ -167,6 +168,26 @@ def test_trainer_applies_the_schedule_to_the_optimiser():
     finally:
         torch.optim.Adam.step = orig
     assert lrs == pytest.approx([0.1 * lr_factor(s, 16, warmup_steps=4, schedule="linear") for s in range(16)])
+
+
+def test_head_learns_at_head_lr(tiny):
+    """student.head_lr: the new head's group runs at head_lr_scale × lr through warmup and decay."""
+    model = _student(tiny, head_lr_scale=20.0)
+    seen = []
+    orig = torch.optim.Adam.step
+
+    def spy(self, *a, **kw):
+        seen.append([g["lr"] for g in self.param_groups])
+        return orig(self, *a, **kw)
+
+    torch.optim.Adam.step = spy
+    try:
+        train_student(model, _ids(tiny), tiny["labels"][:48], config=TrainConfig(
+            epochs=1, min_steps=0, batch_size=16, lr=1e-4, schedule="linear", warmup_fraction=0.3))
+    finally:
+        torch.optim.Adam.step = orig
+    assert len(seen) == 3 and all(h == pytest.approx(20 * e) for e, h in seen)
+    assert parse_config({"student": {"kind": "transformer"}}).student.head_lr == 1e-3
 
 
 def test_grad_accum_equals_the_big_batch():

@@ -143,13 +143,19 @@ class TransformerStudent(nn.Module):
     predict_batch_size = 64  # transformer activations are large: predict_proba's default batch
 
     def __init__(self, encoder: nn.Module, n_classes: int, pad_token_id: int, *, dropout: float = 0.0,
-                 max_length: int = 128):
+                 max_length: int = 128, head_lr_scale: float = 1.0):
         super().__init__()
         self.encoder = encoder
+        self.head_lr_scale = float(head_lr_scale)
         self.pad_token_id = int(pad_token_id)
         self.max_length = int(max_length)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(int(encoder.config.hidden_size), int(n_classes))
+
+    def param_groups(self) -> list[dict]:
+        """For the trainer: the head learns at head_lr_scale × train.lr, the encoder at train.lr."""
+        return [{"params": list(self.encoder.parameters())},
+                {"params": list(self.head.parameters()), "lr_scale": self.head_lr_scale}]
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -219,8 +225,10 @@ def _no_progress_bars():
 
 
 def build_transformer_student(encoder_path, n_classes: int, *, tokenizer_path=None, max_length: int = 128,
-                              freeze: int = 0, dropout: float = 0.0) -> TransformerStudent:
-    """A pretrained encoder with a fresh head (initialised from torch's current seed)."""
+                              freeze: int = 0, dropout: float = 0.0, head_lr_scale: float = 1.0
+                              ) -> TransformerStudent:
+    """A pretrained encoder with a fresh head (initialised from torch's current seed). The head
+    trains at `head_lr_scale` × the trainer's lr."""
     encoder_path = Path(encoder_path)
     tok_path = Path(tokenizer_path or encoder_path)
     check_encoder_folder(encoder_path)  # before the tokenizer: a wrong folder is named as such
@@ -228,7 +236,8 @@ def build_transformer_student(encoder_path, n_classes: int, *, tokenizer_path=No
     encoder = load_encoder(encoder_path)
     check_compatible(tokenizer, encoder.config, max_length, tokenizer_path=tok_path, encoder_path=encoder_path)
     freeze_layers(encoder, freeze)
-    return TransformerStudent(encoder, n_classes, tokenizer.pad_token_id, dropout=dropout, max_length=max_length)
+    return TransformerStudent(encoder, n_classes, tokenizer.pad_token_id, dropout=dropout, max_length=max_length,
+                              head_lr_scale=head_lr_scale)
 
 
 # ------------------------------------------------------------------------------------------ saving

@@ -153,6 +153,19 @@ def warmup_steps_for(total_steps: int, cfg: TrainConfig) -> int:
     return max(int(round(cfg.warmup_fraction * total_steps)), 1)
 
 
+def param_groups(model: nn.Module) -> list[dict]:
+    """The optimiser's parameter groups: the model's own `param_groups()` when it has one (groups
+    may carry an `lr_scale`, a multiplier of train.lr), else one group. Frozen parameters
+    (requires_grad False) are left out, so they stay exactly as they are."""
+    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("every parameter of the student is frozen (requires_grad False): nothing would train. "
+                          "Lower student.freeze_layers or unfreeze some layers.")
+    return groups
+
+
 def as_inputs(x, device=None) -> torch.Tensor:
     """A batch of inputs as a tensor: integer arrays (token ids) stay int64, everything else is
     float32. A float model given integer features needs them cast to float by the caller."""
@@ -214,11 +227,7 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
         wu = None if pool_weights is None else torch.as_tensor(check_pool_weights(pool_weights, n_pool), device=device)
     if cfg.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}.")
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen layers stay as they are
-    if not trainable:
-        raise ConfigError("every parameter of the student is frozen (requires_grad False): nothing would train. "
-                          "Lower student.freeze_layers or unfreeze some layers.")
-    opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
     start_epoch = 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
@@ -258,7 +267,7 @@ def train_student(model: nn.Module, x_labeled: np.ndarray, y_labeled: np.ndarray
                 factor = lr_factor(epoch * per_epoch + steps, total_steps, warmup_steps=warmup,
                                    schedule=cfg.schedule)
                 for param_group in opt.param_groups:
-                    param_group["lr"] = cfg.lr * factor
+                    param_group["lr"] = cfg.lr * factor * param_group.get("lr_scale", 1.0)
                 opt.zero_grad(set_to_none=True)
                 for s in range(0, len(gidx), bs):  # grad_accum forward passes, one optimiser step
                     idx = gidx[s:s + bs]
