@@ -204,6 +204,9 @@ def test_grad_accum_equals_the_big_batch():
         train_student(m, x, y, x_pool=xu, teacher_probs=tu, config=cfg)
         weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     torch.testing.assert_close(weights[0], weights[1], atol=1e-5, rtol=1e-5)
+    from mentor.students.train import epochs_for, steps_per_epoch
+    cfg = TrainConfig(batch_size=8, grad_accum=2, epochs=1, min_steps=20)
+    assert steps_per_epoch(70, cfg) == 5 and epochs_for(70, cfg) == 4  # min_steps counts optimiser steps
 
 
 def test_integer_inputs_stay_integer():
