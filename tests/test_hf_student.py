@@ -2,11 +2,9 @@
 randomly initialised BERT with a 70-word tokenizer (seconds on CPU). The real MiniLM student is
 measured by `python -m mentor.bench.transformer_student`, not here."""
 
-import json
 import math
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Fine-tuned MiniLM student vs the TF-IDF student on fortunes, same teacher and labels.
 
-    python -m mentor.bench.transformer_student --seeds 2 --max-length 64 --epochs 2 --json rows.jsonl
+    python -m mentor.bench.transformer_student --seeds 2 --n-pool 2000 --max-length 48 --freeze-layers 3 \
+        --epochs 1 --json rows.jsonl
 
 Per seed: one split and one MiniLM+head teacher trained on A (the `fortunes/A500` entry of the
 quality suite), its outputs stored once; then each student is distilled with `vanilla-soft` from
@@ -12,10 +13,9 @@ The summary pairs the two students by seed (same split, teacher and labels).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
-
-import numpy as np
 
 from ..config import parse_config
 from .quality import _append_row, _mean_std, suite_configs
@@ -29,8 +29,8 @@ def student_configs(*, max_length: int, epochs: int, batch_size: int, freeze_lay
                             "train": {"epochs": epochs, "batch_size": batch_size}}}
 
 
-def run(seeds: int = 2, *, max_length: int = 64, epochs: int = 2, batch_size: int = 32, freeze_layers: int = 0,
-        method: str = "vanilla-soft", n_pool: int | None = None, onnx: bool = True, json_out: Path | None = None,
+def run(seeds: int = 2, *, first_seed: int = 0, max_length: int = 64, epochs: int = 2, batch_size: int = 32,
+        freeze_layers: int = 0, method: str = "vanilla-soft", n_pool: int | None = None, onnx: bool = True, json_out: Path | None = None,
         work_dir: Path = Path("bench-out/transformer-student"), log=print) -> list[dict]:
     from ..evaluate import accuracy
     from ..pipeline import RunContext, get_teacher, label, load_student, prepare, student_test_probs, \
@@ -40,10 +40,10 @@ def run(seeds: int = 2, *, max_length: int = 64, epochs: int = 2, batch_size: in
         template = {**template, "split": {**template["split"], "n_pool": n_pool}}
     students = student_configs(max_length=max_length, epochs=epochs, batch_size=batch_size,
                                freeze_layers=freeze_layers)
-    if json_out is not None and Path(json_out).exists():
+    if json_out is not None and Path(json_out).exists() and first_seed == 0:  # later seeds append
         Path(json_out).unlink()
     rows = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         base_cfg = parse_config({**template, **students["tfidf"], "seed": seed, "baseline": False,
                                  "output_dir": str(Path(work_dir) / f"seed-{seed}")})
         t0 = time.perf_counter()
@@ -111,6 +111,7 @@ def summarize(rows: list[dict]) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed + seeds - 1")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
@@ -121,9 +122,11 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--work-dir", type=Path, default=Path("bench-out/transformer-student"))
     a = p.parse_args(argv)
-    rows = run(a.seeds, max_length=a.max_length, epochs=a.epochs, batch_size=a.batch_size,
+    rows = run(a.seeds, first_seed=a.first_seed, max_length=a.max_length, epochs=a.epochs, batch_size=a.batch_size,
                freeze_layers=a.freeze_layers, method=a.method, n_pool=a.n_pool, onnx=not a.no_onnx,
                json_out=a.json, work_dir=a.work_dir)
+    if a.json and a.first_seed:  # the summary of every row in the file (earlier seeds appended there)
+        rows = [json.loads(line) for line in a.json.read_text().splitlines() if line.strip()]
     print(summarize(rows))
     if a.json:
         print(f"rows: {a.json} ({len(rows)})")
