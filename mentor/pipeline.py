@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import RunConfig, config_record, dump_config
+from .config import RunConfig, config_record, dump_config, without_added_defaults
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .teachers.pools import make_pool
 from .checks import suspected_permutation
@@ -117,7 +117,8 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
             old = yaml.safe_load(previous.read_text()) or {}
         except yaml.YAMLError:
             old = {"unreadable": True}
-        diffs = config_differences(old if isinstance(old, dict) else {}, yaml.safe_load(text))
+        diffs = config_differences(without_added_defaults(old if isinstance(old, dict) else {}),
+                                   without_added_defaults(yaml.safe_load(text)))
         if diffs and not force:
             shown = "\n  ".join(diffs[:12]) + (f"\n  ... and {len(diffs) - 12} more" if len(diffs) > 12 else "")
             raise ConfigError(f"output_dir {out} holds a run with another config:\n  {shown}\nUse another "
@@ -143,6 +144,10 @@ def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     check_student(cfg, data)
     s = cfg.split
     splits = make_splits(data, n_labeled=s.n_labeled, n_val=s.n_val, n_test=s.n_test, n_pool=s.n_pool, seed=cfg.seed)
+    ctx = RunContext(cfg, data, splits, Path(cfg.output_dir))
+    if cfg.student.kind == "transformer":  # wrong data or folders fail now, before the teacher is paid
+        from .students.hf import check_student_folders
+        check_student_folders(*_transformer_paths(ctx), cfg.student.max_length)
     out = claim_output_dir(cfg, force=force)
     np.savez(out / "splits.npz", labeled=data.ids[splits.labeled], val=data.ids[splits.val],
              pool=data.ids[splits.pool], test=data.ids[splits.test])
@@ -401,7 +406,7 @@ def check_student(cfg: RunConfig, data: Dataset) -> None:
     """Refuse a student that cannot read this data, or whose encoder folder is missing, before
     anything is labeled or paid for."""
     st = cfg.student
-    if st.kind in ("embedding", "tfidf") and data.kind != "text":
+    if st.kind in ("embedding", "tfidf", "transformer") and data.kind != "text":
         raise ConfigError(f"student.kind {st.kind!r} reads text, but {data.name!r} is {data.kind} data; use "
                           f"student.kind {'cnn or ' if data.kind == 'image' else ''}mlp or logistic here, or a text data "
                           "set (data.text_column).")
@@ -413,6 +418,17 @@ def check_student(cfg: RunConfig, data: Dataset) -> None:
         minilm_path()  # the default encoder's package is installed
 
 
+def _transformer_paths(ctx: RunContext) -> tuple[Path, Path]:
+    """(encoder folder, tokenizer folder) of a transformer student, after checking the data is text."""
+    from .students.hf import check_encoder_folder, default_encoder_path
+    st = ctx.cfg.student
+    if ctx.data.kind != "text":
+        raise ConfigError(f"student.kind transformer reads text, but {ctx.data.name!r} is {ctx.data.kind} data; use "
+                          "student.kind mlp, logistic or cnn (images) for it.")
+    encoder = Path(st.encoder) if st.encoder else default_encoder_path()
+    return check_encoder_folder(encoder), Path(st.tokenizer) if st.tokenizer else encoder
+
+
 def _featurizer(ctx: RunContext):
     kind = _student_kind(ctx)
     st = ctx.cfg.student
@@ -421,7 +437,9 @@ def _featurizer(ctx: RunContext):
         from .students.train import resolve_device
         return EmbeddingFeaturizer(st.encoder, cache_dir=st.embedding_cache, batch_size=st.encoder_batch_size or 64,
                                    device=str(resolve_device(ctx.cfg.train.device))).fit()
-    feat = Featurizer(default_featurizer(kind, ctx.data.kind), max_features=st.max_features)
+    tokenizer = str(_transformer_paths(ctx)[1]) if kind == "transformer" else None
+    feat = Featurizer(default_featurizer(kind, ctx.data.kind), max_features=st.max_features, tokenizer=tokenizer,
+                      max_length=st.max_length)
     fit_on = np.concatenate([ctx.splits.labeled, ctx.splits.pool])  # inputs only, never labels
     return feat.fit(ctx.data.features[fit_on])
 
@@ -430,6 +448,12 @@ def _new_student(ctx: RunContext, in_features: int) -> torch.nn.Module:
     st = ctx.cfg.student
     torch.manual_seed(ctx.cfg.seed)
     kind = _student_kind(ctx)
+    if kind == "transformer":  # a pretrained encoder; in_features is max_length, not needed
+        from .students.hf import build_transformer_student
+        encoder, tokenizer = _transformer_paths(ctx)
+        return build_transformer_student(encoder, ctx.n_classes, tokenizer_path=tokenizer, max_length=st.max_length,
+                                         freeze=st.freeze_layers, dropout=st.dropout,
+                                         head_lr_scale=(st.head_lr or ctx.cfg.train.lr) / ctx.cfg.train.lr)
     if kind == "embedding":  # the trained part of the embedding student is its head
         kind = st.head or "logistic"
     return build_model(kind, in_features=in_features, n_classes=ctx.n_classes,
@@ -454,7 +478,8 @@ def _train_config(ctx: RunContext, checkpoint: Path | None) -> TrainConfig:
     t = ctx.cfg.train
     return TrainConfig(epochs=t.epochs, min_steps=t.min_steps, batch_size=t.batch_size, lr=t.lr,
                        weight_decay=t.weight_decay, distill_weight=t.distill_weight, device=t.device, amp=t.amp,
-                       seed=ctx.cfg.seed, checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress)
+                       seed=ctx.cfg.seed, checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress,
+                       grad_accum=t.grad_accum, schedule=t.schedule, warmup_fraction=t.warmup_fraction)
 
 
 def epochs_info(n_examples: int, cfg: TrainConfig) -> dict:
@@ -481,8 +506,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
     # the checkpoint name carries everything that defines this training run, so a changed method,
     # teacher or student never resumes from another run's checkpoint
     ckpt = ctx.out / "checkpoints" / (f"{name}-" + _key(labeled_only or method, ctx.cfg.method_options,
-                                                       _student_key(ctx.cfg, feat),
-                                                       ctx.cfg.train.model_dump(), ctx.cfg.split.model_dump(), ctx.cfg.seed, _data_key(ctx.cfg),
+                                                       without_added_defaults(_student_key(ctx.cfg, feat), "student"),
+                                                       without_added_defaults(ctx.cfg.train.model_dump(), "train"), ctx.cfg.split.model_dump(), ctx.cfg.seed, _data_key(ctx.cfg),
                                                        None if labeled_only else (store or open_store(ctx)).fingerprint)
                                       + ".pt")
     info: dict = {"method": "labeled-only" if labeled_only else method,

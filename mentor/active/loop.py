@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..config import RunConfig, read_yaml_mapping, validate_config
+from ..config import RunConfig, read_yaml_mapping, validate_config, without_added_defaults
 from ..errors import ConfigError, DataError
-from ..students.rows import dense_rows, n_rows, stack_rows
+from ..students.rows import dense_rows, is_sparse, n_rows, stack_rows
 from .selection import SELECTORS, select
 
 STATE_NAME = "active_state.json"
@@ -252,10 +252,11 @@ def auc(queries, accuracy) -> float:
 
 
 @torch.no_grad()
-def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int = 4096,
+def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int | None = None,
                        device: str = "auto") -> np.ndarray:
     """Inputs of the student's last linear layer (its penultimate features), via a forward hook."""
-    from ..students.train import resolve_device
+    from ..students.train import as_inputs, resolve_device
+    batch_size = batch_size or getattr(model, "predict_batch_size", 4096)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         raise ConfigError("coreset needs a student whose last layer is torch.nn.Linear (to read its embeddings).")
@@ -265,7 +266,8 @@ def student_embeddings(model: torch.nn.Module, x: np.ndarray, *, batch_size: int
     hook = linears[-1].register_forward_hook(lambda mod, inp, out: grabbed.append(inp[0].float().cpu()))
     try:
         for s in range(0, n_rows(x), batch_size):
-            model(torch.as_tensor(dense_rows(x, s, s + batch_size), device=dev))
+            model(torch.as_tensor(dense_rows(x, s, s + batch_size), device=dev) if is_sparse(x)
+                  else as_inputs(x[s:s + batch_size], dev))
     finally:
         hook.remove()
     return torch.cat(grabbed).numpy() if grabbed else np.zeros((0, linears[-1].in_features), np.float32)
@@ -293,7 +295,7 @@ def plot_curves(curves: dict[str, tuple[list, list]], path: Path, title: str = "
 
 
 def _state_key(cfg: ActiveConfig) -> str:
-    d = cfg.model_dump(mode="json")
+    d = without_added_defaults(cfg.model_dump(mode="json"))
     for k in ("output_dir", "store", "tracking"):
         d.pop(k, None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("progress", "device")}
@@ -342,7 +344,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     from ..evaluate import accuracy, machine_record
     from ..methods import MethodContext, plan_method, train_with_plan
     from ..pipeline import _featurizer, _new_student, _train_config, open_store
-    from ..students.train import load_plain, predict_proba, train_student
+    from ..students.train import epochs_for, load_plain, predict_proba, train_student
 
     cfg = cfg or ctx.cfg
     out = Path(out or ctx.out)
@@ -407,7 +409,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
             train_student(model, x_lab, y_lab, config=tcfg)
         else:
             xq, tq = x_pool[queried], store.read(pool_ids[queried])
-            n_epochs = max(tcfg.epochs, -(-tcfg.min_steps // -(-(n_rows(x_lab) + n_rows(xq)) // tcfg.batch_size)))
+            n_epochs = epochs_for(n_rows(x_lab) + n_rows(xq), tcfg)
 
             def train_and_predict(plan):  # two-pass corrections: a first student's outputs on the queried set and V
                 m = _new_student(ctx, x_lab.shape[1])

@@ -1,7 +1,8 @@
 """Built-in model architectures (used as students and as teachers trained on A), and the
-featurizers that turn a data set's raw inputs into float tensors for them.
+featurizers that turn a data set's raw inputs into float tensors (or token ids) for them.
 
-Any `torch.nn.Module` mapping a float batch (n, d) to logits (n, C) can replace these.
+Any `torch.nn.Module` mapping a batch (n, d) to logits (n, C) can replace these; the transformer
+student lives in `hf.py`.
 """
 
 from __future__ import annotations
@@ -83,26 +84,39 @@ def build_model(kind: str, *, in_features: int, n_classes: int, image_shape=None
 
 
 class Featurizer:
-    """Raw inputs → float32 matrix. Fitted on inputs only (never labels), so fitting on the
-    unlabeled pool is legitimate. Kinds: 'identity', 'standardize', 'tfidf'."""
+    """Raw inputs → float32 matrix (int64 token ids for 'tokens'). Fitted on inputs only (never
+    labels), so fitting on the unlabeled pool is legitimate. Kinds: 'identity', 'standardize',
+    'tfidf', 'tokens' (a Hugging Face tokenizer folder, ids cut and padded to max_length)."""
 
-    def __init__(self, kind: str = "identity", max_features: int = 5000):
+    def __init__(self, kind: str = "identity", max_features: int = 5000, *, tokenizer: str | None = None,
+                 max_length: int = 128):
         self.kind = kind
         self.max_features = max_features
+        self.tokenizer = tokenizer
+        self.max_length = max_length
 
     def fit(self, inputs) -> "Featurizer":
-        if self.kind == "standardize":
+        if self.kind == "tokens":  # nothing to learn: the tokenizer is read from its folder
+            from .hf import load_tokenizer
+            if self.tokenizer is None:
+                raise ConfigError("featurizer 'tokens' needs a tokenizer folder (student.tokenizer or student.encoder).")
+            self.tokenizer_ = load_tokenizer(self.tokenizer)
+        elif self.kind == "standardize":
             x = np.asarray(inputs, dtype=np.float64)
             self.mean_ = x.mean(axis=0)
             self.scale_ = np.where(x.std(axis=0) > 1e-8, x.std(axis=0), 1.0)
         elif self.kind == "tfidf":
             self.vectorizer_ = _tfidf(self.max_features).fit(list(inputs))
         elif self.kind != "identity":
-            raise ConfigError(f"unknown featurizer {self.kind!r}; use identity, standardize or tfidf.")
+            raise ConfigError(f"unknown featurizer {self.kind!r}; use identity, standardize, tfidf or tokens.")
         return self
 
     def transform(self, inputs):
-        """float32 rows; TF-IDF stays a scipy CSR matrix (see mentor.students.rows), never densified whole."""
+        """float32 rows (TF-IDF stays a scipy CSR matrix, see mentor.students.rows, never densified
+        whole); int64 token ids for `tokens`."""
+        if self.kind == "tokens":
+            from .hf import encode
+            return encode(self.tokenizer_, inputs, self.max_length)
         if self.kind == "standardize":
             return ((np.asarray(inputs, dtype=np.float64) - self.mean_) / self.scale_).astype(np.float32)
         if self.kind == "tfidf":
@@ -113,7 +127,9 @@ class Featurizer:
         """The learned state as plain data (a vocabulary of str -> int, float64 arrays), so it is
         saved as JSON and tensors and never pickled: loading it cannot run code."""
         state = {"kind": self.kind, "max_features": int(self.max_features)}
-        if self.kind == "standardize":
+        if self.kind == "tokens":
+            state.update(tokenizer=str(self.tokenizer), max_length=int(self.max_length))
+        elif self.kind == "standardize":
             state.update(mean_=np.asarray(self.mean_, np.float64), scale_=np.asarray(self.scale_, np.float64))
         elif self.kind == "tfidf":
             state.update(vocabulary_={str(k): int(v) for k, v in self.vectorizer_.vocabulary_.items()},
@@ -127,19 +143,24 @@ class Featurizer:
         if state.get("kind") == "embedding":
             from .embedding import EmbeddingFeaturizer
             return EmbeddingFeaturizer.from_state_dict(state, **embedding_options)
-        feat = cls(str(state["kind"]), int(state["max_features"]))
-        if feat.kind == "standardize":
+        feat = cls(str(state["kind"]), int(state["max_features"]), tokenizer=state.get("tokenizer"),
+                   max_length=int(state.get("max_length", 128)))
+        if feat.kind == "tokens":
+            feat.fit(None)
+        elif feat.kind == "standardize":
             feat.mean_, feat.scale_ = _float64(state["mean_"]), _float64(state["scale_"])
         elif feat.kind == "tfidf":
             feat.vectorizer_ = _tfidf(feat.max_features, vocabulary={str(k): int(v) for k, v in
                                                                      state["vocabulary_"].items()})
             feat.vectorizer_.idf_ = _float64(state["idf_"])
         elif feat.kind != "identity":
-            raise ConfigError(f"unknown featurizer {feat.kind!r}; use identity, standardize or tfidf.")
+            raise ConfigError(f"unknown featurizer {feat.kind!r}; use identity, standardize, tfidf or tokens.")
         return feat
 
     @property
     def n_features(self) -> int | None:
+        if self.kind == "tokens":
+            return int(self.max_length)
         if self.kind == "tfidf":
             return len(self.vectorizer_.vocabulary_)
         if self.kind == "standardize":
@@ -157,10 +178,12 @@ def _float64(a) -> np.ndarray:
 
 
 def default_featurizer(kind: str, data_kind: str) -> str:
-    """Text needs TF-IDF (or the embedding student's encoder); tabular data is standardised;
-    images are already in [0, 1]."""
+    """Text needs TF-IDF (or the embedding student's encoder, or token ids for a transformer); tabular
+    data is standardised; images are already in [0, 1]."""
     if kind == "embedding":
         return "embedding"
+    if kind == "transformer":
+        return "tokens"
     if data_kind == "text":
         return "tfidf"
     if data_kind == "tabular":

@@ -8,6 +8,7 @@ through `pool_weights`, so this loop never needs to know which paper a method co
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import random
@@ -31,8 +32,8 @@ from .rows import as_float32, dense_rows, is_sparse, n_rows
 class TrainConfig:
     epochs: int = 30
     min_steps: int = 2000            # small sets: repeat epochs until this many optimiser steps
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int = 128            # examples per forward pass
+    lr: float = 1e-3                 # peak learning rate
     weight_decay: float = 0.0
     distill_weight: float = 1.0      # λ: weight of the pool term relative to CE on A
     device: str = "auto"             # "auto" picks CUDA when available
@@ -40,6 +41,18 @@ class TrainConfig:
     seed: int = 0
     checkpoint_path: str | None = None  # save after each epoch; resume from it when present
     progress: bool = False
+    grad_accum: int = 1              # forward passes per optimiser step (effective batch batch_size × grad_accum)
+    schedule: str = "constant"       # lr after warmup: constant, linear or cosine decay to 0 (see lr_factor)
+    warmup_fraction: float = 0.0     # share of the optimiser steps with a linear warmup of lr
+
+
+# TrainConfig fields added later, at the values that mean what their absence meant: a checkpoint
+# written before they existed still matches a config that leaves them there
+_ADDED_FIELDS = {"grad_accum": 1, "schedule": "constant", "warmup_fraction": 0.0}
+
+
+def _config_record(cfg: TrainConfig) -> dict:
+    return {k: v for k, v in asdict(cfg).items() if not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
 
 
 @dataclass
@@ -107,10 +120,70 @@ def check_pool_weights(weights, n_pool: int) -> np.ndarray:
     return w
 
 
+def steps_per_epoch(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimiser steps in one epoch: one per `batch_size × grad_accum` examples (the last one may be short)."""
+    return max(-(-n_examples // (cfg.batch_size * cfg.grad_accum)), 1)
+
+
 def epochs_for(n_examples: int, cfg: TrainConfig) -> int:
     """Epochs the trainer will run: `cfg.epochs`, or more when that gives fewer than `cfg.min_steps` steps."""
-    steps_per_epoch = max(-(-n_examples // cfg.batch_size), 1)
-    return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
+    return max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch(n_examples, cfg)))
+
+
+def lr_factor(step: int, total_steps: int, *, warmup_steps: int = 0, schedule: str = "constant") -> float:
+    """The multiplier of the peak lr at optimiser step `step` (0-based) of `total_steps`.
+
+    Warmup: (step + 1) / warmup_steps for the first `warmup_steps` steps, so lr climbs linearly
+    and reaches the peak at the last warmup step. After it, with p = (step − W) / (total − W):
+    constant 1; linear 1 − p; cosine (1 + cos πp) / 2. p < 1 on every step taken, so lr reaches
+    0 only where training ends."""
+    if schedule not in ("constant", "linear", "cosine"):
+        raise ConfigError(f"train.schedule must be constant, linear or cosine, got {schedule!r}.")
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    p = min(max((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0), 1.0)
+    return 1.0 - p if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def warmup_steps_for(total_steps: int, cfg: TrainConfig) -> int:
+    """round(warmup_fraction × total steps); at least 1 when warmup_fraction > 0."""
+    if cfg.warmup_fraction <= 0:
+        return 0
+    return max(int(round(cfg.warmup_fraction * total_steps)), 1)
+
+
+def param_groups(model: nn.Module) -> list[dict]:
+    """The optimiser's parameter groups: the model's own `param_groups()` when it has one (groups
+    may carry an `lr_scale`, a multiplier of train.lr), else one group. Frozen parameters
+    (requires_grad False) are left out, so they stay exactly as they are."""
+    groups = model.param_groups() if hasattr(model, "param_groups") else [{"params": list(model.parameters())}]
+    groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("every parameter of the student is frozen (requires_grad False): nothing would train. "
+                          "Lower student.freeze_layers or unfreeze some layers.")
+    return groups
+
+
+def as_inputs(x, device=None):
+    """Inputs as a tensor: integer arrays (token ids) stay int64, everything else is float32. A
+    scipy sparse matrix (TF-IDF) stays a float32 CSR matrix on the host; `_batch` densifies its
+    rows one batch at a time. A float model given integer features needs them cast by the caller."""
+    if is_sparse(x):
+        return as_float32(x)
+    a = np.asarray(x)
+    if np.issubdtype(a.dtype, np.integer):
+        return torch.as_tensor(a.astype(np.int64, copy=False), device=device)
+    return torch.as_tensor(a.astype(np.float32, copy=False), device=device)
+
+
+def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rows `idx` of a tensor, or of a CSR matrix densified for this batch only."""
+    if isinstance(x, torch.Tensor):
+        return x[idx]
+    return torch.from_numpy(dense_rows(x[idx.cpu().numpy()])).to(device)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -135,19 +208,6 @@ def load_plain(path, *, map_location="cpu", what: str = "file", fix: str = "dele
     return state
 
 
-def _rows_on(x, device: torch.device):
-    """A dense tensor on `device`; a sparse matrix stays a CSR matrix on the host (see `_batch`)."""
-    x = as_float32(x)
-    return x if is_sparse(x) else torch.as_tensor(x, device=device)
-
-
-def _batch(x, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Rows `idx` of a tensor, or of a CSR matrix densified for this batch only."""
-    if isinstance(x, torch.Tensor):
-        return x[idx]
-    return torch.from_numpy(dense_rows(x[idx.cpu().numpy()])).to(device)
-
-
 def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
                   x_pool=None, teacher_probs: np.ndarray | None = None,
                   objective=None, pool_weights: np.ndarray | None = None,
@@ -156,7 +216,8 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
 
     Each epoch visits every example of A ∪ U once in a seeded random order; a batch mixes both
     kinds, and its loss is the sum of the per-example terms divided by the batch size. Inputs may
-    be arrays or scipy sparse matrices (TF-IDF); sparse rows are densified one batch at a time.
+    be arrays (float features, int64 token ids) or scipy sparse matrices (TF-IDF); sparse rows are
+    densified one batch at a time.
     """
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
@@ -171,19 +232,21 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
         raise DataError("nothing to train on: both the labeled set and the pool are empty.")
     objective = objective or VanillaObjective()
     model.to(device)
-    xl = _rows_on(x_labeled, device)
+    xl = as_inputs(x_labeled, device)
     yl = torch.as_tensor(np.asarray(y_labeled, dtype=np.int64), device=device)
     if n_pool:
-        xu = _rows_on(x_pool, device)
+        xu = as_inputs(x_pool, device)
         tu = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32), device=device)
         wu = None if pool_weights is None else torch.as_tensor(check_pool_weights(pool_weights, n_pool), device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.grad_accum < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}.")
+    opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
     start_epoch = 0
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
     state = _load_checkpoint(ckpt, device) if ckpt is not None and ckpt.exists() else None
     if state is not None:
-        if state.get("config") != asdict(cfg):
+        if state.get("config") not in (asdict(cfg), _config_record(cfg)):
             raise ConfigError(f"checkpoint {ckpt} was written with another training config; "
                               "delete it or point checkpoint_path elsewhere to start afresh.")
         model.load_state_dict(state["model"])
@@ -197,6 +260,10 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
     bs = cfg.batch_size
     n_total = n_lab + n_pool
     n_epochs = epochs_for(n_total, cfg)
+    group = bs * cfg.grad_accum  # examples per optimiser step
+    per_epoch = steps_per_epoch(n_total, cfg)
+    total_steps = n_epochs * per_epoch
+    warmup = warmup_steps_for(total_steps, cfg)
     progress = None
     if cfg.progress:
         from rich.progress import Progress
@@ -208,24 +275,30 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
             model.train()
             order = torch.randperm(n_total, generator=gen).to(device)
             total, steps = 0.0, 0
-            for s in range(0, n_total, bs):
-                idx = order[s:s + bs]
-                lab = idx[idx < n_lab]
-                pool_idx = idx[idx >= n_lab] - n_lab
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = torch.zeros((), device=device)
-                    if len(lab):
-                        loss = loss + F.cross_entropy(model(_batch(xl, lab, device)).float(), yl[lab], reduction="sum")
-                    if len(pool_idx):
-                        per = objective.pool_loss(model(_batch(xu, pool_idx, device)).float(), tu[pool_idx], pool_idx)
-                        if wu is not None:
-                            per = per * wu[pool_idx]
-                        loss = loss + cfg.distill_weight * per.sum()
-                    loss = loss / len(idx)
+            for g in range(0, n_total, group):
+                gidx = order[g:g + group]
+                factor = lr_factor(epoch * per_epoch + steps, total_steps, warmup_steps=warmup,
+                                   schedule=cfg.schedule)
+                for param_group in opt.param_groups:
+                    param_group["lr"] = cfg.lr * factor * param_group.get("lr_scale", 1.0)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                for s in range(0, len(gidx), bs):  # grad_accum forward passes, one optimiser step
+                    idx = gidx[s:s + bs]
+                    lab = idx[idx < n_lab]
+                    pool_idx = idx[idx >= n_lab] - n_lab
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        loss = torch.zeros((), device=device)
+                        if len(lab):
+                            loss = loss + F.cross_entropy(model(_batch(xl, lab, device)).float(), yl[lab], reduction="sum")
+                        if len(pool_idx):
+                            per = objective.pool_loss(model(_batch(xu, pool_idx, device)).float(), tu[pool_idx], pool_idx)
+                            if wu is not None:
+                                per = per * wu[pool_idx]
+                            loss = loss + cfg.distill_weight * per.sum()
+                        loss = loss / len(gidx)  # the step's loss is the mean over all its examples
+                    loss.backward()
+                    total += float(loss.detach())
                 opt.step()
-                total += float(loss.detach())
                 steps += 1
             if hasattr(objective, "on_epoch_end"):
                 objective.on_epoch_end(epoch)
@@ -235,7 +308,7 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
                 _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "objective": objective.state_dict(), "generator": gen.get_state(),
                                     "torch_rng": torch.get_rng_state(), "history": result.history,
-                                    "epoch": epoch + 1, "config": asdict(cfg)}, ckpt)
+                                    "epoch": epoch + 1, "config": _config_record(cfg)}, ckpt)
             if progress is not None:
                 progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {total / max(steps, 1):.4f}")
     finally:
@@ -257,13 +330,17 @@ def _load_checkpoint(ckpt: Path, device) -> dict | None:
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x, *, batch_size: int = 4096, device: str = "auto") -> np.ndarray:
-    """Softmax outputs of `model` on a float array or a sparse matrix, in batches, in eval mode."""
+def predict_proba(model: nn.Module, x: np.ndarray, *, batch_size: int | None = None,
+                  device: str = "auto") -> np.ndarray:
+    """Softmax outputs of `model` on an array (float features, or int64 token ids), in batches, in
+    eval mode. Default batch: the model's `predict_batch_size` attribute when it has one, else 4096."""
     dev = resolve_device(device)
     model.to(dev).eval()
+    batch_size = batch_size or getattr(model, "predict_batch_size", 4096)
     out = []
     for s in range(0, n_rows(x), batch_size):
-        xb = torch.as_tensor(dense_rows(x, s, s + batch_size), device=dev)
+        xb = (torch.from_numpy(dense_rows(x, s, s + batch_size)).to(dev) if is_sparse(x)
+              else as_inputs(x[s:s + batch_size], dev))
         out.append(torch.softmax(model(xb).float(), dim=-1).cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
