@@ -725,10 +725,14 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
     rows = next((r for r in (sp.val, sp.test, sp.labeled) if len(r)), sp.labeled)[:1000]
     x = feat.transform(data.features[rows])
     st = ctx.cfg.student
-    kind, args = built_in_args(_student_kind(ctx), model, {
-        "in_features": int(x.shape[1]), "n_classes": ctx.n_classes,
-        "image_shape": list(data.image_shape) if data.image_shape else None,
-        "hidden": list(st.hidden), "dropout": st.dropout})
+    student_kind = _student_kind(ctx)
+    if student_kind == "transformer":  # written in Hugging Face format with its tokenizer (students.export)
+        kind, args = "transformer", {"tokenizer": feat.tokenizer}
+    else:  # an embedding student ships its head; the featurizer names the frozen encoder
+        kind, args = built_in_args((st.head or "logistic") if student_kind == "embedding" else student_kind, model, {
+            "in_features": int(x.shape[1]), "n_classes": ctx.n_classes,
+            "image_shape": list(data.image_shape) if data.image_shape else None,
+            "hidden": list(st.hidden), "dropout": st.dropout})
     record = config_record(ctx.cfg)
     t = record["teacher"]
     teacher = {"kind": t["kind"], "fingerprint": info.get("teacher_fingerprint"),

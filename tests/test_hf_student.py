@@ -308,7 +308,7 @@ def test_cli_bad_input_exits_2_naming_the_fix(tiny, tmp_path, case):
     else:
         doc = {"output_dir": str(tmp_path / "run"), "data": {"name": "digits"}, "split": {"n_labeled": 50},
                "student": {"kind": "transformer", "encoder": str(tiny["encoder"])}}
-        fix = "reads text, but 'digits' is image data; use student.kind mlp"
+        fix = "reads text, but 'digits' is image data; use student.kind"
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(doc))
     r = subprocess.run(MENTOR + ["run", str(path)], capture_output=True, text=True, timeout=300)

@@ -38,7 +38,8 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .models import Featurizer, build_model
-from .rows import dense_rows, n_rows
+from .rows import dense_rows, is_sparse, n_rows
+from .train import as_inputs
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "mentor_student.json"
@@ -189,6 +190,38 @@ for _kind, _fmt in BUILT_IN.items():
 register_format("custom", StudentFormat(save=save_weights, load=_load_custom, onnx=export_onnx_matrix))
 
 
+def _save_transformer(model: nn.Module, folder: Path, args: dict) -> dict:
+    """Encoder and tokenizer in Hugging Face save_pretrained format (AutoModel/AutoTokenizer load them
+    alone), the head as head.safetensors; the folder's featurizer then reads its tokenizer from here."""
+    from safetensors.torch import save_file
+
+    from .hf import HEAD_FILE, _no_progress_bars, load_tokenizer
+    with _no_progress_bars():
+        model.encoder.save_pretrained(str(folder))
+    load_tokenizer(args["tokenizer"]).save_pretrained(str(folder))
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(folder / HEAD_FILE))
+    return {"n_classes": int(model.head.out_features), "pad_token_id": model.pad_token_id,
+            "max_length": model.max_length, "dropout": float(model.dropout.p), "pooling": "mean"}
+
+
+def _load_transformer(folder: Path, args: dict) -> nn.Module:
+    from .hf import HEAD_FILE, TransformerStudent, load_encoder
+    try:
+        model = TransformerStudent(load_encoder(folder), int(args["n_classes"]), int(args["pad_token_id"]),
+                                   dropout=float(args.get("dropout", 0.0)), max_length=int(args["max_length"]))
+    except (KeyError, OSError, ValueError) as e:
+        raise DataError(f"{folder}: the transformer student cannot be rebuilt ({type(e).__name__}: {e}); "
+                        f"{EXPORT_HINT}.") from None
+    model.head.load_state_dict(read_safetensors(folder / HEAD_FILE, "head weights"))
+    return model.eval()
+
+
+register_format("transformer", StudentFormat(
+    save=_save_transformer, load=_load_transformer, onnx=None,
+    why_no_onnx="a transformer student takes token ids and an attention mask, not a feature matrix; export it "
+                "with mentor.students.hf.export_onnx_hf (inputs input_ids + attention_mask, checked by check_onnx_hf)"))
+
+
 def built_in_args(kind: str, model: nn.Module, args: dict) -> tuple[str, dict]:
     """(kind, args) to record: `kind` when build_model(kind, **args) has `model`'s weights, else
     "custom" (any other torch module: weights and ONNX are written, the torch side cannot be rebuilt)."""
@@ -214,6 +247,8 @@ def save_featurizer(feat: Featurizer, folder: Path) -> dict:
     state = feat.state_dict()
     arrays = {k: np.ascontiguousarray(v) for k, v in state.items() if isinstance(v, np.ndarray)}
     plain = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
+    if feat.kind == "tokens":  # the tokenizer is saved in the folder itself (with the transformer's weights)
+        plain["tokenizer"] = "."
     if feat.kind == "tfidf":  # what a non-Python consumer needs to reproduce the vectors
         v = feat.vectorizer_
         plain["settings"] = {"lowercase": v.lowercase, "ngram_range": list(v.ngram_range), "sublinear_tf": v.sublinear_tf,
@@ -243,6 +278,8 @@ def load_featurizer(folder: Path) -> Featurizer:
             plain.update(load_file(str(file)))
         except (SafetensorError, OSError, ValueError) as e:
             raise DataError(f"{file} is not a safetensors file ({e}); nothing was read from it; {EXPORT_HINT}.") from None
+    if plain.get("kind") == "tokens" and plain.get("tokenizer") == ".":
+        plain["tokenizer"] = str(folder)
     try:
         return Featurizer.from_state_dict(plain)
     except (KeyError, ConfigError, TypeError, ValueError) as e:
@@ -284,7 +321,8 @@ def onnx_probs(session, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
 @torch.no_grad()
 def torch_probs(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     model.eval()
-    out = [torch.softmax(model(torch.as_tensor(dense_rows(x, s, s + batch_size))).float(), -1).numpy()
+    out = [torch.softmax(model(as_inputs(dense_rows(x, s, s + batch_size) if is_sparse(x) else x[s:s + batch_size])
+                               ).float(), -1).numpy()
            for s in range(0, n_rows(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
@@ -339,7 +377,8 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     kind = meta["student"]["kind"]
     fmt = format_for(kind)
     model = model.cpu().eval()
-    check_x = dense_rows(check_x)  # a TF-IDF featurizer gives CSR rows; the graph and the timings take dense ones
+    # a TF-IDF featurizer gives CSR rows; the graph and the timings take dense ones (token ids stay int64)
+    check_x = dense_rows(check_x) if is_sparse(check_x) else np.asarray(check_x)
     if len(check_x) == 0:
         raise DataError("save_student_folder needs at least one featurised row in check_x (V) to check the ONNX "
                         "graph and time the student.")
