@@ -95,6 +95,16 @@ def test_pipeline_trains_a_transformer_student(tiny, tmp_path, method):
     assert m["test_accuracy"] > 0.5 and m["labeled_only"]["accuracy"] is not None  # 3 classes: chance is 1/3
     assert m["method"] == method and (method != "auto" or m["train_info"]["auto"]["chosen"])
     assert (tmp_path / "run" / "student.pt").exists()
+    if method == "vanilla-soft":  # the shipped folder: Hugging Face format, read back with the same probabilities
+        from mentor.pipeline import load_student, open_run
+        from mentor.serve import FolderPredictor
+        from mentor.students.train import predict_proba
+        folder = tmp_path / "run" / "model"
+        assert (folder / "config.json").exists() and (folder / "head.safetensors").exists()
+        texts = np.asarray(tiny["texts"][:10], dtype=object)
+        model, feat, _ = load_student(open_run(tmp_path / "run"))
+        want = predict_proba(model, feat.transform(texts), device="cpu")
+        np.testing.assert_allclose(FolderPredictor(folder).predict_proba(texts), want, atol=1e-5)
 
 
 def test_transformer_defaults_are_resolved_and_visible(tiny, tmp_path):
