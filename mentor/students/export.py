@@ -334,7 +334,10 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     """
     if onnx not in ("auto", "required", "off"):
         raise ConfigError(f"onnx must be auto, required or off, got {onnx!r}")
-    path = Path(path)
+    path = Path(path).absolute()
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / CONFIG_FILE).is_file())):
+        raise DataError(f"{path} exists and is not a mentor model folder (nor empty); it is left as it is. Choose a "
+                        "new or empty folder for the model (an existing model folder there is replaced).")
     kind = meta["student"]["kind"]
     fmt = format_for(kind)
     model = model.cpu().eval()
