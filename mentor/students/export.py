@@ -363,6 +363,10 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
         (tmp / CARD_FILE).write_text(model_card(record))
         record["size_mb"]["folder"] = _mb_dir(tmp)
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=_plain, ensure_ascii=False))
+        mode = (tmp / CARD_FILE).stat().st_mode & 0o777  # safetensors writes 0600: a shipped folder is read by others
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, mode)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
