@@ -461,8 +461,8 @@ def read_record(folder: Path) -> dict:
                         f"(<output_dir>/model) or one written by `mentor export RUN_DIR OUT_DIR`.")
     if not (folder / CONFIG_FILE).is_file():
         if (folder / "config.yaml").is_file():
-            raise DataError(f"{folder} is a run folder, not a model folder: give {folder / 'model'} (written after "
-                            f"the run's evaluation), or write one with `mentor export {folder} OUT_DIR`.")
+            raise DataError(f"{folder} is a run folder, not a model folder: give {folder / 'model'} (written by "
+                            f"`mentor run`, `train` or `evaluate`), or write one with `mentor export {folder} OUT_DIR`.")
         raise DataError(f"{folder} is not a mentor model folder: it has no {CONFIG_FILE}. Give the folder a run "
                         f"wrote (<output_dir>/model), or {EXPORT_HINT}.")
     meta = _read_json(folder / CONFIG_FILE)
