@@ -10,7 +10,8 @@ The data flows one way, one module per step:
     active/      budgeted teacher queries: selectors (RAD and baselines) and the loop
     lm/          token-level LM distillation and the GUIDE initialiser
     losses.py    the distillation losses as plain functions
-    students/    built-in models and featurizers, the bundled trainer (CE on A + distillation on U)
+    students/    built-in models and featurizers, the bundled trainer (CE on A + distillation on U),
+                 export (the folder a user ships: safetensors + JSON + model.onnx + model card; predict)
     evaluate.py  accuracy, NLL, ECE, agreement, gap closed
     pipeline.py  the steps wired together; cli.py and bench.py on top
 """
@@ -31,6 +32,7 @@ _EXPORTS = {
     "store": ["TeacherStore"],
     "teachers": ["EncoderTeacher", "FileTeacher", "RemoteTeacher", "SklearnTeacher", "Teacher", "TorchTeacher"],
     "students.train": ["TrainConfig", "VanillaObjective", "predict_proba", "train_student"],
+    "students.export": ["load_student_folder", "predict_file", "save_student_folder"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE) + ["demo"]

@@ -127,8 +127,9 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
         if diffs:
             for name in RUN_RESULTS:
                 if (out / name).is_dir():
-                    import shutil
-                    shutil.rmtree(out / name)
+                    if (out / name / "mentor_student.json").is_file():  # the model folder this run wrote
+                        import shutil
+                        shutil.rmtree(out / name)
                 else:
                     (out / name).unlink(missing_ok=True)
     _atomic_write_text(previous, text)

@@ -143,6 +143,10 @@ def test_export_command_with_seed_runs_reports_spread(digits_run, tmp_path):
     rec = json.loads((tmp_path / "shipped" / "mentor_student.json").read_text())
     assert [r["seed"] for r in rec["metrics"]["seeds"]] == [0, 1]
     assert "Over 2 seeds (0, 1)" in (tmp_path / "shipped" / "README.md").read_text()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")  # a folder that is not a model folder is never replaced
+    _exit_2(_cli_here("export", str(digits_run / "run"), str(tmp_path / "mine")), "is not a mentor model folder")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     cfg["student"]["hidden"] = [8]  # not the same config: refused, naming the difference
     (other / "config.yaml").write_text(yaml.safe_dump(cfg))
     _exit_2(_cli_here("export", str(digits_run / "run"), str(tmp_path / "x"), "--seed-run", str(other)),

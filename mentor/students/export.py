@@ -373,7 +373,10 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     """
     if onnx not in ("auto", "required", "off"):
         raise ConfigError(f"onnx must be auto, required or off, got {onnx!r}")
-    path = Path(path)
+    path = Path(path).absolute()
+    if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / CONFIG_FILE).is_file())):
+        raise DataError(f"{path} exists and is not a mentor model folder (nor empty); it is left as it is. Choose a "
+                        "new or empty folder for the model (an existing model folder there is replaced).")
     kind = meta["student"]["kind"]
     fmt = format_for(kind)
     model = model.cpu().eval()
@@ -400,6 +403,10 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
         (tmp / CARD_FILE).write_text(model_card(record))
         record["size_mb"]["folder"] = _mb_dir(tmp)
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=_plain, ensure_ascii=False))
+        mode = (tmp / CARD_FILE).stat().st_mode & 0o777  # safetensors writes 0600: a shipped folder is read by others
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, mode)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -494,8 +501,8 @@ def read_record(folder: Path) -> dict:
                         f"(<output_dir>/model) or one written by `mentor export RUN_DIR OUT_DIR`.")
     if not (folder / CONFIG_FILE).is_file():
         if (folder / "config.yaml").is_file():
-            raise DataError(f"{folder} is a run folder, not a model folder: give {folder / 'model'} (written after "
-                            f"the run's evaluation), or write one with `mentor export {folder} OUT_DIR`.")
+            raise DataError(f"{folder} is a run folder, not a model folder: give {folder / 'model'} (written by "
+                            f"`mentor run`, `train` or `evaluate`), or write one with `mentor export {folder} OUT_DIR`.")
         raise DataError(f"{folder} is not a mentor model folder: it has no {CONFIG_FILE}. Give the folder a run "
                         f"wrote (<output_dir>/model), or {EXPORT_HINT}.")
     meta = _read_json(folder / CONFIG_FILE)
