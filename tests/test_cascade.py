@@ -269,5 +269,5 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     res = _cli("bench", "report", str(path))
     assert res.returncode == 0, res.stderr
     text = report_rows(read_rows(path))
-    assert "| digits | 0.95 | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 |" in text
-    assert "| digits | 0.95 | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
+    assert "| digits | 0.95× teacher | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 |" in text
+    assert "| digits | 0.95× teacher | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
