@@ -261,7 +261,7 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     for seed in range(2):
         for method, cov in (("auto", 0.8 + 0.1 * seed), ("vanilla-hard", 0.7)):
             rows.append({"bench": "cascade", "dataset": "digits", "seed": seed, "student_method": method,
-                         "target": 0.95, "met": True, "threshold": 0.5, "coverage": cov, "answered_accuracy": 0.93,
+                         "target": 0.95, "target_accuracy": 0.86, "met": True, "threshold": 0.5, "coverage": cov, "answered_accuracy": 0.93,
                          "cascade_accuracy": 0.92, "teacher_accuracy": 0.91, "bound_held": seed == 0,
                          "teacher_calls_saved": int(400 * cov), "student_test_ece": 0.05})
     path = tmp_path / "rows.jsonl"
@@ -269,5 +269,5 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     res = _cli("bench", "report", str(path))
     assert res.returncode == 0, res.stderr
     text = report_rows(read_rows(path))
-    assert "| digits | 0.95× teacher | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 |" in text
+    assert "| digits | 0.95× teacher | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 (0) |" in text
     assert "| digits | 0.95× teacher | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout

@@ -75,6 +75,17 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
     return rows
 
 
+def _upper(report: dict, delta: float) -> float | None:
+    """Clopper–Pearson upper bound (1 − delta) of the answered accuracy on test: a target above it is
+    missed beyond test noise; below it, a miss may be the test sample's own fluctuation."""
+    from ..cascade import clopper_pearson_lower
+    m = report["teacher_calls_saved"]
+    if not m or report["answered_accuracy"] is None:
+        return None
+    wrong = m - round(report["answered_accuracy"] * m)
+    return 1.0 - clopper_pearson_lower(wrong, m, delta)
+
+
 def _saved_student(ctx, method: str, fingerprint: str) -> dict | None:
     """The info of `<method>.pt` in the run folder when it was distilled from this store's teacher."""
     from ..pipeline import load_student
@@ -96,7 +107,8 @@ def _target_rows(base, s_val, y_val, s_test, t_test, y_test, targets, scale, pri
             continue  # 100% or more: no finite V can show it
         c = choose_threshold(s_val.max(1), s_val.argmax(1) == y_val, goal, delta=delta, bound=bound)
         r = cascade_report(s_test, t_test, y_test, c.threshold, price, target=goal)
-        row = {**base, "target": share, "target_kind": kind, "target_accuracy": goal, "met": c.met, "threshold": c.threshold,
+        row = {**base, "target": share, "target_kind": kind, "target_accuracy": goal, "met": c.met,
+               "threshold": c.threshold, "test_upper_bound": _upper(r, delta),
                "val_coverage": c.coverage, "val_lower_bound": c.lower_bound,
                "best_val_lower_bound": c.best_lower_bound,
                **{k: r[k] for k in ("coverage", "answered_accuracy", "cascade_accuracy",
@@ -129,10 +141,11 @@ def summarize_cascade(rows: list[dict]) -> str:
         rs = [r for r in rows if (r["dataset"], _label(r), r["student_method"]) == (d, t, m)]
         met = [r for r in rs if r["met"]]
         held = [r["bound_held"] for r in met if r["bound_held"] is not None]
+        clear = sum(1 for r in met if (r.get("test_upper_bound") or 1.0) < r["target_accuracy"])
         ans = [100 * r["answered_accuracy"] for r in met if r["answered_accuracy"] is not None]
         out.append(f"| {d} | {t} | {m} | {len(met)}/{len(rs)} | {_mean_std([100 * r['coverage'] for r in rs])} | "
                    f"{_mean_std(ans) if ans else '–'} | {_mean_std([100 * r['cascade_accuracy'] for r in rs])} | "
-                   f"{_mean_std([100 * r['teacher_accuracy'] for r in rs])} | {sum(held)}/{len(held)} | "
+                   f"{_mean_std([100 * r['teacher_accuracy'] for r in rs])} | {sum(held)}/{len(held)} ({clear}) | "
                    f"{_mean_std([r['student_test_ece'] for r in rs])} |")
     methods = list(dict.fromkeys(r["student_method"] for r in rows))
     text = "Cascade on test (threshold chosen on V), mean ± std over seeds:\n\n" + "\n".join(out)
