@@ -92,7 +92,11 @@ def test_several_sequences_each_stop_at_their_first_failure():
     failure ends only its own sequence, and a wrong stretch inside one still blocks what follows it."""
     m, starts = sequence_starts(2000, 0.9, 0.05)
     assert m == 4 and starts == [min_examples(0.9, 0.05 / 4) * 2 ** j for j in range(4)]
-    assert sequence_starts(30, 0.9, 0.05) == (1, [29])  # too few for more than one
+    assert sequence_starts(30, 0.9, 0.05, max_sequences=4) == (1, [29])  # too few for more than one
+    # one sequence (the default): at the power start (120 for 90%), but no later than a quarter of V
+    assert sequence_starts(1000, 0.9, 0.05, max_sequences=1) == (1, [120])
+    assert sequence_starts(300, 0.95, 0.05, max_sequences=1) == (1, [75])  # power start 237 > 300 / 4
+    assert sequence_starts(100, 0.95, 0.05, max_sequences=1) == (1, [59])  # never before a pass is possible
     n0 = starts[0]
     # the first n0 answered have 3 errors (fails), then a long right stretch: a later sequence finds it
     conf = np.r_[np.linspace(0.999, 0.99, n0), np.linspace(0.98, 0.5, 1500)]
