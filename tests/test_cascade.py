@@ -275,3 +275,24 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     text = report_rows(read_rows(path))
     assert "| digits | 0.95× teacher | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 (0) |" in text
     assert "| digits | 0.95× teacher | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
+
+
+def test_bench_cascade_rows_and_reused_students(tmp_path):
+    """The benchmark's plumbing on a tiny digits entry: one row per (student, target) with the
+    promised keys; a second call with reuse_students scores the saved students without training."""
+    from mentor.bench.cascade import bench_cascade
+    configs = {"tiny": {"data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 300, "n_test": 300,
+                                                             "n_pool": 300},
+                        "teacher": {"kind": "logistic"}, "student": {"kind": "logistic"},
+                        "train": {"epochs": 10, "min_steps": 0}}}
+    kw = dict(seeds=1, students=("vanilla-hard",), targets=(0.9, 0.99), configs=configs,
+              work_dir=tmp_path, log=lambda *_: None)
+    rows = bench_cascade("custom", json_out=tmp_path / "rows.jsonl", **kw)
+    assert len(rows) == 2 and len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2
+    need = {"dataset", "student_method", "target", "seed", "threshold", "coverage", "answered_accuracy",
+            "cascade_accuracy", "bound_held", "teacher_calls_saved"}
+    assert all(need <= set(r) for r in rows)
+    again = bench_cascade("custom", reuse_students=True, absolute=True, **kw)
+    assert [r["student_test_accuracy"] for r in again] == [r["student_test_accuracy"] for r in rows]
+    assert all(r["target_kind"] == "accuracy" and r["train_seconds"] < min(x["train_seconds"] for x in rows)
+               for r in again)

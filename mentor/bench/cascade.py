@@ -34,10 +34,11 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
                   students: tuple[str, ...] = STUDENTS, targets: tuple[float, ...] = TARGETS, delta: float = 0.05,
                   bound: str = "clopper-pearson", absolute: bool = False, reuse_students: bool = False,
                   json_out: Path | None = None, work_dir: Path = Path("bench-out/cascade"),
-                  log: Callable = print) -> list[dict]:
+                  log: Callable = print, configs: dict[str, dict] | None = None) -> list[dict]:
     """One row per (dataset, seed, student method, target). `targets` are shares of the teacher's
     accuracy on V, or accuracies with `absolute`. `reuse_students`: a student already saved in the
-    run folder by an earlier run on the same store is scored again, not retrained (to add targets)."""
+    run folder by an earlier run on the same store is scored again, not retrained (to add targets).
+    `configs` replaces the suite's templates (name -> partial RunConfig dict)."""
     from ..cascade import check_options
     from ..evaluate import expected_calibration_error
     from ..pipeline import get_teacher, label, prepare, student_probs, teacher_outputs, train
@@ -46,7 +47,7 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
         if not (0 < t < 1 if absolute else 0 < t <= 1.5):
             raise ConfigError(f"targets are {'accuracies in (0, 1)' if absolute else 'shares of the teacher’s accuracy on V'}"
                               f", e.g. 0.95; got {t}.")
-    configs = cascade_suite(suite)
+    configs = configs or cascade_suite(suite)
     names = select_datasets(configs, datasets, suite)
     rows = []
     for name, seed, template in each_run(configs, names, seeds, work_dir, json_out):
