@@ -17,7 +17,8 @@ confident and testing stops at the first failure; the chosen threshold is the la
 answering few V examples can pass only if nearly all are right, so a sequence starting there
 dies on the first unlucky error. It starts at the first threshold answering enough V examples
 that an answered set with half the allowed error rate would pass (`power_start`; 120 for a 90%
-target at delta 0.05), or, where V is smaller, the fewest with which a pass is possible at all.
+target at delta 0.05), but no later than a quarter of V (nor earlier than the fewest examples
+with which a pass is possible at all).
 Optionally (`max_sequences`), up to four sequences start at growing answered counts, each at
 level delta/m (Bonferroni). The starts depend on V's size, never on its labels. On simulated
 students (`scripts/cascade_starts.py`, BENCHMARKS.md "Cascade") the "power" start covered more
@@ -158,16 +159,19 @@ def power_start(target: float, delta: float, bound: str = "clopper-pearson") -> 
 
 def sequence_starts(n_val: int, target: float, delta: float, bound: str = "clopper-pearson",
                     max_sequences: int = 4, start: str = "power") -> tuple[int, list[int]]:
-    """(m, answered counts where the m testing sequences start): one sequence at `power_start`
-    (or, start="min" or a V too small for it, at the fewest examples a pass needs); with
+    """(m, answered counts where the m testing sequences start): one sequence at `power_start`, but
+    no later than a quarter of V (start="min": at the fewest examples a pass needs); with
     max_sequences > 1, m ≤ max_sequences sequences at level delta/m (Bonferroni), starting at n0,
     2·n0, 4·n0, ... answered V examples. The starts depend on V's size only, never on its labels."""
     for m in range(max(1, max_sequences), 1, -1):
         n0 = min_examples(target, delta / m, bound)
         if n0 * 2 ** (m - 1) <= n_val:
             return m, [n0 * 2 ** j for j in range(m)]
-    n0 = power_start(target, delta, bound) if start == "power" else n_val + 1
-    return 1, [n0 if n0 <= n_val else min_examples(target, delta, bound)]
+    least = min_examples(target, delta, bound)
+    if start != "power":
+        return 1, [least]
+    # never past the first quarter of V: a start beyond it would leave only thresholds that answer most of V
+    return 1, [min(power_start(target, delta, bound), max(least, n_val // 4))]
 
 
 def choose_threshold(confidence_val, correct_val, target: float, *, delta: float = 0.05,

@@ -467,6 +467,9 @@ def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, sy
                       datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                       targets: str = typer.Option("0.9,0.95,0.99", help="Comma-separated shares of the teacher's "
                                                   "accuracy on V (above 1: the student must beat the teacher)."),
+                      absolute: bool = typer.Option(False, "--absolute", help="--targets are accuracies, not shares."),
+                      reuse_students: bool = typer.Option(False, "--reuse-students", help="Score students an earlier "
+                                                          "run saved in --work-dir (same store) instead of retraining."),
                       delta: float = typer.Option(0.05, help="Chance that the guarantee fails."),
                       bound: str = typer.Option("clopper-pearson", help="clopper-pearson or wilson."),
                       json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
@@ -478,7 +481,8 @@ def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, sy
     except ValueError:
         raise ConfigError(f"--targets must be comma-separated numbers, e.g. 0.9,0.95,0.99; got {targets!r}.") from None
     rows = bench_cascade(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None, targets=shares,
-                         delta=delta, bound=bound, json_out=json_out, work_dir=work_dir, log=out)
+                         delta=delta, bound=bound, absolute=absolute, reuse_students=reuse_students,
+                         json_out=json_out, work_dir=work_dir, log=out)
     out(summarize_cascade(rows))
 
 

@@ -3,6 +3,7 @@ is known in closed form: how often a threshold is found, the coverage it gives, 
 chosen threshold's true accuracy is below the target (the guarantee allows at most delta).
 
     .venv/bin/python scripts/cascade_starts.py [--draws 150] [--target 0.86] [--delta 0.05]
+        [--student SUBSTRING] [--sizes 300,1000]
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=150)
     ap.add_argument("--target", type=float, default=0.86)
     ap.add_argument("--delta", type=float, default=0.05)
+    ap.add_argument("--student", default="", help="only the simulated students whose name contains this")
+    ap.add_argument("--sizes", default="300,1000", help="sizes of V, comma-separated")
     args = ap.parse_args()
     print(f"target {args.target}, delta {args.delta}, {args.draws} draws of V per cell\n")
     print("| student | V | rule | threshold found | mean coverage | true accuracy below target |")
     print("|---|---|---|---|---|---|")
     for name, (draw, p_right, truth) in STUDENTS.items():
-        for n_val in (300, 1000):
+        if args.student not in name:
+            continue
+        for n_val in (int(v) for v in args.sizes.split(",")):
             for rule, kw in RULES.items():
                 rng = np.random.default_rng(0)
                 met, cov, bad = 0, [], 0

@@ -92,7 +92,11 @@ def test_several_sequences_each_stop_at_their_first_failure():
     failure ends only its own sequence, and a wrong stretch inside one still blocks what follows it."""
     m, starts = sequence_starts(2000, 0.9, 0.05)
     assert m == 4 and starts == [min_examples(0.9, 0.05 / 4) * 2 ** j for j in range(4)]
-    assert sequence_starts(30, 0.9, 0.05) == (1, [29])  # too few for more than one
+    assert sequence_starts(30, 0.9, 0.05, max_sequences=4) == (1, [29])  # too few for more than one
+    # one sequence (the default): at the power start (120 for 90%), but no later than a quarter of V
+    assert sequence_starts(1000, 0.9, 0.05, max_sequences=1) == (1, [120])
+    assert sequence_starts(300, 0.95, 0.05, max_sequences=1) == (1, [75])  # power start 237 > 300 / 4
+    assert sequence_starts(100, 0.95, 0.05, max_sequences=1) == (1, [59])  # never before a pass is possible
     n0 = starts[0]
     # the first n0 answered have 3 errors (fails), then a long right stretch: a later sequence finds it
     conf = np.r_[np.linspace(0.999, 0.99, n0), np.linspace(0.98, 0.5, 1500)]
@@ -261,7 +265,7 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     for seed in range(2):
         for method, cov in (("auto", 0.8 + 0.1 * seed), ("vanilla-hard", 0.7)):
             rows.append({"bench": "cascade", "dataset": "digits", "seed": seed, "student_method": method,
-                         "target": 0.95, "met": True, "threshold": 0.5, "coverage": cov, "answered_accuracy": 0.93,
+                         "target": 0.95, "target_accuracy": 0.86, "met": True, "threshold": 0.5, "coverage": cov, "answered_accuracy": 0.93,
                          "cascade_accuracy": 0.92, "teacher_accuracy": 0.91, "bound_held": seed == 0,
                          "teacher_calls_saved": int(400 * cov), "student_test_ece": 0.05})
     path = tmp_path / "rows.jsonl"
@@ -269,5 +273,26 @@ def test_bench_rows_report_through_bench_report(tmp_path):
     res = _cli("bench", "report", str(path))
     assert res.returncode == 0, res.stderr
     text = report_rows(read_rows(path))
-    assert "| digits | 0.95 | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 |" in text
-    assert "| digits | 0.95 | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
+    assert "| digits | 0.95× teacher | auto | 2/2 | 85.00 ± 7.07 |" in text and "| 1/2 (0) |" in text
+    assert "| digits | 0.95× teacher | +15.00 ± 7.07 | 2/2 |" in text and "auto − vanilla-hard coverage" in res.stdout
+
+
+def test_bench_cascade_rows_and_reused_students(tmp_path):
+    """The benchmark's plumbing on a tiny digits entry: one row per (student, target) with the
+    promised keys; a second call with reuse_students scores the saved students without training."""
+    from mentor.bench.cascade import bench_cascade
+    configs = {"tiny": {"data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 300, "n_test": 300,
+                                                             "n_pool": 300},
+                        "teacher": {"kind": "logistic"}, "student": {"kind": "logistic"},
+                        "train": {"epochs": 10, "min_steps": 0}}}
+    kw = dict(seeds=1, students=("vanilla-hard",), targets=(0.9, 0.99), configs=configs,
+              work_dir=tmp_path, log=lambda *_: None)
+    rows = bench_cascade("custom", json_out=tmp_path / "rows.jsonl", **kw)
+    assert len(rows) == 2 and len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2
+    need = {"dataset", "student_method", "target", "seed", "threshold", "coverage", "answered_accuracy",
+            "cascade_accuracy", "bound_held", "teacher_calls_saved"}
+    assert all(need <= set(r) for r in rows)
+    again = bench_cascade("custom", reuse_students=True, absolute=True, **kw)
+    assert [r["student_test_accuracy"] for r in again] == [r["student_test_accuracy"] for r in rows]
+    assert all(r["target_kind"] == "accuracy" and r["train_seconds"] < min(x["train_seconds"] for x in rows)
+               for r in again)
