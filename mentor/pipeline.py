@@ -771,6 +771,8 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
     """The whole pipeline from one validated config. Returns the metrics written to metrics.json.
     `force`: replace the results of another config's run in the same output_dir."""
     t0 = time.perf_counter()
+    from .tracking import check_tracker
+    check_tracker(cfg.tracking)  # a tracking server that is down is found before anything is paid
     ctx = prepare(cfg, force=force)
     teacher = get_teacher(ctx)
     store = label(ctx, teacher)

@@ -15,7 +15,7 @@ import math
 import re
 from pathlib import Path
 
-from .errors import MentorError
+from .errors import ConfigError, MentorError
 
 ARTIFACTS = ("report.html", "report.md", "config.yaml", "metrics.json", "audit.json", "active.json", "teacher.json")
 _NOT_METRICS = {"config", "machine", "seed"}  # recorded as params or not numbers about the run
@@ -168,6 +168,27 @@ def default_mlflow(run_dir) -> tuple[str, str]:
     base = (Path(run_dir) / "mlflow").resolve()
     base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{base / 'mlflow.db'}", (base / "artifacts").as_uri()
+
+
+def check_tracker(t) -> None:
+    """Before a run starts: an MLflow server named by URL must answer, else the run would be paid
+    for and then wait minutes in MLflow's retries. Any HTTP answer counts; only no answer fails."""
+    if not (t.mlflow and t.mlflow_uri and t.mlflow_uri.lower().startswith(("http://", "https://"))):
+        return
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+    from .credentials import redact_url
+    parts = urlsplit(t.mlflow_uri)
+    health = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        urllib.request.urlopen(health, timeout=10).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"tracking.mlflow_uri {redact_url(t.mlflow_uri)} does not answer ({reason}); start the "
+                          "MLflow server, fix the URI, or set tracking.mlflow: false. Nothing was run.") from None
 
 
 def track_after_run(ctx) -> dict:

@@ -318,6 +318,8 @@ def run_active(cfg: ActiveConfig, *, force: bool = False) -> dict:
     from ..pipeline import get_teacher, prepare
     if not isinstance(cfg, ActiveConfig):
         raise ConfigError("run_active needs an ActiveConfig (parse_active_config / load_active_config).")
+    from ..tracking import check_tracker
+    check_tracker(cfg.tracking)  # a tracking server that is down is found before anything is paid
     ctx = prepare(cfg, force=force)
     _check_schedule(cfg.schedule(), len(ctx.splits.pool))  # before a teacher is trained or paid
     teacher = get_teacher(ctx)
