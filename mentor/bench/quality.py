@@ -185,11 +185,12 @@ def _append_row(path: Path | None, row: dict) -> None:
 
 def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None = None,
             datasets: list[str] | None = None, json_out: Path | None = None, work_dir: Path = Path("bench-out"),
-            log: Callable = print, configs: dict[str, dict] | None = None) -> list[dict]:
+            log: Callable = print, configs: dict[str, dict] | None = None, first_seed: int = 0) -> list[dict]:
     """Run the protocol for every (dataset, seed) and every method; returns the rows.
 
     `configs` replaces the suite's templates (name -> partial RunConfig dict), for studies
-    beyond the built-in suites."""
+    beyond the built-in suites. Seeds are first_seed .. first_seed + seeds − 1 (processes
+    running different seeds side by side give the same rows as one process)."""
     from ..methods import METHODS
     from ..pipeline import get_teacher, label, prepare, student_probs, student_test_probs, teacher_outputs, train
     from ..evaluate import accuracy
@@ -206,7 +207,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     rows = []
     for name in names:
         template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
             t0 = time.perf_counter()
             ctx = prepare(cfg, force=True)  # benchmark folders are scratch
