@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 "
                     "(one process per seed side by side; concatenate their --json files)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--min-steps", type=int, default=None, help="train.min_steps (default: the suite's, 2000)")
     ap.add_argument("--labeled", type=int, default=500)
     ap.add_argument("--head", choices=["logistic", "mlp"], default="logistic")
@@ -80,7 +81,7 @@ def main() -> None:
     store = args.work_dir / f"store-seed-{args.first_seed}" if args.seeds == 1 else None
     chosen = {k: v for k, v in configs(args.labeled, args.work_dir, args.head, args.min_steps, store).items()
               if k.rsplit("/", 1)[1].split("-")[0] in wanted}
-    rows = quality("standard", seeds=args.seeds, methods=METHODS, json_out=args.json, work_dir=args.work_dir,
+    rows = quality("standard", seeds=args.seeds, methods=args.methods.split(","), json_out=args.json, work_dir=args.work_dir,
                    configs=chosen, first_seed=args.first_seed)
     print(table(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "texts_encoded_by_student_and_teacher": ENCODED,
