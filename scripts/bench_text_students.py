@@ -25,11 +25,14 @@ from mentor.students.embedding import ENCODED
 METHODS = ["teacher", "labeled-only", "vanilla-soft", "vanilla-hard", "auto"]
 
 
-def configs(labeled: int, work_dir: Path, head: str) -> dict[str, dict]:
-    base = suite_configs("standard")[f"fortunes/A{labeled}"] if labeled in (500, 1500) else None
-    if base is None:
-        base = {**suite_configs("standard")["fortunes/A500"]}
-        base["split"] = {**base["split"], "n_labeled": labeled}
+def configs(labeled: int, work_dir: Path, head: str, min_steps: int | None = None,
+            store: Path | None = None) -> dict[str, dict]:
+    base = {**suite_configs("standard")["fortunes/A500"]}
+    base["split"] = {**base["split"], "n_labeled": labeled}
+    if min_steps is not None:
+        base["train"] = {**base["train"], "min_steps": min_steps}
+    if store is not None:  # one seed: both students read the teacher outputs stored once
+        base["store"] = {"path": str(store.resolve())}
     embedding = {"kind": "embedding", "head": head, "embedding_cache": str((work_dir / "embedding-cache").resolve())}
     if head == "mlp":
         embedding["hidden"] = [256]
@@ -58,6 +61,10 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. first-seed + seeds - 1 "
+                    "(one process per seed side by side; concatenate their --json files)")
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument("--min-steps", type=int, default=None, help="train.min_steps (default: the suite's, 2000)")
     ap.add_argument("--labeled", type=int, default=500)
     ap.add_argument("--head", choices=["logistic", "mlp"], default="logistic")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/students-text.jsonl"))
@@ -71,10 +78,11 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     wanted = args.students.split(",")
-    chosen = {k: v for k, v in configs(args.labeled, args.work_dir, args.head).items()
+    store = args.work_dir / f"store-seed-{args.first_seed}" if args.seeds == 1 else None
+    chosen = {k: v for k, v in configs(args.labeled, args.work_dir, args.head, args.min_steps, store).items()
               if k.rsplit("/", 1)[1].split("-")[0] in wanted}
-    rows = quality("standard", seeds=args.seeds, methods=METHODS, json_out=args.json, work_dir=args.work_dir,
-                   configs=chosen)
+    rows = quality("standard", seeds=args.seeds, methods=args.methods.split(","), json_out=args.json, work_dir=args.work_dir,
+                   configs=chosen, first_seed=args.first_seed)
     print(table(rows))
     print(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "texts_encoded_by_student_and_teacher": ENCODED,
                       "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}"}))

@@ -177,14 +177,16 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
     return report(rows, baseline or "vanilla-soft")
 
 
-def each_run(configs: dict[str, dict], names: list[str], seeds: int, work_dir: Path, json_out: Path | None):
-    """(name, seed, template with generated data filled in) for every entry and seed, after
-    emptying the rows file (a benchmark writes its rows afresh)."""
-    if json_out is not None and Path(json_out).exists():
+def each_run(configs: dict[str, dict], names: list[str], seeds: int, work_dir: Path, json_out: Path | None,
+             first_seed: int = 0):
+    """(name, seed, template with generated data filled in) for every entry and seed first_seed ..
+    first_seed + seeds − 1, after emptying the rows file (a benchmark writes its rows afresh; the
+    same rows file is appended to, not emptied, when first_seed > 0: seeds run as separate processes)."""
+    if json_out is not None and Path(json_out).exists() and first_seed == 0:
         Path(json_out).unlink()
     for name in names:
         template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             yield name, seed, template
 
 
@@ -199,11 +201,12 @@ def _append_row(path: Path | None, row: dict) -> None:
 
 def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None = None,
             datasets: list[str] | None = None, json_out: Path | None = None, work_dir: Path = Path("bench-out"),
-            log: Callable = print, configs: dict[str, dict] | None = None) -> list[dict]:
+            log: Callable = print, configs: dict[str, dict] | None = None, first_seed: int = 0) -> list[dict]:
     """Run the protocol for every (dataset, seed) and every method; returns the rows.
 
     `configs` replaces the suite's templates (name -> partial RunConfig dict), for studies
-    beyond the built-in suites."""
+    beyond the built-in suites. Seeds are first_seed .. first_seed + seeds − 1 (processes
+    running different seeds side by side give the same rows as one process)."""
     from ..methods import METHODS
     from ..pipeline import get_teacher, label, prepare, student_probs, student_test_probs, teacher_outputs, train
     from ..evaluate import accuracy
@@ -216,7 +219,7 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
         raise ConfigError(f"unknown methods {bad}; available: teacher, labeled-only, {', '.join(sorted(METHODS))}, "
                           "and method@λ (e.g. vanilla-soft@0.5: that method with train.distill_weight = λ).")
     rows = []
-    for name, seed, template in each_run(configs, names, seeds, work_dir, json_out):
+    for name, seed, template in each_run(configs, names, seeds, work_dir, json_out, first_seed):
         cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
         t0 = time.perf_counter()
         ctx = prepare(cfg, force=True)  # benchmark folders are scratch
