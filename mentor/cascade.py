@@ -466,7 +466,20 @@ def cascade_run(run_dir, *, target: float | None = None, of_teacher: float | Non
     tmp = ctx.out / f"cascade{suffix}.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(ctx.out / f"cascade{suffix}.json")
+    _refresh_report(ctx.out)
     return record
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """The run's report.md/html with the cascade table in it; a failure is a warning (cascade.json is written)."""
+    import warnings
+
+    from .report import write_report
+    try:
+        write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 - the report is a view; the cascade's own files are what matters
+        warnings.warn(f"the report in {run_dir} was not updated ({type(e).__name__}: {e}); run `mentor report "
+                      f"{run_dir}`.", stacklevel=2)
 
 
 def _student_info(ctx, name: str) -> dict:

@@ -220,6 +220,8 @@ def test_cli_end_to_end(tiny_run):
     assert t["teacher_calls"] + t["teacher_calls_saved"] == 400
     assert t["price_per_call"] == pytest.approx(0.002) and t["cost_saved"] == pytest.approx(0.002 * t["teacher_calls_saved"])
     assert rec["val"]["lower_bound"] >= 0.85 and "coverage" in res.stdout
+    # the run's report is refreshed with the cascade table (it was only after `mentor report`)
+    assert "Cascade: the student answers" in (tiny_run / "report.md").read_text()
 
 
 def test_python_api_targets_on_a_run(tiny_run):
