@@ -212,7 +212,7 @@ def choose_threshold(confidence_val, correct_val, target: float, *, delta: float
                 first_fail = i if first_fail is None else first_fail
                 break
             passed[i] = True
-    lb = np.asarray(lower_bound(k, n, delta, bound), dtype=np.float64).reshape(-1)  # one test alone, descriptive
+    lb = lb_seq if m == 1 else np.asarray(lower_bound(k, n, delta, bound), dtype=np.float64).reshape(-1)  # alone
     best = int(np.argmax(np.where(n > 0, lb, -1.0)))  # ties: the first, i.e. the most confident
     common = dict(target=float(target), delta=float(delta), bound=bound, n_val=int(n_val), n_tested=tested,
                   n_sequences=m, min_examples=int(need),

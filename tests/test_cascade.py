@@ -117,7 +117,7 @@ def test_the_bound_holds_in_simulation():
     the whole population at threshold t is known in closed form, so each draw of V is checked
     against the truth. The guarantee needs no calibration, so it must hold for both."""
     rng = np.random.default_rng(0)
-    target, delta, draws, n_val = 0.9, 0.1, 200, 400
+    target, delta, draws, n_val = 0.9, 0.1, 150, 400
 
     def moment(b, j):  # E[B^j | B >= b] for B ~ Beta(5, 1)
         return 5 / (5 + j) * (1 - b ** (5 + j)) / (1 - b ** 5)
