@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mentor import lm
+from mentor.lm import distill as lm
 from mentor.errors import ConfigError
 from mentor.teachers.llm.local import (PairTokens, common_prefix, length_batches, load_local_lm, resolve_device,
                                        split_point)
