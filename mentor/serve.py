@@ -273,17 +273,7 @@ class FolderPredictor:
         self.folder, self.runtime = Path(folder), runtime
         self.meta = export.read_record(self.folder)
         self.featurizer = export.load_featurizer(self.folder)
-        if runtime == "onnx":
-            onnx = self.meta.get("onnx") or {}
-            if not onnx.get("exported") or not (self.folder / export.ONNX_FILE).is_file():
-                raise ConfigError(f"{self.folder} has no checked model.onnx ({onnx.get('why') or 'not exported'}); "
-                                  f"serve it with --runtime torch, or {export.EXPORT_HINT}.")
-            session = export.onnx_session(self.folder / export.ONNX_FILE)
-            self._probs = lambda x: export.onnx_probs(session, x)
-        else:
-            kind = self.meta["student"]["kind"]
-            model = export.format_for(kind).load(self.folder, self.meta["student"].get("args", {}))
-            self._probs = lambda x: export.torch_probs(model, x)
+        self._probs = export.folder_probs(self.folder, self.meta, runtime)
 
     def predict_proba(self, inputs) -> np.ndarray:
         return self._probs(self.featurizer.transform(inputs))

@@ -47,13 +47,6 @@ def load_test(url: str, bodies: list[dict], *, concurrency: int = 8, n_requests:
             "statuses": {str(k): v for k, v in sorted(statuses.items())}}
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], port: int, timeout_s: float = 180.0):
     """`mentor serve ...` as a subprocess on 127.0.0.1:port, once it answers /health."""
     import subprocess
@@ -87,6 +80,7 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
     import httpx
 
     from ..pipeline import open_run
+    from ..teachers.llm.llamacpp import free_port
     run = Path(run_dir)
     ctx = open_run(run)
     rows = ctx.splits.test[:n_inputs]
@@ -97,7 +91,7 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
             ("cascade (torch + teacher)", [str(run / "model"), "--cascade", str(run)])]
     out = []
     for name, args in arms:
-        port = _free_port()
+        port = free_port()
         proc = _start(args, port)
         try:
             res = load_test(f"http://127.0.0.1:{port}/predict", bodies, concurrency=concurrency, n_requests=n_requests)

@@ -554,6 +554,22 @@ def new_data_batches(spec: dict, data_path, batch_rows: int):
         yield ids, inputs
 
 
+def folder_probs(folder: Path, meta: dict, runtime: str = "torch", batch_size: int = 1024
+                 ) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities on featurised rows from a model folder: its torch module (rebuilt by the
+    kind's format) or its checked model.onnx through onnxruntime."""
+    if runtime == "onnx":
+        onnx = meta.get("onnx") or {}
+        if not onnx.get("exported") or not (folder / ONNX_FILE).is_file():
+            why = onnx.get("why") or f"{folder / ONNX_FILE} is missing"
+            raise DataError(f"{folder} has no checked model.onnx ({why}); use --runtime torch, or {EXPORT_HINT}.")
+        session = onnx_session(folder / ONNX_FILE)
+        return lambda x: onnx_probs(session, x, batch_size)
+    fmt = format_for(meta["student"]["kind"])
+    model = fmt.load(folder, meta["student"].get("args", {}))
+    return (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, batch_size))
+
+
 def predict_file(model_dir, data_path, out_path, *, runtime: str = "torch", batch_size: int = 1024) -> dict:
     """Predict every row of a new file with a model folder; write Parquet with `id`, `label` (class
     name when the folder has them, else the index) and one `prob_<class>` column per class."""
@@ -567,17 +583,7 @@ def predict_file(model_dir, data_path, out_path, *, runtime: str = "torch", batc
     folder = Path(model_dir)
     meta = read_record(folder)
     feat = load_featurizer(folder)
-    if runtime == "onnx":
-        onnx = meta.get("onnx") or {}
-        if not onnx.get("exported") or not (folder / ONNX_FILE).is_file():
-            why = onnx.get("why") or f"{folder / ONNX_FILE} is missing"
-            raise DataError(f"{folder} has no checked model.onnx ({why}); use --runtime torch, or {EXPORT_HINT}.")
-        session = onnx_session(folder / ONNX_FILE)
-        probs_of = lambda x: onnx_probs(session, x, batch_size)  # noqa: E731
-    else:
-        fmt = format_for(meta["student"]["kind"])
-        model = fmt.load(folder, meta["student"].get("args", {}))
-        probs_of = (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, batch_size))
+    probs_of = folder_probs(folder, meta, runtime, batch_size)
     n_classes = int(meta["n_classes"])
     names = meta.get("class_names")
     names = [str(c) for c in names] if names else None
