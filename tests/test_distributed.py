@@ -71,6 +71,27 @@ def test_a_failing_ray_call_keeps_the_others_and_a_rerun_asks_only_the_rest(ray_
     np.testing.assert_allclose(store.read(ids), model.predict_proba(x), rtol=1e-6, atol=1e-7)
 
 
+def test_ray_pool_sends_a_call_only_when_a_worker_is_free_and_bills_it_then(cluster, digits, model, tmp_path):
+    """A call waiting behind another on a Ray worker is not on the bill yet (it was, at submit):
+    a run killed then would have been billed for calls never sent."""
+    x = digits.features[:50]
+    priced = SklearnTeacher(model.estimator, 10, cost_per_example=0.5)
+    with RayTeacherPool(priced, 1, cpus_per_worker=0.5, in_flight_per_worker=3) as pool:
+        futures, seen = [], []
+        for i in range(3):
+            futures.append(pool.submit(x[i * 10:(i + 1) * 10], digits.ids[i * 10:(i + 1) * 10],
+                                       before=lambda: seen.append(sum(f.done() for f in futures))))
+        for f in futures:
+            f.result(timeout=60)
+        assert seen == [0, 1, 2]  # each call started (and was billed) after the one before it returned
+        store = TeacherStore(tmp_path / "s", fingerprint=priced.fingerprint, n_classes=10)
+        store.label(priced, _batches(digits.ids[:300], digits.features[:300], 50), pool=pool)
+    events = [json.loads(line) for line in (tmp_path / "s" / "_ledger.jsonl").read_text().splitlines()]
+    kinds = [e["e"] for e in events if e["e"] in ("lease", "send")]
+    assert kinds.count("lease") == 6 and kinds.count("send") == 6  # leased when queued, billed when sent
+    assert store.spent == pytest.approx(150.0)
+
+
 def test_ray_pool_refuses_more_than_the_cluster_has_and_other_teachers(ray_pool, digits, model, tmp_path):
     with pytest.raises(ConfigError, match="CPU needed 8, cluster has 2"):
         RayTeacherPool(model, 8)  # counts the cluster, not what is free: an idle cluster could not host it either

@@ -19,7 +19,9 @@ probabilities, extras, real cost), or bare probabilities for a teacher that only
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import functools
 import re
 import threading
 from typing import Any
@@ -82,10 +84,11 @@ class ThreadTeacherPool(_Pool):
 
 class RayTeacherPool(_Pool):
     """`workers` Ray actors, each holding a copy of `teacher`, placed wherever the cluster has
-    `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs) free. A call goes to the actor with the
-    fewest calls queued. Starts Ray on this machine unless Ray is running or `address` is given."""
+    `cpus_per_worker` CPUs (and `gpus_per_worker` GPUs) free. Calls wait here until a worker is
+    idle, then go to it. Starts Ray on this machine unless Ray is running or `address` is given."""
 
     engine = "ray"
+    runs_before_hook = True  # submit(..., before=f) runs f here as the call goes to an idle worker
 
     def __init__(self, teacher, workers: int = 2, *, address: str | None = None, cpus_per_worker: float = 1.0,
                  gpus_per_worker: float = 0.0, in_flight_per_worker: int = 2, runtime_env: dict | None = None,
@@ -115,7 +118,8 @@ class RayTeacherPool(_Pool):
         actor = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_TeacherActor)
         shared = ray.put(teacher)  # sent once to the object store, not once per actor
         self._actors = [actor.remote(shared) for _ in range(self.workers)]
-        self._queued, self._lock = [0] * self.workers, threading.Lock()  # callbacks run on Ray's thread
+        self._busy, self._lock = [False] * self.workers, threading.Lock()  # callbacks run on Ray's thread
+        self._waiting: collections.deque = collections.deque()
         try:  # also waits for the actors to start
             self.where = ray.get([a.where.remote() for a in self._actors], timeout=start_timeout_s)
         except ray.exceptions.GetTimeoutError:
@@ -128,33 +132,61 @@ class RayTeacherPool(_Pool):
             raise ConfigError(f"the Ray workers could not start ({type(e).__name__}: {detail}); is mentor "
                               "installed on every node (or passed in runtime_env)?") from None
 
-    def submit(self, inputs, ids) -> concurrent.futures.Future:
-        with self._lock:
-            k = min(range(self.workers), key=self._queued.__getitem__)
-            self._queued[k] += 1
+    def submit(self, inputs, ids, before=None) -> concurrent.futures.Future:
+        """Queue one call. It goes to a Ray worker only when one is idle (an actor runs one call at a
+        time, so a call sent earlier would only wait there), and `before()` runs right then on this
+        machine: the store bills a call when it starts, not while it waits behind another."""
         out: concurrent.futures.Future = concurrent.futures.Future()
-        ref = self._actors[k].answer.remote(inputs, ids)
-
-        def done(f, k=k):
-            with self._lock:
-                self._queued[k] -= 1
-            try:
-                out.set_result(f.result())
-            except Exception as e:  # Ray wraps the worker's error; name the worker and the cause
-                cause = getattr(e, "cause", None) or e
-                out.set_exception(TeacherWorkerError(
-                    f"teacher call on Ray worker {k} ({self.where[k]['node']}, pid {self.where[k]['pid']}) "
-                    f"failed: {type(cause).__name__}: {cause}. Calls that returned are stored; "
-                    "rerun to label the rest."))
-
-        ref.future().add_done_callback(done)
+        with self._lock:
+            self._waiting.append((out, inputs, ids, before))
+        self._dispatch()
         return out
+
+    def _dispatch(self) -> None:
+        """Start waiting calls on idle workers (called on submit and whenever a call ends)."""
+        while True:
+            with self._lock:
+                idle = [k for k in range(self.workers) if not self._busy[k]]
+                if not idle or not self._waiting:
+                    return
+                k = idle[0]
+                out, inputs, ids, before = self._waiting.popleft()
+                self._busy[k] = True
+            try:
+                if before is not None:
+                    before()
+                ref = self._actors[k].answer.remote(inputs, ids)
+            except BaseException as e:  # nothing went out: free the worker, fail this call only
+                with self._lock:
+                    self._busy[k] = False
+                out.set_exception(e)
+                continue
+            ref.future().add_done_callback(functools.partial(self._finished, k, out))
+
+    def _finished(self, k: int, out: concurrent.futures.Future, f) -> None:
+        """Ray's callback: hand the answer (or the worker's error) over, then start the next call."""
+        with self._lock:
+            self._busy[k] = False
+        try:
+            out.set_result(f.result())
+        except Exception as e:  # Ray wraps the worker's error; name the worker and the cause
+            cause = getattr(e, "cause", None) or e
+            out.set_exception(TeacherWorkerError(
+                f"teacher call on Ray worker {k} ({self.where[k]['node']}, pid {self.where[k]['pid']}) "
+                f"failed: {type(cause).__name__}: {cause}. Calls that returned are stored; "
+                "rerun to label the rest."))
+        self._dispatch()
 
     def describe(self) -> dict:
         return {"engine": self.engine, "workers": self.workers,
                 "nodes": sorted({w["node"] for w in self.where})}
 
     def close(self) -> None:
+        with self._lock:  # calls still waiting were never sent (nor billed): say so instead of hanging
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for out, *_ in waiting:
+            out.set_exception(TeacherWorkerError("the Ray pool was closed before this call was sent; "
+                                                 "nothing was paid for it. Rerun to label the rest."))
         for a in self._actors:
             self._ray.kill(a)
         self._actors = []
