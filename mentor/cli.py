@@ -276,19 +276,28 @@ def serve_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<outpu
               runtime: str = typer.Option("torch", help="torch or onnx (model.onnx via onnxruntime)."),
               host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
               port: int = typer.Option(8000, help="Port to listen on."),
-              max_batch: int = typer.Option(1024, "--max-batch", help="Most inputs one request may carry.")):
+              max_batch: int = typer.Option(1024, "--max-batch", help="Most inputs one request may carry."),
+              answers_store: Optional[Path] = typer.Option(None, "--answers-store", help="With --cascade: the store "
+                                                           "keeping every answer the teacher is paid for (default "
+                                                           "RUN_DIR/served-answers); a repeated input is answered "
+                                                           "from it, not paid again."),
+              keep_inputs: bool = typer.Option(True, "--keep-inputs/--no-keep-inputs", help="With --cascade: keep "
+                                               "each input sent to the teacher beside its answer (for retraining), "
+                                               "or only a hash of it.")):
     """Serve a student over HTTP (POST /predict, OpenAI-style /v1/chat/completions for text), optionally
     as a cascade that asks the teacher when the student is unsure."""
     from .serve import Cascade, cascade_from_run, create_app, load_served_model
-    if threshold is not None and cascade is None:
-        raise ConfigError("--threshold is the cascade's; add --cascade RUN_DIR (the run whose teacher answers the rest).")
+    if (threshold is not None or answers_store is not None) and cascade is None:
+        raise ConfigError("--threshold and --answers-store are the cascade's; add --cascade RUN_DIR (the run whose "
+                          "teacher answers the rest).")
     if max_batch < 1 or not 0 < port < 65536:
         raise ConfigError(f"--max-batch must be >= 1 and --port in 1..65535; got {max_batch} and {port}.")
     model = load_served_model(model_dir, runtime)
-    c = (cascade_from_run(model, cascade, threshold=threshold, on_teacher_error=on_teacher_error) if cascade
+    c = (cascade_from_run(model, cascade, threshold=threshold, on_teacher_error=on_teacher_error,
+                          answers_store=answers_store, keep_inputs=keep_inputs) if cascade
          else Cascade(model, on_teacher_error=on_teacher_error))
-    what = (f"cascade: the student answers at confidence >= {c.threshold:.4f}, else the teacher"
-            if c.teacher is not None else "the student alone")
+    what = (f"cascade: the student answers at confidence >= {c.threshold:.4f}, else the teacher (its answers "
+            f"kept in {c.answers.path})" if c.teacher is not None else "the student alone")
     print(f"serving {model_dir} ({model.input_kind}, {runtime}) on http://{host}:{port} — {what}", flush=True)
     import uvicorn
     uvicorn.run(create_app(c, max_batch=max_batch), host=host, port=port, log_level="warning")

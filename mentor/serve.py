@@ -16,12 +16,21 @@ answers); every other example in the request goes to the teacher in one call. Wh
 fails (unreachable, an error), `on_teacher_error` decides: "student" answers with the student and
 says so in `answered_by` ("student-fallback-failed") and `fallback_error`; "fail" answers 503.
 
+Every teacher answer the cascade pays for is kept in a teacher-output store (`answers`, a
+`TeacherStore`; `mentor serve --cascade RUN` keeps them in RUN/served-answers): the call goes on the
+store's ledger before it is sent, the answer is stored under an id made from the input's content
+(`served_id`), and the same input sent again is answered from the store, not paid again. With
+`keep_inputs` the input itself is kept beside the answer (`served_input`), so served traffic can
+become the next student's pool.
+
 A bad request (malformed JSON, ids and inputs of different lengths, feature rows of the wrong
 width, text sent to a tabular model) gets a 4xx JSON error naming the problem; the service never
 crashes on one.
 """
 
 
+import hashlib
+import json
 import threading
 import time
 import uuid
@@ -87,12 +96,48 @@ def parse_inputs(inputs: list, model: ServedModel) -> np.ndarray:
     return x
 
 
+def served_id(x) -> str:
+    """The store id of one served input: a hash of its content (text as UTF-8, a feature row as
+    float32 bytes), so the same input asked again finds its paid answer, whatever id the client sent."""
+    if isinstance(x, str):
+        data = b"text\0" + x.encode("utf-8", "surrogatepass")
+    else:
+        data = b"row\0" + np.ascontiguousarray(x, dtype=np.float32).tobytes()
+    return "served-" + hashlib.sha256(data).hexdigest()[:32]
+
+
+class _KeepingTeacher:
+    """The cascade's teacher as the store calls it: the same fingerprint and price, with the served
+    input (when kept) and the time added to what the store keeps of each answer."""
+
+    def __init__(self, teacher, keep_inputs: bool):
+        self.teacher, self.keep_inputs = teacher, keep_inputs
+        self.fingerprint = teacher.fingerprint
+        self.n_classes = getattr(teacher, "n_classes", None)
+        self.cost_per_example = float(getattr(teacher, "cost_per_example", 0.0) or 0.0)
+
+    def answer(self, inputs, ids=None):
+        from .teachers.base import TeacherAnswer
+        from .teachers.pools import ask
+        got = ask(self.teacher, inputs, ids)
+        probs, extras, cost = ((got.probs, dict(got.extras or {}), got.cost) if hasattr(got, "probs")
+                               else (got, {}, None))
+        extras["served_at"] = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())] * len(inputs)
+        if self.keep_inputs:
+            extras["served_input"] = [x if isinstance(x, str) else json.dumps(np.asarray(x).tolist())
+                                      for x in inputs]
+        return TeacherAnswer(np.asarray(probs), extras, cost)
+
+
 class Cascade:
     """The student, and the teacher for the examples it is unsure of. Thread-safe: the teacher is
-    called under a lock (mentor teachers need not be thread-safe); the student runs concurrently."""
+    called under a lock (mentor teachers need not be thread-safe); the student runs concurrently.
+
+    `answers`: a TeacherStore (for this teacher) where every paid answer is kept and looked up
+    first; None asks the teacher every time and keeps nothing (tests, a free teacher)."""
 
     def __init__(self, model: ServedModel, teacher=None, threshold: float | None = None,
-                 on_teacher_error: str = "student"):
+                 on_teacher_error: str = "student", answers=None, keep_inputs: bool = True):
         if on_teacher_error not in ("student", "fail"):
             raise ConfigError(f"on_teacher_error must be 'student' or 'fail', got {on_teacher_error!r}.")
         if teacher is not None and threshold is None:
@@ -100,11 +145,37 @@ class Cascade:
                               "cascade.json) or pass --threshold.")
         if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
             raise ConfigError(f"threshold must be a probability in [0, 1], got {threshold}.")
+        if answers is not None and (teacher is None or answers.fingerprint != teacher.fingerprint):
+            raise ConfigError(f"the answers store {answers.path} keeps the outputs of teacher {answers.fingerprint!r}, "
+                              f"not of {getattr(teacher, 'fingerprint', None)!r}; give a store of this teacher's.")
         self.model, self.teacher, self.on_teacher_error = model, teacher, on_teacher_error
         self.threshold = None if teacher is None else float(threshold)
+        self.answers = answers
+        self._asker = None if teacher is None else _KeepingTeacher(teacher, keep_inputs)
         self._teacher_lock = threading.Lock()
         self._count_lock = threading.Lock()
-        self.counts = {"requests": 0, "examples": 0, "student": 0, "teacher": 0, "fallback_failed": 0}
+        self.counts = {"requests": 0, "examples": 0, "student": 0, "teacher": 0, "fallback_failed": 0,
+                       "teacher_paid": 0, "teacher_from_store": 0}
+
+    def _ask_teacher(self, ids: list[str], x: np.ndarray) -> np.ndarray:
+        """The teacher's probabilities for `x`: through the store (paid once per distinct input, on
+        its ledger) when there is one, else a plain call."""
+        if self.answers is None:
+            with self._teacher_lock:
+                t = self.teacher.predict_proba(x, np.asarray(ids, dtype=str))
+            self._count(teacher_paid=len(x))
+            return np.asarray(t, dtype=np.float64)
+        keys = np.asarray([served_id(row) for row in x], dtype=str)
+        with self._teacher_lock:
+            rep = self.answers.label(self._asker, [(keys, x)])
+            t = self.answers.read(keys)
+        self._count(teacher_paid=rep.n_new, teacher_from_store=len(x) - rep.n_new)
+        return np.asarray(t, dtype=np.float64)
+
+    def _count(self, **add) -> None:
+        with self._count_lock:
+            for k, v in add.items():
+                self.counts[k] += int(v)
 
     def answer(self, ids: list[str], x: np.ndarray) -> dict:
         probs = np.asarray(self.model.predictor.predict_proba(x), dtype=np.float64)
@@ -115,10 +186,7 @@ class Cascade:
             if ask.any():
                 idx = np.flatnonzero(ask)
                 try:
-                    with self._teacher_lock:
-                        t = np.asarray(self.teacher.predict_proba(x[idx], np.asarray(ids, dtype=str)[idx]),
-                                       dtype=np.float64)
-                    probs[idx] = t
+                    probs[idx] = self._ask_teacher([ids[i] for i in idx], x[idx])
                     by[idx] = "teacher"
                 except Exception as e:  # noqa: BLE001 - any teacher failure is handled per on_teacher_error
                     if self.on_teacher_error == "fail":
@@ -189,7 +257,9 @@ def create_app(cascade: Cascade, *, max_batch: int = 1024):
         return {"status": "ok", "model": model.name, "classes": model.classes, "input_kind": model.input_kind,
                 "n_features": model.n_features, "cascade": t is not None, "threshold": cascade.threshold,
                 "teacher": None if t is None else getattr(t, "fingerprint", type(t).__name__),
-                "on_teacher_error": cascade.on_teacher_error, "counts": dict(cascade.counts), **model.info}
+                "on_teacher_error": cascade.on_teacher_error, "counts": dict(cascade.counts),
+                "answers_store": None if cascade.answers is None else str(cascade.answers.path),
+                "teacher_spent": None if cascade.answers is None else cascade.answers.spent, **model.info}
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -294,11 +364,12 @@ def load_served_model(folder, runtime: str = "torch") -> ServedModel:
 
 
 def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = None,
-                     on_teacher_error: str = "student") -> Cascade:
+                     on_teacher_error: str = "student", answers_store=None, keep_inputs: bool = True) -> Cascade:
     """The cascade for a served student: the teacher of the run in `run_dir` (built from its
     config.yaml, as `mentor run` built it) and the threshold `mentor cascade` chose there, unless
     `threshold` is given. A teacher for another task (other classes) is refused; a different
-    teacher than the one the student learnt from is allowed with a warning."""
+    teacher than the one the student learnt from is allowed with a warning. The teacher's answers
+    are kept in the store at `answers_store` (default `run_dir/served-answers`)."""
     import json
     import warnings
     from pathlib import Path
@@ -330,7 +401,25 @@ def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = N
     if want and fp and fp != want:
         warnings.warn(f"the teacher of {run} ({fp}) is not the one the student learnt from ({want}); the cascade "
                       "falls back to it anyway.", stacklevel=2)
-    return Cascade(model, teacher, threshold, on_teacher_error=on_teacher_error)
+    return Cascade(model, teacher, threshold, on_teacher_error=on_teacher_error,
+                   answers=open_answers_store(answers_store or run / "served-answers", teacher, ctx.n_classes),
+                   keep_inputs=keep_inputs)
+
+
+def open_answers_store(path, teacher, n_classes: int):
+    """The store that keeps a cascade's paid teacher answers: opened if it exists (it must hold
+    this teacher's), created otherwise."""
+    from .store import TeacherStore
+    fp = getattr(teacher, "fingerprint", None)
+    if not isinstance(fp, str) or not fp:
+        raise ConfigError("the cascade's teacher has no fingerprint, so its answers cannot be kept; give it one.")
+    if TeacherStore.exists(path):
+        store = TeacherStore.open(path)
+        if store.fingerprint != fp:
+            raise ConfigError(f"{path} keeps the answers of teacher {store.fingerprint!r}, not of this run's teacher "
+                              f"{fp!r}; pass --answers-store with another folder (or delete that one).")
+        return store
+    return TeacherStore(path, fingerprint=fp, n_classes=int(n_classes))
 
 
 def serve(cascade: Cascade, host: str = "127.0.0.1", port: int = 8000, *, log_level: str = "warning") -> None:

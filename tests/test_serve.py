@@ -6,6 +6,7 @@ own teacher server, clients through httpx, mentor's RemoteTeacher and the offici
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -120,6 +121,71 @@ def test_cascade_sends_unsure_examples_to_a_real_teacher_server(digits):
     finally:
         tserver.shutdown()
         tserver.server_close()
+
+
+class _Counting:
+    """A teacher behind the teacher server that counts the examples it is asked about (what a paid
+    API would bill)."""
+
+    def __init__(self, teacher):
+        self.teacher, self.n_classes, self.fingerprint = teacher, teacher.n_classes, teacher.fingerprint
+        self.cost_per_example, self.kind, self.asked = 0.0, "counting", 0
+
+    def predict_proba(self, inputs, ids=None):
+        self.asked += len(inputs)
+        return self.teacher.predict_proba(inputs, ids)
+
+    def answer(self, inputs, ids=None):
+        from mentor.teachers.base import TeacherAnswer
+        return TeacherAnswer(self.predict_proba(inputs, ids))
+
+
+def test_cascade_keeps_every_paid_answer_and_never_pays_twice_for_one_input(digits, tmp_path):
+    """Before: each fallback call was paid and thrown away; the same input asked again was paid again."""
+    from mentor.serve import served_id
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    x = data.features[1000:1040].astype(np.float32)
+    threshold = float(np.median(served.predictor.predict_proba(x).max(1)))
+    counting = _Counting(teacher)
+    tserver = serve_teacher(counting, port=0, background=True, quiet=True)
+    try:
+        remote = RemoteTeacher(f"http://127.0.0.1:{tserver.server_address[1]}", 10, max_retries=0,
+                               cost_per_example=0.25)
+        store = TeacherStore(tmp_path / "answers", fingerprint=remote.fingerprint, n_classes=10)
+        cascade = Cascade(served, remote, threshold, answers=store)
+        with uvicorn_server(create_app(cascade)) as url:
+            first = httpx.post(url + "/predict", json={"ids": [f"a{i}" for i in range(40)], "inputs": x.tolist()}).json()
+            unsure = np.array(first["answered_by"]) == "teacher"
+            assert counting.asked == unsure.sum() > 0
+            # the same inputs again, under other ids and twice within the request: answered from the store
+            again = httpx.post(url + "/predict", json={"inputs": x[unsure].tolist() * 2}).json()
+            assert counting.asked == unsure.sum()
+            assert set(again["answered_by"]) == {"teacher"}
+            np.testing.assert_allclose(np.array(again["probs"]), np.array(first["probs"])[unsure].tolist() * 2,
+                                       atol=1e-6)
+            health = httpx.get(url + "/health").json()
+            assert health["counts"]["teacher_paid"] == unsure.sum()
+            assert health["counts"]["teacher_from_store"] == 2 * unsure.sum()
+            assert health["teacher_spent"] == pytest.approx(0.25 * unsure.sum())
+    finally:
+        tserver.shutdown()
+        tserver.server_close()
+    kept = TeacherStore.open(tmp_path / "answers")
+    keys = [served_id(row) for row in x[unsure]]
+    assert len(kept) == unsure.sum() and kept.spent == pytest.approx(0.25 * unsure.sum())
+    np.testing.assert_allclose(kept.read(keys), teacher.predict_proba(x[unsure]), atol=1e-6)
+    inputs = kept.read_extras(keys, columns=["served_input"]).column("served_input").to_pylist()
+    np.testing.assert_allclose(np.array([json.loads(v) for v in inputs]), x[unsure])
+
+
+def test_a_store_of_another_teacher_is_refused(digits, tmp_path):
+    from mentor.errors import ConfigError
+    from mentor.store import TeacherStore
+    _, served, teacher = digits
+    other = TeacherStore(tmp_path / "s", fingerprint="another-teacher", n_classes=10)
+    with pytest.raises(ConfigError, match="another-teacher"):
+        Cascade(served, teacher, 0.9, answers=other)
 
 
 @pytest.mark.parametrize("policy", ["student", "fail"])
@@ -291,6 +357,11 @@ def test_mentor_serve_cascade_end_to_end(digits_run):
         assert set(by) <= {"student", "teacher"} and (by == "teacher").any()
         # every example the student kept is at or above the threshold chosen on V
         assert (conf[by == "student"] >= choice["threshold"] - 1e-9).all()
+        health = httpx.get(url + "/health").json()
+        assert health["answers_store"] == str(digits_run / "served-answers")
+        assert health["counts"]["teacher_paid"] == (by == "teacher").sum()
+    from mentor.store import TeacherStore
+    assert len(TeacherStore.open(digits_run / "served-answers")) == len({tuple(r) for r, b in zip(x, by) if b == "teacher"})
     with cli_server(digits_run / "model", "--runtime", "onnx") as url:  # the student alone, from its ONNX graph
         body = httpx.post(url + "/predict", json={"inputs": x[:20]}).json()
         assert set(body["answered_by"]) == {"student"} and np.allclose(np.sum(body["probs"], 1), 1, atol=1e-5)
@@ -307,6 +378,7 @@ def test_mentor_serve_bad_input_exits_2(digits_run, tmp_path):
     assert "not a mentor model folder" in run(tmp_path)
     assert "run folder, not a model folder" in run(digits_run)
     assert "--cascade RUN_DIR" in run(digits_run / "model", "--threshold", "0.9")
+    assert "--cascade RUN_DIR" in run(digits_run / "model", "--answers-store", tmp_path / "a")
     (tmp_path / "run2").mkdir()
     import shutil
     shutil.copy(digits_run / "config.yaml", tmp_path / "run2" / "config.yaml")
