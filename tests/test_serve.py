@@ -179,6 +179,18 @@ def test_cascade_keeps_every_paid_answer_and_never_pays_twice_for_one_input(digi
     np.testing.assert_allclose(np.array([json.loads(v) for v in inputs]), x[unsure])
 
 
+def test_no_keep_inputs_keeps_the_answer_and_only_a_hash_of_the_input(digits, tmp_path):
+    from mentor.serve import served_id
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    x = data.features[1100:1110].astype(np.float32)
+    store = TeacherStore(tmp_path / "s", fingerprint=teacher.fingerprint, n_classes=10)
+    out = Cascade(served, teacher, 1.0, answers=store, keep_inputs=False).answer([str(i) for i in range(10)], x)
+    assert set(out["answered_by"]) == {"teacher"}
+    assert "served_input" not in store.extra_columns() and "served_at" in store.extra_columns()
+    np.testing.assert_allclose(store.read([served_id(r) for r in x]), teacher.predict_proba(x), atol=1e-6)
+
+
 def test_a_store_of_another_teacher_is_refused(digits, tmp_path):
     from mentor.errors import ConfigError
     from mentor.store import TeacherStore
