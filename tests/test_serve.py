@@ -187,7 +187,7 @@ def test_no_keep_inputs_keeps_the_answer_and_only_a_hash_of_the_input(digits, tm
     store = TeacherStore(tmp_path / "s", fingerprint=teacher.fingerprint, n_classes=10)
     out = Cascade(served, teacher, 1.0, answers=store, keep_inputs=False).answer([str(i) for i in range(10)], x)
     assert set(out["answered_by"]) == {"teacher"}
-    assert "served_input" not in store.extra_columns() and "served_at" in store.extra_columns()
+    assert "served_input" not in store.extra_columns and "served_at" in store.extra_columns
     np.testing.assert_allclose(store.read([served_id(r) for r in x]), teacher.predict_proba(x), atol=1e-6)
 
 
