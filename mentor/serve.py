@@ -397,6 +397,10 @@ def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = N
                               "--threshold to choose one yourself.")
         threshold = float(choice["threshold"])
     teacher = get_teacher(ctx)
+    if getattr(teacher, "kind", "") == "file":
+        raise ConfigError(f"the teacher of {run} is a file of precomputed outputs: it cannot answer new requests, so "
+                          "there is nothing to fall back to. Serve the student alone (drop --cascade), or give a run "
+                          "whose teacher can be called (teacher.kind http, llm, or a model).")
     fp, want = getattr(teacher, "fingerprint", None), model.info.get("teacher_fingerprint")
     if want and fp and fp != want:
         warnings.warn(f"the teacher of {run} ({fp}) is not the one the student learnt from ({want}); the cascade "

@@ -145,6 +145,17 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("predict: weights file is a pickle", None, ["PREDICT", "model-pickle", "data.parquet"]),
         ("predict: model folder of a newer format", None, ["PREDICT", "model-v99", "data.parquet"]),
         ("predict: weights do not match the config", None, ["PREDICT", "model-mismatch", "data.parquet"]),
+        # `mentor cascade RUN_DIR` and `mentor serve MODEL_DIR` on the run `mentor train good.yaml` wrote
+        ("cascade: a target above 1", None, ["CLI", "cascade", "@run", "--target", "1.5"]),
+        ("cascade: a folder that is no run", None, ["CLI", "cascade", "@a-folder", "--target", "0.9"]),
+        ("cascade: an unknown bound", None, ["CLI", "cascade", "@run", "--target", "0.9", "--bound", "hoeffding"]),
+        ("serve: the run folder instead of its model folder", None, ["CLI", "serve", "@run"]),
+        ("serve: --threshold without --cascade", None, ["CLI", "serve", "@run/model", "--threshold", "0.9"]),
+        ("serve: --cascade before `mentor cascade` chose a threshold", None,
+         ["CLI", "serve", "@run/model", "--cascade", "@run-nocascade"]),
+        ("serve: --cascade with a file teacher (it cannot answer new inputs)", None,
+         ["CLI", "serve", "@run/model", "--cascade", "@run", "--threshold", "0.9"]),
+        ("serve: a port out of range", None, ["CLI", "serve", "@run/model", "--port", "70000"]),
     ]
 
 
@@ -164,6 +175,55 @@ def damaged_model_folders(root: Path) -> None:
         else:
             rec["student"]["args"]["in_features"] = 32
         (root / name / "mentor_student.json").write_text(json.dumps(rec))
+
+
+def bad_requests(root: Path) -> list[tuple[str, int, str]]:
+    """Start `mentor serve run/model` and send it what clients get wrong; (request, status, message)."""
+    import socket
+    import time
+
+    import httpx
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "mentor.cli", "serve", str(root / "run" / "model"), "--port",
+                             str(port), "--max-batch", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url, out = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"mentor serve did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        row = [0.5] * 64
+        for what, route, kw in [
+                ("body is not JSON", "/predict", {"content": b"{not json"}),
+                ("no `inputs`", "/predict", {"json": {"ids": ["a"]}}),
+                ("`ids` and `inputs` of different lengths", "/predict", {"json": {"ids": ["a", "b"], "inputs": [row]}}),
+                ("rows of the wrong width", "/predict", {"json": {"inputs": [[0.5] * 60]}}),
+                ("text sent to a model of numeric features", "/predict", {"json": {"inputs": ["hello"]}}),
+                ("a NaN in a row", "/predict", {"content": b'{"inputs": [[NaN' + b", 0.5" * 63 + b"]]}"}),
+                ("more inputs than --max-batch", "/predict", {"json": {"inputs": [row] * 9}}),
+                ("chat route on a model of numeric features", "/v1/chat/completions",
+                 {"json": {"messages": [{"role": "user", "content": "hi"}]}})]:
+            r = httpx.post(url + route, timeout=30, **kw)
+            try:
+                message = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = r.text[:300]
+            print(f"{'ok    ' if 400 <= r.status_code < 500 else 'FAILED'} serve: {what}: {r.status_code} {message[:120]}")
+            out.append((what, r.status_code, message))
+        health = httpx.get(url + "/health", timeout=10)
+        out.append(("`/health` after all of the above", health.status_code, "the service is still up"))
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    return out
 
 
 _DROP = object()
@@ -200,6 +260,7 @@ def main() -> int:
             print(trained.stderr)
             return 1
         damaged_model_folders(root)
+        shutil.copytree(root / "run", root / "run-nocascade", ignore=shutil.ignore_patterns("store"))
         x = pq.read_table(root / "data.parquet").slice(0, 5)
         pq.write_table(pa.table({"id": x.column("id"), "pixels": [r[:60] for r in x.column("pixels").to_pylist()]}),
                        root / "short.parquet")
@@ -211,6 +272,13 @@ def main() -> int:
                 res = subprocess.run([sys.executable, "-m", "mentor.cli", "predict", str(root / extra[1]),
                                       str(root / extra[2]), "--out", str(root / "pred.parquet")],
                                      capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+                rows.append(_row(what, res, tmp))
+                failed += rows[-1][1] != "exit 2"
+                continue
+            if extra[:1] == ["CLI"]:
+                argv = [str(root / a[1:]) if a.startswith("@") else a for a in extra[1:]]
+                res = subprocess.run([sys.executable, "-m", "mentor.cli", *argv], capture_output=True, text=True,
+                                     env={**os.environ, "COLUMNS": "200"}, timeout=600)
                 rows.append(_row(what, res, tmp))
                 failed += rows[-1][1] != "exit 2"
                 continue
@@ -228,12 +296,19 @@ def main() -> int:
                                  capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
             rows.append(_row(what, res, tmp))
             failed += rows[-1][1] != "exit 2"
+        served = bad_requests(root)
     lines = ["# Bad input and what mentor says", "",
              "Written by `python scripts/bad_inputs.py` from the real CLI (`mentor label CONFIG`, or `mentor predict "
              "MODEL_DIR DATA --out PRED.parquet` for the predict cases); every case must "
              "exit with status 2, one plain `error:` message (after any `warning:` lines) and no traceback. Temporary paths are shown as `…`.", "",
              "| what the user did | result | message |", "|---|---|---|"]
     lines += [f"| {w} | {r} | {m.replace('|', '¦')} |" for w, r, m in rows]
+    lines += ["", "## Bad requests to `mentor serve`", "",
+              "Sent with httpx to `mentor serve run/model` (the student alone) on 127.0.0.1 by the same script; each "
+              "must get a 4xx JSON error naming the problem, and the service must still answer `/health` after all "
+              "of them.", "", "| request | status | message |", "|---|---|---|"]
+    lines += [f"| {w} | {c} | {m.replace('|', '¦')} |" for w, c, m in served]
+    failed += sum(not (400 <= c < 500) for _, c, _ in served[:-1]) + (served[-1][1] != 200)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"{len(rows) - failed} of {len(rows)} cases exit 2 cleanly; wrote {args.out}")
