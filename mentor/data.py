@@ -838,12 +838,13 @@ def _read_any(path: Path, id_column: str, label_column: str, split, classes):
         table, names = hf_datasets.read_table(path, label_column=label_column, split=split)
         return table, classes if classes is not None else names
     if split is not None:
-        raise DataError(f"data.options.split is for Hugging Face dataset folders (save_to_disk), and {path} is not "
-                        "one; remove it.")
+        raise DataError(f"data.options.split is for Hugging Face dataset folders (save_to_disk, or data files "
+                        f"that datasets.load_dataset reads), and {path} is not one; remove it.")
     if path.is_dir():
-        raise DataError(f"{path} is a folder but not a Hugging Face dataset saved with save_to_disk (no "
-                        f"{' or '.join(hf_datasets.MARKERS)}); point data.path at a .parquet, .csv or .npz file, or "
-                        "at such a folder.")
+        raise DataError(f"{path} is a folder but not a Hugging Face dataset: no "
+                        f"{' or '.join(hf_datasets.MARKERS)} (save_to_disk) and no data files "
+                        f"({', '.join(hf_datasets.DATA_SUFFIXES)}) for datasets.load_dataset; point data.path at a "
+                        ".parquet, .csv or .npz file, or at such a folder.")
     return _read_table(path, id_column), classes
 
 

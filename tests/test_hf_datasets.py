@@ -69,11 +69,63 @@ def test_batches_cover_every_row_in_order(tmp_path):
 
 def test_folders_that_are_not_datasets_and_misplaced_splits_are_clear_errors(tmp_path):
     (tmp_path / "plain").mkdir()
-    with pytest.raises(DataError, match="not a Hugging Face dataset saved with save_to_disk"):
+    with pytest.raises(DataError, match="not a Hugging Face dataset: no dataset_dict.json"):
         load_file(tmp_path / "plain")
     _text_ds().save_to_disk(tmp_path / "ds")
     with pytest.raises(DataError, match="no splits"):
         load_file(tmp_path / "ds", split="train")
+
+
+README = """---
+dataset_info:
+  features:
+  - name: id
+    dtype: string
+  - name: text
+    dtype: string
+  - name: label
+    dtype:
+      class_label:
+        names:
+          '0': neg
+          '1': pos
+---
+# reviews
+"""
+
+
+def _data_folder(root, readme=True):
+    """A dataset as a Hub repository holds it: Parquet files per split, features in README.md."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    (root / "data").mkdir(parents=True)
+    labels = [1, 0, 1, 0, -1, 0]
+    for split, rows in (("train", range(4)), ("test", range(4, 6))):
+        pq.write_table(pa.table({"id": [f"r{i}" for i in rows], "text": [TEXTS[i] for i in rows],
+                                 "label": [labels[i] for i in rows]}), root / "data" / f"{split}-00000-of-00001.parquet")
+    if readme:
+        (root / "README.md").write_text(README)
+    return root
+
+
+def test_a_local_data_folder_is_streamed_with_its_classlabel_names(tmp_path):
+    """Before: a folder that datasets.load_dataset reads was refused as 'not a dataset'."""
+    folder = _data_folder(tmp_path / "reviews")
+    data = load_file(folder)
+    assert data.class_names == ["neg", "pos"] and not data.class_order_inferred
+    assert list(data.ids) == [f"r{i}" for i in range(6)] and data.labels.tolist() == [1, 0, 1, 0, -1, 0]
+    assert list(load_file(folder, split="test").ids) == ["r4", "r5"]
+    got = list(iter_file_batches(folder, batch_rows=3, split="train"))
+    assert [list(i) for i, _ in got] == [["r0", "r1", "r2"], ["r3"]]
+    plain = load_file(_data_folder(tmp_path / "plain", readme=False), classes=["neg", "pos"])
+    assert plain.labels.tolist() == [1, 0, 1, 0, -1, 0]  # no ClassLabel: integer labels, order stated
+
+
+def test_a_folder_whose_files_disagree_is_a_clear_error(tmp_path):
+    folder = _data_folder(tmp_path / "bad", readme=False)
+    (folder / "data" / "train-00000-of-00001.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="bad.*(cannot read|reading its data files failed)"):
+        load_file(folder)
 
 
 def test_mentor_run_on_a_saved_dataset(tmp_path):
