@@ -40,21 +40,37 @@ JOINED_NOTE = "_joined.json"
 def write_pool(path, ids, features, *, labels=None, row_group_rows: int = 16384) -> Path:
     """Write a pool (built-in data, or arrays) once as Parquet: `id`, `features` (a fixed-size
     list of float32) and optionally `label`, `row_group_rows` rows per row group."""
+    ids = np.asarray(ids).astype(str)
+    chunks = ((ids[s:s + row_group_rows], np.asarray(features[s:s + row_group_rows], dtype=np.float32),
+               None if labels is None else labels[s:s + row_group_rows]) for s in range(0, len(ids), row_group_rows))
+    return write_pool_chunks(path, chunks)
+
+
+def write_pool_chunks(path, chunks) -> Path:
+    """`write_pool` from an iterable of (ids, features[, labels]) chunks, one row group each, so a
+    pool featurized a chunk at a time is never whole in memory. Written to a temporary name first."""
     path = Path(path)
-    ids, x = np.asarray(ids).astype(str), np.asarray(features, dtype=np.float32)
-    if x.ndim != 2 or len(x) != len(ids):
-        raise DataError(f"features must be a 2-d array with one row per id, got {x.shape} for {len(ids)} ids.")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    schema = pa.schema([(ID, pa.string()), (FEATURES, pa.list_(pa.float32(), x.shape[1]))]
-                       + ([("label", pa.int64())] if labels is not None else []))
-    with pq.ParquetWriter(tmp, schema) as w:
-        for s in range(0, len(ids), row_group_rows):
-            cols = [pa.array(ids[s:s + row_group_rows]), _fixed_list(x[s:s + row_group_rows])]
+    writer = None
+    try:
+        for ids, x, *rest in chunks:
+            labels = rest[0] if rest else None
+            x = np.asarray(x, dtype=np.float32)
+            if x.ndim != 2 or len(x) != len(ids):
+                raise DataError(f"features must be a 2-d array with one row per id, got {x.shape} for {len(ids)} ids.")
+            cols = {ID: pa.array(np.asarray(ids).astype(str)), FEATURES: _fixed_list(x)}
             if labels is not None:
-                cols.append(pa.array(np.asarray(labels[s:s + row_group_rows], dtype=np.int64)))
-            w.write_table(pa.Table.from_arrays(cols, schema=schema))
-    os.replace(tmp, path)
+                cols["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+            table = pa.table(cols)
+            writer = writer or pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+        if writer is None:
+            raise DataError(f"no rows to write to {path}: the pool is empty.")
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
