@@ -79,6 +79,13 @@ def _fixed_list(a: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
+def _parquet(path) -> pq.ParquetFile:
+    """A Parquet file to read piece by piece: without pre-buffering, which caches every row group
+    read so far until the reader is done (measured: 159 MB held while iterating a 1M-row pool, 30
+    MB without)."""
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def pool_files(path) -> list[Path]:
     """A Parquet file, or the `*.parquet` files of a folder in name order."""
     p = Path(path)
@@ -176,7 +183,7 @@ def join_pool(pool_path, store, out_dir, *, id_column: str = ID, columns=None, o
     try:
         def pool_tables():
             for f in files:
-                for rb in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=[id_column] + cols):
+                for rb in _parquet(f).iter_batches(batch_size=chunk_rows, columns=[id_column] + cols):
                     ids = np.asarray(rb.column(id_column).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=str)
                     yield _bucket(ids, n_buckets), pa.table({ID: pa.array(ids), FEATURES: _fixed_list(
                         batch_features(rb, cols))})
@@ -316,7 +323,7 @@ class StreamingPool(IterableDataset):
         self.epoch = int(epoch)
 
     def _read(self, unit) -> pa.Table:
-        return pq.ParquetFile(self.files[unit[0]]).read_row_group(unit[1], columns=[ID, FEATURES, PROBS])
+        return _parquet(self.files[unit[0]]).read_row_group(unit[1], columns=[ID, FEATURES, PROBS])
 
     def __iter__(self):
         info = get_worker_info()
@@ -364,7 +371,7 @@ def loader(pool: StreamingPool, *, read_ahead: bool = False) -> DataLoader:
 def iter_teacher_probs(joined_dir, batch_rows: int = 65536) -> Iterator[np.ndarray]:
     """The teacher's probabilities on the joined pool, in chunks (for pool-wide statistics)."""
     for f in pool_files(joined_dir):
-        for rb in pq.ParquetFile(f).iter_batches(batch_size=batch_rows, columns=[PROBS]):
+        for rb in _parquet(f).iter_batches(batch_size=batch_rows, columns=[PROBS]):
             yield batch_features(rb, [PROBS])
 
 
