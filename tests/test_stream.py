@@ -65,6 +65,8 @@ def test_every_pool_id_once_per_epoch_in_a_seeded_order(disk):
     again = StreamingPool(disk["joined"], xa, ya, batch_size=64, buffer_rows=700, seed=5)
     again.set_epoch(1)
     assert [i for b in again for i in b["id"] if i] == order[1]  # same seed and epoch: same order
+    ahead = [i for b in loader(again, read_ahead=True) for i in b["id"] if i]  # read in a worker process
+    assert ahead == order[1]
 
 
 def test_join_is_reused_and_checks_ids_both_ways(disk, tmp_path):
