@@ -15,7 +15,7 @@ from mentor.store import TeacherStore
 from mentor.students.models import build_model
 from mentor.students.stream import (StreamingPool, join_pool, loader, stream_plan, train_student_stream,
                                     write_pool)
-from mentor.students.train import TrainConfig, predict_proba, train_student
+from mentor.students.train import TrainConfig, predict_proba
 
 D, C = 8, 3
 

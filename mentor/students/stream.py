@@ -417,7 +417,7 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
         tv = apply_temperature(tv, t_cal).astype(np.float32)
         info["teacher_temperature"] = t_cal
 
-        def temper(t):
+        def temper(t):  # noqa: F811 - the calibrated teacher, applied per batch
             return apply_temperature(t, t_cal).astype(np.float32)
 
     def pool_probs():
