@@ -137,6 +137,20 @@ def test_per_batch_weights_are_the_in_memory_weights(disk):
                                                          teacher_probs_val=tv, val_labels=yv,
                                                          options={"min_val": 20})).pool_weights
     np.testing.assert_allclose(plan.weights(disk["t"][:500]), whole[:500], rtol=1e-5)
+    # SLaM's per-example α and calibrated targets: per batch, the same numbers as over the whole pool
+    logits = torch.randn(200, C, generator=torch.Generator().manual_seed(0))
+    for method in ("slam", "calibrated-soft"):
+        ctx = MethodContext(n_classes=C, teacher_probs_pool=disk["t"], teacher_probs_val=tv, val_labels=yv,
+                            options={"min_val": 20} if method == "slam" else {})
+        mem = plan_method(method, ctx)
+        per = stream_plan(method, n_classes=C, joined_dir=disk["joined"], teacher_probs_val=tv, val_labels=yv,
+                          options=ctx.options)
+        t = torch.as_tensor(disk["t"][:200])
+        target = torch.as_tensor(per.targets(disk["t"][:200])) if per.targets else t
+        obj = per.objective_for(disk["t"][:200]) if per.objective_for else per.objective
+        torch.testing.assert_close(obj.pool_loss(logits, target, torch.arange(200)),
+                                   mem.objective.pool_loss(logits, torch.as_tensor(mem.targets(disk["t"])[:200]),
+                                                           torch.arange(200)), rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="data_path: memory"):
         stream_plan("weighted-disagreement", n_classes=C, joined_dir=disk["joined"], teacher_probs_val=tv,
                     val_labels=yv)

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -409,16 +410,14 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
     tv = None if teacher_probs_val is None else np.asarray(teacher_probs_val, dtype=np.float32)
     info: dict = {"data_path": "stream"}
     calibrate = method == "calibrated-soft" or options.get("calibrate_teacher")
-    temper = None
+    temper = None  # the teacher re-tempered on V, applied per batch
     if calibrate:
         from ..methods import _require_val
         _require_val(MethodContext(n_classes, np.zeros((0, n_classes)), tv, val_labels), method)
         t_cal = fit_temperature(tv, val_labels)
         tv = apply_temperature(tv, t_cal).astype(np.float32)
         info["teacher_temperature"] = t_cal
-
-        def temper(t):  # noqa: F811 - the calibrated teacher, applied per batch
-            return apply_temperature(t, t_cal).astype(np.float32)
+        temper = partial(_tempered, temperature=t_cal)
 
     def pool_probs():
         for t in iter_teacher_probs(joined_dir):
@@ -459,6 +458,11 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
             raise ConfigError(f"no pool example reaches the confidence threshold {thr:.4f}; lower it.")
         plan.weights = lambda t: C.threshold_mask(t, thr)
     return plan
+
+
+def _tempered(t: np.ndarray, temperature: float) -> np.ndarray:
+    from ..reliability import apply_temperature
+    return apply_temperature(t, temperature).astype(np.float32)
 
 
 def _fit_rel(tv, val_labels, n_classes: int, options: dict):
