@@ -524,6 +524,26 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
     _console().print_json(json.dumps(result))
 
 
+@bench_app.command("students")
+@_guard
+def bench_students_cmd(suite: str = typer.Option("memory", help="memory: peak RSS of training from disk vs in "
+                                                 "memory at pool sizes 100k, 1M, 3M."),
+                       seeds: int = typer.Option(1, help="Seeds per configuration (suites that train on real data)."),
+                       json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here (JSON)."),
+                       work_dir: Path = typer.Option(Path("bench-out/students"), help="Data, stores and run folders."),
+                       sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000.")):
+    """Students: `--suite memory` rows pool_size, path (stream or in-memory), peak_rss_mb."""
+    from .bench.students import bench_students
+    options = {}
+    if sizes:
+        try:
+            options["sizes"] = tuple(int(v) for v in sizes.split(",") if v.strip())
+        except ValueError:
+            raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    rows = bench_students(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, **options)
+    _console().print_json(json.dumps(rows))
+
+
 @bench_app.command("pool")
 @_guard
 def bench_pool(n: int = typer.Option(4000, help="Fortunes to label."),

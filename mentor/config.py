@@ -215,6 +215,9 @@ class TrainSection(_Strict):
     device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N or mps
     amp: bool = True                     # bfloat16 autocast on CUDA (ignored on CPU)
     progress: bool = False
+    data_path: Literal["memory", "stream"] = "memory"  # stream: the pool's features and teacher outputs are
+                                         # written to Parquet once and read a buffer at a time while training
+                                         # (README: Training from disk); dense features, methods in STREAM_METHODS
 
     @field_validator("device")
     @classmethod
@@ -271,7 +274,8 @@ def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> Non
 ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("train", "warmup_fraction"): 0.0,
               ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
               ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
-              ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None}
+              ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
+              ("train", "data_path"): "memory"}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:

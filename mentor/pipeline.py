@@ -31,7 +31,7 @@ from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
-from .students.rows import n_rows, take_rows
+from .students.rows import is_sparse, n_rows, take_rows
 from .students.train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
@@ -515,6 +515,9 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                   **epochs_info(len(sp.labeled) + (0 if labeled_only else len(sp.pool)), _train_config(ctx, None))}
     if labeled_only:
         result = train_student(model, x_lab, y_lab, config=_train_config(ctx, ckpt))
+    elif ctx.cfg.train.data_path == "stream":
+        store = store or open_store(ctx)
+        result = _train_stream(ctx, store, feat, model, x_lab, y_lab, method, ckpt, info)
     else:
         store = store or open_store(ctx)
         x_pool = feat.transform(data.features[sp.pool])
@@ -560,6 +563,39 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
 
 
 STUDENT_FORMAT = "mentor-student-2"  # tensors + plain data, loaded with weights_only=True (1 held pickled objects)
+
+
+def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_lab, method: str, ckpt: Path,
+                  info: dict):
+    """train.data_path: stream. The pool is featurized and written to Parquet a chunk at a time
+    (once per featurizer and split), joined with the store by id, and read a buffer at a time."""
+    from .students.stream import StreamingPool, join_pool, stream_plan, train_student_stream, write_pool_chunks
+    data, sp, cfg = ctx.data, ctx.splits, _train_config(ctx, ckpt)
+    if is_sparse(x_lab) or not np.issubdtype(np.asarray(x_lab).dtype, np.floating):
+        raise ConfigError(f"train.data_path: stream reads dense float features; the {_student_kind(ctx)} student's "
+                          "inputs are sparse or token ids. Use train.data_path: memory for it.")
+    pool = sp.pool[answered(store, data.ids[sp.pool])]
+    if not len(pool):
+        raise DataError("the teacher abstained on every pool example (its answers named no label), so there "
+                        "is nothing to distil; check its raw answers (store.read_extras) and the prompt.")
+    if len(pool) < len(sp.pool):
+        info["pool_abstentions_left_out"] = int(len(sp.pool) - len(pool))
+    folder = ctx.out / "stream" / _key(_student_key(ctx.cfg, feat), ctx.cfg.split.model_dump(), ctx.cfg.seed,
+                                       _data_key(ctx.cfg), hashlib.sha256(pool.tobytes()).hexdigest())
+    pool_file = folder / "pool.parquet"
+    if not pool_file.exists():
+        step = 16384
+        write_pool_chunks(pool_file, ((data.ids[pool[s:s + step]], feat.transform(data.features[pool[s:s + step]]))
+                                      for s in range(0, len(pool), step)))
+    joined = join_pool(pool_file, store, folder / "joined", other_ids=data.ids)
+    plan = stream_plan(method, n_classes=ctx.n_classes, joined_dir=joined,
+                       teacher_probs_val=teacher_outputs(store, data.ids[sp.val], required=False),
+                       val_labels=data.labels[sp.val], temperature=ctx.cfg.train.temperature,
+                       options=dict(ctx.cfg.method_options), n_epochs=epochs_for(len(y_lab) + len(pool), cfg))
+    info.update(plan.info)
+    info["teacher_fingerprint"] = store.fingerprint
+    return train_student_stream(model, StreamingPool(joined, x_lab, y_lab, batch_size=cfg.batch_size, seed=cfg.seed),
+                                plan=plan, config=cfg)
 
 
 def _save_student(path: Path, model: torch.nn.Module, feat: Featurizer, kind: str, info: dict) -> None:

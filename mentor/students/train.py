@@ -234,12 +234,56 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
     model.to(device)
     xl = as_inputs(x_labeled, device)
     yl = torch.as_tensor(np.asarray(y_labeled, dtype=np.int64), device=device)
+    xu = tu = wu = None
     if n_pool:
         xu = as_inputs(x_pool, device)
         tu = torch.as_tensor(np.asarray(teacher_probs, dtype=np.float32), device=device)
         wu = None if pool_weights is None else torch.as_tensor(check_pool_weights(pool_weights, n_pool), device=device)
     if cfg.grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {cfg.grad_accum}.")
+    bs, n_total = cfg.batch_size, n_lab + n_pool
+
+    def epoch_groups(epoch):  # one seeded permutation of A ∪ U per epoch, cut into optimiser steps
+        order = torch.randperm(n_total, generator=gen).to(device)
+        group = bs * cfg.grad_accum
+        for g in range(0, n_total, group):
+            gidx = order[g:g + group]
+            yield len(gidx), [_memory_batch(gidx[s:s + bs]) for s in range(0, len(gidx), bs)]
+
+    def _memory_batch(idx):
+        lab = idx[idx < n_lab]
+        pool_idx = idx[idx >= n_lab] - n_lab
+        return lambda: batch_loss(model, objective, cfg.distill_weight, device,
+                                  x_lab=_batch(xl, lab, device) if len(lab) else None, y_lab=yl[lab],
+                                  x_pool=_batch(xu, pool_idx, device) if len(pool_idx) else None,
+                                  t_pool=tu[pool_idx] if len(pool_idx) else None, pool_index=pool_idx,
+                                  weights=None if wu is None or not len(pool_idx) else wu[pool_idx])
+
+    return fit(model, objective, cfg, device, gen, n_total, epoch_groups, t0=t0)
+
+
+def batch_loss(model, objective, distill_weight: float, device, *, x_lab=None, y_lab=None, x_pool=None,
+               t_pool=None, pool_index=None, weights=None) -> torch.Tensor:
+    """Sum over one forward batch of CE on its labeled rows + λ·(w·objective) on its pool rows."""
+    loss = torch.zeros((), device=device)
+    if x_lab is not None:
+        loss = loss + F.cross_entropy(model(x_lab).float(), y_lab, reduction="sum")
+    if x_pool is not None:
+        per = objective.pool_loss(model(x_pool).float(), t_pool, pool_index)
+        if weights is not None:
+            per = per * weights
+        loss = loss + distill_weight * per.sum()
+    return loss
+
+
+def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen: torch.Generator, n_total: int,
+        epoch_groups, *, t0: float | None = None) -> TrainResult:
+    """The optimisation loop shared by the in-memory and the streaming trainer.
+
+    `epoch_groups(epoch)` yields, per optimiser step, (examples in the step, [callables returning
+    each forward batch's summed loss]); the step's loss is their sum divided by the examples.
+    Handles the lr schedule, bfloat16 autocast on CUDA, checkpoints (resume) and progress."""
+    t0 = time.perf_counter() if t0 is None else t0
     opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
     start_epoch = 0
@@ -257,10 +301,7 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
         result.history = state["history"]
         start_epoch = result.resumed_from_epoch = state["epoch"]
     use_amp = cfg.amp and device.type == "cuda"
-    bs = cfg.batch_size
-    n_total = n_lab + n_pool
     n_epochs = epochs_for(n_total, cfg)
-    group = bs * cfg.grad_accum  # examples per optimiser step
     per_epoch = steps_per_epoch(n_total, cfg)
     total_steps = n_epochs * per_epoch
     warmup = warmup_steps_for(total_steps, cfg)
@@ -273,29 +314,16 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
     try:
         for epoch in range(start_epoch, n_epochs):
             model.train()
-            order = torch.randperm(n_total, generator=gen).to(device)
             total, steps = 0.0, 0
-            for g in range(0, n_total, group):
-                gidx = order[g:g + group]
+            for n_group, batches in epoch_groups(epoch):
                 factor = lr_factor(epoch * per_epoch + steps, total_steps, warmup_steps=warmup,
                                    schedule=cfg.schedule)
                 for param_group in opt.param_groups:
                     param_group["lr"] = cfg.lr * factor * param_group.get("lr_scale", 1.0)
                 opt.zero_grad(set_to_none=True)
-                for s in range(0, len(gidx), bs):  # grad_accum forward passes, one optimiser step
-                    idx = gidx[s:s + bs]
-                    lab = idx[idx < n_lab]
-                    pool_idx = idx[idx >= n_lab] - n_lab
+                for summed in batches:  # grad_accum forward passes, one optimiser step
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        loss = torch.zeros((), device=device)
-                        if len(lab):
-                            loss = loss + F.cross_entropy(model(_batch(xl, lab, device)).float(), yl[lab], reduction="sum")
-                        if len(pool_idx):
-                            per = objective.pool_loss(model(_batch(xu, pool_idx, device)).float(), tu[pool_idx], pool_idx)
-                            if wu is not None:
-                                per = per * wu[pool_idx]
-                            loss = loss + cfg.distill_weight * per.sum()
-                        loss = loss / len(gidx)  # the step's loss is the mean over all its examples
+                        loss = summed() / n_group  # the step's loss is the mean over all its examples
                     loss.backward()
                     total += float(loss.detach())
                 opt.step()
