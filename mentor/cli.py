@@ -597,6 +597,29 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
     out(summarize_active(rows))
 
 
+@bench_app.command("students")
+@_guard
+def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, about a minute) or standard "
+                                                 "(Fashion-MNIST, fortunes, fine-foods; hours on 2 CPU cores)."),
+                       seeds: int = typer.Option(2, help="Number of seeds."),
+                       first_seed: int = typer.Option(0, help="Seeds first_seed .. first_seed + seeds - 1."),
+                       entries: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's "
+                                                             "entries, e.g. fashion-mnist/A1000."),
+                       students: Optional[str] = typer.Option(None, help="Comma-separated subset of the students."),
+                       methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default "
+                                                             "vanilla-soft,vanilla-hard,auto)."),
+                       json_out: Optional[Path] = typer.Option(None, "--json", help="Append one JSON row per "
+                                                               "(entry, student, method, seed) here."),
+                       work_dir: Path = typer.Option(Path("bench-out/students"), help="Run folders, stores, "
+                                                     "model folders.")):
+    """Shippable students from the same teacher outputs: accuracy, size, CPU latency, ONNX check, time, memory."""
+    from .bench.students import bench_students, summarize
+    split = lambda v: v.split(",") if v else None  # noqa: E731
+    rows = bench_students(suite, seeds=seeds, first_seed=first_seed, entries=split(entries), students=split(students),
+                          methods=split(methods), json_out=json_out, work_dir=work_dir, log=out)
+    out(summarize(rows))
+
+
 @store_app.command("status")
 @_guard
 def store_status_cmd(path: Path = typer.Argument(..., help="A store folder, or a run config (its store).")):

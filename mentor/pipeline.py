@@ -721,11 +721,11 @@ def seed_runs_metrics(ctx: RunContext, run_dirs) -> list[dict]:
 
 
 def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=None, onnx: str | None = None,
-                       seed_runs=()) -> dict:
-    """The trained student as a folder to ship (mentor.students.export): <output_dir>/model or
+                       seed_runs=(), name: str = "student") -> dict:
+    """The trained student (`<name>.pt`) as a folder to ship (mentor.students.export): <output_dir>/model or
     `path`. Test metrics come from `metrics` or the run's metrics.json when it scored this student."""
     from .students.export import built_in_args, save_student_folder
-    model, feat, info = load_student(ctx, "student")
+    model, feat, info = load_student(ctx, name)
     if metrics is None and (ctx.out / "metrics.json").is_file():
         metrics = json.loads((ctx.out / "metrics.json").read_text())
     if metrics is not None and json.loads(json.dumps(metrics.get("train_info"), default=_plain)) != \
