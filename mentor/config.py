@@ -198,7 +198,10 @@ class StudentConfig(_Strict):
         if self.kind != "transformer" and (self.freeze_layers or self.tokenizer or self.head_lr):
             raise ValueError(f"student.freeze_layers, head_lr and tokenizer are for student.kind transformer "
                              f"(kind is {self.kind!r}); remove them or set student.kind: transformer")
-        if self.kind != "efficientnet-lite0" and (self.image_size is not None or self.augment is not None):
+        if self.kind == "efficientnet-lite0":  # shown resolved in config.yaml and check-config
+            self.image_size = 64 if self.image_size is None else self.image_size
+            self.augment = False if self.augment is None else self.augment
+        elif self.image_size is not None or self.augment is not None:
             raise ValueError(f"student.image_size and augment are for student.kind efficientnet-lite0 (kind is "
                              f"{self.kind!r}); remove them or set student.kind: efficientnet-lite0")
         return self
