@@ -524,26 +524,6 @@ def bench_speed(json_out: Optional[Path] = typer.Option(None, "--json"),
     _console().print_json(json.dumps(result))
 
 
-@bench_app.command("students")
-@_guard
-def bench_students_cmd(suite: str = typer.Option("memory", help="memory: peak RSS of training from disk vs in "
-                                                 "memory at pool sizes 100k, 1M, 3M."),
-                       seeds: int = typer.Option(1, help="Seeds per configuration (suites that train on real data)."),
-                       json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here (JSON)."),
-                       work_dir: Path = typer.Option(Path("bench-out/students"), help="Data, stores and run folders."),
-                       sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000.")):
-    """Students: `--suite memory` rows pool_size, path (stream or in-memory), peak_rss_mb."""
-    from .bench.students import bench_students
-    options = {}
-    if sizes:
-        try:
-            options["sizes"] = tuple(int(v) for v in sizes.split(",") if v.strip())
-        except ValueError:
-            raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
-    rows = bench_students(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, **options)
-    _console().print_json(json.dumps(rows))
-
-
 @bench_app.command("pool")
 @_guard
 def bench_pool(n: int = typer.Option(4000, help="Fortunes to label."),
@@ -624,6 +604,46 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
                         log=out, correction=correction)
     out(summarize_active(rows))
+
+
+@bench_app.command("students")
+@_guard
+def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, about a minute), standard "
+                                                 "(Fashion-MNIST, fortunes, fine-foods; hours on 2 CPU cores) or "
+                                                 "memory (peak RSS of training from disk vs in memory at pool sizes "
+                                                 "100k, 1M, 3M)."),
+                       seeds: int = typer.Option(2, help="Number of seeds."),
+                       first_seed: int = typer.Option(0, help="Seeds first_seed .. first_seed + seeds - 1."),
+                       entries: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's "
+                                                             "entries, e.g. fashion-mnist/A1000."),
+                       students: Optional[str] = typer.Option(None, help="Comma-separated subset of the students."),
+                       methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default "
+                                                             "vanilla-soft,vanilla-hard,auto)."),
+                       json_out: Optional[Path] = typer.Option(None, "--json", help="Append one JSON row per "
+                                                               "(entry, student, method, seed) here (memory: "
+                                                               "write the rows as one JSON list)."),
+                       work_dir: Path = typer.Option(Path("bench-out/students"), help="Run folders, stores, "
+                                                     "model folders."),
+                       sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000.")):
+    """Shippable students from the same teacher outputs: accuracy, size, CPU latency, ONNX check, time, memory;
+    `--suite memory`: rows pool_size, path (stream or in-memory), peak_rss_mb."""
+    from .bench.students import bench_students, summarize
+    split = lambda v: v.split(",") if v else None  # noqa: E731
+    if suite == "memory":
+        options = {}
+        if sizes:
+            try:
+                options["sizes"] = tuple(int(v) for v in sizes.split(",") if v.strip())
+            except ValueError:
+                raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+        rows = bench_students("memory", json_out=json_out, work_dir=work_dir, **options)
+        _console().print_json(json.dumps(rows))
+        return
+    if sizes:
+        raise ConfigError("--sizes is for --suite memory.")
+    rows = bench_students(suite, seeds=seeds, first_seed=first_seed, entries=split(entries), students=split(students),
+                          methods=split(methods), json_out=json_out, work_dir=work_dir, log=out)
+    out(summarize(rows))
 
 
 @store_app.command("status")

@@ -162,8 +162,8 @@ class DistributeConfig(_Strict):
 
 class StudentConfig(_Strict):
     # default: tfidf for text, else mlp. embedding: a frozen sentence encoder (cached) + a head (text only);
-    # transformer: a fine-tuned Hugging Face encoder (text)
-    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "embedding", "transformer"] | None = None
+    # transformer: a fine-tuned Hugging Face encoder (text); efficientnet-lite0: the ImageNet CNN, fine-tuned (images)
+    kind: Literal["logistic", "mlp", "cnn", "cnn1d", "tfidf", "embedding", "transformer", "efficientnet-lite0"] | None = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64])
     dropout: float = Field(0.0, ge=0, lt=1)  # transformer: dropout before the head (the encoder keeps its own)
     max_features: int = Field(5000, ge=1)  # TF-IDF vocabulary size for text students
@@ -180,6 +180,9 @@ class StudentConfig(_Strict):
     freeze_layers: int = Field(0, ge=0)  # transformer: freeze the embeddings and the first N layers (0: train all)
     head_lr: float | None = Field(None, gt=0)  # transformer: peak lr of the new classification head (default 1e-3:
                                          # a random head learns slowly at the encoder's lr); the encoder uses train.lr
+    # kind efficientnet-lite0 (None elsewhere; student.dropout applies before its new head):
+    image_size: int | None = Field(None, ge=16)  # side the images are resized to (default 64; ImageNet used 224)
+    augment: bool | None = None          # light seeded augmentation in training: flip + small shift (default false)
 
     @model_validator(mode="after")
     def _kind_keys(self):
@@ -195,6 +198,12 @@ class StudentConfig(_Strict):
         if self.kind != "transformer" and (self.freeze_layers or self.tokenizer or self.head_lr):
             raise ValueError(f"student.freeze_layers, head_lr and tokenizer are for student.kind transformer "
                              f"(kind is {self.kind!r}); remove them or set student.kind: transformer")
+        if self.kind == "efficientnet-lite0":  # shown resolved in config.yaml and check-config
+            self.image_size = 64 if self.image_size is None else self.image_size
+            self.augment = False if self.augment is None else self.augment
+        elif self.image_size is not None or self.augment is not None:
+            raise ValueError(f"student.image_size and augment are for student.kind efficientnet-lite0 (kind is "
+                             f"{self.kind!r}); remove them or set student.kind: efficientnet-lite0")
         return self
 
 
@@ -258,7 +267,10 @@ class TrackingConfig(_Strict):
 TRAIN_DEFAULTS = {"epochs": 30, "min_steps": 2000, "batch_size": 128, "lr": 1e-3, "schedule": "constant",
                   "warmup_fraction": 0.0}
 TRAIN_DEFAULTS_BY_STUDENT = {"transformer": {"epochs": 3, "min_steps": 0, "batch_size": 32, "lr": 5e-5,
-                                             "schedule": "linear", "warmup_fraction": 0.1}}
+                                             "schedule": "linear", "warmup_fraction": 0.1},
+                            # a pretrained CNN on CPU: few passes, a short warmup, cosine decay
+                            "efficientnet-lite0": {"epochs": 5, "min_steps": 100, "batch_size": 64, "lr": 1e-3,
+                                                   "schedule": "cosine", "warmup_fraction": 0.05}}
 
 
 def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> None:
@@ -275,6 +287,7 @@ ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("t
               ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
               ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
               ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
+              ("student", "image_size"): None, ("student", "augment"): None,
               ("train", "data_path"): "memory"}
 
 

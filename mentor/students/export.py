@@ -222,6 +222,22 @@ register_format("transformer", StudentFormat(
                 "with mentor.students.hf.export_onnx_hf (inputs input_ids + attention_mask, checked by check_onnx_hf)"))
 
 
+def _load_efficientnet(folder: Path, args: dict) -> nn.Module:
+    """The EfficientNet-Lite0 student from its args; its weights are all in the folder (no ImageNet file needed)."""
+    from .efficientnet import EfficientNetLite0
+    try:
+        model = EfficientNetLite0(int(args["n_classes"]), tuple(args["image_shape"]), image_size=int(args["image_size"]),
+                                  dropout=float(args.get("dropout", 0.0)), augment=bool(args.get("augment", False)))
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise DataError(f"{folder / CONFIG_FILE}: the efficientnet-lite0 student's args {args} cannot rebuild it "
+                        f"({e}); {EXPORT_HINT}.") from None
+    return load_into(model, read_safetensors(folder / WEIGHTS_FILE, "weights file"), folder, f"efficientnet-lite0 {args}")
+
+
+# the graph holds the resize and normalisation, so model.onnx takes the same flattened [0, 1] rows as torch
+register_format("efficientnet-lite0", StudentFormat(save=save_weights, load=_load_efficientnet, onnx=export_onnx_matrix))
+
+
 def built_in_args(kind: str, model: nn.Module, args: dict) -> tuple[str, dict]:
     """(kind, args) to record: `kind` when build_model(kind, **args) has `model`'s weights, else
     "custom" (any other torch module: weights and ONNX are written, the torch side cannot be rebuilt)."""

@@ -1,0 +1,38 @@
+"""`mentor bench students`: the smoke suite runs end to end and its rows carry every field the
+issue asks for, with a model folder (ONNX checked within 1e-4) behind each row."""
+
+import json
+
+import pytest
+
+from mentor.bench.students import METHODS, bench_students, summarize
+from mentor.errors import ConfigError
+
+FIELDS = {"dataset", "student", "method", "seed", "test_accuracy", "teacher_accuracy", "params", "size_mb",
+          "latency_ms_torch", "latency_ms_onnx", "latency_ms_torch_b1", "latency_ms_torch_b64", "latency_ms_onnx_b1",
+          "latency_ms_onnx_b64", "onnx_max_abs_diff", "train_seconds", "peak_rss_mb"}
+
+
+def test_smoke_suite_rows_and_summary(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    rows = bench_students("smoke", seeds=1, json_out=out, work_dir=tmp_path / "work", log=lambda *a: None)
+    assert [r["method"] for r in rows] == METHODS and {r["student"] for r in rows} == {"mlp"}
+    assert [json.loads(line) for line in out.read_text().splitlines()] == json.loads(json.dumps(rows, default=float))
+    for r in rows:
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert 0 <= r["test_accuracy"] <= 1 and r["teacher_accuracy"] > 0.5
+        assert r["onnx_max_abs_diff"] <= 1e-4 and r["params"] == 64 * 32 + 32 + 32 * 10 + 10
+        assert set(r["latency_ms_torch"]) == {"b1", "b64"} and r["latency_ms_onnx"]["b1"] > 0
+        assert r["peak_rss_mb"] > 50 and r["train_seconds"] > 0
+        assert (tmp_path / "work" / "smoke" / "digits" / "seed-0" / "models" / f"mlp-{r['method']}"
+                / "model.onnx").is_file()
+    assert rows[-1]["auto_chosen"]
+    table = summarize(rows)
+    assert "| digits | mlp |" in table and "auto − vanilla-soft" in table
+
+
+def test_unknown_suite_or_entry_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="smoke, standard"):
+        bench_students("huge")
+    with pytest.raises(ConfigError, match="fashion-mnist/A1000"):
+        bench_students("standard", entries=["mnist"], work_dir=tmp_path)
