@@ -142,6 +142,13 @@ def print_summary(metrics: dict) -> None:
     epochs = metrics.get("train_info", {}).get("epochs_note")
     if epochs:
         out(epochs)
+    ens = metrics.get("teachers")
+    if ens:  # several teachers: the "teacher" row above is their combination
+        for name, t in ens["teachers"].items():
+            acc = " ".join(f"{k} {100 * t[k + '_accuracy']:.2f}%" for k in ("val", "test")
+                           if t.get(k + "_accuracy") is not None)
+            out(f"teacher {name} ({t['kind']}): {acc}")
+        out(f"the teacher row is their combination: {ens['combine']}")
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
@@ -317,6 +324,12 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = Fo
             f"{100 * (a.get('truncated_rate_val') or 0):.1f}% of V")
     if a.get("fallback"):
         out(f"note: {a['fallback']}")
+    for name, t in (a.get("teachers") or {}).items():  # several teachers: the lines above are their combination
+        out(f"teacher {name} ({t['kind']}, {t['fingerprint']}): " + (t["note"] if "note" in t else
+            f"accuracy on V {t['accuracy']:.3f}, ECE {t['ece']:.3f}, estimated pool error rate "
+            f"{t['estimated_pool_error_rate']:.3f}"))
+    if a.get("teachers"):
+        out(f"the lines above the teachers describe their combination (combine: {a['combine']})")
     out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
 
 
