@@ -499,6 +499,28 @@ def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, sy
     out(summarize_cascade(rows))
 
 
+@bench_app.command("ensemble")
+@_guard
+def bench_ensemble_cmd(suite: str = typer.Option("standard", help="standard (letter, mnist1d, fashion-mnist at two "
+                                                 "teacher strengths) or smoke (digits)."),
+                       seeds: int = typer.Option(3, help="Number of seeds."),
+                       first_seed: int = typer.Option(0, help="First seed (processes can run seeds side by side)."),
+                       datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the entries."),
+                       methods: str = typer.Option("vanilla-soft", help="Comma-separated student methods."),
+                       teachers: Optional[str] = typer.Option(None, help="Comma-separated teacher kinds (default: "
+                                                              "three model families per data set)."),
+                       n_pool: Optional[int] = typer.Option(None, help="Cap the pool U (speed)."),
+                       json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
+                       work_dir: Path = typer.Option(Path("bench-out/ensemble"), help="Run folders and stores.")):
+    """Several teachers: each alone, averaged, voted and reliability-weighted; teacher and student test accuracy."""
+    from .bench.ensemble import bench_ensemble, summarize_ensemble
+    rows = bench_ensemble(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None,
+                          methods=tuple(methods.split(",")), n_pool=n_pool, first_seed=first_seed,
+                          kinds=tuple(teachers.split(",")) if teachers else None, json_out=json_out,
+                          work_dir=work_dir, log=out)
+    out(summarize_ensemble(rows))
+
+
 @bench_app.command("report")
 @_guard
 def bench_report(rows_files: list[Path] = typer.Argument(..., help="JSON rows written by `mentor bench "

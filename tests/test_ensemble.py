@@ -236,3 +236,19 @@ def test_one_teacher_steps_refuse_several_teachers(two_teacher_run):
     _, config, _ = two_teacher_run
     with pytest.raises(ConfigError, match="several teachers"):
         get_teacher(prepare(load_config(config), force=True))
+
+
+def test_bench_picks_the_best_single_teacher_on_v_not_on_test():
+    from mentor.bench.ensemble import summarize_ensemble, with_best_single
+    rows = []
+    for seed in (0, 1):
+        for combo, t_val, t_test, s_test in (("single:a", 0.9, 0.80, 0.70), ("single:b", 0.8, 0.85, 0.75),
+                                             ("average", 0.85, 0.84, 0.74), ("vote", 0.84, 0.83, 0.73),
+                                             ("reliability", 0.88, 0.86, 0.76)):
+            rows.append({"bench": "ensemble", "dataset": "d", "seed": seed, "combination": combo,
+                         "method": "vanilla-soft", "teacher_val_accuracy": t_val, "teacher_accuracy": t_test,
+                         "test_accuracy": s_test})
+    best = [r for r in with_best_single(rows) if r["combination"] == "best-single"]
+    assert len(best) == 2 and all(r["picked"] == "single:a" and r["teacher_accuracy"] == 0.80 for r in best)
+    text = summarize_ensemble(rows)
+    assert "| d | vanilla-soft | +6.00 ± 0.00 | +6.00 ± 0.00 | +2.00 ± 0.00 | +2.00 ± 0.00 |" in text
