@@ -149,6 +149,8 @@ def print_summary(metrics: dict) -> None:
                            if t.get(k + "_accuracy") is not None)
             out(f"teacher {name} ({t['kind']}): {acc}")
         out(f"the teacher row is their combination: {ens['combine']}")
+        if ens.get("note"):
+            out(f"note: {ens['note']}")
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")

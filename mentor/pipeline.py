@@ -450,6 +450,8 @@ def combined_outputs(ctx: RunContext, stores: dict[str, TeacherStore], combinati
             "pool_weight_share": None if weights is None else float(np.mean(
                 weights[:, i] / np.where(weights.sum(1) > 0, weights.sum(1), 1.0)))}
         for i, n in enumerate(names)}}
+    if len(y_val):  # V judges the combination (its own rows cross-fitted) against each teacher alone
+        summary["val_accuracy"] = float((probs[:len(val_ids)].argmax(1) == y_val).mean())
     return np.concatenate([val_ids, rest_ids]), probs, summary
 
 
@@ -479,7 +481,14 @@ def label_ensemble(ctx: RunContext) -> TeacherStore:
     """Several teachers: label each into its own store, then store their combination."""
     stores = label_teachers(ctx)
     store = combine_teacher_stores(ctx, stores, ctx.cfg.combine)
-    _atomic_write_text(ctx.out / ENSEMBLE_NOTE, (store.path / ENSEMBLE_NOTE).read_text())
+    summary = json.loads((store.path / ENSEMBLE_NOTE).read_text())
+    best = max(summary["teachers"].items(), key=lambda kv: kv[1]["val_accuracy"] or 0.0)
+    if summary.get("val_accuracy") is not None and (best[1]["val_accuracy"] or 0.0) > summary["val_accuracy"]:
+        summary["note"] = (f"teacher {best[0]!r} alone is more accurate on V ({100 * best[1]['val_accuracy']:.1f}%) "
+                           f"than the {ctx.cfg.combine} combination ({100 * summary['val_accuracy']:.1f}%): the other "
+                           "teachers pull it down. Consider that teacher alone, or dropping the weakest.")
+        warnings.warn(summary["note"], stacklevel=2)
+    _atomic_write_text(ctx.out / ENSEMBLE_NOTE, json.dumps(summary, indent=2, default=float))
     return store
 
 

@@ -252,3 +252,24 @@ def test_bench_picks_the_best_single_teacher_on_v_not_on_test():
     assert len(best) == 2 and all(r["picked"] == "single:a" and r["teacher_accuracy"] == 0.80 for r in best)
     text = summarize_ensemble(rows)
     assert "| d | vanilla-soft | +6.00 ± 0.00 | +6.00 ± 0.00 | +2.00 ± 0.00 | +2.00 ± 0.00 |" in text
+
+
+def test_a_combination_worse_than_its_best_teacher_on_v_is_noted(tmp_path):
+    """Two teacher files: one right 95% of the time, one confidently wrong half the time. Their
+    average is worse than the good one alone on V, and the run says so (warning + ensemble.json)."""
+    from mentor.config import load_config
+    from mentor.data import load_dataset
+    from mentor.pipeline import label, prepare
+    d = load_dataset("digits")
+    rng = np.random.default_rng(0)
+    for name, acc in (("good", 0.95), ("bad", 0.5)):
+        top = np.where(rng.uniform(size=len(d.labels)) < acc, d.labels, (d.labels + 1) % 10)
+        probs = np.full((len(top), 10), 0.01)
+        probs[np.arange(len(top)), top] = 0.91
+        pq.write_table(pa.table({"id": list(d.ids), "probs": [list(r) for r in probs]}), tmp_path / f"{name}.parquet")
+    config = _write_config(tmp_path, combine="average", teachers=[
+        {"name": "good", "kind": "file", "path": "good.parquet"}, {"name": "bad", "kind": "file", "path": "bad.parquet"}])
+    with pytest.warns(UserWarning, match="teacher 'good' alone is more accurate on V"):
+        label(prepare(load_config(config)))
+    note = json.loads((tmp_path / "run" / "ensemble.json").read_text())
+    assert note["teachers"]["good"]["val_accuracy"] > note["val_accuracy"] and "note" in note
