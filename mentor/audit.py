@@ -84,6 +84,27 @@ def plot_reliability(audit: dict, path, *, title: str = "teacher reliability on 
     return path
 
 
+def audit_each_teacher(ctx, pool_ids) -> dict:
+    """Several teachers: each one's audit on V (accuracy, curve, calibration, pool error estimate)
+    from its own store, as `ensemble.json` names them."""
+    from .pipeline import ENSEMBLE_NOTE, teacher_outputs
+    from .store import TeacherStore
+    data, sp = ctx.data, ctx.splits
+    out = {}
+    for name, t in json.loads((ctx.out / ENSEMBLE_NOTE).read_text())["teachers"].items():
+        with TeacherStore.open(t["store"]) as store:
+            t_val, t_pool = teacher_outputs(store, data.ids[sp.val], required=False), teacher_outputs(store, pool_ids)
+        if t_val is None:
+            out[name] = {"kind": t["kind"], "fingerprint": t["fingerprint"], "note": "no outputs on V"}
+            continue
+        a = audit_teacher(t_val, data.labels[sp.val], t_pool, n_classes=data.n_classes)
+        a.pop("_reliability")
+        out[name] = {"kind": t["kind"], "fingerprint": t["fingerprint"], "store": t["store"],
+                     **{k: a[k] for k in ("accuracy", "ece", "calibration_temperature", "estimated_pool_error_rate",
+                                          "curve", "confidence_auroc")}}
+    return out
+
+
 def audit_run(ctx, store=None, *, stored_pool_only: bool = False) -> dict:
     """Audit the configured teacher for a run: label V and the pool if needed, fit, write files.
     `stored_pool_only`: estimate the pool error rate on the pool rows already stored (an active
@@ -108,6 +129,8 @@ def audit_run(ctx, store=None, *, stored_pool_only: bool = False) -> dict:
     result.pop("_reliability")
     result["teacher_fingerprint"] = store.fingerprint
     result.update(answer_stats(store, data.ids[sp.val], pool_ids))
+    if getattr(ctx.cfg, "teachers", None) is not None:  # the combination above; each teacher below
+        result["combine"], result["teachers"] = ctx.cfg.combine, audit_each_teacher(ctx, pool_ids)
     if stored_pool_only and len(pool_ids) < len(sp.pool):
         result["pool_note"] = (f"the pool estimates cover the {len(pool_ids)} pool examples the teacher answered "
                                f"so far (of {len(sp.pool)}).")

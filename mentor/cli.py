@@ -142,6 +142,15 @@ def print_summary(metrics: dict) -> None:
     epochs = metrics.get("train_info", {}).get("epochs_note")
     if epochs:
         out(epochs)
+    ens = metrics.get("teachers")
+    if ens:  # several teachers: the "teacher" row above is their combination
+        for name, t in ens["teachers"].items():
+            acc = " ".join(f"{k} {100 * t[k + '_accuracy']:.2f}%" for k in ("val", "test")
+                           if t.get(k + "_accuracy") is not None)
+            out(f"teacher {name} ({t['kind']}): {acc}")
+        out(f"the teacher row is their combination: {ens['combine']}")
+        if ens.get("note"):
+            out(f"note: {ens['note']}")
 
 
 SetOpt = typer.Option(None, "--set", help="Override a config value, e.g. --set seed=3 --set split.n_labeled=200")
@@ -326,6 +335,12 @@ def audit_cmd(config: Path, set_: Optional[list[str]] = SetOpt, force: bool = Fo
             f"{100 * (a.get('truncated_rate_val') or 0):.1f}% of V")
     if a.get("fallback"):
         out(f"note: {a['fallback']}")
+    for name, t in (a.get("teachers") or {}).items():  # several teachers: the lines above are their combination
+        out(f"teacher {name} ({t['kind']}, {t['fingerprint']}): " + (t["note"] if "note" in t else
+            f"accuracy on V {t['accuracy']:.3f}, ECE {t['ece']:.3f}, estimated pool error rate "
+            f"{t['estimated_pool_error_rate']:.3f}"))
+    if a.get("teachers"):
+        out(f"the lines above the teachers describe their combination (combine: {a['combine']})")
     out(f"wrote {ctx.out / 'audit.json'} and {ctx.out / 'reliability.png'}")
 
 
@@ -493,6 +508,28 @@ def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, sy
                          delta=delta, bound=bound, absolute=absolute, reuse_students=reuse_students,
                          json_out=json_out, work_dir=work_dir, log=out)
     out(summarize_cascade(rows))
+
+
+@bench_app.command("ensemble")
+@_guard
+def bench_ensemble_cmd(suite: str = typer.Option("standard", help="standard (letter, mnist1d, fashion-mnist at two "
+                                                 "teacher strengths) or smoke (digits)."),
+                       seeds: int = typer.Option(3, help="Number of seeds."),
+                       first_seed: int = typer.Option(0, help="First seed (processes can run seeds side by side)."),
+                       datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the entries."),
+                       methods: str = typer.Option("vanilla-soft", help="Comma-separated student methods."),
+                       teachers: Optional[str] = typer.Option(None, help="Comma-separated teacher kinds (default: "
+                                                              "three model families per data set)."),
+                       n_pool: Optional[int] = typer.Option(None, help="Cap the pool U (speed)."),
+                       json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
+                       work_dir: Path = typer.Option(Path("bench-out/ensemble"), help="Run folders and stores.")):
+    """Several teachers: each alone, averaged, voted and reliability-weighted; teacher and student test accuracy."""
+    from .bench.ensemble import bench_ensemble, summarize_ensemble
+    rows = bench_ensemble(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None,
+                          methods=tuple(methods.split(",")), n_pool=n_pool, first_seed=first_seed,
+                          kinds=tuple(teachers.split(",")) if teachers else None, json_out=json_out,
+                          work_dir=work_dir, log=out)
+    out(summarize_ensemble(rows))
 
 
 @bench_app.command("report")

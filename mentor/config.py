@@ -142,6 +142,23 @@ class TeacherConfig(_Strict):
         return self
 
 
+TEACHER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class NamedTeacherConfig(TeacherConfig):
+    """One of several teachers (`teachers:`): every `teacher:` key plus the name its results and
+    its own store folder go by (<store.path, default output_dir/store>/<name>)."""
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TEACHER_NAME.fullmatch(v):
+            raise ValueError(f"teacher name {v!r} must be 1-64 letters, digits, '_', '.' or '-' (it names a folder), "
+                             "starting with a letter or digit")
+        return v
+
+
 class StoreConfig(_Strict):
     path: str | None = None              # default: <output_dir>/store; reuse one to never pay twice
     top_k: int | None = Field(None, ge=1)  # keep only the top-k probabilities (big label spaces)
@@ -310,6 +327,10 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    teachers: list[NamedTeacherConfig] | None = None  # several teachers at once, instead of `teacher`: each stored
+                                         # in its own folder, combined per example (README: Several teachers)
+    combine: Literal["reliability", "average", "vote"] | None = None  # with teachers: how (default reliability:
+                                         # weights from each teacher's reliability curve on V; mentor.ensemble)
     store: StoreConfig = Field(default_factory=StoreConfig)
     distribute: DistributeConfig = Field(default_factory=DistributeConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -331,6 +352,7 @@ class RunConfig(_Strict):
             raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
         from .methods import check_method_options
         check_method_options(self.trained_method(), self.method_options)
+        self._check_teachers()
         if self.data.classes is not None:
             names = [c.strip() for c in self.data.classes]
             if len(set(names)) != len(names) or not all(names):
@@ -346,6 +368,26 @@ class RunConfig(_Strict):
             n = min(self.store.batch_size, self.teacher.batch_size or self.store.batch_size)
             self.store.batch_size = self.teacher.batch_size = n
         return self
+
+    def _check_teachers(self) -> None:
+        if self.teachers is None:
+            if self.combine is not None:
+                raise ValueError("combine says how several teachers are combined, but no teachers are listed; "
+                                 "add teachers: (a list of teacher configs with names) or remove combine")
+            return
+        if not self.teachers:
+            raise ValueError("teachers is an empty list: name at least one teacher (each like a teacher: section "
+                             "plus a name), or remove teachers and use teacher:")
+        names = [t.name for t in self.teachers]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"teacher names must be distinct (each names a store folder), but {dup} appear more "
+                             "than once; rename them")
+        if "teacher" in self.model_fields_set:
+            raise ValueError("set teacher (one teacher) or teachers (several), not both; move the teacher into "
+                             "the teachers list with a name")
+        if self.combine is None:
+            self.combine = "reliability"
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -385,7 +427,7 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
                           "e.g. digits) or data.path (your own file). `mentor demo` runs the built-in example; "
                           "`mentor check-config` shows every default.")
     base = path.parent
-    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path"), (cfg.student, "encoder"),
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), *((t, "path") for t in cfg.teachers or ()), (cfg.store, "path"), (cfg.student, "encoder"),
                           (cfg.student, "embedding_cache"), (cfg.student, "tokenizer")):
         value = getattr(section, attr)
         if value and not Path(value).is_absolute():
@@ -449,13 +491,18 @@ def config_record(cfg: RunConfig) -> dict:
     of the config altogether)."""
     from .credentials import redact_url
     d = cfg.model_dump(mode="json")
-    if d.get("teacher", {}).get("url"):
-        d["teacher"]["url"] = redact_url(d["teacher"]["url"])
+    if d.get("teachers") is None:  # one teacher: the record stays what it was before `teachers` existed
+        d.pop("teachers", None), d.pop("combine", None)
+    else:  # several: the unused default `teacher` is left out (a config may not set both)
+        d.pop("teacher", None)
+    for t in [d.get("teacher", {})] + (d.get("teachers") or []):
+        if t.get("url"):
+            t["url"] = redact_url(t["url"])
+        endpoint = (t.get("llm") or {}).get("endpoint")
+        if endpoint and endpoint.get("url"):
+            endpoint["url"] = redact_url(endpoint["url"])
     if (d.get("tracking") or {}).get("mlflow_uri"):
         d["tracking"]["mlflow_uri"] = redact_url(d["tracking"]["mlflow_uri"])
-    endpoint = (d.get("teacher", {}).get("llm") or {}).get("endpoint")
-    if endpoint and endpoint.get("url"):
-        endpoint["url"] = redact_url(endpoint["url"])
     return d
 
 

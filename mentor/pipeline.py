@@ -24,7 +24,7 @@ from .config import RunConfig, config_record, dump_config, without_added_default
 from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .teachers.pools import make_pool
 from .checks import suspected_permutation
-from .errors import ConfigError, DataError, StoreError, TeacherOutputError
+from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict, machine_record
 from .methods import MethodContext, plan_method, train_with_plan
 from .students.models import Featurizer, build_model, default_featurizer
@@ -77,7 +77,7 @@ RUN_RESULTS = ("metrics.json", "student.pt", "labeled-only.pt", "audit.json", "r
                "active.png", "active_state.json", "teacher.json", "model", "cascade.json", "cascade.png",
                "cascade-labeled-only.json", "cascade-labeled-only.png",
                "report.md", "report.html",
-               "history-student.json", "history-labeled-only.json")
+               "history-student.json", "history-labeled-only.json", "ensemble.json")
 # settings that change how a run goes, not what it computes
 _COSMETIC = {("train", "progress"), ("distribute",), ("tracking",), ("store", "batch_size"), ("store", "shard_size"),
              ("teacher", "timeout_s"), ("teacher", "max_retries"), ("teacher", "trust_code"),
@@ -172,6 +172,9 @@ def get_teacher(ctx: RunContext) -> Teacher:
     """The configured teacher: a file, a TorchScript module, an HTTP endpoint, or a built-in model
     trained on A (cached in the run folder under a key of everything that determines it).
     A teacher trained elsewhere has its outputs matched to the data's classes by name."""
+    if ctx.cfg.teachers is not None:
+        raise ConfigError("this config names several teachers (teachers:); this step takes one teacher. Label and "
+                          "combine them with `mentor run` or `mentor label`, or give one teacher (teacher:).")
     teacher = _get_teacher(ctx)
     t, data = ctx.cfg.teacher, ctx.data
     if t.kind in ("http", "torchscript") and t.classes is not None:
@@ -295,7 +298,12 @@ def _note_store_teacher(path: Path, teacher: Teacher) -> None:
 
 
 def estimate_labeling(ctx: RunContext, teacher: Teacher | None = None) -> dict:
-    """Expected tokens and cost of labeling what is not stored yet (V, test, pool); nothing is sent."""
+    """Expected tokens and cost of labeling what is not stored yet (V, test, pool); nothing is sent.
+    Several teachers: the sums, with each teacher's estimate under `teachers`."""
+    if teacher is None and ctx.cfg.teachers is not None:
+        each = {name: estimate_labeling(sub) for name, sub in teacher_contexts(ctx).items()}
+        total = {k: sum(e.get(k, 0) for e in each.values()) for k in ("examples", "cost", "already_stored")}
+        return {**total, "cost_per_example": total["cost"] / max(total["examples"], 1), "teachers": each}
     teacher = teacher or get_teacher(ctx)
     if not hasattr(teacher, "estimate"):
         n = len(ctx.splits.val) + len(ctx.splits.test) + len(ctx.splits.pool)
@@ -311,6 +319,9 @@ def estimate_labeling(ctx: RunContext, teacher: Teacher | None = None) -> dict:
 
 
 def store_path(ctx: RunContext) -> Path:
+    """The store the students learn from: the teacher's, or with several teachers their combination."""
+    if ctx.cfg.teachers is not None:
+        return ctx.out / COMBINED_STORE
     return Path(ctx.cfg.store.path) if ctx.cfg.store.path else ctx.out / "store"
 
 
@@ -326,7 +337,11 @@ def open_store(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
 
 def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     """Store teacher outputs for V, test and the pool (V for corrections, test to score the
-    teacher). Ids already stored are skipped, so a rerun pays nothing twice."""
+    teacher). Ids already stored are skipped, so a rerun pays nothing twice. With several
+    teachers (and no `teacher` given), each is labeled into its own store and the combination
+    is returned (`label_ensemble`)."""
+    if teacher is None and ctx.cfg.teachers is not None:
+        return label_ensemble(ctx)
     teacher = teacher or get_teacher(ctx)
     _check_store_teacher(store_path(ctx), teacher)
     store = open_store(ctx, teacher)
@@ -354,6 +369,141 @@ def label(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
         {**teacher.describe(), "last_label_run": {**report.__dict__, "pool": pool.describe() if pool else None},
          "store": str(store.path)}, indent=2))
     return store
+
+
+# ---------------------------------------------------------------------------------------------- several teachers
+
+COMBINED_STORE = "store-combined"  # in the run folder: derived from the teachers' stores, rebuilt when they change
+ENSEMBLE_NOTE = "ensemble.json"
+
+
+def teacher_contexts(ctx: RunContext) -> dict[str, RunContext]:
+    """One context per named teacher: the run's config with `teacher` set to it and the store at
+    <store.path or output_dir/store>/<name>, so each teacher's (paid) answers stay in a folder of
+    their own under their own fingerprint. The split, data and output folder are shared."""
+    root = Path(ctx.cfg.store.path) if ctx.cfg.store.path else ctx.out / "store"
+    if TeacherStore.exists(root):
+        raise ConfigError(f"{root} holds one teacher's store, but this config names several teachers (teachers:), "
+                          "whose stores go in folders inside it. Set store.path to another folder (the old store "
+                          "stays where it is).")
+    base = ctx.cfg.model_dump()
+    out = {}
+    for entry in ctx.cfg.teachers:
+        one = {**base, "teacher": entry.model_dump(exclude={"name"}), "teachers": None, "combine": None,
+               "store": {**base["store"], "path": str(root / entry.name)}}
+        out[entry.name] = RunContext(type(ctx.cfg).model_validate(one), ctx.data, ctx.splits, ctx.out)
+    return out
+
+
+def label_teachers(ctx: RunContext) -> dict[str, TeacherStore]:
+    """Label V, test and the pool with every named teacher, each into its own store."""
+    stores, notes = {}, {}
+    for name, sub in teacher_contexts(ctx).items():
+        try:
+            stores[name] = label(sub, get_teacher(sub))
+        except MentorError as e:  # name the teacher the problem is with; what it stored is kept
+            e.args = (f"teacher {name!r}: {e}",) + e.args[1:]
+            raise
+        notes[name] = json.loads((ctx.out / "teacher.json").read_text())
+    _atomic_write_text(ctx.out / "teacher.json", json.dumps(
+        {"kind": "ensemble", "combine": ctx.cfg.combine, "teachers": notes}, indent=2))
+    return stores
+
+
+def _shared_rows(stores: dict[str, TeacherStore], ids: np.ndarray) -> np.ndarray:
+    """The ids every teacher answered (a file teacher may leave V or test out)."""
+    keep = np.ones(len(ids), bool)
+    for store in stores.values():
+        keep &= ~np.isin(ids.astype(str), store.missing(ids))
+    return ids[keep]
+
+
+def combined_outputs(ctx: RunContext, stores: dict[str, TeacherStore], combination: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(ids, combined probabilities, summary) on V, test and the pool. Reliability weights come from
+    curves fitted on V; V's own rows are combined with curves from the other half of V
+    (`ensemble.combine_val_crossfit`), so V can still judge the combined teacher fairly."""
+    from .ensemble import combine, combine_val_crossfit, fit_curves, reliability_weights
+    data, sp = ctx.data, ctx.splits
+    names = list(stores)
+    val_ids = _shared_rows(stores, data.ids[sp.val].astype(str))
+    rest_ids = _shared_rows(stores, np.concatenate([data.ids[sp.test], data.ids[sp.pool]]).astype(str))
+    if combination == "reliability" and len(val_ids) < len(sp.val):
+        raise ConfigError(f"combine: reliability weighs each teacher by its reliability on V, but "
+                          f"{len(sp.val) - len(val_ids)} of V's {len(sp.val)} examples lack some teacher's output "
+                          "(a teacher file that leaves V out). Add V's ids to every teacher file, or set combine: "
+                          "average or vote.")
+    y_of = dict(zip(data.ids.astype(str), data.labels))
+    y_val = np.array([y_of[i] for i in val_ids], dtype=np.int64)
+    t_val = [stores[n].read(val_ids) for n in names]
+    t_rest = [stores[n].read(rest_ids) for n in names]
+    curves = fit_curves(t_val, y_val, n_classes=ctx.n_classes) if len(val_ids) else None
+    probs = np.concatenate([combine_val_crossfit(combination, t_val, y_val, n_classes=ctx.n_classes)
+                            if len(val_ids) else np.zeros((0, ctx.n_classes)),
+                            combine(combination, t_rest, curves)]).astype(np.float32)
+    pool = np.isin(rest_ids, data.ids[sp.pool].astype(str))
+    weights = reliability_weights([p[pool] for p in t_rest], curves) if combination == "reliability" else None
+    summary = {"combine": combination, "teachers": {
+        n: {"kind": ctx.cfg.teachers[i].kind, "fingerprint": stores[n].fingerprint, "store": str(stores[n].path),
+            "spent": stores[n].spent, "calls": stores[n].n_calls,
+            "val_accuracy": float((t_val[i].argmax(1) == y_val).mean()) if len(y_val) else None,
+            # the share of the reliability weight this teacher carries on the pool (averaged over examples)
+            "pool_weight_share": None if weights is None else float(np.mean(
+                weights[:, i] / np.where(weights.sum(1) > 0, weights.sum(1), 1.0)))}
+        for i, n in enumerate(names)}}
+    if len(y_val):  # V judges the combination (its own rows cross-fitted) against each teacher alone
+        summary["val_accuracy"] = float((probs[:len(val_ids)].argmax(1) == y_val).mean())
+    return np.concatenate([val_ids, rest_ids]), probs, summary
+
+
+def combine_teacher_stores(ctx: RunContext, stores: dict[str, TeacherStore], combination: str,
+                           path: Path | None = None) -> TeacherStore:
+    """Write the combination of the teachers' stored outputs as a store of its own (default
+    <output_dir>/store-combined). It is derived, so a copy made from other teachers, another
+    combination or another V is rebuilt; the teachers' own stores are never touched."""
+    import shutil
+    path = path or ctx.out / COMBINED_STORE
+    ids, probs, summary = combined_outputs(ctx, stores, combination)
+    fp = "ensemble-" + _key(combination, [(n, s.fingerprint) for n, s in stores.items()],
+                            hashlib.sha256("\n".join(ctx.data.ids[ctx.splits.val].astype(str)).encode()).hexdigest())
+    if TeacherStore.exists(path):
+        with TeacherStore.open(path) as old:
+            stale = old.fingerprint != fp
+        if stale:
+            shutil.rmtree(path)
+    store = TeacherStore(path, fingerprint=fp, n_classes=ctx.n_classes, shard_size=ctx.cfg.store.shard_size)
+    store.write(ids, probs)
+    summary["fingerprint"] = fp
+    _atomic_write_text(path / ENSEMBLE_NOTE, json.dumps(summary, indent=2, default=float))
+    return store
+
+
+def label_ensemble(ctx: RunContext) -> TeacherStore:
+    """Several teachers: label each into its own store, then store their combination."""
+    stores = label_teachers(ctx)
+    store = combine_teacher_stores(ctx, stores, ctx.cfg.combine)
+    summary = json.loads((store.path / ENSEMBLE_NOTE).read_text())
+    best = max(summary["teachers"].items(), key=lambda kv: kv[1]["val_accuracy"] or 0.0)
+    if summary.get("val_accuracy") is not None and (best[1]["val_accuracy"] or 0.0) > summary["val_accuracy"]:
+        summary["note"] = (f"teacher {best[0]!r} alone is more accurate on V ({100 * best[1]['val_accuracy']:.1f}%) "
+                           f"than the {ctx.cfg.combine} combination ({100 * summary['val_accuracy']:.1f}%): the other "
+                           "teachers pull it down. Consider that teacher alone, or dropping the weakest.")
+        warnings.warn(summary["note"], stacklevel=2)
+    _atomic_write_text(ctx.out / ENSEMBLE_NOTE, json.dumps(summary, indent=2, default=float))
+    return store
+
+
+def ensemble_metrics(ctx: RunContext) -> dict | None:
+    """metrics.json's record of several teachers: the combination and, per teacher, its kind,
+    fingerprint, store, spend, V and test accuracy (None for a one-teacher run)."""
+    if ctx.cfg.teachers is None or not (ctx.out / ENSEMBLE_NOTE).is_file():
+        return None
+    summary = json.loads((ctx.out / ENSEMBLE_NOTE).read_text())
+    test_ids, y_test = ctx.data.ids[ctx.splits.test], ctx.data.labels[ctx.splits.test]
+    for name, t in summary["teachers"].items():
+        with TeacherStore.open(t["store"]) as store:
+            probs = teacher_outputs(store, test_ids, required=False)
+        t["test_accuracy"] = None if probs is None else float((probs.argmax(1) == y_test).mean())
+    return summary
 
 
 def check_class_order(ctx: RunContext, store: TeacherStore) -> None:
@@ -675,6 +825,9 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     student["val_accuracy"] = float((student_probs(ctx, "student", sp.val).argmax(1) == y_val).mean())
     if t_val is not None:
         metrics["teacher_val_accuracy"] = float((t_val.argmax(1) == y_val).mean())
+    ensemble = ensemble_metrics(ctx)
+    if ensemble is not None:
+        metrics["teachers"] = ensemble
     if (ctx.out / "labeled-only.pt").exists():
         lab_probs = student_test_probs(ctx, "labeled-only")
         metrics["labeled_only"] = classification_report(lab_probs, y_test, t_test)
@@ -782,7 +935,7 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
             "image_shape": list(data.image_shape) if data.image_shape else None,
             "hidden": list(st.hidden), "dropout": st.dropout})
     record = config_record(ctx.cfg)
-    t = record["teacher"]
+    t = record.get("teacher") or {"kind": "ensemble"}  # several teachers: named in the card's config
     teacher = {"kind": t["kind"], "fingerprint": info.get("teacher_fingerprint"),
                "source": t.get("path") or t.get("url") or ((t.get("llm") or {}).get("endpoint") or {}).get("model")
                or ((t.get("llm") or {}).get("local") or {}).get("path")}
@@ -821,8 +974,7 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
     from .tracking import check_tracker
     check_tracker(cfg.tracking)  # a tracking server that is down is found before anything is paid
     ctx = prepare(cfg, force=force)
-    teacher = get_teacher(ctx)
-    store = label(ctx, teacher)
+    store = label(ctx)  # one teacher, or several combined (label_ensemble)
     if cfg.baseline:
         train(ctx, labeled_only=True)
     train(ctx, store)

@@ -44,6 +44,7 @@ def user_files(root: Path) -> dict:
     pq.write_table(pa.table({"id": ids, "probs": [list(r) for r in nan]}), root / "teacher-nan.parquet")
     pq.write_table(pa.table({"id": ids[:1500], "probs": [list(r) for r in probs[:1500]]}),
                    root / "teacher-short.parquet")
+    pq.write_table(pa.table({"id": ids, "probs": [[0.2, 0.3, 0.5]] * len(ids)}), root / "teacher-three.parquet")
     texts = [f"text number {i} about {TOPICS[i % 4]}" for i in range(40)]
     texts[33] = "   "
     pq.write_table(pa.table({"id": [f"t{i}" for i in range(40)], "text": texts,
@@ -120,6 +121,12 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("rerun into a folder of another config", good, ["--set", "seed=1"]),
         ("store written by another teacher", with_(teacher={"kind": "logistic"}, store={"path": "run/store"},
                                                   output_dir="run-other"), []),
+        ("two teachers with the same name", with_(teacher=_DROP, teachers=[{"name": "t", "kind": "hgb"},
+                                                                    {"name": "t", "kind": "logistic"}]), []),
+        ("`teachers: []`", with_(teacher=_DROP, teachers=[]), []),
+        ("one of several teachers gives other classes", with_(teacher=_DROP, output_dir="run-three", teachers=[
+            {"name": "three", "kind": "file", "path": "teacher-three.parquet"},
+            {"name": "trees", "kind": "hgb"}]), []),
         ("a shard of the store truncated", with_(store={"path": "broken-store"}, output_dir="run-broken"), []),
         ("`mentor store status` on a folder that is no store", None, ["STORE-STATUS"]),
         ("LLM teacher on image data", with_(teacher={"kind": "llm"}), []),

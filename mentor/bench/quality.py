@@ -156,6 +156,9 @@ def read_rows(path: Path) -> list[dict]:
 
 def report_rows(rows: list[dict], baseline: str | None = None) -> str:
     """The report that fits the rows: quality (`method`), active (`strategy`), guide (`arm`), llm or cascade."""
+    if rows and all(r.get("bench") == "ensemble" for r in rows):
+        from .ensemble import summarize_ensemble
+        return summarize_ensemble(rows)
     if rows and all(r.get("bench") == "cascade" for r in rows):
         from .cascade import summarize_cascade
         return summarize_cascade(rows)
