@@ -584,7 +584,9 @@ def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys pl
 @_guard
 def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or standard."),
                      seeds: int = typer.Option(3, help="Number of seeds."),
-                     strategies: Optional[str] = typer.Option(None, help="Comma-separated (default random,margin,entropy,rad)."),
+                     strategies: Optional[str] = typer.Option(None, help="Comma-separated (default random,margin,entropy,rad); a variant sets active keys "
+                                                     "for one strategy, e.g. rad@rad_rounding=pairs+rad_m_scale=0.5 "
+                                                     "(rounds=R: R equal batches)."),
                      datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                      correction: str = typer.Option("vanilla-soft", help="Distillation method for each retraining."),
                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),

@@ -271,7 +271,8 @@ def resolve_train_defaults(train: TrainSection, student_kind: str | None) -> Non
 ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("train", "warmup_fraction"): 0.0,
               ("student", "encoder"): None, ("student", "tokenizer"): None, ("student", "max_length"): 128,
               ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
-              ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None}
+              ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
+              (None, "rad_m_scale"): 1.0}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:

@@ -258,8 +258,9 @@ def select_pcoreset(probs, labeled_probs, candidates, b: int, rng) -> np.ndarray
 
 @register_selector("rad", needs=("probs", "teacher_accuracy"))
 def select_rad(probs, teacher_accuracy: float, candidates, b: int, rng, *, solver: str = "exact",
-               rounding: str = "systematic") -> np.ndarray:
-    """Robust Active Distillation: worst-case game over teacher mistakes (m̂ from V), DepRound for b picks."""
+               rounding: str = "systematic", m_scale: float = 1.0) -> np.ndarray:
+    """Robust Active Distillation: worst-case game over teacher mistakes (m̂ from V), DepRound for b picks.
+    m_scale multiplies m̂ = n·(1 − teacher_accuracy) (0: margin sampling; a study knob, default 1)."""
     p = _check_probs(probs)
     cand = _check_request(candidates, b, ("probs", p))
     acc = float(teacher_accuracy)
@@ -268,7 +269,7 @@ def select_rad(probs, teacher_accuracy: float, candidates, b: int, rng, *, solve
     gains = rad_gains(p)
     if _no_information(1.0 - gains, "rad"):
         return select_random(cand, b, rng)
-    probs_pick = rad_probabilities(gains, b, len(cand) * (1.0 - acc), solver=solver)
+    probs_pick = rad_probabilities(gains, b, float(m_scale) * len(cand) * (1.0 - acc), solver=solver)
     return cand[dep_round(probs_pick, rng, method=rounding)]
 
 
