@@ -590,12 +590,14 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
                      datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                      correction: str = typer.Option("vanilla-soft", help="Distillation method for each retraining."),
                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
-                     work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
-    """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc."""
+                     work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches."),
+                     set_: Optional[list[str]] = SetOpt):
+    """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc.
+    --set KEY=VALUE changes every entry's config (e.g. --set split.n_labeled=80)."""
     from .bench.active import bench_active, summarize_active
     rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
-                        log=out, correction=correction)
+                        log=out, correction=correction, overrides=_overrides(set_))
     out(summarize_active(rows))
 
 
