@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -71,14 +72,14 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
             teacher = get_teacher(ctx)
             n_pool = len(ctx.splits.pool)
             curves = {}
-            for i, strategy in enumerate(strategies):
+            for strategy in strategies:
                 selector, keys = variants[strategy]
                 keys = dict(keys)
                 budget = _budget(n_pool, keys.pop("rounds", None))
                 cfg = parse_active_config({**base, "budget": budget, "strategy": selector, "correction": correction,
                                            **keys})
                 t0 = time.perf_counter()
-                folder = f"strategy-{strategy}" if strategy == selector else f"strategy-{selector}-variant-{i}"
+                folder = "strategy-" + re.sub(r"[^A-Za-z0-9_.=@+-]", "_", strategy)  # a variant keeps its own state
                 res = active_loop(ctx, teacher, cfg=cfg, out=ctx.out / folder, log=None)
                 row = {"dataset": name, "strategy": strategy, "seed": seed, "suite": suite, "queries": res["queries"],
                        "test_accuracy": res["test_accuracy"], "auc": res["auc"], "spent": res["spent"],
