@@ -591,13 +591,15 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
                      correction: str = typer.Option("vanilla-soft", help="Distillation method for each retraining."),
                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                      work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches."),
-                     set_: Optional[list[str]] = SetOpt):
+                     set_: Optional[list[str]] = SetOpt,
+                     first_seed: int = typer.Option(0, help="First seed (processes may run other seeds side by "
+                                                            "side; rows are appended when > 0).")):
     """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc.
     --set KEY=VALUE changes every entry's config (e.g. --set split.n_labeled=80)."""
     from .bench.active import bench_active, summarize_active
     rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
-                        log=out, correction=correction, overrides=_overrides(set_))
+                        log=out, correction=correction, overrides=_overrides(set_), first_seed=first_seed)
     out(summarize_active(rows))
 
 

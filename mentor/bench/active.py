@@ -47,23 +47,24 @@ def _budget(n_pool: int, rounds: int | None) -> list[int]:
 def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] | None = None,
                  datasets: list[str] | None = None, json_out: Path | None = None,
                  work_dir: Path = Path("bench-out"), log: Callable = print, correction: str = "vanilla-soft",
-                 overrides: dict | None = None) -> list[dict]:
+                 overrides: dict | None = None, first_seed: int = 0) -> list[dict]:
     """Strategies compared on the quality suite's data sets (teacher trained on A only), at
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
-    teacher and the store (so `spent` is what each strategy paid that earlier ones had not)."""
+    teacher and the store (so `spent` is what each strategy paid that earlier ones had not). Seeds
+    first_seed .. first_seed + seeds − 1; the rows file is emptied only when first_seed is 0."""
     from .quality import _append_row, materialise, select_datasets, suite_configs
     from ..pipeline import get_teacher, prepare
     configs = suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
     strategies = strategies or DEFAULT_STRATEGIES
     variants = {s: parse_variant(s) for s in strategies}  # ConfigError on an unknown name
-    if json_out is not None and Path(json_out).exists():
+    if json_out is not None and Path(json_out).exists() and first_seed == 0:
         Path(json_out).unlink()
     rows = []
     for name in names:
         template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             base = {**template, "seed": seed, "output_dir": str(work_dir / "active" / suite / name / f"seed-{seed}")}
             for key, value in (overrides or {}).items():
                 _set_dotted(base, key, value)
