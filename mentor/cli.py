@@ -630,16 +630,22 @@ def active_cmd(config: Path = typer.Argument(..., help="YAML config: run keys pl
 @_guard
 def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or standard."),
                      seeds: int = typer.Option(3, help="Number of seeds."),
-                     strategies: Optional[str] = typer.Option(None, help="Comma-separated (default random,margin,entropy,rad)."),
+                     strategies: Optional[str] = typer.Option(None, help="Comma-separated (default random,margin,entropy,rad); a variant sets active keys "
+                                                     "for one strategy, e.g. rad@rad_rounding=pairs+rad_m_scale=0.5 "
+                                                     "(rounds=R: R equal batches)."),
                      datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                      correction: str = typer.Option("vanilla-soft", help="Distillation method for each retraining."),
                      json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
-                     work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
-    """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc."""
+                     work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches."),
+                     set_: Optional[list[str]] = SetOpt,
+                     first_seed: int = typer.Option(0, help="First seed (processes may run other seeds side by "
+                                                            "side; rows are appended when > 0).")):
+    """Test accuracy against teacher queries per strategy; rows with queries, test_accuracy, auc.
+    --set KEY=VALUE changes every entry's config (e.g. --set split.n_labeled=80)."""
     from .bench.active import bench_active, summarize_active
     rows = bench_active(suite, seeds=seeds, strategies=strategies.split(",") if strategies else None,
                         datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
-                        log=out, correction=correction)
+                        log=out, correction=correction, overrides=_overrides(set_), first_seed=first_seed)
     out(summarize_active(rows))
 
 

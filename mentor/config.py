@@ -305,7 +305,7 @@ ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("t
               ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
               ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
               ("student", "image_size"): None, ("student", "augment"): None,
-              ("train", "data_path"): "memory"}
+              ("train", "data_path"): "memory", (None, "rad_m_scale"): 1.0}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:

@@ -57,6 +57,8 @@ class MethodPlan:
     pool_targets: np.ndarray | None = None
     # λ for this plan instead of train.distill_weight; 0 trains on A alone (the labeled-only student)
     distill_weight: float | None = None
+    # wraps the student before training (DHO adds a second head); the caller trains and saves the wrapped one
+    student_wrapper: Callable | None = None
 
     def targets(self, teacher_probs_pool: np.ndarray) -> np.ndarray:
         return teacher_probs_pool if self.pool_targets is None else self.pool_targets
@@ -68,6 +70,8 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
     from dataclasses import replace
 
     from .students.train import train_student
+    if hasattr(plan.objective, "bind"):  # an objective that reads the student itself (DHO's second head)
+        plan.objective.bind(model)
     if plan.distill_weight is not None:
         config = replace(config, distill_weight=float(plan.distill_weight))
         if plan.distill_weight == 0:
@@ -82,6 +86,12 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 # whether a method fits anything on V (auto cross-fits those; the others it trains once)
 METHOD_USES_VAL: dict[str, bool] = {}
 LABELED_ONLY = "labeled-only"  # an auto candidate, not a method: λ = 0, the student never sees the pool
+NOT_CANDIDATES = {"dho": "it changes the student's architecture and chooses its blend on V, which auto scores on; "
+                         "compare it with `mentor bench quality --methods dho,...`"}
+
+
+def _candidate_methods() -> str:
+    return ", ".join(sorted(m for m in METHODS if m != "auto" and m not in NOT_CANDIDATES))
 
 
 def parse_candidate(name) -> tuple[str | None, float | None]:
@@ -91,9 +101,11 @@ def parse_candidate(name) -> tuple[str | None, float | None]:
     if name == LABELED_ONLY:
         return None, 0.0
     base, at, lam = str(name).partition("@")
+    if base in NOT_CANDIDATES:
+        raise ConfigError(f"auto candidate {name!r}: {base} cannot be an auto candidate ({NOT_CANDIDATES[base]}).")
     if not isinstance(name, str) or base not in METHODS or base == "auto":
         raise ConfigError(f"auto candidate {name!r} is not {LABELED_ONLY!r}, a method or method@λ; methods: "
-                          f"{', '.join(sorted(m for m in METHODS if m != 'auto'))}.")
+                          f"{_candidate_methods()}.")
     if not at:
         return base, None
     try:
@@ -124,6 +136,10 @@ def _k_rule(v):
 
 
 def _candidates(v):
+    excluded = [c for c in (v if isinstance(v, list) else []) if str(c).partition("@")[0] in NOT_CANDIDATES]
+    if excluded:
+        base = excluded[0].partition("@")[0]
+        return f"a list without {base}: it cannot be an auto candidate ({NOT_CANDIDATES[base]})"
     if isinstance(v, list) and v and all(isinstance(c, str) for c in v) and len(set(v)) == len(v):
         try:
             for c in v:
@@ -132,7 +148,7 @@ def _candidates(v):
         except ConfigError:
             pass
     return (f'a non-empty list of distinct candidates: "{LABELED_ONLY}", a method other than auto, or method@λ '
-            f"with λ > 0 (e.g. vanilla-soft@0.5); methods: {', '.join(sorted(m for m in METHODS if m != 'auto'))}")
+            f"with λ > 0 (e.g. vanilla-soft@0.5); methods: {_candidate_methods()}")
 
 
 # every option a method may read: name -> check returning None, or what the value should be
@@ -441,6 +457,20 @@ def _dkd(ctx: MethodContext) -> MethodPlan:
     obj = DKDObjective(float(ctx.options.get("dkd_alpha", 1.0)), float(ctx.options.get("dkd_beta", 8.0)),
                        ctx.temperature)
     return MethodPlan(obj, info={"dkd_alpha": obj.alpha, "dkd_beta": obj.beta, "temperature": obj.temperature})
+
+
+@register_method("dho")
+def _dho(ctx: MethodContext) -> MethodPlan:
+    """DHO (dual-head optimisation): a second linear head on the student's penultimate features
+    learns the teacher's soft targets (at train.temperature) on the pool, the student's own head
+    learns A's labels; the two heads' probabilities are blended at inference with the weight chosen
+    on V after training (mentor.students.dual). Needs V's labels (for the blend), not the teacher on V."""
+    if ctx.val_labels is None or len(ctx.val_labels) == 0:
+        raise ConfigError("method 'dho' chooses the blend of its two heads on the validation set V, and V is empty; "
+                          "set split.n_val > 0 (a few hundred examples) or choose another method.")
+    from .students.dual import DHOObjective, DualHead
+    return MethodPlan(DHOObjective("soft", ctx.temperature), student_wrapper=DualHead,
+                      info={"temperature": ctx.temperature})
 
 
 # ---------------------------------------------------------------------------------------------- choice on V

@@ -27,6 +27,7 @@ from .checks import suspected_permutation
 from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict, machine_record
 from .methods import MethodContext, plan_method, train_with_plan
+from .students.dual import DualHead, is_dual_head_state
 from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
@@ -704,6 +705,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              n_epochs=epochs_for(n_rows(x_lab) + n_rows(x_pool), _train_config(ctx, None)),
                              pool_features=x_pool)
         plan = plan_method(method, mctx)
+        if plan.student_wrapper is not None:  # e.g. DHO's second head
+            model = plan.student_wrapper(model)
         info.update(plan.info)
         if plan.distill_weight == 0:  # e.g. auto chose labeled-only: only A is trained on
             info.pop("epochs_note", None)
@@ -712,6 +715,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         if chosen:  # auto's final student resumes only a checkpoint of the same chosen candidate
             ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(chosen)}.pt")
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
+        if hasattr(model, "fit_blend"):  # DHO: the heads' blend weight is chosen on V, after training
+            info.update(model.fit_blend(x_val, data.labels[sp.val], device=cfg_t.device))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
     _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
@@ -780,6 +785,8 @@ def load_student(ctx: RunContext, name: str = "student"):
         raise DataError(f"student {path} is not a {STUDENT_FORMAT} file (format {state.get('format')!r}); {fix}.")
     feat = Featurizer.from_state_dict(state["featurizer"], **_embedding_options(ctx, state["featurizer"]))
     model = _new_student(ctx, feat.n_features or feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
+    if is_dual_head_state(state["model"]):  # a DHO student: its second head and blend weight
+        model = DualHead(model)
     model.load_state_dict(state["model"])
     return model, feat, json.loads(state["info"])
 

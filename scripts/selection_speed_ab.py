@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 
-def load_before(rev: str):
-    """mentor/selection.py at `rev`, imported as mentor._selection_before (its relative imports resolve)."""
-    import mentor  # noqa: F401  (the package its relative imports resolve in)
-    src = subprocess.run(["git", "show", f"{rev}:mentor/selection.py"], check=True, capture_output=True,
+def load_before(rev: str, where: str = "mentor/selection.py", package: str = "mentor"):
+    """`where` at `rev`, imported as <package>._selection_before (its relative imports resolve in `package`)."""
+    importlib.import_module(package)  # the package its relative imports resolve in
+    src = subprocess.run(["git", "show", f"{rev}:{where}"], check=True, capture_output=True,
                          text=True).stdout
     path = Path(tempfile.mkdtemp()) / "_selection_before.py"
     path.write_text(src)
-    spec = importlib.util.spec_from_file_location("mentor._selection_before", path)
+    spec = importlib.util.spec_from_file_location(f"{package}._selection_before", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)

@@ -157,3 +157,15 @@ def test_llm_rows_report_teacher_grid_and_gain_over_argmax_labels():
     text = bench.report_rows(rows)
     assert "| d | server | sampling | 0 | 55.00 ± 7.07 |" in text  # mean ± std of the two seeds
     assert "| vanilla-soft | +5.00 ± 0.00 |" in text  # paired gain over vanilla-hard
+
+
+def test_active_strategy_variants_set_keys_for_one_strategy():
+    from mentor.bench.active import _budget, parse_variant
+    assert parse_variant("rad") == ("rad", {})
+    assert parse_variant("rad@rad_rounding=pairs+rad_m_scale=0.5") == ("rad", {"rad_rounding": "pairs",
+                                                                              "rad_m_scale": 0.5})
+    assert _budget(1000, 3) == [110, 220, 330] and _budget(1000, None) == [20, 50, 100, 200, 330]
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        parse_variant("radd@rad_rounding=pairs")
+    with pytest.raises(ConfigError, match="name@key=value"):
+        parse_variant("rad@pairs")

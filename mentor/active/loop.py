@@ -67,6 +67,7 @@ class ActiveConfig(RunConfig):
     score_teacher: bool = True           # also pay the teacher on the test split, to report its accuracy
     rad_solver: Literal["exact", "capped"] = "exact"     # see mentor.active.selection.rad_probabilities
     rad_rounding: Literal["systematic", "pairs"] = "systematic"  # see mentor.active.selection.dep_round
+    rad_m_scale: float = Field(1.0, ge=0)  # multiplies RAD's m̂ = n·(1 − teacher accuracy on V); 0 is margin sampling
 
     def trained_method(self) -> str:
         return self.correction
@@ -519,5 +520,5 @@ def _select(cfg: ActiveConfig, model, candidates, b, rng, x_lab, x_pool, queried
     if name == "rad":
         from .selection import select_rad
         return select_rad(inputs["probs"], teacher_val_acc, candidates, b, rng, solver=cfg.rad_solver,
-                          rounding=cfg.rad_rounding)
+                          rounding=cfg.rad_rounding, m_scale=cfg.rad_m_scale)
     return select(name, candidates, b, rng, teacher_accuracy=teacher_val_acc, **inputs)

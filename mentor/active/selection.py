@@ -32,10 +32,13 @@ wrong on the m points where p_i·g_i is largest; the learner maximises
 For b = 1 both agree with the closed form `rad_single` (k* = argmax_{k>m} (k − m)/Σ_{j≤k} 1/g_(j)).
 
 DepRound turns the probabilities into exactly b distinct picks with P(i picked) = p_i.
-`dep_round(..., method="systematic")` (default) is systematic sampling over a random order of
-the points: fully vectorised O(n), exact count, exact marginals; unlike the pairwise scheme it
-does not guarantee negative correlation between every pair. `method="pairs"` is the classic
-pairwise DepRound (a Python loop over the fractional entries: O(n) but about 1 µs per point).
+`dep_round(..., method="pairs")` is the paper's DepRound (Algorithm 2): mass moves between two
+fractional entries at a time, which keeps every marginal, gives exactly b picks and makes any two
+picks negatively correlated (P(i and j) <= p_i·p_j); disjoint pairs are processed together in numpy
+passes (about 3× systematic's time, 17× faster than a Python loop over the pairs).
+`method="systematic"` is systematic sampling over a random order of the points: one pass, exact
+count and marginals, but not negatively correlated (a test shows a pair picked together more
+often than p_i·p_j).
 
 No information: when every candidate has student margin 1 (the student is certain of all of
 them), uncertainty selectors and RAD have nothing to rank by; they warn (`NoInformationWarning`)
@@ -258,8 +261,9 @@ def select_pcoreset(probs, labeled_probs, candidates, b: int, rng) -> np.ndarray
 
 @register_selector("rad", needs=("probs", "teacher_accuracy"))
 def select_rad(probs, teacher_accuracy: float, candidates, b: int, rng, *, solver: str = "exact",
-               rounding: str = "systematic") -> np.ndarray:
-    """Robust Active Distillation: worst-case game over teacher mistakes (m̂ from V), DepRound for b picks."""
+               rounding: str = "systematic", m_scale: float = 1.0) -> np.ndarray:
+    """Robust Active Distillation: worst-case game over teacher mistakes (m̂ from V), DepRound for b picks.
+    m_scale multiplies m̂ = n·(1 − teacher_accuracy) (0: margin sampling; a study knob, default 1)."""
     p = _check_probs(probs)
     cand = _check_request(candidates, b, ("probs", p))
     acc = float(teacher_accuracy)
@@ -268,7 +272,7 @@ def select_rad(probs, teacher_accuracy: float, candidates, b: int, rng, *, solve
     gains = rad_gains(p)
     if _no_information(1.0 - gains, "rad"):
         return select_random(cand, b, rng)
-    probs_pick = rad_probabilities(gains, b, len(cand) * (1.0 - acc), solver=solver)
+    probs_pick = rad_probabilities(gains, b, float(m_scale) * len(cand) * (1.0 - acc), solver=solver)
     return cand[dep_round(probs_pick, rng, method=rounding)]
 
 
@@ -471,8 +475,8 @@ def dep_round(p, rng=None, *, method: str = "systematic") -> np.ndarray:
     """Exactly round(Σp) distinct indices with P(i chosen) = p_i (0 ≤ p ≤ 1, Σp an integer).
 
     "systematic" (default): systematic sampling over a random permutation — one uniform u, picks
-    where the cumulative sum crosses u + j; O(n), vectorised. "pairs": classic DepRound, shifting
-    mass between two fractional entries at a time (a Python loop over the fractional entries)."""
+    where the cumulative sum crosses u + j; O(n), vectorised. "pairs": DepRound, shifting mass
+    between two fractional entries at a time (disjoint pairs in numpy passes); negatively correlated."""
     p = np.asarray(p, dtype=np.float64)
     if p.ndim != 1 or not np.isfinite(p).all() or p.min(initial=0) < -1e-9 or p.max(initial=0) > 1 + 1e-9:
         raise DataError("dep_round needs a 1-d array of probabilities in [0, 1].")
@@ -519,22 +523,20 @@ def _systematic(q: np.ndarray, k: int, rng) -> np.ndarray:
 
 
 def _pairs(q: np.ndarray, k: int, rng) -> np.ndarray:
+    """DepRound: take two fractional entries i, j; with probability b/(a + b) move a = min(1 − q_i, q_j)
+    from j to i, else move b = min(q_i, 1 − q_j) from i to j (each keeps its expectation, and one of
+    the two becomes 0 or 1). Disjoint pairs do not interact, so each pass treats all pairs of a
+    random pairing at once (numpy), and the fractional entries left are paired again, in the same
+    random order, until none is left: a DepRound run with one particular order of pairs."""
     q = q * (k / q.sum())
-    order = rng.permutation(len(q))
-    draws = rng.random(len(q))
     eps = 1e-12
-    i = int(order[0])
-    for step, j in enumerate(order[1:].tolist()):
-        if not eps < q[i] < 1 - eps:
-            i = j
-            continue
-        a, bb = min(1 - q[i], q[j]), min(q[i], 1 - q[j])
-        if draws[step] * (a + bb) < bb:
-            q[i] += a
-            q[j] -= a
-        else:
-            q[i] -= bb
-            q[j] += bb
-        if not eps < q[i] < 1 - eps:
-            i = j
+    frac = rng.permutation(len(q))
+    frac = frac[(q[frac] > eps) & (q[frac] < 1 - eps)]
+    while len(frac) > 1:
+        i, j = frac[0:len(frac) - 1:2], frac[1::2]
+        a, b = np.minimum(1 - q[i], q[j]), np.minimum(q[i], 1 - q[j])
+        shift = np.where(rng.random(len(i)) * (a + b) < b, a, -b)
+        q[i] += shift
+        q[j] -= shift
+        frac = frac[(q[frac] > eps) & (q[frac] < 1 - eps)]
     return _fix_count(q > 0.5, q, k)

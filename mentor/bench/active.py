@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,28 +20,51 @@ DEFAULT_STRATEGIES = ["random", "margin", "entropy", "rad"]
 POOL_FRACTIONS = [0.02, 0.05, 0.1, 0.2, 0.33]  # cumulative queries as fractions of the pool
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """A strategy as the benchmark names it: "rad", or a variant "rad@rad_rounding=pairs+rad_m_scale=0.5"
+    (active-config keys set for that strategy only; values read as YAML scalars). The bench-only
+    key `rounds=R` replaces the default budget by R equal batches up to 33% of the pool."""
+    import yaml
+    name, _, rest = spec.partition("@")
+    if name not in SELECTORS:
+        raise ConfigError(f"unknown strategy {name!r} in {spec!r}; available: {', '.join(sorted(SELECTORS))}.")
+    keys = {}
+    for part in filter(None, rest.split("+")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"strategy variant {spec!r}: write name@key=value(+key=value), e.g. rad@rad_rounding=pairs.")
+        keys[key] = yaml.safe_load(value)
+    return name, keys
+
+
+def _budget(n_pool: int, rounds: int | None) -> list[int]:
+    if rounds is None:
+        return sorted({max(1, int(round(f * n_pool))) for f in POOL_FRACTIONS})
+    top = POOL_FRACTIONS[-1] * n_pool
+    return sorted({max(1, int(round(top * (i + 1) / int(rounds)))) for i in range(int(rounds))})
+
+
 def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] | None = None,
                  datasets: list[str] | None = None, json_out: Path | None = None,
                  work_dir: Path = Path("bench-out"), log: Callable = print, correction: str = "vanilla-soft",
-                 overrides: dict | None = None) -> list[dict]:
+                 overrides: dict | None = None, first_seed: int = 0) -> list[dict]:
     """Strategies compared on the quality suite's data sets (teacher trained on A only), at
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
-    teacher and the store (so `spent` is what each strategy paid that earlier ones had not)."""
+    teacher and the store (so `spent` is what each strategy paid that earlier ones had not). Seeds
+    first_seed .. first_seed + seeds − 1; the rows file is emptied only when first_seed is 0."""
     from .quality import _append_row, materialise, select_datasets, suite_configs
     from ..pipeline import get_teacher, prepare
     configs = suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
     strategies = strategies or DEFAULT_STRATEGIES
-    bad = [s for s in strategies if s not in SELECTORS]
-    if bad:
-        raise ConfigError(f"unknown strategies {bad}; available: {', '.join(sorted(SELECTORS))}.")
-    if json_out is not None and Path(json_out).exists():
+    variants = {s: parse_variant(s) for s in strategies}  # ConfigError on an unknown name
+    if json_out is not None and Path(json_out).exists() and first_seed == 0:
         Path(json_out).unlink()
     rows = []
     for name in names:
         template = materialise(configs[name], Path(work_dir))
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             base = {**template, "seed": seed, "output_dir": str(work_dir / "active" / suite / name / f"seed-{seed}")}
             for key, value in (overrides or {}).items():
                 _set_dotted(base, key, value)
@@ -48,16 +72,20 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
             ctx = prepare(probe, force=True)  # benchmark folders are scratch
             teacher = get_teacher(ctx)
             n_pool = len(ctx.splits.pool)
-            budget = sorted({max(1, int(round(f * n_pool))) for f in POOL_FRACTIONS})
             curves = {}
             for strategy in strategies:
-                cfg = parse_active_config({**base, "budget": budget, "strategy": strategy, "correction": correction})
+                selector, keys = variants[strategy]
+                keys = dict(keys)
+                budget = _budget(n_pool, keys.pop("rounds", None))
+                cfg = parse_active_config({**base, "budget": budget, "strategy": selector, "correction": correction,
+                                           **keys})
                 t0 = time.perf_counter()
-                res = active_loop(ctx, teacher, cfg=cfg, out=ctx.out / f"strategy-{strategy}", log=None)
+                folder = "strategy-" + re.sub(r"[^A-Za-z0-9_.=@+-]", "_", strategy)  # a variant keeps its own state
+                res = active_loop(ctx, teacher, cfg=cfg, out=ctx.out / folder, log=None)
                 row = {"dataset": name, "strategy": strategy, "seed": seed, "suite": suite, "queries": res["queries"],
                        "test_accuracy": res["test_accuracy"], "auc": res["auc"], "spent": res["spent"],
                        "teacher_error_of_queries": res["teacher_error_of_queries"],
-                       "correction": correction, "teacher_val_accuracy": res["teacher_val_accuracy"],
+                       "correction": cfg.correction, "teacher_val_accuracy": res["teacher_val_accuracy"],
                        "teacher_test_accuracy": res.get("teacher_test_accuracy"), "n_pool": n_pool,
                        "seconds": time.perf_counter() - t0}
                 rows.append(row)

@@ -146,6 +146,7 @@ def speed(*, n: int = 20000, work_dir: Path = Path("bench-out/speed"), json_out:
         cfg = TrainConfig(epochs=3, min_steps=0, seed=0, device="cpu")
         if distill:
             plan = plan_method(method, ctx)  # set-up (fits on V) is not part of the step cost
+            model = plan.student_wrapper(model) if plan.student_wrapper else model  # DHO's second head
             return train_with_plan(model, x[:0], y[:0], x, probs, plan, cfg).seconds
         return train_student(model, x, y, config=cfg).seconds
 
