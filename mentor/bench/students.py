@@ -46,10 +46,10 @@ def _entries(suite: str) -> dict[str, dict]:
     --students names others (default all)}.
 
     standard is sized for a 2-core CPU, reduced from the quality suite: Fashion-MNIST with A=1000, a
-    pool of 1,500 and 2,000 test images (the EfficientNet sees 32 px images, 2 epochs); fortunes and
+    pool of 1,500 and 2,000 test images (the EfficientNet sees 48 px images, 2 epochs); fortunes and
     fine-foods with A=500 and the pool capped at 2,000 (the transformer: max_length 48, the embeddings and
     first 3 of its 6 layers frozen, 1 epoch)."""
-    effnet = {"student": {"kind": "efficientnet-lite0", "image_size": 32},
+    effnet = {"student": {"kind": "efficientnet-lite0", "image_size": 48},
               "train": {"epochs": 2, "min_steps": 0, "batch_size": 64, "lr": 1e-3}}
     mlp = {"student": {"kind": "mlp", "hidden": [256, 256]}, "train": {"epochs": 10}}
     text_students = {
@@ -63,7 +63,7 @@ def _entries(suite: str) -> dict[str, dict]:
             "base": {"data": {"name": "digits"}, "split": {"n_labeled": 60, "n_val": 60, "n_test": 200, "n_pool": 300},
                      "teacher": {"kind": "logistic"}},
             "students": {"mlp": {"student": {"kind": "mlp", "hidden": [32]}, "train": {"epochs": 20, "min_steps": 0}},
-                         "efficientnet-lite0": {"student": {"kind": "efficientnet-lite0", "image_size": 16},
+                         "efficientnet-lite0": {"student": {"kind": "efficientnet-lite0", "image_size": 40},
                                                 "train": {"epochs": 1, "min_steps": 0, "batch_size": 32}}},
             "methods": METHODS, "slow": ["efficientnet-lite0"], "default_students": ["mlp"]}}
     if suite == "standard":
