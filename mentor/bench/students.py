@@ -203,7 +203,8 @@ def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
     """Markdown: per entry and student, test accuracy per method (mean ± std over seeds), the teacher,
     auto − vanilla-soft paired by seed, and size/latency/ONNX of the vanilla-soft student."""
     out = ["| data | student | teacher | " + " | ".join(METHODS) + f" | auto − {baseline} (paired) | auto chose | "
-           "params | MB | torch ms b1 / b64 | onnx ms b1 / b64 | onnx diff | train s | peak RSS MB |",
+           "params | MB | torch ms b1 / b64 | onnx ms b1 / b64 | onnx diff | train s (soft / hard / auto) | "
+           "peak RSS MB |",
            "|---|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["dataset"], r["student"]) for r in rows))
     for data, student in keys:
@@ -217,12 +218,14 @@ def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         ref = next(iter(by[baseline].values()), mine[0])
         lat = lambda k: ("" if ref.get(k) is None else f"{ref[k]['b1']:.3g} / {ref[k]['b64']:.3g}")  # noqa: E731
         diff = ref.get("onnx_max_abs_diff")
+        train_s = " / ".join(f"{sum(r['train_seconds'] for r in by[m].values()) / len(by[m]):.0f}" if by[m] else "-"
+                             for m in METHODS)  # mean over seeds
         chose = ", ".join(str(by["auto"][s].get("auto_chosen")) for s in sorted(by["auto"]))
         out.append(f"| {data} | {student} | {teacher} | " + " | ".join(cells) + f" | {paired} | {chose} | "
                    f"{ref['params']:,} | "
                    f"{ref['size_mb']:.3g} | {lat('latency_ms_torch')} | {lat('latency_ms_onnx')} | "
                    f"{'' if diff is None else f'{diff:.1e}'} | "
-                   f"{_mean_std([r['train_seconds'] for r in mine])} | {max(r['peak_rss_mb'] for r in mine):.0f} |")
+                   f"{train_s} | {max(r['peak_rss_mb'] for r in mine):.0f} |")
     return "\n".join(out)
 
 
