@@ -198,7 +198,7 @@ class StudentConfig(_Strict):
     head_lr: float | None = Field(None, gt=0)  # transformer: peak lr of the new classification head (default 1e-3:
                                          # a random head learns slowly at the encoder's lr); the encoder uses train.lr
     # kind efficientnet-lite0 (None elsewhere; student.dropout applies before its new head):
-    image_size: int | None = Field(None, ge=16)  # side the images are resized to (default 64; ImageNet used 224)
+    image_size: int | None = Field(None, ge=33)  # side the images are resized to (default 64; ImageNet used 224)
     augment: bool | None = None          # light seeded augmentation in training: flip + small shift (default false)
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     from mentor.evaluate import accuracy
     from mentor.methods import METHODS
     from mentor.pipeline import RunContext, get_teacher, label, prepare, student_test_probs, train
-    student = {"kind": a.student, **({"image_size": 16} if a.student == "efficientnet-lite0" else {})}
+    student = {"kind": a.student, **({"image_size": 40} if a.student == "efficientnet-lite0" else {})}
     base = {"data": {"name": "digits"}, "split": {"n_labeled": 40, "n_val": 60, "n_test": 40, "n_pool": 40},
             "teacher": {"kind": "logistic"}, "student": student,
             "train": {"epochs": 1, "min_steps": 0, "batch_size": 40}, "baseline": False, "output_dir": a.work_dir}

@@ -42,14 +42,14 @@ def test_imagenet_weights_load_strictly_and_give_1000_classes():
     assert p.shape == (2, 1000) and torch.isfinite(p).all()
     assert torch.allclose(p.sum(-1), torch.ones(2))
     # the student keeps the backbone and gets a new head for its classes
-    student = build_efficientnet_student(10, (1, 28, 28), image_size=32)
+    student = build_efficientnet_student(10, (1, 28, 28), image_size=40)
     assert torch.equal(student.state_dict()["_conv_stem.weight"], state["_conv_stem.weight"])
     assert student._fc.out_features == 10
     assert student(torch.rand(3, 784)).shape == (3, 10)
 
 
 def test_augmentation_is_seeded_and_only_in_training():
-    model = build_efficientnet_student(10, (1, 8, 8), image_size=32, augment=True, pretrained=False)
+    model = build_efficientnet_student(10, (1, 8, 8), image_size=40, augment=True, pretrained=False)
     x = torch.rand(4, 64)
     model.train()
     torch.manual_seed(1)
@@ -65,7 +65,7 @@ def test_tiny_run_trains_exports_onnx_and_predicts(tmp_path):
     cfg = {"seed": 0, "output_dir": "run", "data": {"name": "digits"},
            "split": {"n_labeled": 50, "n_val": 40, "n_test": 60, "n_pool": 60},
            "teacher": {"kind": "logistic"},
-           "student": {"kind": "efficientnet-lite0", "image_size": 32, "augment": True},
+           "student": {"kind": "efficientnet-lite0", "image_size": 40, "augment": True},
            "train": {"epochs": 1, "min_steps": 0, "batch_size": 32}, "method": "calibrated-soft", "baseline": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = subprocess.run([*MENTOR, "run", str(tmp_path / "config.yaml")], capture_output=True, text=True)
@@ -73,7 +73,7 @@ def test_tiny_run_trains_exports_onnx_and_predicts(tmp_path):
     folder = tmp_path / "run" / "model"
     record = json.loads((folder / "mentor_student.json").read_text())
     assert record["student"] == {"kind": "efficientnet-lite0", "args": {
-        "n_classes": 10, "image_shape": [1, 8, 8], "image_size": 32, "dropout": 0.0, "augment": True}}
+        "n_classes": 10, "image_shape": [1, 8, 8], "image_size": 40, "dropout": 0.0, "augment": True}}
     assert record["onnx"]["exported"] and record["onnx"]["max_abs_diff"] <= 1e-4
     assert {"torch_b1_ms", "torch_b64_ms", "onnx_b1_ms", "onnx_b64_ms"} <= set(record["latency_ms_per_example"])
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -114,3 +114,12 @@ def test_image_student_on_tabular_data_exits_2_before_anything_is_written(tmp_pa
     from mentor.config import RunConfig, validate_config
     with pytest.raises(ConfigError, match="efficientnet-lite0"):
         validate_config(RunConfig, {"student": {"kind": "mlp", "image_size": 64}})
+
+
+def test_a_training_batch_of_one_image_trains_at_the_smallest_size():
+    """The trainer calls the student on A's and U's rows of a batch separately, so a batch can hold one
+    image; at 32 px the last maps were 1x1 and BatchNorm raised mid-run (found by the students bench)."""
+    model = build_efficientnet_student(10, (1, 8, 8), image_size=33, pretrained=False).train()
+    model(torch.rand(1, 64)).sum().backward()
+    with pytest.raises(ConfigError, match="at least 33"):
+        build_efficientnet_student(10, (1, 8, 8), image_size=32, pretrained=False)

