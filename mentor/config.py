@@ -427,8 +427,9 @@ def load_config(path, overrides: dict | None = None) -> RunConfig:
                           "e.g. digits) or data.path (your own file). `mentor demo` runs the built-in example; "
                           "`mentor check-config` shows every default.")
     base = path.parent
-    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), *((t, "path") for t in cfg.teachers or ()), (cfg.store, "path"), (cfg.student, "encoder"),
-                          (cfg.student, "embedding_cache"), (cfg.student, "tokenizer")):
+    for section, attr in ((cfg.data, "path"), (cfg.teacher, "path"), (cfg.store, "path"), (cfg.student, "encoder"),
+                          (cfg.student, "embedding_cache"), (cfg.student, "tokenizer"),
+                          *((t, "path") for t in cfg.teachers or ())):
         value = getattr(section, attr)
         if value and not Path(value).is_absolute():
             setattr(section, attr, str((base / value).resolve()))

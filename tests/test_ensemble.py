@@ -273,3 +273,13 @@ def test_a_combination_worse_than_its_best_teacher_on_v_is_noted(tmp_path):
         label(prepare(load_config(config)))
     note = json.loads((tmp_path / "run" / "ensemble.json").read_text())
     assert note["teachers"]["good"]["val_accuracy"] > note["val_accuracy"] and "note" in note
+
+
+def test_keys_in_any_teachers_url_never_reach_the_record():
+    from mentor.config import config_record
+    cfg = parse_config({"data": {"name": "digits"}, "teachers": [
+        {"name": "api", "kind": "http", "url": "https://u:sk-secret1@api.example.com/predict"},
+        {"name": "llm", "kind": "llm", "llm": {"endpoint": {"url": "https://u:sk-secret2@llm.example.com/v1",
+                                                             "model": "m"}}}]})
+    text = json.dumps(config_record(cfg))
+    assert "sk-secret1" not in text and "sk-secret2" not in text and "api.example.com" in text

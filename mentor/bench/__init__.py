@@ -2,7 +2,8 @@
 
 - `quality`: every method on the standard suite (`mentor bench quality`, `bench report`);
 - `speed`: label/train throughput and teacher pools (`mentor bench speed`, `bench pool`);
-- `llm`: an LLM as teacher, its scoring modes and the students distilled from it (`mentor bench llm`).
+- `llm`: an LLM as teacher, its scoring modes and the students distilled from it (`mentor bench llm`);
+- `ensemble`: several teachers, each alone and combined (`mentor bench ensemble`).
 """
 
 from .quality import (BASE_METHODS, chosen_on_validation, materialise, quality, read_rows, report, report_rows,
