@@ -66,7 +66,7 @@ class ActiveConfig(RunConfig):
     cost_column: str = "cost"
     score_teacher: bool = True           # also pay the teacher on the test split, to report its accuracy
     rad_solver: Literal["exact", "capped"] = "exact"     # see mentor.active.selection.rad_probabilities
-    rad_rounding: Literal["systematic", "pairs"] = "systematic"  # see mentor.active.selection.dep_round
+    rad_rounding: Literal["systematic", "pairs"] = "pairs"  # DepRound (the paper's); see selection.dep_round
     rad_m_scale: float = Field(1.0, ge=0)  # multiplies RAD's m̂ = n·(1 − teacher accuracy on V); 0 is margin sampling
 
     def trained_method(self) -> str:

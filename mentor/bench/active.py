@@ -146,7 +146,7 @@ def selection_speed(n: int = 1_000_000, n_classes: int = 10, *, b: int = 1000, r
     res["seconds"]["rad"] = best(lambda: select("rad", cand, b, 1, probs=probs, teacher_accuracy=0.9))
     p = rad_probabilities(rad_gains(probs), b, 0.1 * n)
     res["rad_support"] = int((p > 0).sum())
-    res["seconds"]["dep_round_systematic"] = best(lambda: dep_round(p, 1))
+    res["seconds"]["dep_round_systematic"] = best(lambda: dep_round(p, 1, method="systematic"))
     res["seconds"]["dep_round_pairs"] = best(lambda: dep_round(p, 1, method="pairs"))
     kc: dict = {"b": kcenter_b, "dim": kcenter_dim, "centres": kcenter_centres, "extrapolated": True}
     for name in ("coreset", "pcoreset"):
