@@ -250,6 +250,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("docs/bad-input.md"))
     args = ap.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # model-loading progress bars are not part of a message
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     failed = 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
