@@ -117,11 +117,10 @@ class _KeepingTeacher:
         self.cost_per_example = float(getattr(teacher, "cost_per_example", 0.0) or 0.0)
 
     def answer(self, inputs, ids=None):
+        from .store.core import _ask, _unpack
         from .teachers.base import TeacherAnswer
-        from .teachers.pools import ask
-        got = ask(self.teacher, inputs, ids)
-        probs, extras, cost = ((got.probs, dict(got.extras or {}), got.cost) if hasattr(got, "probs")
-                               else (got, {}, None))
+        probs, extras, cost = _unpack(_ask(self.teacher, inputs, ids))  # the store's own reading of an answer
+        extras = dict(extras)
         extras["served_at"] = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())] * len(inputs)
         if self.keep_inputs:
             extras["served_input"] = [x if isinstance(x, str) else json.dumps(np.asarray(x).tolist())

@@ -193,6 +193,17 @@ def each_run(configs: dict[str, dict], names: list[str], seeds: int, work_dir: P
             yield name, seed, template
 
 
+def labeled_seed(cfg):
+    """One seed's shared setup for benchmarks that train several students from the same teacher
+    outputs: the prepared run, its store (labeled once) and the teacher's test accuracy."""
+    from ..evaluate import accuracy
+    from ..pipeline import get_teacher, label, prepare, teacher_outputs
+    ctx = prepare(cfg, force=True)  # benchmark folders are scratch
+    store = label(ctx, get_teacher(ctx))
+    t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), ctx.data.labels[ctx.splits.test])
+    return ctx, store, t_acc
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return

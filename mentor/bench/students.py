@@ -41,7 +41,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
-from .quality import _append_row, _mean_std
+from .quality import _append_row, _mean_std, labeled_seed
 
 # vanilla-soft, vanilla-hard and auto for every student (the issue's evidence grid)
 METHODS = ["vanilla-soft", "vanilla-hard", "auto"]
@@ -153,8 +153,7 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
     """Run the suite's entries (all, or those named) for seeds first_seed .. first_seed+seeds-1."""
     from ..config import parse_config
     from ..evaluate import accuracy
-    from ..pipeline import RunContext, get_teacher, label, prepare, student_test_probs, teacher_outputs, train, \
-        write_model_folder
+    from ..pipeline import RunContext, student_test_probs, train, write_model_folder
     configs = _entries(suite)
     unknown = sorted(set(entries or []) - set(configs))
     if unknown:
@@ -166,10 +165,8 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
             out_dir = Path(work_dir) / suite / entry.replace("/", "-") / f"seed-{seed}"
             base = parse_config({**spec["base"], "seed": seed, "baseline": False, "output_dir": str(out_dir)})
             t0 = time.perf_counter()
-            ctx = prepare(base, force=True)
-            store = label(ctx, get_teacher(ctx))
+            ctx, store, t_acc = labeled_seed(base)
             y_test = ctx.data.labels[ctx.splits.test]
-            t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
             log(f"{entry} seed {seed}: teacher {base.teacher.kind} test accuracy {100 * t_acc:.2f} "
                 f"(setup {time.perf_counter() - t0:.0f} s)")
             for student, over in spec["students"].items():

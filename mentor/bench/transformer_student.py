@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..config import parse_config
-from .quality import _append_row, _mean_std, suite_configs
+from .quality import _append_row, _mean_std, labeled_seed, suite_configs
 
 
 def student_configs(*, max_length: int, epochs: int, batch_size: int, freeze_layers: int) -> dict[str, dict]:
@@ -33,8 +33,7 @@ def run(seeds: int = 2, *, first_seed: int = 0, max_length: int = 64, epochs: in
         freeze_layers: int = 0, method: str = "vanilla-soft", n_pool: int | None = None, onnx: bool = True, json_out: Path | None = None,
         work_dir: Path = Path("bench-out/transformer-student"), log=print) -> list[dict]:
     from ..evaluate import accuracy
-    from ..pipeline import RunContext, get_teacher, label, load_student, prepare, student_test_probs, \
-        teacher_outputs, train
+    from ..pipeline import RunContext, load_student, student_test_probs, train
     template = suite_configs("standard")["fortunes/A500"]
     if n_pool:
         template = {**template, "split": {**template["split"], "n_pool": n_pool}}
@@ -47,10 +46,8 @@ def run(seeds: int = 2, *, first_seed: int = 0, max_length: int = 64, epochs: in
         base_cfg = parse_config({**template, **students["tfidf"], "seed": seed, "baseline": False,
                                  "output_dir": str(Path(work_dir) / f"seed-{seed}")})
         t0 = time.perf_counter()
-        ctx = prepare(base_cfg, force=True)
-        store = label(ctx, get_teacher(ctx))
+        ctx, store, t_acc = labeled_seed(base_cfg)
         y_test = ctx.data.labels[ctx.splits.test]
-        t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), y_test)
         log(f"seed {seed}: teacher (MiniLM + head on {len(ctx.splits.labeled)} labels) test accuracy "
             f"{100 * t_acc:.2f}; setup {time.perf_counter() - t0:.0f} s")
         for name, over in students.items():
