@@ -120,6 +120,7 @@ class TeacherConfig(_Strict):
     min_steps: int = Field(2000, ge=0)   # ... for at least this many optimiser steps
     hidden: list[PositiveInt] = Field(default_factory=lambda: [256, 128])
     llm: LLMConfig | None = None         # kind llm: the task, model, scoring and prices (README: LLM teachers)
+    embeddings: bool = False             # also keep the teacher's embedding of each input in the store (method lelp)
 
     @model_validator(mode="after")
     def _needs_path(self):
@@ -305,7 +306,8 @@ ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("t
               ("student", "freeze_layers"): 0, ("student", "head_lr"): None, ("student", "head"): None,
               ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
               ("student", "image_size"): None, ("student", "augment"): None,
-              ("train", "data_path"): "memory", (None, "rad_m_scale"): 1.0}
+              ("train", "data_path"): "memory", (None, "rad_m_scale"): 1.0,
+              ("teacher", "embeddings"): False}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:
@@ -353,6 +355,10 @@ class RunConfig(_Strict):
         from .methods import check_method_options
         check_method_options(self.trained_method(), self.method_options)
         self._check_teachers()
+        if self.trained_method() == "lelp" and (self.teachers is not None or not self.teacher.embeddings):
+            raise ValueError("method lelp builds its targets from the teacher's embeddings: set teacher.embeddings: "
+                             "true (built-in mlp, cnn, cnn1d, logistic and minilm teachers; one teacher, not "
+                             "teachers:), or choose another method")
         if self.data.classes is not None:
             names = [c.strip() for c in self.data.classes]
             if len(set(names)) != len(names) or not all(names):

@@ -46,6 +46,8 @@ class MethodContext:
     n_epochs: int | None = None
     # The student's input features on the pool (after its featurizer); filters that fit a model need them.
     pool_features: np.ndarray | None = None
+    # Loads the teacher's embeddings of the pool rows (n_pool, d) from the store; LELP needs them.
+    pool_embeddings: Callable | None = None
 
 
 @dataclass
@@ -87,7 +89,9 @@ METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 METHOD_USES_VAL: dict[str, bool] = {}
 LABELED_ONLY = "labeled-only"  # an auto candidate, not a method: λ = 0, the student never sees the pool
 NOT_CANDIDATES = {"dho": "it changes the student's architecture and chooses its blend on V, which auto scores on; "
-                         "compare it with `mentor bench quality --methods dho,...`"}
+                         "compare it with `mentor bench quality --methods dho,...`",
+                  "lelp": "it changes the student's output layer and needs the teacher's embeddings in the store; "
+                          "compare it with `mentor bench quality --methods lelp,...`"}
 
 
 def _candidate_methods() -> str:
@@ -165,6 +169,8 @@ OPTION_CHECKS: dict[str, Callable] = {
     "taid_t_end": _number(0, 1),
     "dkd_alpha": _number(0),
     "dkd_beta": _number(0),
+    "lelp_directions": _number(0, integer=True),
+    "lelp_temperature": _number(0, lo_open=True),
     "auto_candidates": _candidates,
     "auto_folds": _number(1, integer=True),
     "auto_noise_se": _number(0),
@@ -471,6 +477,25 @@ def _dho(ctx: MethodContext) -> MethodPlan:
     from .students.dual import DHOObjective, DualHead
     return MethodPlan(DHOObjective("soft", ctx.temperature), student_wrapper=DualHead,
                       info={"temperature": ctx.temperature})
+
+
+@register_method("lelp", options=("lelp_directions", "lelp_temperature"), uses_val=False)
+def _lelp(ctx: MethodContext) -> MethodPlan:
+    """LELP: the student learns the teacher's distribution over pseudo-subclasses, 2k per class,
+    split along k directions of the teacher's embedding that its output ignores (found by PCA per
+    class); its class probability is the sum of its subclasses' (mentor.students.subclass). For
+    few-class tasks. Needs the teacher's embeddings in the store (teacher.embeddings: true), not V."""
+    if ctx.pool_embeddings is None:
+        raise ConfigError("method 'lelp' builds its targets from the teacher's embeddings, and none are available "
+                          "here; set teacher.embeddings: true (built-in mlp/cnn and minilm teachers) or return "
+                          "extras['embedding'] from your teacher, then label again.")
+    from .students.subclass import LELPObjective, lelp_targets, subclass_head
+    k = int(ctx.options.get("lelp_directions", 2))
+    targets, info = lelp_targets(ctx.pool_embeddings(), ctx.teacher_probs_pool, directions=k,
+                                 temperature=float(ctx.options.get("lelp_temperature", 1.0)))
+    subclasses = info["lelp_subclasses"]
+    return MethodPlan(LELPObjective(targets, ctx.temperature), student_wrapper=subclass_head(ctx.n_classes, subclasses),
+                      info={**info, "temperature": ctx.temperature})
 
 
 # ---------------------------------------------------------------------------------------------- choice on V

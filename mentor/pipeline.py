@@ -28,9 +28,10 @@ from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutp
 from .evaluate import classification_report, gap_closed_verdict, machine_record
 from .methods import MethodContext, plan_method, train_with_plan
 from .students.dual import DualHead, is_dual_head_state
+from .students.subclass import SubclassHead, subclasses_in_state
 from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
-from .teachers import (ClassOrderTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
+from .teachers import (ClassOrderTeacher, EmbeddingTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
 from .students.rows import is_sparse, n_rows, take_rows
 from .students.train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
@@ -160,7 +161,7 @@ def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
 
 _HTTP_KEYS = {"url", "batch_size", "timeout_s", "max_retries", "headers_env", "model_version"}
 # teacher keys that do not change a teacher trained here; kept out of cache keys so they stay stable
-_LATER_TEACHER_KEYS = {"trust_code", "classes", "check_class_order"}
+_LATER_TEACHER_KEYS = {"trust_code", "classes", "check_class_order", "embeddings"}  # embeddings: same model
 
 
 def _data_key(cfg: RunConfig) -> dict:
@@ -190,6 +191,8 @@ def get_teacher(ctx: RunContext) -> Teacher:
             f"a {t.kind} teacher gives one column per class in its own order, which nothing states. Set data.classes "
             "to the class names in the order of the teacher's outputs (or teacher.classes, or name the columns in "
             "the teacher file).")
+    if t.embeddings:
+        teacher = EmbeddingTeacher(teacher)
     return teacher
 
 
@@ -547,6 +550,24 @@ def teacher_outputs(store: TeacherStore, ids: np.ndarray, *, required: bool = Tr
     return store.read(ids)
 
 
+def pool_embeddings(store: TeacherStore, ids: np.ndarray) -> np.ndarray:
+    """The teacher's embeddings of `ids` (extras column `embedding`), (n, d) float32; a clear error
+    where the store has none or some rows lack one."""
+    from .store.extras import vectors
+    if "embedding" not in (getattr(store, "extra_columns", ()) or ()):
+        raise ConfigError(f"the store at {store.path} holds no teacher embeddings (extra column 'embedding'), and "
+                          "method lelp builds its targets from them. Set teacher.embeddings: true and label again "
+                          "(a built-in teacher relabels for free; the store of the plain teacher is kept apart), or "
+                          "return extras['embedding'] from your teacher.")
+    emb = vectors(store.read_extras(np.asarray(ids).astype(str), columns="embedding").column("embedding"))
+    missing = np.isnan(emb).any(1)
+    if missing.any():
+        raise DataError(f"{int(missing.sum())} of {len(emb)} pool rows in the store at {store.path} have no teacher "
+                        "embedding (answered before teacher.embeddings was on?); label them again into a fresh "
+                        "store.path, or pick a method other than lelp.")
+    return emb
+
+
 # ---------------------------------------------------------------------------------------------- students
 
 def _student_kind(ctx: RunContext) -> str:
@@ -703,7 +724,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              val_labels=data.labels[sp.val], temperature=cfg_t.temperature, seed=ctx.cfg.seed,
                              train_and_predict=train_and_predict, options=dict(ctx.cfg.method_options),
                              n_epochs=epochs_for(n_rows(x_lab) + n_rows(x_pool), _train_config(ctx, None)),
-                             pool_features=x_pool)
+                             pool_features=x_pool,
+                             pool_embeddings=lambda: pool_embeddings(store, data.ids[sp.pool][keep]))
         plan = plan_method(method, mctx)
         if plan.student_wrapper is not None:  # e.g. DHO's second head
             model = plan.student_wrapper(model)
@@ -787,6 +809,9 @@ def load_student(ctx: RunContext, name: str = "student"):
     model = _new_student(ctx, feat.n_features or feat.transform(ctx.data.features[ctx.splits.labeled[:1]]).shape[1])
     if is_dual_head_state(state["model"]):  # a DHO student: its second head and blend weight
         model = DualHead(model)
+    subclasses = subclasses_in_state(state["model"])
+    if subclasses is not None:  # a LELP student: an output per subclass
+        model = SubclassHead(model, ctx.n_classes, subclasses)
     model.load_state_dict(state["model"])
     return model, feat, json.loads(state["info"])
 

@@ -23,12 +23,36 @@ RESERVED = ("id", "probs", "topk_index", "topk_prob", "teacher")
 
 def _scalar(t: pa.DataType) -> bool:
     return pa.types.is_null(t) or pa.types.is_boolean(t) or pa.types.is_integer(t) or \
-        pa.types.is_floating(t) or pa.types.is_string(t)
+        pa.types.is_floating(t) or pa.types.is_string(t) or _vector(t)
+
+
+def _vector(t: pa.DataType) -> bool:
+    """A fixed-length float vector per row (a teacher's embedding)."""
+    return pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)
+
+
+def vectors(column, name: str = "embedding") -> np.ndarray:
+    """A vector column read back from the store as an (n, d) float32 array (DataError-free: the
+    caller checks for rows without one, which read as NaN)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not _vector(arr.type):
+        raise TeacherOutputError(f"extra column {name!r} holds {arr.type}, not one float vector per row.")
+    d = arr.type.list_size
+    out = np.full((len(arr), d), np.nan, np.float32)
+    valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
+    if valid.any():
+        out[valid] = np.asarray(arr.filter(pa.array(valid)).flatten().to_numpy(zero_copy_only=False),
+                                np.float32).reshape(-1, d)
+    return out
 
 
 def column(values, name: str) -> pa.Array:
     """One extra column as an Arrow array. Values that are not one scalar type (a mix of text and
-    numbers, lists, dicts) are kept as text (JSON for containers) rather than refused."""
+    numbers, lists, dicts) are kept as text (JSON for containers) rather than refused. A 2-D float
+    array (one vector per row: a teacher's embedding) is kept as a fixed-size float32 list."""
+    if isinstance(values, np.ndarray) and values.ndim == 2 and np.issubdtype(values.dtype, np.floating):
+        flat = pa.array(np.ascontiguousarray(values, np.float32).reshape(-1), pa.float32())
+        return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
     try:
         arr = pa.array(values.tolist() if isinstance(values, np.ndarray) else list(values))
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError):

@@ -139,6 +139,24 @@ def _load_built_in(kind: str) -> Callable[[Path, dict], nn.Module]:
     return load
 
 
+def _build_subclass(args: dict) -> nn.Module:
+    from .subclass import SubclassHead
+    base = build_model(args["base_kind"], in_features=int(args["in_features"]), n_classes=int(args["n_classes"]),
+                       image_shape=args.get("image_shape"), hidden=tuple(args.get("hidden", (64,))),
+                       dropout=float(args.get("dropout", 0.0)))
+    return SubclassHead(base, int(args["n_classes"]), int(args["subclasses"]))
+
+
+def _load_subclass(folder: Path, args: dict) -> nn.Module:
+    """A LELP student: a built-in kind whose output layer has a unit per subclass."""
+    try:
+        model = _build_subclass(args)
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise DataError(f"{folder / CONFIG_FILE}: the LELP student's args {args} cannot rebuild it ({e}); "
+                        f"{EXPORT_HINT}.") from None
+    return load_into(model, read_safetensors(folder / WEIGHTS_FILE, "weights file"), folder, f"LELP student {args}")
+
+
 def _load_custom(folder: Path, args: dict) -> nn.Module:
     raise DataError(f"{folder} holds a custom module ({args.get('class', 'unknown class')}) that mentor cannot "
                     f"rebuild: predict with `--runtime onnx`, or build your module in Python and load "
@@ -188,6 +206,7 @@ BUILT_IN = {kind: StudentFormat(save=save_weights, load=_load_built_in(kind), on
 for _kind, _fmt in BUILT_IN.items():
     register_format(_kind, _fmt)
 register_format("custom", StudentFormat(save=save_weights, load=_load_custom, onnx=export_onnx_matrix))
+register_format("subclass", StudentFormat(save=save_weights, load=_load_subclass, onnx=export_onnx_matrix))
 
 
 def _save_transformer(model: nn.Module, folder: Path, args: dict) -> dict:
@@ -241,6 +260,15 @@ register_format("efficientnet-lite0", StudentFormat(save=save_weights, load=_loa
 def built_in_args(kind: str, model: nn.Module, args: dict) -> tuple[str, dict]:
     """(kind, args) to record: `kind` when build_model(kind, **args) has `model`'s weights, else
     "custom" (any other torch module: weights and ONNX are written, the torch side cannot be rebuilt)."""
+    from .subclass import SubclassHead
+    if isinstance(model, SubclassHead) and kind in BUILT_IN_KINDS:  # a LELP student: rebuilt around its base
+        sub = {**args, "base_kind": kind, "subclasses": int(model.subclasses)}
+        try:
+            probe = _build_subclass(sub)
+            if {k: v.shape for k, v in probe.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}:
+                return "subclass", sub
+        except (KeyError, ConfigError):
+            pass
     if kind in BUILT_IN_KINDS:
         try:
             probe = build_model(kind, in_features=args["in_features"], n_classes=args["n_classes"],

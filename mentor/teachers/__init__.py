@@ -13,14 +13,14 @@ holds) and a `cost_per_example` (what one call costs, for budgets). Where each k
 """
 
 from ..credentials import redact_url
-from .base import ClassOrderTeacher, Teacher, TeacherAnswer, fingerprint_module
+from .base import ClassOrderTeacher, EmbeddingTeacher, Teacher, TeacherAnswer, fingerprint_module
 from .cache import SKOPS_TRUSTED, TeacherCacheError, load_teacher, save_teacher, teacher_cache_suffix
 from .encoder import EncoderTeacher, minilm_path
 from .file import FileTeacher
 from .http import RemoteTeacher, RemoteTeacherError, serve_teacher, teacher_server
 from .local import SklearnTeacher, TorchTeacher, train_model_teacher
 
-__all__ = ["ClassOrderTeacher", "EncoderTeacher", "FileTeacher", "RemoteTeacher", "RemoteTeacherError", "SKOPS_TRUSTED",
+__all__ = ["ClassOrderTeacher", "EmbeddingTeacher", "EncoderTeacher", "FileTeacher", "RemoteTeacher", "RemoteTeacherError", "SKOPS_TRUSTED",
            "SklearnTeacher", "Teacher", "TeacherAnswer", "TeacherCacheError", "TorchTeacher", "fingerprint_module", "load_teacher",
            "minilm_path", "redact_url", "save_teacher", "serve_teacher", "teacher_cache_suffix", "teacher_server",
            "train_model_teacher"]

@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from ..checks import class_permutation
+from ..errors import ConfigError
 
 
 def _sha(*parts: bytes) -> str:
@@ -95,3 +96,31 @@ class ClassOrderTeacher(Teacher):
 
     def describe(self) -> dict:
         return {**self.teacher.describe(), "fingerprint": self.fingerprint, "classes": self.classes}
+
+
+class EmbeddingTeacher(Teacher):
+    """Another teacher whose answers also carry its embedding of each input (extras column
+    `embedding`, one float vector per row): what LELP builds its subclasses from. The wrapped
+    teacher implements `answer_with_embeddings(inputs, ids)`; its probabilities are unchanged, but
+    the fingerprint differs, because the stored rows do."""
+
+    EXTRA = "embedding"
+
+    def __init__(self, teacher: Teacher):
+        if not hasattr(teacher, "answer_with_embeddings"):
+            raise ConfigError(f"teacher.embeddings: true, but a {teacher.kind!r} teacher cannot give its embeddings "
+                              "(the built-in mlp, cnn, cnn1d and minilm teachers can; a custom Teacher can return "
+                              "extras['embedding']). Set teacher.embeddings: false or change teacher.kind.")
+        self.teacher = teacher
+        self.n_classes, self.kind = teacher.n_classes, teacher.kind
+        self.cost_per_example = teacher.cost_per_example
+        self.fingerprint = teacher.fingerprint + "-emb"
+
+    def predict_proba(self, inputs, ids=None) -> np.ndarray:
+        return self.teacher.predict_proba(inputs, ids)
+
+    def answer(self, inputs, ids=None) -> TeacherAnswer:
+        return self.teacher.answer_with_embeddings(inputs, ids)
+
+    def describe(self) -> dict:
+        return {**self.teacher.describe(), "fingerprint": self.fingerprint, "embeddings": True}

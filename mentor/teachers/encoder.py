@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..students.embedding import encode_texts, minilm_path, weights_digest
-from .base import Teacher, _sha
+from .base import Teacher, TeacherAnswer, _sha
 from .local import SklearnTeacher
 
 
@@ -37,3 +37,8 @@ class EncoderTeacher(Teacher):
 
     def predict_proba(self, inputs, ids=None) -> np.ndarray:
         return self.head.predict_proba(self.embed(inputs, encoder_path=self.encoder_path, batch_size=self.batch_size))
+
+    def answer_with_embeddings(self, inputs, ids=None) -> TeacherAnswer:
+        """Probabilities plus the sentence embedding the head reads."""
+        emb = self.embed(inputs, encoder_path=self.encoder_path, batch_size=self.batch_size)
+        return TeacherAnswer(self.head.predict_proba(emb), {"embedding": np.asarray(emb, np.float32)})

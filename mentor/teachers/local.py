@@ -12,7 +12,7 @@ from ..checks import validate_probabilities
 from ..errors import ConfigError
 from ..students.models import Featurizer, build_model, default_featurizer
 from ..students.rows import dense_rows, n_rows
-from .base import Teacher, _fingerprint_object, _sha, fingerprint_module
+from .base import Teacher, TeacherAnswer, _fingerprint_object, _sha, fingerprint_module
 
 
 class TorchTeacher(Teacher):
@@ -32,18 +32,38 @@ class TorchTeacher(Teacher):
         extra = _fingerprint_object(featurizer.__dict__) if featurizer is not None else ""
         self.fingerprint = fingerprint or _sha(fingerprint_module(module).encode(), extra.encode(), output.encode())
 
-    @torch.no_grad()
     def predict_proba(self, inputs, ids=None) -> np.ndarray:
+        return self._run(inputs)[0]
+
+    def answer_with_embeddings(self, inputs, ids=None) -> TeacherAnswer:
+        """Probabilities plus the input of the module's last linear layer (its embedding)."""
+        probs, emb = self._run(inputs, embed=True)
+        return TeacherAnswer(probs, {"embedding": emb})
+
+    @torch.no_grad()
+    def _run(self, inputs, *, embed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         from ..students.train import resolve_device
         x = self.featurizer.transform(inputs) if self.featurizer is not None else np.asarray(inputs, dtype=np.float32)
         dev = resolve_device(self.device)
         self.module.to(dev).eval()
-        outs = []
-        for s in range(0, n_rows(x), self.batch_size):  # a sparse (TF-IDF) x is densified a batch at a time
-            out = self.module(torch.as_tensor(dense_rows(x, s, s + self.batch_size), device=dev)).float()
-            outs.append((torch.softmax(out, -1) if self.output == "logits" else out).cpu().numpy())
+        outs, embs = [], []
+        hook = None
+        if embed:
+            last = [m for m in self.module.modules() if isinstance(m, nn.Linear)]
+            if not last:
+                raise ConfigError(f"teacher.embeddings: true reads the input of the teacher's last linear layer, and "
+                                  f"this {type(self.module).__name__} has none; set teacher.embeddings: false.")
+            hook = last[-1].register_forward_hook(lambda m, i, o: embs.append(i[0].float().flatten(1).cpu().numpy()))
+        try:
+            for s in range(0, n_rows(x), self.batch_size):  # a sparse (TF-IDF) x is densified a batch at a time
+                out = self.module(torch.as_tensor(dense_rows(x, s, s + self.batch_size), device=dev)).float()
+                outs.append((torch.softmax(out, -1) if self.output == "logits" else out).cpu().numpy())
+        finally:
+            if hook is not None:
+                hook.remove()
         probs = np.concatenate(outs) if outs else np.zeros((0, self.n_classes), np.float32)
-        return validate_probabilities(probs, self.n_classes, name=f"torch teacher {self.fingerprint}")
+        emb = (np.concatenate(embs) if embs else np.zeros((0, 0), np.float32)) if embed else None
+        return validate_probabilities(probs, self.n_classes, name=f"torch teacher {self.fingerprint}"), emb
 
 
 class SklearnTeacher(Teacher):
