@@ -434,7 +434,8 @@ def check_config(config: Path, set_: Optional[list[str]] = SetOpt):
 
 @bench_app.command("quality")
 @_guard
-def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, seconds) or standard."),
+def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, seconds), standard, or few-class "
+                                                         "(binary and 4-class text; LELP's setting)."),
                   seeds: int = typer.Option(3, help="Number of seeds."),
                   methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
                   datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),

@@ -66,7 +66,16 @@ def suite_configs(suite: str) -> dict[str, dict]:
                                                "synthetic": {"dim": 50, "tilt_degrees": 3.0, "noise_scale": 0.05}}}
     standard = {**standard, **synthetic, **near_perfect}
     smoke = {**smoke, **synthetic}
-    suites = {"smoke": smoke, "standard": standard}
+    # few classes (LELP's setting): a sentence-encoder teacher whose embeddings are kept in the store
+    # (teacher.embeddings), a TF-IDF student; the binary fine-food reviews and four fortunes topics
+    text_few = {"teacher": {"kind": "minilm", "embeddings": True}, "student": {"kind": "tfidf"},
+                "train": {"epochs": 20}}
+    few = {**{f"fine-foods/A{n}": {**text_few, "data": {"name": "fine-foods"},
+                                   "split": {"n_labeled": n, "n_val": 500, "n_test": 1000}} for n in (100, 400)},
+           "fortunes4/A100": {**text_few, "data": {"name": "fortunes",
+                                                   "options": {"topics": ["computers", "food", "sports", "medicine"]}},
+                              "split": {"n_labeled": 100, "n_val": 300, "n_test": 400}}}
+    suites = {"smoke": smoke, "standard": standard, "few-class": few}
     if suite not in suites:
         raise ConfigError(f"unknown suite {suite!r}; choose one of {', '.join(suites)}.")
     return suites[suite]
