@@ -118,3 +118,25 @@ def test_cli_refuses_lelp_without_embeddings_and_embeddings_from_a_teacher_that_
     out = subprocess.run([sys.executable, "-m", "mentor.cli", "check-config", str(cfg), "--set",
                           "method_options.lelp_directions=-1"], capture_output=True, text=True)
     assert out.returncode == 2 and "lelp_directions" in out.stderr + out.stdout
+
+
+def test_embeddings_survive_the_row_log_the_shard_merge_and_a_reopen(tmp_path):
+    """A paid answer's embedding is kept like its probabilities: through row-log frames, their
+    flush into a Parquet shard and a fresh open, aligned to the ids asked for."""
+    from mentor.store import TeacherStore
+    from mentor.store.extras import vectors
+    from mentor.teachers import EmbeddingTeacher, TorchTeacher
+
+    torch.manual_seed(0)
+    teacher = EmbeddingTeacher(TorchTeacher(MLP(6, 3, hidden=(5,)), 3))
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    ids = np.array([f"r{i}" for i in range(50)])
+    store = TeacherStore(tmp_path / "s", fingerprint=teacher.fingerprint, n_classes=3, shard_size=16)
+    store.label(teacher, ((ids[i:i + 7], x[i:i + 7]) for i in range(0, 50, 7)))
+    again = TeacherStore.open(tmp_path / "s")
+    order = ids[::-1]
+    got = vectors(again.read_extras(order, "embedding").column("embedding"))
+    with torch.no_grad():
+        want = torch.relu(teacher.teacher.module.net[0](torch.from_numpy(x[::-1].copy()))).numpy()
+    assert got.shape == (50, 5) and np.allclose(got, want, atol=1e-5)
+    assert teacher.fingerprint.endswith("-emb") and teacher.describe()["embeddings"] is True
