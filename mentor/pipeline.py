@@ -345,6 +345,10 @@ def store_path(ctx: RunContext) -> Path:
 def open_store(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     s = ctx.cfg.store
     if teacher is None:
+        if not TeacherStore.exists(store_path(ctx)) and not distributed.is_main():
+            raise StoreError(f"rank {distributed.rank()} does not see the teacher outputs rank 0 stored at "
+                             f"{store_path(ctx)}: under torchrun on several machines, output_dir (and store.path) "
+                             "must be a folder every machine mounts (a shared filesystem), as must the data.")
         if not TeacherStore.exists(store_path(ctx)):
             raise StoreError(f"no teacher outputs at {store_path(ctx)}; run `mentor label` (or `mentor run`) first.")
         return TeacherStore.open(store_path(ctx))
@@ -736,6 +740,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
             info.update(model.fit_blend(x_val, data.labels[sp.val], device=cfg_t.device))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
+    if distributed.active():  # trained data-parallel: what launched it (the weights equal one process's)
+        info["data_parallel"] = distributed.describe()
     if getattr(feat, "kind", None) == "embedding":
         info.update(student_head=ctx.cfg.student.head or "logistic", embedding_cache=dict(feat.stats))
 

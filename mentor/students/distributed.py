@@ -99,6 +99,14 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
+def describe() -> dict:
+    """How this run is spread: ranks and backend (recorded in the student's train_info)."""
+    if not active():
+        return {"world_size": 1, "backend": None, "nodes": 1}
+    # torchrun's GROUP_WORLD_SIZE: the number of agents, one per machine
+    return {"world_size": world_size(), "backend": dist.get_backend(), "nodes": int(os.environ.get("GROUP_WORLD_SIZE", 1))}
+
+
 def _object_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
