@@ -163,7 +163,18 @@ def sync_params(model: torch.nn.Module) -> None:
     if not active():
         return
     with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
+        for t in model.parameters():
+            dist.broadcast(t.data, src=0)
+    sync_buffers(model)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank after a step, as torch DDP
+    does: each rank's batch statistics come from its share, the kept ones from rank 0's."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in model.buffers():
             dist.broadcast(t.data, src=0)
 
 

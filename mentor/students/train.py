@@ -341,6 +341,7 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
                     total += float(loss.detach())
                 distributed.sum_gradients(trained)  # ranks: the sum of the shares' gradients
                 opt.step()
+                distributed.sync_buffers(model)  # BatchNorm statistics: rank 0's, as in torch DDP
                 steps += 1
             if hasattr(objective, "on_epoch_end"):
                 objective.on_epoch_end(epoch)
