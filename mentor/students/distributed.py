@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
 from datetime import timedelta
 
@@ -76,11 +77,23 @@ def local_device(device: str = "auto") -> torch.device | None:
     return torch.device("cuda", local)
 
 
-def init_from_env(device: str = "auto", *, timeout_s: float = 1800.0) -> bool:
+def init_from_env(device: str = "auto", *, timeout_s: float | None = None) -> bool:
     """Join the process group torchrun describes (once): nccl when this rank trains on CUDA, gloo
-    on CPU. Returns whether training is distributed. A no-op for one process."""
+    on CPU. Returns whether training is distributed. A no-op for one process.
+
+    `timeout_s` (default: env MENTOR_DIST_TIMEOUT_S, else 24 h) bounds every wait, including the
+    other ranks' wait while rank 0 labels the pool, which can take hours with a slow teacher."""
     if launched() is None:
         return False
+    if device.startswith("cuda:"):
+        raise ConfigError(f"train.device is {device!r}, but under torchrun each rank takes its own GPU "
+                          "(cuda:LOCAL_RANK). Set train.device: auto or cuda (or cpu for CPU processes).")
+    if timeout_s is None:
+        try:
+            timeout_s = float(os.environ.get("MENTOR_DIST_TIMEOUT_S", 86400))
+        except ValueError:
+            raise ConfigError(f"MENTOR_DIST_TIMEOUT_S must be a number of seconds, got "
+                              f"{os.environ['MENTOR_DIST_TIMEOUT_S']!r}.") from None
     if active():
         return True
     if not dist.is_available():
@@ -112,12 +125,23 @@ def _object_device() -> torch.device:
 
 
 def broadcast(obj):
-    """`obj` of rank 0 on every rank (picklable; small)."""
+    """`obj` of rank 0 on every rank, sent as JSON bytes (numbers, strings, lists, dicts; never a
+    pickle): rank 0 keeps its own object, the others get its JSON reading."""
     if not active():
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_object_device())
-    return box[0]
+    dev = _object_device()
+    data = json.dumps(obj, default=_plain).encode() if is_main() else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=0)
+    buf = (torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if is_main()
+           else torch.empty(int(size.item()), dtype=torch.uint8, device=dev))
+    dist.broadcast(buf, src=0)
+    return obj if is_main() else json.loads(buf.cpu().numpy().tobytes().decode())
+
+
+def _plain(x):
+    return x.item() if hasattr(x, "item") and getattr(x, "size", 2) == 1 else \
+        x.tolist() if hasattr(x, "tolist") else str(x)
 
 
 def on_main(fn, what: str = "this step"):
@@ -224,11 +248,10 @@ def check_same(value: str, what: str) -> None:
     """Raise on every rank when `value` (a digest, a choice) differs between ranks."""
     if not active():
         return
-    values = [None] * world_size()
-    dist.all_gather_object(values, value)
-    if len(set(values)) > 1:
-        raise RuntimeError(f"the ranks disagree on {what} ({len(set(values))} distinct values): data-parallel "
-                           "training lost sync. This is a bug in mentor; please report it with the config.")
+    differ = sum_scalar(float(broadcast(value) != value), _object_device())
+    if differ:
+        raise RuntimeError(f"{int(differ)} rank(s) disagree with rank 0 on {what}: data-parallel training lost "
+                           "sync. This is a bug in mentor; please report it with the config.")
 
 
 def rank_seed(seed: int, epoch: int) -> None:
