@@ -204,11 +204,17 @@ def sync_buffers(model: torch.nn.Module) -> None:
 
 def sum_gradients(params) -> None:
     """All-reduce (SUM) the gradients of `params`: each rank holds the one-process step's gradient.
-    A parameter without a gradient on this rank (its share was empty) counts as zeros. One flat
-    buffer per dtype, so a model of many tensors costs a few collective calls."""
+    A parameter without a gradient on this rank (not reached by its share) counts as zeros where
+    another rank has one; one that no rank reached keeps no gradient, so the optimiser skips it as
+    one process would. One flat buffer per dtype: a model of many tensors costs a few calls."""
     if not active():
         return
     params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    reached = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(reached, op=dist.ReduceOp.SUM)
+    params = [p for p, r in zip(params, reached.tolist()) if r > 0]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
