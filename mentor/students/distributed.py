@@ -250,11 +250,14 @@ def digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def check_same(value: str, what: str) -> None:
-    """Raise on every rank when `value` (a digest, a choice) differs between ranks."""
+def check_same(value: str, what: str, fix: str | None = None) -> None:
+    """Raise on every rank when `value` (a digest, a choice, a size) differs between ranks: a
+    ConfigError naming `fix` when the caller's inputs can cause it, else a RuntimeError (a bug)."""
     if not active():
         return
     differ = sum_scalar(float(broadcast(value) != value), _object_device())
+    if differ and fix:
+        raise ConfigError(f"{int(differ)} rank(s) disagree with rank 0 on {what}; {fix}")
     if differ:
         raise RuntimeError(f"{int(differ)} rank(s) disagree with rank 0 on {what}: data-parallel training lost "
                            "sync. This is a bug in mentor; please report it with the config.")

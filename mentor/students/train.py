@@ -309,6 +309,8 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
         torch.set_rng_state(state["torch_rng"])
         result.history = state["history"]
         start_epoch = result.resumed_from_epoch = state["epoch"]
+    distributed.check_same(f"{n_total} {cfg}", "the examples and the training config", "under torchrun every "
+                           "rank must train on the same data (all of it: each takes its share) with the same config.")
     distributed.sync_params(model)  # every rank starts from rank 0's weights
     distributed.rank_seed(cfg.seed, start_epoch)
     trained = [p for g in opt.param_groups for p in g["params"]]
