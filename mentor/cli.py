@@ -72,12 +72,36 @@ def os_error_message(e: OSError) -> str | None:
     return None
 
 
+# the commands that train data-parallel under torchrun; the others run as one process
+DISTRIBUTED_COMMANDS = ("run_cmd", "train_cmd", "demo")
+
+
+def _check_launch(name: str) -> None:
+    """Under torchrun with several processes, only `run`, `train` and `demo` make sense."""
+    import os
+    if "WORLD_SIZE" not in os.environ or name in DISTRIBUTED_COMMANDS:  # torch is imported only under a launcher
+        return
+    from .students.distributed import launched
+    if launched() is not None:
+        command = name.removesuffix("_cmd").replace("_", " ")
+        raise ConfigError(f"`mentor {command}` does not run under torchrun (WORLD_SIZE="
+                          f"{os.environ['WORLD_SIZE']}): only `mentor run`, `mentor train` and `mentor demo` train "
+                          f"data-parallel. Run `python -m mentor.cli {command} ...` as one process.")
+
+
+def _is_main() -> bool:
+    """Rank 0 under torchrun, or the only process: the one that prints results."""
+    from .students.distributed import is_main
+    return is_main()
+
+
 def _guard(fn):
     """Show bad input (MentorError) and unwritable or full disks as one plain message, exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _check_launch(fn.__name__)
             return fn(*args, **kwargs)
         except MentorError as e:
             print_error(str(e))
@@ -167,8 +191,9 @@ def demo(output_dir: Path = typer.Option(Path("results/demo"), help="Where to wr
     from .presets import demo_config
     cfg = demo_config(output_dir=str(output_dir), seed=seed)
     metrics = run(cfg)
-    print_summary(metrics)
-    out(f"results in {output_dir}/metrics.json")
+    if _is_main():
+        print_summary(metrics)
+        out(f"results in {output_dir}/metrics.json")
 
 
 @app.command("run")
@@ -179,8 +204,9 @@ def run_cmd(config: Path = typer.Argument(..., help="YAML config (see README).")
     from .pipeline import run
     cfg = _config(config, set_)
     metrics = run(cfg, force=force)
-    print_summary(metrics)
-    out(f"results in {cfg.output_dir}/metrics.json" + _report_note(cfg.output_dir))
+    if _is_main():
+        print_summary(metrics)
+        out(f"results in {cfg.output_dir}/metrics.json" + _report_note(cfg.output_dir))
 
 
 @app.command("label")
@@ -216,6 +242,8 @@ def train_cmd(config: Path, set_: Optional[list[str]] = SetOpt,
     cfg = _config(config, set_)
     ctx = prepare(cfg, force=force)
     info = train(ctx, labeled_only=labeled_only)
+    if not _is_main():  # the other ranks trained their share; rank 0 prints and exports
+        return
     out(json.dumps(info, indent=2, default=str))
     if not labeled_only and cfg.export.model_folder:
         from .pipeline import write_model_folder

@@ -27,6 +27,7 @@ from .checks import suspected_permutation
 from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutputError
 from .evaluate import classification_report, gap_closed_verdict, machine_record
 from .methods import MethodContext, plan_method, train_with_plan
+from .students import distributed
 from .students.dual import DualHead, is_dual_head_state
 from .students.subclass import SubclassHead, subclasses_in_state
 from .students.models import Featurizer, build_model, default_featurizer
@@ -138,11 +139,23 @@ def claim_output_dir(cfg: RunConfig, *, force: bool = False) -> Path:
     return out
 
 
+def start_distributed(cfg: RunConfig) -> bool:
+    """Under torchrun (several processes): refuse what cannot train data-parallel, then join the
+    process group (students.distributed). False, and nothing done, for one process."""
+    if distributed.launched() is None:
+        return False
+    if cfg.train.data_path == "stream":
+        raise ConfigError(distributed.STREAM_NOT_DISTRIBUTED)
+    return distributed.init_from_env(cfg.train.device)
+
+
 def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     """Load and validate the data, split it by the protocol, record the config and split.
-    `force`: replace the results of another config's run in the same output_dir."""
+    `force`: replace the results of another config's run in the same output_dir.
+    Under torchrun every rank makes the same split; only rank 0 writes the folder."""
     from .students.train import resolve_device
     resolve_device(cfg.train.device)  # a device this machine lacks fails now, not after labeling
+    start_distributed(cfg)
     data = load_data(cfg).validate()
     check_student(cfg, data)
     s = cfg.split
@@ -151,10 +164,13 @@ def prepare(cfg: RunConfig, *, force: bool = False) -> RunContext:
     if cfg.student.kind == "transformer":  # wrong data or folders fail now, before the teacher is paid
         from .students.hf import check_student_folders
         check_student_folders(*_transformer_paths(ctx), cfg.student.max_length)
-    out = claim_output_dir(cfg, force=force)
-    np.savez(out / "splits.npz", labeled=data.ids[splits.labeled], val=data.ids[splits.val],
-             pool=data.ids[splits.pool], test=data.ids[splits.test])
-    return RunContext(cfg, data, splits, out)
+
+    def write_folder():
+        out = claim_output_dir(cfg, force=force)
+        np.savez(out / "splits.npz", labeled=data.ids[splits.labeled], val=data.ids[splits.val],
+                 pool=data.ids[splits.pool], test=data.ids[splits.test])
+    distributed.on_main(write_folder, "preparing the run folder")
+    return RunContext(cfg, data, splits, Path(cfg.output_dir))
 
 
 # ---------------------------------------------------------------------------------------------- teacher
@@ -332,6 +348,10 @@ def store_path(ctx: RunContext) -> Path:
 def open_store(ctx: RunContext, teacher: Teacher | None = None) -> TeacherStore:
     s = ctx.cfg.store
     if teacher is None:
+        if not TeacherStore.exists(store_path(ctx)) and not distributed.is_main():
+            raise StoreError(f"rank {distributed.rank()} does not see the teacher outputs rank 0 stored at "
+                             f"{store_path(ctx)}: under torchrun on several machines, output_dir (and store.path) "
+                             "must be a folder every machine mounts (a shared filesystem), as must the data.")
         if not TeacherStore.exists(store_path(ctx)):
             raise StoreError(f"no teacher outputs at {store_path(ctx)}; run `mentor label` (or `mentor run`) first.")
         return TeacherStore.open(store_path(ctx))
@@ -681,7 +701,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
     method = method or ctx.cfg.method
     name = name or ("labeled-only" if labeled_only else "student")
     data, sp = ctx.data, ctx.splits
-    feat = _featurizer(ctx)
+    feat = distributed.main_first(lambda: _featurizer(ctx), "the student's featurizer")  # rank 0 fills caches
     x_lab = feat.transform(data.features[sp.labeled])
     y_lab = data.labels[sp.labeled]
     model = student if student is not None else _new_student(ctx, x_lab.shape[1])
@@ -727,6 +747,7 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                              pool_features=x_pool,
                              pool_embeddings=lambda: pool_embeddings(store, data.ids[sp.pool][keep]))
         plan = plan_method(method, mctx)
+        distributed.check_same(_key(plan.info), "the method's plan (auto's choice)")  # same weights, same V
         if plan.student_wrapper is not None:  # e.g. DHO's second head
             model = plan.student_wrapper(model)
         info.update(plan.info)
@@ -741,10 +762,15 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
             info.update(model.fit_blend(x_val, data.labels[sp.val], device=cfg_t.device))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
-    _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
+    if distributed.active():  # trained data-parallel: what launched it (the weights equal one process's)
+        info["data_parallel"] = distributed.describe()
     if getattr(feat, "kind", None) == "embedding":
         info.update(student_head=ctx.cfg.student.head or "logistic", embedding_cache=dict(feat.stats))
-    _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
+
+    def save():
+        _atomic_write_text(ctx.out / f"history-{name}.json", json.dumps(result.history))  # per-epoch loss (tracking)
+        _save_student(ctx.out / f"{name}.pt", model, feat, _student_kind(ctx), info)
+    distributed.on_main(save, f"saving {name}.pt")
     return info
 
 
@@ -1004,18 +1030,26 @@ def run(cfg: RunConfig, *, force: bool = False) -> dict:
     `force`: replace the results of another config's run in the same output_dir."""
     t0 = time.perf_counter()
     from .tracking import check_tracker
-    check_tracker(cfg.tracking)  # a tracking server that is down is found before anything is paid
+    start_distributed(cfg)  # under torchrun: students train data-parallel; rank 0 alone labels and writes
+    # a tracking server that is down is found before anything is paid
+    distributed.on_main(lambda: check_tracker(cfg.tracking), "checking the tracking server")
     ctx = prepare(cfg, force=force)
-    store = label(ctx)  # one teacher, or several combined (label_ensemble)
+    # one teacher, or several combined (label_ensemble); the other ranks read the store rank 0 wrote
+    store = distributed.on_main(lambda: label(ctx), "labeling")
+    if store is None:
+        store = open_store(ctx)
     if cfg.baseline:
         train(ctx, labeled_only=True)
     train(ctx, store)
-    metrics = evaluate(ctx, store)
-    _note_model_folder(ctx, metrics)
-    metrics["seconds"] = time.perf_counter() - t0
-    _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    from .report import report_after_run
-    from .tracking import track_after_run
-    report_after_run(ctx, store)
-    track_after_run(ctx)
-    return metrics
+
+    def finish():
+        metrics = evaluate(ctx, store)
+        _note_model_folder(ctx, metrics)
+        metrics["seconds"] = time.perf_counter() - t0
+        _atomic_write_text(ctx.out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+        from .report import report_after_run
+        from .tracking import track_after_run
+        report_after_run(ctx, store)
+        track_after_run(ctx)
+        return metrics
+    return distributed.broadcast(distributed.on_main(finish, "evaluation and reports"))

@@ -473,6 +473,13 @@ def _fit_rel(tv, val_labels, n_classes: int, options: dict):
 # ---------------------------------------------------------------------------------------------- training
 
 
+def check_not_distributed() -> None:
+    """The stream trainer is one process only: refuse it under torchrun (ConfigError naming the fix)."""
+    from .distributed import STREAM_NOT_DISTRIBUTED, active, launched
+    if active() or launched() is not None:
+        raise ConfigError(STREAM_NOT_DISTRIBUTED)
+
+
 def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: StreamPlan | None = None,
                          config: TrainConfig | None = None, read_ahead: bool = False):
     """Train `model` in place on CE(A) + λ·mean_U(w·objective), reading U from disk.
@@ -481,6 +488,7 @@ def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: S
     `train_student`; only the order of the examples differs (row groups and buffers instead of
     one permutation of the whole pool). Returns a TrainResult."""
     cfg = config or TrainConfig()
+    check_not_distributed()
     device = resolve_device(cfg.device)
     gen = seed_everything(cfg.seed)
     if cfg.grad_accum < 1:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from ..losses import per_example_distillation
+from . import distributed
 from .rows import as_float32, dense_rows, is_sparse, n_rows
 
 
@@ -84,6 +85,9 @@ class VanillaObjective:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto` is CUDA when there is one; asking for a device this machine lacks is a ConfigError."""
+    gpu = distributed.local_device(device)  # under torchrun: this rank's GPU
+    if gpu is not None:
+        return gpu
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -248,7 +252,10 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
         group = bs * cfg.grad_accum
         for g in range(0, n_total, group):
             gidx = order[g:g + group]
-            yield len(gidx), [_memory_batch(gidx[s:s + bs]) for s in range(0, len(gidx), bs)]
+            # under torchrun each rank takes its share of every forward batch (the same permutation on
+            # every rank); the step still divides by the global len(gidx)
+            shares = [distributed.share(gidx[s:s + bs]) for s in range(0, len(gidx), bs)]
+            yield len(gidx), [_memory_batch(idx) for idx in shares if len(idx)]
 
     def _memory_batch(idx):
         lab = idx[idx < n_lab]
@@ -282,7 +289,9 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
 
     `epoch_groups(epoch)` yields, per optimiser step, (examples in the step, [callables returning
     each forward batch's summed loss]); the step's loss is their sum divided by the examples.
-    Handles the lr schedule, bfloat16 autocast on CUDA, checkpoints (resume) and progress."""
+    Handles the lr schedule, bfloat16 autocast on CUDA, checkpoints (resume) and progress. Under
+    torchrun (`distributed`) each rank's callables cover its share of the step; gradients are summed
+    over ranks before the step, and only rank 0 writes the checkpoint."""
     t0 = time.perf_counter() if t0 is None else t0
     opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
@@ -300,13 +309,18 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
         torch.set_rng_state(state["torch_rng"])
         result.history = state["history"]
         start_epoch = result.resumed_from_epoch = state["epoch"]
+    distributed.check_same(f"{n_total} {cfg}", "the examples and the training config", "under torchrun every "
+                           "rank must train on the same data (all of it: each takes its share) with the same config.")
+    distributed.sync_params(model)  # every rank starts from rank 0's weights
+    distributed.rank_seed(cfg.seed, start_epoch)
+    trained = [p for g in opt.param_groups for p in g["params"]]
     use_amp = cfg.amp and device.type == "cuda"
     n_epochs = epochs_for(n_total, cfg)
     per_epoch = steps_per_epoch(n_total, cfg)
     total_steps = n_epochs * per_epoch
     warmup = warmup_steps_for(total_steps, cfg)
     progress = None
-    if cfg.progress:
+    if cfg.progress and distributed.is_main():  # one bar, not one per rank
         from rich.progress import Progress
         progress = Progress(transient=True)
         progress.start()
@@ -324,14 +338,18 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
                 for summed in batches:  # grad_accum forward passes, one optimiser step
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                         loss = summed() / n_group  # the step's loss is the mean over all its examples
-                    loss.backward()
+                    if loss.requires_grad:
+                        loss.backward()
                     total += float(loss.detach())
+                distributed.sum_gradients(trained)  # ranks: the sum of the shares' gradients
                 opt.step()
+                distributed.sync_buffers(model)  # BatchNorm statistics: rank 0's, as in torch DDP
                 steps += 1
             if hasattr(objective, "on_epoch_end"):
                 objective.on_epoch_end(epoch)
+            total = distributed.sum_scalar(total, device)
             result.history.append({"epoch": epoch + 1, "loss": total / max(steps, 1)})
-            if ckpt is not None:
+            if ckpt is not None and distributed.is_main():
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "objective": objective.state_dict(), "generator": gen.get_state(),
@@ -342,6 +360,7 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
     finally:
         if progress is not None:
             progress.stop()
+    distributed.check_same(distributed.digest(model), "the trained weights")
     result.seconds = time.perf_counter() - t0
     return result
 
