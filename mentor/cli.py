@@ -501,12 +501,16 @@ def bench_serve_cmd(run_dir: Path = typer.Argument(..., help="A finished run wit
                     requests: int = typer.Option(500, help="Measured requests per arm."),
                     concurrency: int = typer.Option(8, help="Requests in flight at once."),
                     batch: int = typer.Option(1, help="Inputs per request."),
+                    inputs: int = typer.Option(200, help="Distinct test inputs cycled through (as many as "
+                                               "--requests × --batch: every fallback is a new, paid teacher call)."),
+                    arms: str = typer.Option("torch,onnx,cascade", help="Which of torch, onnx, cascade to run."),
                     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows here (JSON lines).")):
     """Load test of `mentor serve`: the student (torch, ONNX) and the cascade, requests/s and p50/p95/p99."""
     from .bench.serve import bench_serve
-    if requests < 1 or concurrency < 1 or batch < 1:
-        raise ConfigError("--requests, --concurrency and --batch must be at least 1.")
-    rows = bench_serve(run_dir, n_requests=requests, concurrency=concurrency, batch=batch, log=out)
+    if requests < 1 or concurrency < 1 or batch < 1 or inputs < 1:
+        raise ConfigError("--requests, --concurrency, --batch and --inputs must be at least 1.")
+    rows = bench_serve(run_dir, n_requests=requests, concurrency=concurrency, batch=batch, n_inputs=inputs,
+                       arms=[a.strip() for a in arms.split(",") if a.strip()], log=out)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text("".join(json.dumps(r) + "\n" for r in rows))

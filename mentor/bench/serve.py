@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 def load_test(url: str, bodies: list[dict], *, concurrency: int = 8, n_requests: int = 500,
               timeout_s: float = 60.0, warmup: int = 10) -> dict:
@@ -70,8 +72,11 @@ def _start(args: list[str], port: int, timeout_s: float = 180.0):
         time.sleep(0.2)
 
 
+ARMS = ("torch", "onnx", "cascade")
+
+
 def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: int = 1, n_inputs: int = 200,
-                log=print) -> list[dict]:
+                arms=ARMS, log=print) -> list[dict]:
     """Requests/s and latency percentiles of `mentor serve` on a finished run's model folder: the
     student with torch, with ONNX, and the cascade (the run's teacher and cascade.json threshold).
     Requests carry `batch` test-split inputs each (cycled over `n_inputs` of them)."""
@@ -87,10 +92,14 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
     x = ctx.data.features[rows]
     inputs = [str(v) for v in x] if ctx.data.kind == "text" else np.asarray(x, dtype=np.float64).tolist()
     bodies = [{"inputs": inputs[i:i + batch]} for i in range(0, len(inputs) - batch + 1, batch)]
-    arms = [("student (torch)", [str(run / "model")]), ("student (onnx)", [str(run / "model"), "--runtime", "onnx"]),
-            ("cascade (torch + teacher)", [str(run / "model"), "--cascade", str(run)])]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        raise ConfigError(f"unknown arms {unknown}; choose from {', '.join(ARMS)}.")
+    every = {"torch": ("student (torch)", [str(run / "model")]),
+             "onnx": ("student (onnx)", [str(run / "model"), "--runtime", "onnx"]),
+             "cascade": ("cascade (torch + teacher)", [str(run / "model"), "--cascade", str(run)])}
     out = []
-    for name, args in arms:
+    for name, args in (every[a] for a in ARMS if a in arms):
         port = free_port()
         proc = _start(args, port)
         try:
@@ -99,8 +108,9 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
         finally:
             proc.terminate()
             proc.wait(30)
-        row = {"arm": name, "batch": batch, "dataset": ctx.data.name, **res,
-               "teacher_share": counts["teacher"] / max(counts["examples"], 1)}
+        row = {"arm": name, "batch": batch, "dataset": ctx.data.name, "distinct_inputs": len(bodies) * batch, **res,
+               "teacher_share": counts["teacher"] / max(counts["examples"], 1),
+               "teacher_paid": counts.get("teacher_paid"), "teacher_from_store": counts.get("teacher_from_store")}
         out.append(row)
         log(f"{name:28s} {row['requests_per_s']:8.1f} req/s   p50 {row['p50_ms']:7.2f} ms   p95 {row['p95_ms']:7.2f} ms"
             f"   p99 {row['p99_ms']:7.2f} ms   errors {row['errors']}   teacher share {row['teacher_share']:.2f}")
