@@ -250,16 +250,19 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
                 "student": cfg.student.kind, "setup_seconds": time.perf_counter() - t0}
         for method in methods:
             t1 = time.perf_counter()
+            info = {}
             if method == "teacher":
                 acc, val_acc = t_acc, t_val
             else:
                 lab = method == "labeled-only"
-                train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
+                info = train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
                 acc = accuracy(student_test_probs(ctx, method), y_test)
                 val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
             # val_accuracy: what a user can see to choose a method (V also fits the corrections)
             row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
                    "seconds": time.perf_counter() - t1}
+            if method == "auto":  # every candidate's V score with its interval: what the advice reads
+                row["auto"] = {k: v for k, v in info["auto"].items() if k != "note"}
             rows.append(row)
             _append_row(json_out, row)
             log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
