@@ -157,8 +157,9 @@ def advice_from_run(metrics: dict) -> dict | None:
            f"({100 * d:+.1f} ± {100 * se:.1f} points for distilling)")
     if -d > se:
         return {"verdict": "dont-distil", "method": LABELED_ONLY, "text": (
-            head + f"; {gap}: don't distil with {method}: keep the labeled-only student, or try `method: auto`, "
-            "which also weighs smaller λ and keeps labeled-only if it still wins.")}
+            head + f"; {gap}: don't distil with {method}. A correction may still pay where {method} does not "
+            "(BENCHMARKS.md: LetterRecognition/A300): `method: auto` compares labeled-only, λ variants and the "
+            "corrections on V and keeps labeled-only if it still wins.")}
     if d <= se:
         return {"verdict": "within-noise", "method": method, "text": (
             head + f"; {gap}: within noise, distilling does not clearly pay." + tail)}

@@ -67,3 +67,24 @@ def test_one_method_run_weighs_distilling_against_not_distilling():
     m["labeled_only"] = {"val_accuracy": 0.70, "val_diff_se": 0.015}
     assert advice_from_run(m)["verdict"] == "distil" and "method: auto" in advice_from_run(m)["text"]
     assert advice_from_run({"student": {}}) is None
+
+
+def test_bench_scores_each_rule_against_the_test_winner():
+    from mentor.bench.advice import advice_picks, one_number_rule, summarize_advice
+    assert one_number_rule(0.80, 0.80, 0.70) == "slam-hard" and one_number_rule(0.90, 0.80, 0.70) == "calibrated-soft"
+    assert one_number_rule(0.80, 0.80, 0.90) == "labeled-only" and one_number_rule(0.80, 0.78, None) is None
+    base = {"dataset": "d", "seed": 0, "n_val": 1000}
+    soft = _right(1000, 0.80, 0)
+    lab = _right(1000, 0.60, 1)
+    record = _auto({"labeled-only": lab, "vanilla-soft": soft, "slam-hard": soft})
+    rows = [{**base, "method": m, "val_accuracy": v, "test_accuracy": t} for m, v, t in (
+        ("teacher", 0.80, 0.80), ("labeled-only", 0.60, 0.61), ("vanilla-soft", 0.80, 0.78),
+        ("slam-hard", 0.80, 0.83))] + [{**base, "method": "auto", "val_accuracy": 0.8, "test_accuracy": 0.78,
+                                        "auto": record}]
+    (p,) = advice_picks(rows)
+    assert p["winner"] == "slam-hard" and p["one-number"]["method"] == "slam-hard"
+    assert p["advice"]["method"] == "vanilla-soft" and p["advice"]["verdict"] == "within-noise"
+    assert p["best-on-V"]["method"] == "vanilla-soft"  # ties on V go to the simpler
+    table = summarize_advice(rows)
+    assert "| one-number | 1 | 1 (100%) | 1 (100%) | 0.00 | 0 |" in table and "| advice | 1 | 0 (0%) | 0 (0%) | 5.00 | 0 |" in table
+    assert "in 1 of 1 (data set, seed)" in table  # slam-hard was within noise of the best on V

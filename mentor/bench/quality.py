@@ -326,11 +326,15 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         pick.append(f"| {d} | {c['test_accuracy_mean']:.2f} ± {c['test_accuracy_std']:.2f} | "
                     + (_mean_std(diff, signed=True) if diff else "") + " | "
                     + ", ".join(f"{m} ({n})" for m, n in c["chosen"].items()) + " |")
+    from .advice import summarize_advice
+    advice = summarize_advice(rows, baseline)
     return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
             + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)
             + (f"\n\nThe best on V per seed among {', '.join(candidates)} (the plain rule; `method: auto` "
                "cross-fits V and keeps the simplest within noise of the best — see its own row):\n\n"
-               + "\n".join(pick) if chosen else ""))
+               + "\n".join(pick) if chosen else "")
+            + ("\n\nHow often each rule's pick (from V) is the test winner among auto's candidates "
+               "(`bench.advice`):\n\n" + advice if advice else ""))
 
 
 def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict]:
