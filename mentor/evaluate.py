@@ -101,7 +101,7 @@ def _show(name: str, c: dict) -> str:
 def advice_from_candidates(auto: dict) -> dict:
     """What the candidates' V scores support (auto's record, `methods.choose_on_validation`).
 
-    One number on V does not tell which correction pays (BENCHMARKS.md, "Which hint to trust"),
+    One number on V does not tell which correction pays (BENCHMARKS.md, "Which advice to trust"),
     so the advice is the comparison itself: "dont-distil" when the labeled-only student is above
     the best distilled candidate by more than noise; "within-noise" when V cannot tell the best
     from another candidate (not distilling included); "clear" otherwise. It names auto's choice.

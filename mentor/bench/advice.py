@@ -6,7 +6,9 @@ that ran (auto's default candidates), and what each rule advised, from V only:
 - `one-method`: `evaluate.advice_from_run` after `baseline` alone (labeled-only if it is above it
   on V beyond noise, else `baseline`; unpaired SE, as the rows keep no per-example scores);
 - `best-on-V`: the candidate with the highest V accuracy (rows saved without auto's record);
-- `advice`: `evaluate.advice_from_candidates` on the `auto` row's record (paired, cross-fitted V).
+- `advice`: `evaluate.advice_from_candidates` on the `auto` row's record (paired, cross-fitted V):
+  auto's choice, the simplest candidate within noise of the best; its accuracy is the auto row's;
+- `advice-best`: the best on V in that same record (its own row's test accuracy).
 No threshold here is fitted: the one-number rule's are the ones it shipped with, the advice's
 noise level is auto's default (one paired SE).
 """
@@ -68,6 +70,8 @@ def advice_picks(rows: list[dict], baseline: str = "vanilla-soft") -> list[dict]
             # the advice's accuracy is the auto row's: that student is what following it gives
             rec["advice"] = {"method": a["method"], "verdict": a["verdict"], "near": a["near"], "best": a["best"],
                              "accuracy": 100 * by["auto"]["test_accuracy"]}
+            # the same record's best on V (not the simplest within noise), trained as its own row
+            rec["advice-best"] = {"method": a["best"], "accuracy": cand.get(a["best"])}
         out.append(rec)
     return out
 
@@ -80,7 +84,7 @@ def summarize_advice(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         return ""
     lines = [f"| rule | (data set, seed) | names the test winner | within {NEAR} points of it | mean shortfall (points) "
              "| names no method |", "|---|---|---|---|---|---|"]
-    for rule in ("one-number", "one-method", "best-on-V", "advice"):
+    for rule in ("one-number", "one-method", "best-on-V", "advice", "advice-best"):
         got = [p for p in picks if rule in p and p[rule]["accuracy"] is not None]  # its pick ran
         if not got:
             continue
@@ -90,7 +94,7 @@ def summarize_advice(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         none = sum(p[rule]["method"] is None for p in got)
         lines.append(f"| {rule} | {len(got)} | {hit} ({100 * hit / len(got):.0f}%) | {near} ({100 * near / len(got):.0f}%) "
                      f"| {short.mean():.2f} | {none} |")
-    rules = [r for r in ("one-number", "one-method", "best-on-V", "advice") if any(r in p for p in picks)]
+    rules = [r for r in ("one-number", "one-method", "best-on-V", "advice", "advice-best") if any(r in p for p in picks)]
     lines += ["", f"Within {NEAR} points of the test winner, per data set (seeds):", "",
               "| data set | test winners | " + " | ".join(rules) + " |", "|---|---|" + "---|" * len(rules)]
     for d in dict.fromkeys(p["dataset"] for p in picks):
