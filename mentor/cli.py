@@ -153,10 +153,10 @@ def print_summary(metrics: dict) -> None:
             table.add_row(label, f"{100 * m['accuracy']:.2f}%", f"{m['nll']:.3f}", f"{m['ece']:.3f}",
                           "" if v is None else f"{100 * v:.2f}%")
     out(table)
-    from .evaluate import regime_hint
-    hint = regime_hint(metrics)
-    if hint:
-        out(hint)
+    from .evaluate import method_advice
+    advice = method_advice(metrics)
+    if advice:
+        out(advice["text"])
     agree = metrics["student"].get("agreement_with_teacher")
     agree = "" if agree is None else f"   agreement with teacher: {agree:.3f}"
     if metrics.get("gap_closed") is not None:

@@ -84,25 +84,95 @@ def classification_report(probs: np.ndarray, labels: np.ndarray, reference_probs
     return out
 
 
-def regime_hint(metrics: dict) -> str | None:
-    """Which kind of correction tends to pay, from V only (README: "Which one should I use?")."""
-    t, s = metrics.get("teacher_val_accuracy"), metrics.get("student", {}).get("val_accuracy")
-    if t is None or s is None:
+LABELED_ONLY = "labeled-only"  # methods.LABELED_ONLY: auto's no-distillation candidate
+
+
+def paired_se(a, b) -> float:
+    """Standard error of mean(a − b) over the same examples (sd/√n): the noise of a comparison on V."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+
+
+def _show(name: str, c: dict) -> str:
+    lo, hi = c["interval95"]
+    return f"{name} {100 * c['val_accuracy']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def advice_from_candidates(auto: dict) -> dict:
+    """What the candidates' V scores support (auto's record, `methods.choose_on_validation`).
+
+    One number on V does not tell which correction pays (BENCHMARKS.md, "Which advice to trust"),
+    so the advice is the comparison itself: "dont-distil" when the labeled-only student is above
+    the best distilled candidate by more than noise; "within-noise" when V cannot tell the best
+    from another candidate (not distilling included); "clear" otherwise. It names auto's choice.
+    """
+    c, ref, chosen = auto["candidates"], auto["reference"], auto["chosen"]
+    k = float(auto.get("noise_se", 1.0))
+    order = [o for o in auto.get("order", c) if o in c]
+    near = [o for o in order if o not in (ref, LABELED_ONLY) and c[o]["within_noise"]]
+    lab = c.get(LABELED_ONLY)
+    out = {"method": chosen, "best": ref, "near": near}
+    pays = ""
+    if lab is not None:
+        d, se = lab["diff_vs_reference"], lab["diff_se"]
+        gap = f"{100 * d:+.1f} ± {100 * se:.1f} points, paired"
+        if d > k * se + 1e-12:
+            return {**out, "verdict": "dont-distil", "text": (
+                f"Don't distil: on V the labeled-only student ({_show(LABELED_ONLY, lab)}) is above the best distilled "
+                f"candidate ({_show(ref, c[ref])}) by more than noise ({gap}). Keep the labeled-only student.")}
+        if d >= -k * se - 1e-12:
+            return {**out, "near": [LABELED_ONLY, *near], "verdict": "within-noise", "text": (
+                f"Within noise: on V not distilling ({_show(LABELED_ONLY, lab)}) and the best distilled candidate "
+                f"({_show(ref, c[ref])}) cannot be told apart ({gap}); auto kept {chosen}. Distilling does not "
+                "clearly pay here.")}
+        pays = f" Distilling pays: labeled-only is below it by more than noise ({gap})."
+    if near:
+        return {**out, "verdict": "within-noise", "text": (
+            f"Within noise: {_show(ref, c[ref])} scored best on V, but V cannot tell it from "
+            f"{', '.join(near)} (within {k:g} paired SE); auto kept the simplest, {chosen}." + pays)}
+    return {**out, "verdict": "clear", "text": (
+        f"{_show(ref, c[ref])} is best on V, above every other candidate by more than noise." + pays)}
+
+
+def advice_from_run(metrics: dict) -> dict | None:
+    """What V supports after one method: whether distilling with it beat not distilling, beyond
+    noise (paired SE on V when recorded). Which correction pays it does not say: one number cannot."""
+    s = metrics.get("student", {}).get("val_accuracy")
+    if s is None:
         return None
-    head = f"On V the distilled student ({100 * s:.1f}%) "
-    lab = metrics.get("labeled_only", {}).get("val_accuracy")
-    if lab is not None and lab > s + 0.005:
-        return (head + f"is below the labeled-only student ({100 * lab:.1f}%): distilling does not pay here "
-                f"(the teacher is at {100 * t:.1f}% on V). Keep the labeled-only student, or compare methods "
-                "with method: auto.")
-    if s >= t - 0.005:
-        return (head + f"reaches its teacher ({100 * t:.1f}%): what is left is the teacher's noise; corrections "
-                "such as slam-hard tend to help here (or use method: auto).")
-    if s < t - 0.03:
-        return (head + f"stays well below its teacher ({100 * t:.1f}%): it is capacity-bound; keep soft targets "
-                "(calibrated-soft) and avoid filtering corrections (or use method: auto).")
-    return (head + f"is close to its teacher ({100 * t:.1f}%): no clear regime; compare corrections on V "
-            "with method: auto.")
+    method, t = metrics.get("method", "?"), metrics.get("teacher_val_accuracy")
+    head = f"On V the distilled student ({method}) is at {100 * s:.1f}%" + (
+        f", its teacher at {100 * t:.1f}%" if t is not None else "")
+    tail = (" Which correction pays, one number on V cannot tell (BENCHMARKS.md): `method: auto` scores "
+            "labeled-only, λ variants and the corrections on V with intervals and names the winner.")
+    lab = metrics.get("labeled_only", {})
+    if lab.get("val_accuracy") is None:
+        return {"verdict": "unknown", "method": None, "text": head + "." + tail}
+    d = s - lab["val_accuracy"]
+    n = (metrics.get("sizes") or {}).get("n_val") or 0
+    se = lab.get("val_diff_se")
+    if se is None:  # unpaired (wider): the two binomial SEs combined
+        se = float(np.sqrt(sum(p * (1 - p) for p in (s, lab["val_accuracy"])) / n)) if n else float("inf")
+    gap = (f"the labeled-only student is at {100 * lab['val_accuracy']:.1f}% "
+           f"({100 * d:+.1f} ± {100 * se:.1f} points for distilling)")
+    if -d > se:
+        return {"verdict": "dont-distil", "method": LABELED_ONLY, "text": (
+            head + f"; {gap}: don't distil with {method}. A correction may still pay where {method} does not "
+            "(BENCHMARKS.md: LetterRecognition/A300): `method: auto` compares labeled-only, λ variants and the "
+            "corrections on V and keeps labeled-only if it still wins.")}
+    if d <= se:
+        return {"verdict": "within-noise", "method": method, "text": (
+            head + f"; {gap}: within noise, distilling does not clearly pay." + tail)}
+    return {"verdict": "distil", "method": method, "text": head + f"; {gap}: distilling pays." + tail}
+
+
+def method_advice(metrics: dict) -> dict | None:
+    """The advice printed after a run ({verdict, method, text}): from auto's candidates when it
+    ran, else from the one method against the labeled-only student. None without V scores."""
+    auto = (metrics.get("train_info") or {}).get("auto")
+    if auto and auto.get("candidates"):
+        return advice_from_candidates(auto)
+    return advice_from_run(metrics)
 
 
 def machine_record() -> dict:

@@ -25,7 +25,7 @@ from .data import Dataset, Splits, load_dataset, load_file, make_splits
 from .teachers.pools import make_pool
 from .checks import suspected_permutation
 from .errors import ConfigError, DataError, MentorError, StoreError, TeacherOutputError
-from .evaluate import classification_report, gap_closed_verdict, machine_record
+from .evaluate import classification_report, gap_closed_verdict, machine_record, paired_se
 from .methods import MethodContext, plan_method, train_with_plan
 from .students import distributed
 from .students.dual import DualHead, is_dual_head_state
@@ -880,7 +880,8 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     if t_test is not None:
         metrics["teacher"] = classification_report(t_test, y_test)
     y_val = data.labels[sp.val]
-    student["val_accuracy"] = float((student_probs(ctx, "student", sp.val).argmax(1) == y_val).mean())
+    s_val_right = student_probs(ctx, "student", sp.val).argmax(1) == y_val
+    student["val_accuracy"] = float(s_val_right.mean())
     if t_val is not None:
         metrics["teacher_val_accuracy"] = float((t_val.argmax(1) == y_val).mean())
     ensemble = ensemble_metrics(ctx)
@@ -889,8 +890,10 @@ def evaluate(ctx: RunContext, store: TeacherStore | None = None) -> dict:
     if (ctx.out / "labeled-only.pt").exists():
         lab_probs = student_test_probs(ctx, "labeled-only")
         metrics["labeled_only"] = classification_report(lab_probs, y_test, t_test)
-        metrics["labeled_only"]["val_accuracy"] = float(
-            (student_probs(ctx, "labeled-only", sp.val).argmax(1) == y_val).mean())
+        lab_val_right = student_probs(ctx, "labeled-only", sp.val).argmax(1) == y_val
+        metrics["labeled_only"]["val_accuracy"] = float(lab_val_right.mean())
+        # the noise of "distilled − labeled-only" on V, paired: what the printed advice weighs
+        metrics["labeled_only"]["val_diff_se"] = paired_se(s_val_right, lab_val_right)
         if t_test is not None:
             metrics["gap_closed"], metrics["gap_closed_note"] = gap_closed_verdict(
                 s_probs.argmax(1) == y_test, lab_probs.argmax(1) == y_test, t_test.argmax(1) == y_test)

@@ -126,7 +126,7 @@ def report_sections(run_dir) -> tuple[str, list[Section]]:
 def _summary(m: dict, active: dict | None) -> Section:
     s = Section("Summary")
     if m:
-        from .evaluate import regime_hint
+        from .evaluate import method_advice
         chosen = (m.get("train_info") or {}).get("auto", {}).get("chosen")
         method = m.get("method", "?") + (f", which chose {chosen}" if chosen else "")
         parts = [f"The distilled student (method {method}) is right on {pct(m.get('test_accuracy'))} of the test set"]
@@ -140,7 +140,7 @@ def _summary(m: dict, active: dict | None) -> Section:
                 f"{m['gap_closed']:.2f}.")
         elif m.get("gap_closed_note"):
             s.p(f"Gap closed: {m['gap_closed_note']}.")
-        s.p(regime_hint(m))
+        s.p((method_advice(m) or {}).get("text"))
     if active:
         acc = active.get("test_accuracy") or []
         q = active.get("queries") or []

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mentor.config import parse_config
+from mentor.evaluate import method_advice
 from mentor.pipeline import run
 from mentor.report import md_escape, write_report
 
@@ -75,7 +76,9 @@ def test_run_writes_a_report_a_person_can_read(run_dir):
         assert re.search(rf"\| {re.escape(md_escape(name))}( \(chosen\))? \| {100 * c['val_accuracy']:.2f}% \|", md)
     assert f"| teacher | {100 * m['teacher']['accuracy']:.2f}% |" in md
     assert f"{100 * audit['accuracy']:.2f}% of the time" in md
-    assert "On V the distilled student" in md  # the regime hint
+    advice = method_advice(m)  # what auto's candidates on V support, with intervals
+    assert advice["verdict"] in ("dont-distil", "within-noise", "clear") and "[" in advice["text"]
+    assert md_escape(advice["text"]) in md
     assert "![teacher reliability curve" in md and "(reliability.png)" in md
     html = (run_dir / "report.html").read_text()
     images = _images(html)

@@ -259,16 +259,19 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
                 "student": cfg.student.kind, "setup_seconds": time.perf_counter() - t0}
         for method in methods:
             t1 = time.perf_counter()
+            info = {}
             if method == "teacher":
                 acc, val_acc = t_acc, t_val
             else:
                 lab = method == "labeled-only"
-                train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
+                info = train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
                 acc = accuracy(student_test_probs(ctx, method), y_test)
                 val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
             # val_accuracy: what a user can see to choose a method (V also fits the corrections)
             row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
                    "seconds": time.perf_counter() - t1}
+            if method == "auto":  # every candidate's V score with its interval: what the advice reads
+                row["auto"] = {k: v for k, v in info["auto"].items() if k != "note"}
             rows.append(row)
             _append_row(json_out, row)
             log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
@@ -332,11 +335,15 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         pick.append(f"| {d} | {c['test_accuracy_mean']:.2f} ± {c['test_accuracy_std']:.2f} | "
                     + (_mean_std(diff, signed=True) if diff else "") + " | "
                     + ", ".join(f"{m} ({n})" for m, n in c["chosen"].items()) + " |")
+    from .advice import summarize_advice
+    advice = summarize_advice(rows, baseline)
     return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
             + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)
             + (f"\n\nThe best on V per seed among {', '.join(candidates)} (the plain rule; `method: auto` "
                "cross-fits V and keeps the simplest within noise of the best — see its own row):\n\n"
-               + "\n".join(pick) if chosen else ""))
+               + "\n".join(pick) if chosen else "")
+            + ("\n\nHow often each rule's pick (from V) is the test winner among auto's candidates "
+               "(`bench.advice`):\n\n" + advice if advice else ""))
 
 
 def chosen_on_validation(rows: list[dict], methods: list[str]) -> dict[str, dict]:
