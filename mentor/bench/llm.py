@@ -45,12 +45,12 @@ def llm_suite(suite: str) -> dict:
                            ("server", "sampling", 0), ("server", "single-answer", 0),
                            ("local", "label-likelihood", 1, "similar"), ("server", "top-logprobs", 1, "similar")],
                   "student_teacher": {"backend": "local", "scoring": "label-likelihood", "shots": 0}},
-        # few-shot examples chosen three ways, same split as smoke: none, fixed (one per class), or the
-        # most similar of A by MiniLM embedding (as many as per-class gives, so prompts are as long)
+        # smoke's similar-shots rows alone (same split, seeds and examples as smoke, whose rows give the
+        # zero-shot and fixed-per-class figures): the few-shot examples most similar to each text in
+        # A by MiniLM embedding, as many as one per class gives, so the prompts are as long
         "shots": {"split": {"n_labeled": 40, "n_val": 60, "n_test": 60, "n_pool": 120}, "n_teacher": 30,
                   "n_server_exact": 6, "students": False,
-                  "grid": [(b, m, k, sel) for b, m in (("local", "label-likelihood"), ("server", "top-logprobs"))
-                           for k, sel in ((0, "none"), (1, "per-class"), (1, "similar"))]},
+                  "grid": [("local", "label-likelihood", 1, "similar"), ("server", "top-logprobs", 1, "similar")]},
         "standard": {"split": {"n_labeled": 100, "n_val": 300, "n_test": 500, "n_pool": 1500}, "n_teacher": 200,
                      "n_server_exact": 40,
                      "grid": [(b, m, k) for b in ("local", "server") for m in ("label-likelihood",) for k in (0, 1)]
