@@ -73,7 +73,8 @@ def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, mo
     if backend == "server":  # the GGUF's tokenizer gives the chat template and exact token counts
         from ..teachers.llm.llamacpp import default_gguf
         llm["endpoint"] = {"url": server_url, "model": "smollm2", "context_tokens": 2048,
-                           "tokenizer": model_path or str(default_gguf())}
+                           "tokenizer": model_path or str(default_gguf()),
+                           "timeout_s": 600.0}  # a busy machine's server answers queued requests slowly
     else:
         llm["local"] = {"path": model_path} if model_path else {}
     return llm

@@ -103,8 +103,6 @@ def bench_llm_active(suite: str = "smoke", *, seeds: int = 2, first_seed: int = 
             server_url = stack.enter_context(llama_server(model_path=model_path))
         # examples per stored call: small, so that every round's batch is several calls on threads
         llm = {**_llm_section(backend, scoring, 0, server_url, model_path), **prices, "batch_size": spec["call_size"]}
-        if backend == "server":  # a busy machine's server answers queued requests slowly: wait, don't resend
-            llm["endpoint"]["timeout_s"] = 600.0
         for name in names:
             for seed in range(first_seed, first_seed + seeds):
                 base = {"data": _data_section(name, spec["max_words"]), "split": spec["split"],
