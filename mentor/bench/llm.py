@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MentorError
 from .quality import _append_row
 
 TEACHER_METHODS = ["labeled-only", "vanilla-hard", "vanilla-soft", "calibrated-soft", "slam", "slam-hard",
@@ -145,7 +145,14 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                                                 a_labels=ctx.data.labels[a], a_ids=ctx.data.ids[a], seed=seed)
                     row = {"dataset": name, "row": "teacher", "scoring": mode, "shots": shots, "backend": backend,
                            "shot_selection": sel if shots else "none", "n_shots": n_shots, "seed": seed,
-                           "suite": suite, **teacher_row(ctx, teacher, index)}
+                           "suite": suite}
+                    try:
+                        row.update(teacher_row(ctx, teacher, index))
+                    except MentorError as e:  # one setting failing is a result; the grid goes on
+                        row["error"] = str(e)
+                        _append_row(json_out, row)
+                        log(f"{name} seed={seed} teacher {backend} {mode} shots={shots} {row['shot_selection']}: {e}")
+                        continue
                     rows.append(row)
                     _append_row(json_out, row)
                     log(f"{name} seed={seed} teacher {backend:6s} {mode:28s} shots={shots} {row['shot_selection']} "
@@ -167,8 +174,10 @@ def summarize_llm(rows: list[dict]) -> str:
     """Markdown: the teacher grid (mean ± std over seeds), then students, then the answer to
     'full distribution + corrections vs argmax labels' as paired gains over vanilla-hard."""
     from .quality import _mean_std, report
-    teacher = [r for r in rows if r.get("row") == "teacher"]
-    out = []
+    teacher = [r for r in rows if r.get("row") == "teacher" and "error" not in r]
+    out = [f"failed: {r['dataset']} seed {r['seed']} {r['backend']} {r['scoring']} shots={r['shots']} "
+           f"{r.get('shot_selection', '')}: {r['error']}" for r in rows if "error" in r]
+    out += [""] if out else []
     if teacher:
         out += ["| dataset | backend | scoring | shots | accuracy (%) | ECE | AUROC | abstain | tokens/ex | s/ex | seeds |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
