@@ -199,6 +199,9 @@ def test_llm_teacher_rows_tell_similar_shots_from_fixed():
              "seed": 0, "teacher_accuracy": a, "ece": 0.1, "auroc": 0.5, "abstain_rate": 0.0,
              "tokens_per_example": 10.0, "seconds_per_example": 1.0, **({"shot_selection": sel} if sel else {})}
             for k, sel, a in ((0, None, 0.5), (1, None, 0.4), (1, "similar", 0.7))]
+    rows.append({"dataset": "d", "row": "teacher", "scoring": "top-logprobs", "shots": 1, "backend": "server",
+                 "seed": 0, "shot_selection": "similar", "error": "no top_logprobs"})  # a failed entry is reported
     text = bench.report_rows(rows)
+    assert "failed: d seed 0 server top-logprobs shots=1 similar: no top_logprobs" in text
     assert "| d | local | label-likelihood | 1 | 40.00 ± 0.00 |" in text  # older rows: fixed per class
     assert "| d | local | label-likelihood | 1 similar | 70.00 ± 0.00 |" in text
