@@ -479,16 +479,35 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
 
 @bench_app.command("llm")
 @_guard
-def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 CPU cores) or standard (hours)."),
+def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 CPU cores), standard (hours), or "
+                                            "shots (no, fixed and similar few-shot examples only)."),
                   seeds: int = typer.Option(1, help="Number of seeds."),
                   datasets: Optional[str] = typer.Option(None, help="Comma-separated: fine-foods, fortunes4."),
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
                   server_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible server serving SmolLM2 "
                                                           "(default: start llama.cpp's on 127.0.0.1 for the run)."),
                   students: bool = typer.Option(True, help="Also distil students from the LLM."),
-                  work_dir: Path = typer.Option(Path("bench-out/llm"), help="Run folders and stores.")):
+                  work_dir: Path = typer.Option(Path("bench-out/llm"), help="Run folders and stores."),
+                  active: bool = typer.Option(False, "--active", help="Instead: `mentor active` with the LLM (through "
+                                              "the server, priced per token): accuracy against money for rad, margin "
+                                              "and random (suites tiny|smoke|standard)."),
+                  selectors: Optional[str] = typer.Option(None, help="--active: comma-separated selectors "
+                                                          "(default rad,margin,random)."),
+                  first_seed: int = typer.Option(0, help="--active: first seed (rows appended when > 0)."),
+                  workers: int = typer.Option(2, help="--active: threads calling the server at once."),
+                  backend: str = typer.Option("server", help="--active: server (llama.cpp, top-logprobs) or local "
+                                              "(the same weights here, label likelihood).")):
     """SmolLM2 as teacher on real text: every scoring mode, zero- and few-shot, through a server and
-    locally; then students distilled from it (argmax labels vs full distribution + corrections)."""
+    locally; then students distilled from it (argmax labels vs full distribution + corrections).
+    With --active: the active loop's selectors against the money paid for the LLM's labels."""
+    if active:
+        from .bench.llm_active import bench_llm_active, summarize_llm_active
+        rows = bench_llm_active(suite, seeds=seeds, first_seed=first_seed, json_out=json_out, server_url=server_url,
+                                work_dir=work_dir / "active", datasets=datasets.split(",") if datasets else None,
+                                selectors=selectors.split(",") if selectors else None, workers=workers, backend=backend,
+                                log=out)
+        out(summarize_llm_active(rows))
+        return
     from .bench.llm import bench_llm, summarize_llm
     rows = bench_llm(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, server_url=server_url,
                      datasets=datasets.split(",") if datasets else None, students=students, log=out)

@@ -169,3 +169,39 @@ def test_active_strategy_variants_set_keys_for_one_strategy():
         parse_variant("radd@rad_rounding=pairs")
     with pytest.raises(ConfigError, match="name@key=value"):
         parse_variant("rad@pairs")
+
+
+def test_llm_active_summary_compares_selectors_at_equal_money(tmp_path):
+    """Accuracy is read off each selector's curve at the same dollar amounts (linear between rounds),
+    so a selector that buys longer (dearer) texts is compared at what it paid, not at its queries."""
+    from mentor.bench.llm_active import accuracy_at, calls_in_flight, summarize_llm_active
+    assert accuracy_at([0, 1, 3], [0.5, 0.7, 0.9], 2.0) == pytest.approx(0.8)
+    assert accuracy_at([0, 1], [0.5, 0.7], 1.5) is None  # past its last round: not extrapolated
+    base = {"bench": "llm-active", "dataset": "d", "backend": "server", "scoring": "top-logprobs",
+            "teacher_val_accuracy": 0.5, "setup_dollars": 1.0, "input_tokens": 100, "calls_sent": 2,
+            "max_calls_in_flight": 2}
+    rows = [{**base, "selector": s, "seed": k, "round": i, "queries": 10 * i, "dollars": d, "test_accuracy": a}
+            for k in (0, 1)
+            for s, curve in (("random", [(0, 0.5), (1, 0.6), (2, 0.7)]), ("rad", [(0, 0.5), (2, 0.8), (4, 0.9)]))
+            for i, (d, a) in enumerate(curve)]
+    text = summarize_llm_active(rows, levels=2)
+    assert "| random | 60.00 ± 0.00 | 70.00 ± 0.00 |  | 2 |" in text  # levels $1 and $2 (rad spent more)
+    assert "| rad | 65.00 ± 0.00 | 80.00 ± 0.00 | +10.00 ± 0.00 | 2 |" in text
+    ledger = tmp_path / "_ledger.jsonl"
+    ledger.write_text("\n".join(json.dumps(r) for r in [
+        {"e": "send", "call": "a"}, {"e": "send", "call": "b"}, {"e": "done", "call": "a"},
+        {"e": "send", "call": "c"}, {"e": "failed", "call": "b"}, {"e": "done", "call": "c"}]) + "\n")
+    assert calls_in_flight(ledger) == (3, 2)
+
+
+def test_llm_teacher_rows_tell_similar_shots_from_fixed():
+    rows = [{"dataset": "d", "row": "teacher", "scoring": "label-likelihood", "shots": k, "backend": "local",
+             "seed": 0, "teacher_accuracy": a, "ece": 0.1, "auroc": 0.5, "abstain_rate": 0.0,
+             "tokens_per_example": 10.0, "seconds_per_example": 1.0, **({"shot_selection": sel} if sel else {})}
+            for k, sel, a in ((0, None, 0.5), (1, None, 0.4), (1, "similar", 0.7))]
+    rows.append({"dataset": "d", "row": "teacher", "scoring": "top-logprobs", "shots": 1, "backend": "server",
+                 "seed": 0, "shot_selection": "similar", "error": "no top_logprobs"})  # a failed entry is reported
+    text = bench.report_rows(rows)
+    assert "failed: d seed 0 server top-logprobs shots=1 similar: no top_logprobs" in text
+    assert "| d | local | label-likelihood | 1 | 40.00 ± 0.00 |" in text  # older rows: fixed per class
+    assert "| d | local | label-likelihood | 1 similar | 70.00 ± 0.00 |" in text

@@ -1,6 +1,7 @@
 """The users' LLM story end to end against a real OpenAI-compatible server (llama-cpp-python's,
-serving the SmolLM2 GGUF on 127.0.0.1): label, train, serve a cascade. Its own file (and server) so
-that a parallel test run (`pytest -n 2 --dist loadfile`) puts it beside the other LLM server tests."""
+serving the SmolLM2 GGUF on 127.0.0.1): label, train, serve a cascade; the active loop priced per
+token (`mentor bench llm --active`). Its own file (and server) so that a parallel test run
+(`pytest -n 2 --dist loadfile`) puts it beside the other LLM server tests."""
 
 import importlib.util
 import subprocess
@@ -60,3 +61,28 @@ def test_cascade_with_the_llm_teacher_end_to_end(tmp_path, server):
     assert extras.column("served_input").to_pylist() == [text]
     cost = extras.column("cost").to_pylist()[0]
     assert cost > 0 and kept.spent == pytest.approx(cost)  # the LLM's real token cost is the bill
+
+
+def test_bench_llm_active_prices_each_round_and_runs_calls_on_threads(tmp_path, server):
+    """`mentor bench llm --active` (tiny): the active loop with the LLM through the server, for rad,
+    margin and random. A row's dollars are its queries' stored token counts × the prices; what the
+    selectors paid plus V's labels is the store's whole bill (nothing twice); calls overlapped."""
+    from mentor.bench import report_rows
+    from mentor.bench.llm_active import bench_llm_active, calls_in_flight
+    from mentor.store import TeacherStore
+    rows = bench_llm_active("tiny", seeds=1, datasets=["fortunes4"], server_url=server, work_dir=tmp_path,
+                            json_out=tmp_path / "rows.jsonl", log=lambda *a: None)
+    assert [(r["selector"], r["round"]) for r in rows] == [(s, k) for s in ("random", "margin", "rad")
+                                                           for k in (0, 1, 2)]
+    assert (tmp_path / "rows.jsonl").read_text().count("\n") == len(rows)
+    for r in rows:
+        assert r["dollars"] == pytest.approx((0.15 * r["input_tokens"] + 0.60 * r["output_tokens"]) / 1e6)
+        assert (r["round"] == 0) == (r["dollars"] == 0 and r["queries"] == 0)
+    assert all(r["input_tokens"] > 0 and r["store_calls"] >= 1 for r in rows if r["round"] == 2)
+    store = TeacherStore.open(tmp_path / "tiny" / "fortunes4" / "seed-0" / "store")
+    last = [r for r in rows if r["round"] == 2]
+    assert store.spent == pytest.approx(last[0]["setup_dollars"] + sum(r["paid_here"] for r in last), rel=1e-6)
+    assert calls_in_flight(store.path / "_ledger.jsonl")[1] >= 2  # V's and the rounds' calls ran at once
+    assert last[0]["max_calls_in_flight"] >= 2  # random buys new points each round: several calls at once
+    text = report_rows(rows)
+    assert "fortunes4" in text and "| rad |" in text and "− random" in text

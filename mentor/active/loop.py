@@ -232,6 +232,20 @@ class Budget:
         return int(new.sum()), cost
 
 
+def label_on_pool(store, teacher, ids, inputs, *, batch_size: int, distribute=None) -> None:
+    """Store the teacher's outputs for `ids` in calls of `batch_size`, on threads or Ray workers
+    where `distribute` asks and there is more than one call to make (an LLM's calls overlap)."""
+    from ..teachers.pools import make_pool
+    pool = (make_pool(distribute, teacher) if distribute is not None and getattr(teacher, "kind", "") != "file"
+            and len(store.missing(ids)) > batch_size else None)
+    try:
+        store.label(teacher, ((ids[i:i + batch_size], inputs[i:i + batch_size]) for i in range(0, len(ids), batch_size)),
+                    pool=pool)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
 def _take(inputs, idx):
     return [inputs[i] for i in idx] if isinstance(inputs, list) else inputs[idx]
 
@@ -367,8 +381,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     if hasattr(teacher, "covers"):  # a teacher file may leave V / test out
         setup = setup[teacher.covers(data.ids[setup])]
     bs = cfg.store.batch_size
-    store.label(teacher, ((data.ids[setup[i:i + bs]], data.features[setup[i:i + bs]])
-                          for i in range(0, len(setup), bs)))
+    label_on_pool(store, teacher, data.ids[setup], data.features[setup], batch_size=bs, distribute=cfg.distribute)
     y_val = data.labels[sp.val]
     t_val = None if len(store.missing(data.ids[sp.val])) else store.read(data.ids[sp.val])
     teacher_val_acc = None if t_val is None else float((t_val.argmax(1) == y_val).mean())
@@ -435,7 +448,8 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
 
     def commit(r: int, queried_ids: list, acc: float, paid: int, **extra) -> None:
         state["rounds"].append({"round": r, "queries": len(queried_ids), "test_accuracy": acc, "new_paid": paid,
-                                "spent": budget.spent(store), "ids": queried_ids[len(_queried(state)):], **extra})
+                                "spent": budget.spent(store), "store_calls": store.n_calls,
+                                "ids": queried_ids[len(_queried(state)):], **extra})
         state["pending"] = None
         _atomic_json(state_path, state)
         if log:
@@ -487,6 +501,7 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
               "queries": [x["queries"] for x in rounds], "test_accuracy": [x["test_accuracy"] for x in rounds],
               "auc": auc([x["queries"] for x in rounds], [x["test_accuracy"] for x in rounds]),
               "teacher_error_of_queries": query_errors, "spent": budget.spent(store), "spent_per_round": [x["spent"] for x in rounds],
+              "store_calls_per_round": [x.get("store_calls") for x in rounds],
               "setup_spent_at_start": state["spent_at_start"], "schedule": schedule, "stopped": stopped,
               "teacher_val_accuracy": teacher_val_acc, "teacher_fingerprint": store.fingerprint,
               "n_pool": n_pool, "n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_test": len(sp.test),

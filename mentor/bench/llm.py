@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MentorError
 from .quality import _append_row
 
 TEACHER_METHODS = ["labeled-only", "vanilla-hard", "vanilla-soft", "calibrated-soft", "slam", "slam-hard",
@@ -42,13 +42,21 @@ def llm_suite(suite: str) -> dict:
                   "grid": [("local", "label-likelihood", 0), ("local", "label-likelihood", 1),
                            ("local", "label-likelihood-calibrated", 0), ("server", "label-likelihood", 0),
                            ("server", "top-logprobs", 0), ("server", "top-logprobs", 1),
-                           ("server", "sampling", 0), ("server", "single-answer", 0)],
+                           ("server", "sampling", 0), ("server", "single-answer", 0),
+                           ("local", "label-likelihood", 1, "similar"), ("server", "top-logprobs", 1, "similar")],
                   "student_teacher": {"backend": "local", "scoring": "label-likelihood", "shots": 0}},
+        # smoke's similar-shots rows alone (same split, seeds and examples as smoke, whose rows give the
+        # zero-shot and fixed-per-class figures): the few-shot examples most similar to each text in
+        # A by MiniLM embedding, as many as one per class gives, so the prompts are as long
+        "shots": {"split": {"n_labeled": 40, "n_val": 60, "n_test": 60, "n_pool": 120}, "n_teacher": 30,
+                  "n_server_exact": 6, "students": False,
+                  "grid": [("local", "label-likelihood", 1, "similar"), ("server", "top-logprobs", 1, "similar")]},
         "standard": {"split": {"n_labeled": 100, "n_val": 300, "n_test": 500, "n_pool": 1500}, "n_teacher": 200,
                      "n_server_exact": 40,
                      "grid": [(b, m, k) for b in ("local", "server") for m in ("label-likelihood",) for k in (0, 1)]
                      + [("local", "label-likelihood-calibrated", k) for k in (0, 1)]
-                     + [("server", m, k) for m in ("top-logprobs", "sampling", "single-answer") for k in (0, 1)],
+                     + [("server", m, k) for m in ("top-logprobs", "sampling", "single-answer") for k in (0, 1)]
+                     + [(b, m, 1, "similar") for b, m in (("local", "label-likelihood"), ("server", "top-logprobs"))],
                      "student_teacher": {"backend": "local", "scoring": "label-likelihood", "shots": 0}},
     }
     if suite not in suites:
@@ -56,14 +64,17 @@ def llm_suite(suite: str) -> dict:
     return {"data": data, **suites[suite]}
 
 
-def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, model_path: str | None) -> dict:
+def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, model_path: str | None,
+                 selection: str = "per-class") -> dict:
+    """`shots` per class; for `similar` selection the caller passes the total per example."""
     calibrate = mode.endswith("-calibrated")
     llm = {"scoring": mode.removesuffix("-calibrated"), "shots": shots, "calibrate": calibrate,
-           "shot_selection": "per-class"}
+           "shot_selection": selection if shots else "per-class"}
     if backend == "server":  # the GGUF's tokenizer gives the chat template and exact token counts
         from ..teachers.llm.llamacpp import default_gguf
         llm["endpoint"] = {"url": server_url, "model": "smollm2", "context_tokens": 2048,
-                           "tokenizer": model_path or str(default_gguf())}
+                           "tokenizer": model_path or str(default_gguf()),
+                           "timeout_s": 600.0}  # a busy machine's server answers queued requests slowly
     else:
         llm["local"] = {"path": model_path} if model_path else {}
     return llm
@@ -112,7 +123,7 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
         Path(json_out).unlink()
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
-        if server_url is None and any(b == "server" for b, _, _ in spec["grid"]):
+        if server_url is None and any(g[0] == "server" for g in spec["grid"]):
             from ..teachers.llm.llamacpp import llama_server
             server_url = stack.enter_context(llama_server(model_path=model_path))
         for name in names:
@@ -123,20 +134,31 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                 ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
                                             "teacher": {"kind": "llm"}}), force=True)
                 a = ctx.splits.labeled
-                for backend, mode, shots in spec["grid"]:
+                for backend, mode, shots, *sel in spec["grid"]:
+                    sel = sel[0] if sel else "per-class"
+                    n_shots = shots * ctx.n_classes if sel in ("per-class", "similar") else 0
                     exact_on_server = backend == "server" and mode.startswith("label-likelihood")
                     index = ctx.splits.test[:spec["n_server_exact" if exact_on_server else "n_teacher"]]
-                    cfg = LLMConfig.model_validate(_llm_section(backend, mode, shots, server_url, model_path))
+                    cfg = LLMConfig.model_validate(_llm_section(
+                        backend, mode, n_shots if sel == "similar" else shots, server_url, model_path, sel))
                     teacher = build_llm_teacher(cfg, labels=ctx.data.class_names, a_texts=ctx.data.features[a],
                                                 a_labels=ctx.data.labels[a], a_ids=ctx.data.ids[a], seed=seed)
                     row = {"dataset": name, "row": "teacher", "scoring": mode, "shots": shots, "backend": backend,
-                           "seed": seed, "suite": suite, **teacher_row(ctx, teacher, index)}
+                           "shot_selection": sel if shots else "none", "n_shots": n_shots, "seed": seed,
+                           "suite": suite}
+                    try:
+                        row.update(teacher_row(ctx, teacher, index))
+                    except MentorError as e:  # one setting failing is a result; the grid goes on
+                        row["error"] = str(e)
+                        _append_row(json_out, row)
+                        log(f"{name} seed={seed} teacher {backend} {mode} shots={shots} {row['shot_selection']}: {e}")
+                        continue
                     rows.append(row)
                     _append_row(json_out, row)
-                    log(f"{name} seed={seed} teacher {backend:6s} {mode:28s} shots={shots} "
+                    log(f"{name} seed={seed} teacher {backend:6s} {mode:28s} shots={shots} {row['shot_selection']} "
                         f"acc={100 * row['teacher_accuracy']:.1f} ece={row['ece']:.3f} "
                         f"abstain={row['abstain_rate']:.2f} {row['seconds_per_example']:.2f} s/ex")
-            if students:
+            if students and spec.get("students", True):
                 st = spec["student_teacher"]
                 llm = _llm_section(st["backend"], st["scoring"], st["shots"], server_url, model_path)
                 cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}}}
@@ -152,16 +174,22 @@ def summarize_llm(rows: list[dict]) -> str:
     """Markdown: the teacher grid (mean ± std over seeds), then students, then the answer to
     'full distribution + corrections vs argmax labels' as paired gains over vanilla-hard."""
     from .quality import _mean_std, report
-    teacher = [r for r in rows if r.get("row") == "teacher"]
-    out = []
+    teacher = [r for r in rows if r.get("row") == "teacher" and "error" not in r]
+    out = [f"failed: {r['dataset']} seed {r['seed']} {r['backend']} {r['scoring']} shots={r['shots']} "
+           f"{r.get('shot_selection', '')}: {r['error']}" for r in rows if "error" in r]
+    out += [""] if out else []
     if teacher:
         out += ["| dataset | backend | scoring | shots | accuracy (%) | ECE | AUROC | abstain | tokens/ex | s/ex | seeds |",
                 "|---|---|---|---|---|---|---|---|---|---|---|"]
-        keys = list(dict.fromkeys((r["dataset"], r["backend"], r["scoring"], r["shots"]) for r in teacher))
+        # rows written before `shot_selection` was recorded chose their shots per class
+        key = (lambda r: (r["dataset"], r["backend"], r["scoring"], r["shots"],  # noqa: E731
+                          r.get("shot_selection", "per-class" if r["shots"] else "none")))
+        keys = list(dict.fromkeys(map(key, teacher)))
         for k in keys:
-            rs = [r for r in teacher if (r["dataset"], r["backend"], r["scoring"], r["shots"]) == k]
+            rs = [r for r in teacher if key(r) == k]
+            shots = f"{k[3]}" if k[4] in ("none", "per-class") else f"{k[3]} similar"
             col = lambda f: [r[f] for r in rs if r[f] is not None]  # noqa: E731
-            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {_mean_std([100 * x for x in col('teacher_accuracy')])} "
+            out.append(f"| {k[0]} | {k[1]} | {k[2]} | {shots} | {_mean_std([100 * x for x in col('teacher_accuracy')])} "
                        f"| {np.mean(col('ece')):.3f} | {np.mean(col('auroc')) if col('auroc') else float('nan'):.3f} "
                        f"| {np.mean(col('abstain_rate')):.2f} | {np.mean(col('tokens_per_example')):.0f} "
                        f"| {np.mean(col('seconds_per_example')):.2f} | {len(rs)} |")

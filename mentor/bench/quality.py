@@ -171,6 +171,9 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
     if rows and all(r.get("bench") == "cascade" for r in rows):
         from .cascade import summarize_cascade
         return summarize_cascade(rows)
+    if rows and all(r.get("bench") == "llm-active" for r in rows):
+        from .llm_active import summarize_llm_active
+        return summarize_llm_active(rows)
     if rows and all(r.get("row") in ("teacher", "student") and "scoring" in r for r in rows):
         from .llm import summarize_llm
         return summarize_llm(rows)

@@ -8,6 +8,7 @@ The store keeps all of it (`TeacherAnswer.extras`), so every answer is paid once
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -328,8 +329,10 @@ def build_llm_teacher(cfg, *, labels, a_texts, a_labels, a_ids, seed: int = 0) -
                       max_spend=cfg.max_spend, shots=shots, seed=seed, prompt_format=cfg.prompt_format)
 
 
+@functools.lru_cache(maxsize=4)
 def _tokenizer(path: str):
-    """A tokenizer to count a server model's tokens: a Hugging Face folder or a GGUF file."""
+    """A tokenizer to count a server model's tokens: a Hugging Face folder or a GGUF file. Kept
+    per path: reading one from a GGUF file parses the whole file (~10 s; minutes on a busy machine)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer
