@@ -3,6 +3,7 @@ with the same global batch, and only rank 0 writes the run folder or pays the te
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -75,7 +76,11 @@ def test_only_rank_0_pays_the_teacher_and_writes(runs):
     ids = [i for s in sends for i in s["ids"]]
     assert len(ids) == len(set(ids)) == 200 + 300 + 590  # V, test and the pool, each paid once
     assert len({s["pid"] for s in sends}) == 1
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and "store" not in p.parts)
+    # checkpoint names end in a hash of the config and the teacher's fingerprint; the teacher fitted
+    # under torchrun's OMP_NUM_THREADS=1 may differ in its last bits from this process's, so compare names
+    # without it
+    files = lambda d: sorted(re.sub(r"-[0-9a-f]{12}\.pt$", ".pt", str(p.relative_to(d))) for p in d.rglob("*")
+                             if p.is_file() and "store" not in p.parts)
     assert files(two) == files(one)  # the same run folder, no second copy and no stray temporary files
     assert res.stdout.count("results in") == 1  # one summary, from rank 0
 

@@ -34,7 +34,7 @@ def test_cascade_with_the_llm_teacher_end_to_end(tmp_path, server):
     from test_serve import cli_server
     cfg = {"seed": 0, "output_dir": str(tmp_path / "run"),
            "data": {"name": "fortunes", "options": {"topics": TOPICS}},
-           "split": {"n_labeled": 8, "n_val": 8, "n_test": 4, "n_pool": 8},
+           "split": {"n_labeled": 12, "n_val": 12, "n_test": 8, "n_pool": 16},
            "teacher": {"kind": "llm", "llm": {"scoring": "single-answer", "price_input": 1.0, "price_output": 2.0,
                                               "max_answer_tokens": 4,
                                               "endpoint": {"url": server, "model": "smollm2",
