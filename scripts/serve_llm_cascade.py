@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--n-pool", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--target", type=float, default=None,
+                    help="absolute accuracy target for the answered part (default: 95%% of the teacher's)")
     args = ap.parse_args()
     from mentor.teachers.llm.llamacpp import default_gguf, llama_server
     args.work.mkdir(parents=True, exist_ok=True)
@@ -48,8 +50,9 @@ def main() -> None:
         cli = [sys.executable, "-m", "mentor.cli"]
         if not (run / "metrics.json").exists():
             subprocess.run(cli + ["run", str(path)], check=True)
-        subprocess.run(cli + ["cascade", str(run), "--of-teacher", "0.95"], check=True)
-        out = args.work / f"serve-{args.seed}.jsonl"
+        subprocess.run(cli + ["cascade", str(run)] + (["--target", str(args.target)] if args.target else
+                                                      ["--of-teacher", "0.95"]), check=True)
+        out = args.work / f"serve-{args.seed}-{args.target or 'of-teacher'}.jsonl"
         subprocess.run(cli + ["bench", "serve", str(run), "--requests", str(args.requests), "--inputs",
                               str(args.requests + 10), "--concurrency", str(args.concurrency), "--arms",
                               "torch,cascade", "--json", str(out)], check=True)
@@ -58,7 +61,7 @@ def main() -> None:
     cascade = json.loads((run / "cascade.json").read_text())
     for r in rows:
         r.update(seed=args.seed, teacher="smollm2-135m llama.cpp single-answer", student="tfidf",
-                 teacher_val_accuracy=metrics.get("teacher_val_accuracy"),
+                 target=args.target or "0.95 of teacher", teacher_val_accuracy=metrics.get("teacher_val_accuracy"),
                  student_test_accuracy=metrics.get("test_accuracy"), threshold=cascade.get("threshold"),
                  cascade_val=cascade.get("val"), cascade_test=cascade.get("test"))
     if args.json:

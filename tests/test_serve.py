@@ -403,3 +403,19 @@ def test_bench_serve_measures_student_onnx_and_cascade(digits_run):
     assert [r["arm"] for r in rows] == ["student (torch)", "student (onnx)", "cascade (torch + teacher)"]
     assert all(r["errors"] == 0 and r["requests"] == 12 and r["p50_ms"] > 0 for r in rows)
     assert rows[0]["teacher_share"] == 0 and rows[2]["teacher_share"] > 0
+
+
+def test_bench_serve_on_a_cascade_that_met_no_target_is_a_clear_error(digits_run, tmp_path):
+    """Bug: the cascade arm's server refused a cascade.json that met nothing, and `mentor bench serve`
+    showed a RuntimeError traceback instead of the server's own message and exit 2."""
+    import json
+    import shutil
+    import subprocess
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run, ignore=shutil.ignore_patterns("served-answers"))
+    c = json.loads((run / "cascade.json").read_text())
+    (run / "cascade.json").write_text(json.dumps({**c, "met": False, "threshold": None, "target": 0.999}))
+    r = subprocess.run(MENTOR + ["bench", "serve", str(run), "--requests", "4", "--arms", "cascade"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "no threshold met its target" in r.stderr and "mentor cascade" in r.stderr

@@ -59,8 +59,10 @@ def _start(args: list[str], port: int, timeout_s: float = 180.0):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout_s
     while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mentor serve {' '.join(args)} exited {proc.returncode}: {proc.stderr.read()[-1500:]}")
+        if proc.poll() is not None:  # its own clear error (exit 2) is the user's to fix: pass it on as one
+            err = proc.stderr.read().strip()[-1500:]
+            raise ConfigError(f"`mentor serve {' '.join(args)}` did not start (exit {proc.returncode}): "
+                              f"{err.removeprefix('error: ')}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
