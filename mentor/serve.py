@@ -29,6 +29,7 @@ crashes on one.
 """
 
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -166,10 +167,20 @@ class Cascade:
             return np.asarray(t, dtype=np.float64)
         keys = np.asarray([served_id(row) for row in x], dtype=str)
         with self._teacher_lock:
-            rep = self.answers.label(self._asker, [(keys, x)])
+            paid = 0
+            if len(self.answers.missing(keys)):  # all kept already: read them, no labeling run at all
+                # rows stay in the row log (durable) until shard_size add up or the service stops:
+                # not one Parquet file per request
+                paid = self.answers.label(self._asker, [(keys, x)], checkpoint=False).n_new
             t = self.answers.read(keys)
-        self._count(teacher_paid=rep.n_new, teacher_from_store=len(x) - rep.n_new)
+        self._count(teacher_paid=paid, teacher_from_store=len(x) - paid)
         return np.asarray(t, dtype=np.float64)
+
+    def close(self) -> None:
+        """Write the answers kept since the last shard as one (at the service's shutdown)."""
+        if self.answers is not None:
+            with self._teacher_lock:
+                self.answers.checkpoint()
 
     def _count(self, **add) -> None:
         with self._count_lock:
@@ -217,7 +228,14 @@ def create_app(cascade: Cascade, *, max_batch: int = 1024):
     from fastapi.responses import JSONResponse
 
     model = cascade.model
-    app = FastAPI(title="mentor student", description="A distilled student, with the teacher as fallback.")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        cascade.close()  # the answers kept in the row log become a Parquet shard
+
+    app = FastAPI(title="mentor student", description="A distilled student, with the teacher as fallback.",
+                  lifespan=lifespan)
 
     def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
         # the shape OpenAI clients parse; mentor's RemoteTeacher shows the message as is

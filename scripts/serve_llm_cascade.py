@@ -29,13 +29,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--n-pool", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--port", type=int, default=8799,
+                    help="the llama.cpp server's port: the run's config records its URL, and a rerun reuses the run")
     ap.add_argument("--target", type=float, default=None,
                     help="absolute accuracy target for the answered part (default: 95%% of the teacher's)")
     args = ap.parse_args()
     from mentor.teachers.llm.llamacpp import default_gguf, llama_server
     args.work.mkdir(parents=True, exist_ok=True)
     run = args.work / f"run-{args.seed}"
-    with llama_server(log_dir=str(args.work)) as url:
+    with llama_server(port=args.port, log_dir=str(args.work)) as url:
         cfg = {"seed": args.seed, "output_dir": str(run),
                "data": {"name": "fortunes", "options": {"topics": TOPICS, "max_words": 30}},
                "split": {"n_labeled": 100, "n_val": 150, "n_test": args.requests + 20, "n_pool": args.n_pool},

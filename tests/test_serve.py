@@ -179,6 +179,34 @@ def test_cascade_keeps_every_paid_answer_and_never_pays_twice_for_one_input(digi
     np.testing.assert_allclose(np.array([json.loads(v) for v in inputs]), x[unsure])
 
 
+def test_cascade_answers_go_to_the_row_log_not_a_shard_per_request(digits, tmp_path):
+    """Bug: each request's paid answer was written as its own Parquet shard (a service answering
+    1,000 fallbacks left 1,000 tiny files). Now they stay in the fsynced row log, readable and
+    adopted by a reopen after a kill, and become one shard when the service stops."""
+    from mentor.serve import served_id
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    x = data.features[1200:1230].astype(np.float32)
+    store = TeacherStore(tmp_path / "answers", fingerprint=teacher.fingerprint, n_classes=10)
+    cascade = Cascade(served, teacher, 1.0, answers=store)  # threshold 1: the teacher answers everything
+    shards = lambda: sorted((tmp_path / "answers").glob("shard-*.parquet"))
+    with uvicorn_server(create_app(cascade)) as url:
+        for row in x:
+            body = httpx.post(url + "/predict", json={"inputs": [row.tolist()]}).json()
+            assert body["answered_by"] == ["teacher"]
+        assert shards() == []  # 30 requests, 30 paid answers, no shard yet
+        after_kill = TeacherStore.open(tmp_path / "answers")  # as a new process would, e.g. after a kill
+        np.testing.assert_allclose(after_kill.read([served_id(r) for r in x]), teacher.predict_proba(x), atol=1e-6)
+        after_kill.close()
+        again = httpx.post(url + "/predict", json={"inputs": x[:5].tolist()}).json()  # kept: not paid again
+        assert again["answered_by"] == ["teacher"] * 5
+        assert httpx.get(url + "/health").json()["counts"]["teacher_paid"] == 30
+    assert len(shards()) == 1  # the shutdown wrote them as one shard
+    kept = TeacherStore.open(tmp_path / "answers")
+    assert len(kept) == 30 and not kept.manifest["pending"]
+    np.testing.assert_allclose(kept.read([served_id(r) for r in x]), teacher.predict_proba(x), atol=1e-6)
+
+
 def test_no_keep_inputs_keeps_the_answer_and_only_a_hash_of_the_input(digits, tmp_path):
     from mentor.serve import served_id
     from mentor.store import TeacherStore

@@ -439,7 +439,7 @@ class TeacherStore:
     # ------------------------------------------------------------------------------------ writing
 
     def label(self, teacher, batches: Iterable, *, progress: bool = False, pool=None,
-              poll_s: float = 0.1) -> LabelReport:
+              poll_s: float = 0.1, checkpoint: bool = True) -> LabelReport:
         """Ask `teacher` for every id in `batches` not stored yet, storing each call's outputs.
 
         `batches` yields (ids, inputs) chunks, so a pool larger than memory can stream from disk;
@@ -452,6 +452,11 @@ class TeacherStore:
         (`mentor.teachers.pools`: threads, or Ray workers) keeps several calls running at once. Each
         call is stored as soon as it returns, and when a call fails the others in flight are
         still stored before the error is raised.
+
+        With `checkpoint=False` the run ends without writing its rows as a Parquet shard: they stay
+        in the row log (fsynced, committed by the ledger, readable, adopted by the next open) until
+        `shard_size` rows add up or `checkpoint()` is called. For a service that stores one answer
+        per request, where a shard per request would leave thousands of tiny files.
         """
         fp = getattr(teacher, "fingerprint", None)
         if fp != self.fingerprint:
@@ -590,8 +595,9 @@ class TeacherStore:
         finally:  # whatever stops the loop (an error, a bad batch), calls already paid for are stored
             if in_flight:
                 collect(concurrent.futures.ALL_COMPLETED)
-            with contextlib.suppress(OSError):  # a full disk: the ledger already holds every commit
-                self._checkpoint()
+            if checkpoint:
+                with contextlib.suppress(OSError):  # a full disk: the ledger already holds every commit
+                    self._checkpoint()
         if progress:
             print(file=sys.stderr)
         if errors:
@@ -702,6 +708,12 @@ class TeacherStore:
         _atomic_write(self.path / MANIFEST_NAME, json.dumps(m, separators=(",", ":")).encode())
         self._sig = file_sig(self.path / MANIFEST_NAME)
         self._dirty = False
+
+    def checkpoint(self) -> None:
+        """Write the rows still in the row log as a Parquet shard, and the manifest (what every
+        `label` run does at its end unless called with `checkpoint=False`)."""
+        self._require_writable("checkpoint")
+        self._checkpoint()
 
     def _checkpoint(self) -> None:
         """End of a run: write the row log's rows as a shard (so Parquet readers see every row), and
