@@ -320,18 +320,24 @@ def serve_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<outpu
                                                            "from it, not paid again."),
               keep_inputs: bool = typer.Option(True, "--keep-inputs/--no-keep-inputs", help="With --cascade: keep "
                                                "each input sent to the teacher beside its answer (for retraining), "
-                                               "or only a hash of it.")):
+                                               "or only a hash of it."),
+              teacher_calls: Optional[int] = typer.Option(None, "--teacher-calls", help="With --cascade: teacher "
+                                                          "calls at once; requests waiting for the teacher are sent "
+                                                          "together over this many threads (default: the run's "
+                                                          "distribute threads, else 1).")):
     """Serve a student over HTTP (POST /predict, OpenAI-style /v1/chat/completions for text), optionally
     as a cascade that asks the teacher when the student is unsure."""
     from .serve import Cascade, cascade_from_run, create_app, load_served_model
-    if (threshold is not None or answers_store is not None) and cascade is None:
-        raise ConfigError("--threshold and --answers-store are the cascade's; add --cascade RUN_DIR (the run whose "
-                          "teacher answers the rest).")
+    if (threshold is not None or answers_store is not None or teacher_calls is not None) and cascade is None:
+        raise ConfigError("--threshold, --answers-store and --teacher-calls are the cascade's; add --cascade RUN_DIR "
+                          "(the run whose teacher answers the rest).")
+    if teacher_calls is not None and teacher_calls < 1:
+        raise ConfigError(f"--teacher-calls must be at least 1, got {teacher_calls}.")
     if max_batch < 1 or not 0 < port < 65536:
         raise ConfigError(f"--max-batch must be >= 1 and --port in 1..65535; got {max_batch} and {port}.")
     model = load_served_model(model_dir, runtime)
     c = (cascade_from_run(model, cascade, threshold=threshold, on_teacher_error=on_teacher_error,
-                          answers_store=answers_store, keep_inputs=keep_inputs) if cascade
+                          answers_store=answers_store, keep_inputs=keep_inputs, teacher_calls=teacher_calls) if cascade
          else Cascade(model, on_teacher_error=on_teacher_error))
     what = (f"cascade: the student answers at confidence >= {c.threshold:.4f}, else the teacher (its answers "
             f"kept in {c.answers.path})" if c.teacher is not None else "the student alone")

@@ -129,15 +129,32 @@ class _KeepingTeacher:
         return TeacherAnswer(np.asarray(probs), extras, cost)
 
 
+@dataclass
+class _Waiting:
+    """One request's inputs for the teacher, and what the labeling run that sent them gave back."""
+
+    keys: np.ndarray
+    x: np.ndarray
+    probs: np.ndarray | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class Cascade:
-    """The student, and the teacher for the examples it is unsure of. Thread-safe: the teacher is
-    called under a lock (mentor teachers need not be thread-safe); the student runs concurrently.
+    """The student, and the teacher for the examples it is unsure of. Thread-safe: the student runs
+    concurrently; teacher calls go through one labeling run at a time on the answers store.
 
     `answers`: a TeacherStore (for this teacher) where every paid answer is kept and looked up
-    first; None asks the teacher every time and keeps nothing (tests, a free teacher)."""
+    first; None asks the teacher every time and keeps nothing (tests, a free teacher).
+    `teacher_calls`: how many teacher calls may run at once. Requests that need the teacher while a
+    call is out wait together, and the next labeling run sends all of them, split over up to this
+    many parallel calls (threads): for an LLM API or HTTP endpoint that answers calls in parallel.
+    1 (the default) is one call at a time; the teacher must be thread-safe above it (HTTP and LLM
+    teachers are)."""
 
     def __init__(self, model: ServedModel, teacher=None, threshold: float | None = None,
-                 on_teacher_error: str = "student", answers=None, keep_inputs: bool = True):
+                 on_teacher_error: str = "student", answers=None, keep_inputs: bool = True,
+                 teacher_calls: int = 1):
         if on_teacher_error not in ("student", "fail"):
             raise ConfigError(f"on_teacher_error must be 'student' or 'fail', got {on_teacher_error!r}.")
         if teacher is not None and threshold is None:
@@ -148,11 +165,19 @@ class Cascade:
         if answers is not None and (teacher is None or answers.fingerprint != teacher.fingerprint):
             raise ConfigError(f"the answers store {answers.path} keeps the outputs of teacher {answers.fingerprint!r}, "
                               f"not of {getattr(teacher, 'fingerprint', None)!r}; give a store of this teacher's.")
+        if isinstance(teacher_calls, bool) or not isinstance(teacher_calls, int) or teacher_calls < 1:
+            raise ConfigError(f"teacher_calls must be a whole number >= 1, got {teacher_calls!r}.")
         self.model, self.teacher, self.on_teacher_error = model, teacher, on_teacher_error
         self.threshold = None if teacher is None else float(threshold)
         self.answers = answers
         self._asker = None if teacher is None else _KeepingTeacher(teacher, keep_inputs)
+        self.teacher_calls = teacher_calls
+        self._pool = None
+        if teacher is not None and answers is not None and teacher_calls > 1:
+            from .teachers.pools import ThreadTeacherPool
+            self._pool = ThreadTeacherPool(self._asker, teacher_calls, in_flight_per_worker=1)
         self._teacher_lock = threading.Lock()
+        self._waiting: list[_Waiting] = []  # requests' teacher work not sent yet (under _count_lock)
         self._count_lock = threading.Lock()
         self.counts = {"requests": 0, "examples": 0, "student": 0, "teacher": 0, "fallback_failed": 0,
                        "teacher_paid": 0, "teacher_from_store": 0}
@@ -165,22 +190,54 @@ class Cascade:
                 t = self.teacher.predict_proba(x, np.asarray(ids, dtype=str))
             self._count(teacher_paid=len(x))
             return np.asarray(t, dtype=np.float64)
-        keys = np.asarray([served_id(row) for row in x], dtype=str)
+        mine = _Waiting(np.asarray([served_id(row) for row in x], dtype=str), x)
+        with self._count_lock:
+            self._waiting.append(mine)
         with self._teacher_lock:
+            if not mine.done:  # else an earlier holder of the lock sent it with its own
+                with self._count_lock:
+                    batch, self._waiting = self._waiting, []
+                self._label(batch)
+        if mine.error is not None:
+            raise mine.error
+        return mine.probs
+
+    def _label(self, batch: list["_Waiting"]) -> None:
+        """One labeling run for every waiting request's inputs (each distinct input once), in up to
+        `teacher_calls` parallel calls; each request gets its rows, or the error."""
+        keys = np.concatenate([w.keys for w in batch])
+        first = np.unique(keys, return_index=True)[1]
+        first.sort()
+        x = np.concatenate([w.x for w in batch])[first] if len(batch) > 1 else batch[0].x[first]
+        keys = keys[first]
+        try:
             paid = 0
-            if len(self.answers.missing(keys)):  # all kept already: read them, no labeling run at all
+            new = np.isin(keys, self.answers.missing(keys))
+            if new.any():  # all kept already: read them, no labeling run at all
+                k, xs = keys[new], x[new]
+                per_call = -(-len(k) // self.teacher_calls)
+                chunks = [(k[i:i + per_call], xs[i:i + per_call]) for i in range(0, len(k), per_call)]
                 # rows stay in the row log (durable) until shard_size add up or the service stops:
                 # not one Parquet file per request
-                paid = self.answers.label(self._asker, [(keys, x)], checkpoint=False).n_new
-            t = self.answers.read(keys)
-        self._count(teacher_paid=paid, teacher_from_store=len(x) - paid)
-        return np.asarray(t, dtype=np.float64)
+                paid = self.answers.label(self._asker, chunks, pool=self._pool if len(chunks) > 1 else None,
+                                          checkpoint=False).n_new
+            for w in batch:
+                w.probs = np.asarray(self.answers.read(w.keys), dtype=np.float64)
+            self._count(teacher_paid=paid, teacher_from_store=sum(len(w.keys) for w in batch) - paid)
+        except Exception as e:  # noqa: BLE001 - every waiting request sees the failure (on_teacher_error)
+            for w in batch:
+                w.error = e
+        finally:
+            for w in batch:
+                w.done = True
 
     def close(self) -> None:
         """Write the answers kept since the last shard as one (at the service's shutdown)."""
         if self.answers is not None:
             with self._teacher_lock:
                 self.answers.checkpoint()
+        if self._pool is not None:
+            self._pool.close()
 
     def _count(self, **add) -> None:
         with self._count_lock:
@@ -381,12 +438,15 @@ def load_served_model(folder, runtime: str = "torch") -> ServedModel:
 
 
 def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = None,
-                     on_teacher_error: str = "student", answers_store=None, keep_inputs: bool = True) -> Cascade:
+                     on_teacher_error: str = "student", answers_store=None, keep_inputs: bool = True,
+                     teacher_calls: int | None = None) -> Cascade:
     """The cascade for a served student: the teacher of the run in `run_dir` (built from its
     config.yaml, as `mentor run` built it) and the threshold `mentor cascade` chose there, unless
     `threshold` is given. A teacher for another task (other classes) is refused; a different
     teacher than the one the student learnt from is allowed with a warning. The teacher's answers
-    are kept in the store at `answers_store` (default `run_dir/served-answers`)."""
+    are kept in the store at `answers_store` (default `run_dir/served-answers`). `teacher_calls`
+    (parallel teacher calls) defaults to what the run labeled with: `distribute.engine: threads`
+    gives workers × in_flight_per_worker, anything else 1."""
     import json
     import warnings
     from pathlib import Path
@@ -422,9 +482,12 @@ def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = N
     if want and fp and fp != want:
         warnings.warn(f"the teacher of {run} ({fp}) is not the one the student learnt from ({want}); the cascade "
                       "falls back to it anyway.", stacklevel=2)
+    if teacher_calls is None:
+        d = ctx.cfg.distribute
+        teacher_calls = d.workers * d.in_flight_per_worker if d.engine == "threads" else 1
     return Cascade(model, teacher, threshold, on_teacher_error=on_teacher_error,
                    answers=open_answers_store(answers_store or run / "served-answers", teacher, ctx.n_classes),
-                   keep_inputs=keep_inputs)
+                   keep_inputs=keep_inputs, teacher_calls=teacher_calls)
 
 
 def open_answers_store(path, teacher, n_classes: int):

@@ -207,6 +207,53 @@ def test_cascade_answers_go_to_the_row_log_not_a_shard_per_request(digits, tmp_p
     np.testing.assert_allclose(kept.read([served_id(r) for r in x]), teacher.predict_proba(x), atol=1e-6)
 
 
+class _Slow:
+    """A teacher that takes 0.2 s a call, like a remote API, and records how many calls overlapped."""
+
+    def __init__(self, teacher):
+        self.teacher, self.n_classes, self.fingerprint = teacher, teacher.n_classes, teacher.fingerprint
+        self.cost_per_example, self.asked, self.now, self.most = 0.0, 0, 0, 0
+        self.lock = threading.Lock()
+
+    def predict_proba(self, inputs, ids=None):
+        with self.lock:
+            self.asked += len(inputs)
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.2)
+        with self.lock:
+            self.now -= 1
+        return self.teacher.predict_proba(inputs, ids)
+
+
+@pytest.mark.parametrize("calls", [1, 4])
+def test_concurrent_fallbacks_are_sent_together_in_parallel_calls(digits, tmp_path, calls):
+    """Before: one teacher call at a time, each request's own, so a slow API capped the cascade at
+    one call's latency per fallback. Now requests waiting for the teacher go out together, over up to
+    `teacher_calls` parallel calls, each distinct input paid once."""
+    import concurrent.futures
+
+    from mentor.serve import served_id
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    x = data.features[1300:1316].astype(np.float32)
+    slow = _Slow(teacher)
+    store = TeacherStore(tmp_path / "answers", fingerprint=slow.fingerprint, n_classes=10)
+    cascade = Cascade(served, slow, 1.0, answers=store, teacher_calls=calls)
+    rows = [x[i % 12:i % 12 + 1] for i in range(16)]  # 16 requests, 12 distinct inputs
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        outs = list(ex.map(lambda r: cascade.answer(["a"], r), rows))
+    assert all(o["answered_by"] == ["teacher"] for o in outs)
+    np.testing.assert_allclose(np.array([o["probs"][0] for o in outs]),
+                               teacher.predict_proba(np.concatenate(rows)), atol=1e-6)
+    assert slow.asked == 12 and len(store) == 12  # each distinct input paid once
+    assert cascade.counts["teacher_paid"] == 12 and cascade.counts["teacher_from_store"] == 4
+    assert slow.most == calls  # one call at a time, or several at once
+    np.testing.assert_allclose(store.read([served_id(r[0]) for r in rows[:12]]),
+                               teacher.predict_proba(x[:12]), atol=1e-6)
+    cascade.close()
+
+
 def test_no_keep_inputs_keeps_the_answer_and_only_a_hash_of_the_input(digits, tmp_path):
     from mentor.serve import served_id
     from mentor.store import TeacherStore
