@@ -59,6 +59,27 @@ def test_tiny_quality_run_writes_complete_rows(tmp_path):
     assert "| syn | slam-hard |" in bench.summarize(rows)
 
 
+def test_a_run_of_some_entries_keeps_the_other_entries_rows_in_the_file(tmp_path):
+    """Bug: `bench quality --datasets X --json F` deleted F first, losing the rows of every other
+    entry (hours of benchmark). Now only X's rows are replaced; later seeds (first_seed > 0) append."""
+    configs = {"syn": {"synthetic": {"n": 1500, "dim": 10}, "data": {"path": "x"},
+                       "split": {"n_labeled": 20, "n_val": 200, "n_test": 300},
+                       "teacher": {"kind": "file", "path": "x"}, "student": {"kind": "logistic"},
+                       "train": {"epochs": 2, "min_steps": 0}}}
+    out = tmp_path / "rows.jsonl"
+    other = {"dataset": "other/A100", "seed": 0, "method": "teacher", "test_accuracy": 0.5}
+    stale = {"dataset": "syn", "seed": 0, "method": "teacher", "test_accuracy": -1.0}
+    out.write_text(json.dumps(other) + "\n" + json.dumps(stale) + "\n" + '{"dataset": "torn')
+    rows = bench.quality("custom", seeds=1, methods=["teacher"], configs=configs, json_out=out, work_dir=tmp_path,
+                         log=lambda *_: None)
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert kept == [other] + json.loads(json.dumps(rows))  # the other entry kept, syn's stale row replaced
+    bench.quality("custom", seeds=1, first_seed=1, methods=["teacher"], configs=configs, json_out=out,
+                  work_dir=tmp_path, log=lambda *_: None)
+    assert [(r["dataset"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())] == [
+        ("other/A100", 0), ("syn", 0), ("syn", 1)]
+
+
 def test_bare_dataset_name_selects_both_teacher_strengths():
     configs = bench.suite_configs("standard")
     assert bench.select_datasets(configs, ["letter"], "standard") == ["letter/A300", "letter/A1000"]

@@ -52,15 +52,14 @@ def bench_active(suite: str = "smoke", *, seeds: int = 3, strategies: list[str] 
     budgets from 2% to 33% of the pool. One row per (dataset, strategy, seed); one PNG per
     (dataset, seed) with every strategy. Strategies of one (dataset, seed) share the split, the
     teacher and the store (so `spent` is what each strategy paid that earlier ones had not). Seeds
-    first_seed .. first_seed + seeds − 1; the rows file is emptied only when first_seed is 0."""
-    from .quality import _append_row, materialise, select_datasets, suite_configs
+    first_seed .. first_seed + seeds − 1; these entries' rows are dropped from the rows file first (`start_rows`) only when first_seed is 0."""
+    from .quality import _append_row, materialise, select_datasets, start_rows, suite_configs
     from ..pipeline import get_teacher, prepare
     configs = suite_configs(suite)
     names = select_datasets(configs, datasets, suite)
     strategies = strategies or DEFAULT_STRATEGIES
     variants = {s: parse_variant(s) for s in strategies}  # ConfigError on an unknown name
-    if json_out is not None and Path(json_out).exists() and first_seed == 0:
-        Path(json_out).unlink()
+    start_rows(json_out, names, first_seed=first_seed)
     rows = []
     for name in names:
         template = materialise(configs[name], Path(work_dir))

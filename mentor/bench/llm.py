@@ -119,8 +119,8 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
     unknown = [n for n in names if n not in spec["data"]]
     if unknown:
         raise ConfigError(f"data sets {unknown} are not in the llm suite ({', '.join(spec['data'])}).")
-    if json_out is not None and Path(json_out).exists():
-        Path(json_out).unlink()
+    from .quality import start_rows
+    start_rows(json_out, names)
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
         if server_url is None and any(g[0] == "server" for g in spec["grid"]):

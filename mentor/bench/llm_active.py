@@ -94,8 +94,8 @@ def bench_llm_active(suite: str = "smoke", *, seeds: int = 2, first_seed: int = 
     if backend not in ("server", "local"):
         raise ConfigError(f"backend must be 'server' or 'local', got {backend!r}.")
     scoring = scoring or ("top-logprobs" if backend == "server" else "label-likelihood")
-    if json_out is not None and Path(json_out).exists() and first_seed == 0:
-        Path(json_out).unlink()
+    from .quality import start_rows
+    start_rows(json_out, names, first_seed=first_seed)
     rows: list[dict] = []
     with contextlib.ExitStack() as stack:
         if server_url is None and backend == "server":

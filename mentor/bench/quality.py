@@ -195,10 +195,8 @@ def report_rows(rows: list[dict], baseline: str | None = None) -> str:
 def each_run(configs: dict[str, dict], names: list[str], seeds: int, work_dir: Path, json_out: Path | None,
              first_seed: int = 0):
     """(name, seed, template with generated data filled in) for every entry and seed first_seed ..
-    first_seed + seeds − 1, after emptying the rows file (a benchmark writes its rows afresh; the
-    same rows file is appended to, not emptied, when first_seed > 0: seeds run as separate processes)."""
-    if json_out is not None and Path(json_out).exists() and first_seed == 0:
-        Path(json_out).unlink()
+    first_seed + seeds − 1, after dropping these entries' rows from the rows file (`start_rows`)."""
+    start_rows(json_out, names, first_seed=first_seed)
     for name in names:
         template = materialise(configs[name], Path(work_dir))
         for seed in range(first_seed, first_seed + seeds):
@@ -214,6 +212,26 @@ def labeled_seed(cfg):
     store = label(ctx, get_teacher(ctx))
     t_acc = accuracy(teacher_outputs(store, ctx.data.ids[ctx.splits.test]), ctx.data.labels[ctx.splits.test])
     return ctx, store, t_acc
+
+
+def start_rows(path: Path | None, datasets, *, first_seed: int = 0) -> None:
+    """Before a benchmark writes rows to `path`: drop the rows of the data sets it is about to run
+    (it writes them afresh) and keep every other row, so that running a subset of the entries into
+    the file of a longer benchmark does not lose the other entries' rows. With first_seed > 0
+    nothing is dropped (seeds run as separate processes append to one file)."""
+    if path is None or first_seed != 0 or not Path(path).exists():
+        return
+    names, keep = set(datasets), []
+    for line in Path(path).read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line of a killed run
+        if isinstance(row, dict) and row.get("dataset") is not None and row["dataset"] not in names:
+            keep.append(line + "\n")
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
 
 
 def _append_row(path: Path | None, row: dict) -> None:
