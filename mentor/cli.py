@@ -324,7 +324,11 @@ def serve_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<outpu
               teacher_calls: Optional[int] = typer.Option(None, "--teacher-calls", help="With --cascade: teacher "
                                                           "calls at once; requests waiting for the teacher are sent "
                                                           "together over this many threads (default: the run's "
-                                                          "distribute threads, else 1).")):
+                                                          "distribute threads, else 1)."),
+              teacher_retry_after: float = typer.Option(30.0, "--teacher-retry-after", help="With --cascade: after "
+                                                        "the teacher fails, seconds during which requests do not ask "
+                                                        "it (they get --on-teacher-error at once); 0 asks every "
+                                                        "time.")):
     """Serve a student over HTTP (POST /predict, OpenAI-style /v1/chat/completions for text), optionally
     as a cascade that asks the teacher when the student is unsure."""
     from .serve import Cascade, cascade_from_run, create_app, load_served_model
@@ -333,11 +337,14 @@ def serve_cmd(model_dir: Path = typer.Argument(..., help="A model folder (<outpu
                           "(the run whose teacher answers the rest).")
     if teacher_calls is not None and teacher_calls < 1:
         raise ConfigError(f"--teacher-calls must be at least 1, got {teacher_calls}.")
+    if teacher_retry_after < 0:
+        raise ConfigError(f"--teacher-retry-after must be >= 0 seconds, got {teacher_retry_after}.")
     if max_batch < 1 or not 0 < port < 65536:
         raise ConfigError(f"--max-batch must be >= 1 and --port in 1..65535; got {max_batch} and {port}.")
     model = load_served_model(model_dir, runtime)
     c = (cascade_from_run(model, cascade, threshold=threshold, on_teacher_error=on_teacher_error,
-                          answers_store=answers_store, keep_inputs=keep_inputs, teacher_calls=teacher_calls) if cascade
+                          answers_store=answers_store, keep_inputs=keep_inputs, teacher_calls=teacher_calls,
+                          retry_after_s=teacher_retry_after) if cascade
          else Cascade(model, on_teacher_error=on_teacher_error))
     what = (f"cascade: the student answers at confidence >= {c.threshold:.4f}, else the teacher (its answers "
             f"kept in {c.answers.path})" if c.teacher is not None else "the student alone")

@@ -150,11 +150,14 @@ class Cascade:
     call is out wait together, and the next labeling run sends all of them, split over up to this
     many parallel calls (threads): for an LLM API or HTTP endpoint that answers calls in parallel.
     1 (the default) is one call at a time; the teacher must be thread-safe above it (HTTP and LLM
-    teachers are)."""
+    teachers are).
+    `retry_after_s`: after the teacher fails, requests within this many seconds do not ask it (each
+    would wait through the teacher's own retries first) and are handled per `on_teacher_error` at
+    once, saying when it failed and why; the first request after that asks again. 0 asks every time."""
 
     def __init__(self, model: ServedModel, teacher=None, threshold: float | None = None,
                  on_teacher_error: str = "student", answers=None, keep_inputs: bool = True,
-                 teacher_calls: int = 1):
+                 teacher_calls: int = 1, retry_after_s: float = 30.0):
         if on_teacher_error not in ("student", "fail"):
             raise ConfigError(f"on_teacher_error must be 'student' or 'fail', got {on_teacher_error!r}.")
         if teacher is not None and threshold is None:
@@ -167,6 +170,10 @@ class Cascade:
                               f"not of {getattr(teacher, 'fingerprint', None)!r}; give a store of this teacher's.")
         if isinstance(teacher_calls, bool) or not isinstance(teacher_calls, int) or teacher_calls < 1:
             raise ConfigError(f"teacher_calls must be a whole number >= 1, got {teacher_calls!r}.")
+        if not isinstance(retry_after_s, (int, float)) or isinstance(retry_after_s, bool) or retry_after_s < 0:
+            raise ConfigError(f"retry_after_s must be a number of seconds >= 0, got {retry_after_s!r}.")
+        self.retry_after_s = float(retry_after_s)
+        self._failed: tuple[float, str] | None = None  # (time.monotonic() of the last failure, its error)
         self.model, self.teacher, self.on_teacher_error = model, teacher, on_teacher_error
         self.threshold = None if teacher is None else float(threshold)
         self.answers = answers
@@ -239,6 +246,15 @@ class Cascade:
         if self._pool is not None:
             self._pool.close()
 
+    def _check_recent_failure(self) -> None:
+        failed = self._failed
+        if failed is None:
+            return
+        ago = time.monotonic() - failed[0]
+        if ago < self.retry_after_s:
+            raise _RecentlyFailed(f"the teacher failed {ago:.0f} s ago ({failed[1]}); it is asked again "
+                                  f"{self.retry_after_s - ago:.0f} s from now")
+
     def _count(self, **add) -> None:
         with self._count_lock:
             for k, v in add.items():
@@ -253,9 +269,13 @@ class Cascade:
             if ask.any():
                 idx = np.flatnonzero(ask)
                 try:
+                    self._check_recent_failure()
                     probs[idx] = self._ask_teacher([ids[i] for i in idx], x[idx])
                     by[idx] = "teacher"
+                    self._failed = None
                 except Exception as e:  # noqa: BLE001 - any teacher failure is handled per on_teacher_error
+                    if not isinstance(e, _RecentlyFailed):  # a real failure: skip the teacher for a while
+                        self._failed = (time.monotonic(), f"{type(e).__name__}: {e}"[:400])
                     if self.on_teacher_error == "fail":
                         raise TeacherUnavailable(f"the teacher could not answer ({type(e).__name__}: {e})") from None
                     by[idx] = "student-fallback-failed"
@@ -276,6 +296,10 @@ class Cascade:
 
 class TeacherUnavailable(RuntimeError):
     """The cascade needed the teacher, it failed, and on_teacher_error is 'fail' (answered 503)."""
+
+
+class _RecentlyFailed(RuntimeError):
+    """The teacher failed less than `retry_after_s` ago, so it was not asked."""
 
 
 def create_app(cascade: Cascade, *, max_batch: int = 1024):
@@ -439,7 +463,7 @@ def load_served_model(folder, runtime: str = "torch") -> ServedModel:
 
 def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = None,
                      on_teacher_error: str = "student", answers_store=None, keep_inputs: bool = True,
-                     teacher_calls: int | None = None) -> Cascade:
+                     teacher_calls: int | None = None, retry_after_s: float = 30.0) -> Cascade:
     """The cascade for a served student: the teacher of the run in `run_dir` (built from its
     config.yaml, as `mentor run` built it) and the threshold `mentor cascade` chose there, unless
     `threshold` is given. A teacher for another task (other classes) is refused; a different
@@ -487,7 +511,7 @@ def cascade_from_run(model: ServedModel, run_dir, *, threshold: float | None = N
         teacher_calls = d.workers * d.in_flight_per_worker if d.engine == "threads" else 1
     return Cascade(model, teacher, threshold, on_teacher_error=on_teacher_error,
                    answers=open_answers_store(answers_store or run / "served-answers", teacher, ctx.n_classes),
-                   keep_inputs=keep_inputs, teacher_calls=teacher_calls)
+                   keep_inputs=keep_inputs, teacher_calls=teacher_calls, retry_after_s=retry_after_s)
 
 
 def open_answers_store(path, teacher, n_classes: int):

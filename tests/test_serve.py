@@ -291,6 +291,51 @@ def test_unreachable_teacher_follows_the_configured_policy(digits, policy):
         assert httpx.get(url + "/health").status_code == 200
 
 
+class _Flaky:
+    """A teacher that fails while `down` is set, counting the calls it gets."""
+
+    def __init__(self, teacher):
+        self.teacher, self.n_classes, self.fingerprint = teacher, teacher.n_classes, teacher.fingerprint
+        self.cost_per_example, self.calls, self.down = 0.0, 0, True
+
+    def predict_proba(self, inputs, ids=None):
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("connection refused")
+        return self.teacher.predict_proba(inputs, ids)
+
+
+def test_a_failed_teacher_is_not_asked_again_until_retry_after(digits, tmp_path):
+    """Before: with the teacher down, every request that needed it waited through the teacher's
+    own retries (25 s each for an unreachable LLM endpoint) before the student answered. Now the
+    requests within `retry_after_s` of a failure do not ask it and say why; the first after asks."""
+    from mentor.errors import ConfigError
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    flaky = _Flaky(teacher)
+    x = data.features[1400:1410].astype(np.float32)
+    store = TeacherStore(tmp_path / "answers", fingerprint=flaky.fingerprint, n_classes=10)
+    cascade = Cascade(served, flaky, 1.0, answers=store, retry_after_s=3600)
+    first = cascade.answer(["a"], x[:1])
+    assert first["answered_by"] == ["student-fallback-failed"] and "connection refused" in first["fallback_error"]
+    assert flaky.calls == 1
+    later = [cascade.answer(["b"], x[i:i + 1]) for i in range(1, 6)]
+    assert flaky.calls == 1  # not asked within the hour
+    assert all(r["answered_by"] == ["student-fallback-failed"] for r in later)
+    assert "failed 0 s ago (ConnectionError: connection refused)" in later[0]["fallback_error"]
+    flaky.down = False
+    cascade._failed = (cascade._failed[0] - 3601, cascade._failed[1])  # an hour later
+    back = cascade.answer(["c"], x[6:7])
+    assert back["answered_by"] == ["teacher"] and flaky.calls == 2
+    assert cascade.answer(["d"], x[7:8])["answered_by"] == ["teacher"]  # and it stays asked
+    every = Cascade(served, _Flaky(teacher), 1.0, retry_after_s=0)  # 0: asked every time
+    for i in range(3):
+        every.answer(["e"], x[i:i + 1])
+    assert every.teacher.calls == 3
+    with pytest.raises(ConfigError):
+        Cascade(served, teacher, 1.0, retry_after_s=-1)
+
+
 def test_bad_requests_get_clear_4xx_and_the_service_keeps_running(digits):
     _, served, _ = digits
     row = [0.0] * 64
