@@ -227,6 +227,31 @@ def test_non_json_4xx_message_and_no_logprobs():
         srv.close()
 
 
+def test_an_answer_that_ends_at_once_is_an_abstention_not_a_server_without_logprobs():
+    """Bug: llama.cpp's server answered a few-shot prompt with no token at all (SmolLM2's first token
+    was end-of-text: content "", logprobs.content [], finish_reason stop), and mentor concluded the
+    endpoint gives no log-probabilities, failing the whole bench entry (2 of 4 in `bench llm
+    --suite shots`). The response below is the one recorded from that server."""
+    recorded = {"id": "chatcmpl-ff87a330", "object": "chat.completion", "model": "smollm2",
+                "choices": [{"index": 0, "message": {"content": "", "role": "assistant"},
+                             "logprobs": {"content": [], "refusal": None}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 250, "completion_tokens": 0, "total_tokens": 250}}
+    no_field = {"choices": [{"index": 0, "message": {"content": "", "role": "assistant"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 9, "completion_tokens": 0, "total_tokens": 9}}
+    srv = Scripted([(200, {}, recorded), (200, {}, no_field)])
+    try:
+        client = Endpoint(srv.url, "m", check_model=False, max_retries=0)
+        got = client.top_logprobs(MSG)
+        assert got.logprobs == {} and got.text == "" and got.usage == Usage(250, 0, 0)
+        with pytest.raises(LogprobsUnavailable, match="no top_logprobs"):  # no logprobs field: still refused
+            client.top_logprobs(MSG)
+    finally:
+        srv.close()
+    from mentor.teachers.llm.scoring import top_logprobs_probs
+    probs, coverage = top_logprobs_probs({}, ["computers", "food", "sports", "medicine"])
+    assert coverage == 0.0 and np.allclose(probs, 0.25)  # uniform, and the teacher marks it abstained
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure parts
 

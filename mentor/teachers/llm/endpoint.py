@@ -549,7 +549,14 @@ class Endpoint:
         except EndpointError as e:
             raise self._logprobs_refused(e, "use the scoring mode sampling or answer.") from None
         choice = (data.get("choices") or [{}])[0]
-        content = (choice.get("logprobs") or {}).get("content") or []
+        logprobs = choice.get("logprobs")
+        content = (logprobs or {}).get("content") or []
+        text = str((choice.get("message") or {}).get("content") or "")
+        if isinstance(logprobs, dict) and not content and not text and choice.get("finish_reason") == "stop":
+            # the model ended its answer at once (its first token was end-of-text: seen with SmolLM2 on
+            # llama.cpp): no token, so no log-probabilities, but the endpoint gives them. An empty top
+            # list: the caller's row is uniform and marked abstained, as for an answer naming no label
+            return TopLogprobs({}, "", usage_of(data))
         top = content[0].get("top_logprobs") if content and isinstance(content[0], dict) else None
         if not top:
             raise LogprobsUnavailable(f"endpoint {self.shown_url} returned no top_logprobs for model {self.model!r}: it "
@@ -559,7 +566,7 @@ class Endpoint:
         for e in top:  # two token ids may print the same: their probabilities add up
             t, v = str(e.get("token")), float(e.get("logprob"))
             out[t] = float(np.logaddexp(out[t], v)) if t in out else v
-        return TopLogprobs(out, str((choice.get("message") or {}).get("content") or ""), usage_of(data))
+        return TopLogprobs(out, text, usage_of(data))
 
     def sample(self, messages, n: int, temperature: float = 1.0, max_tokens: int = 16,
                seed: int | None = None) -> Answers:
