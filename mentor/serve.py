@@ -29,6 +29,7 @@ crashes on one.
 """
 
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -151,13 +152,15 @@ class Cascade:
     many parallel calls (threads): for an LLM API or HTTP endpoint that answers calls in parallel.
     1 (the default) is one call at a time; the teacher must be thread-safe above it (HTTP and LLM
     teachers are).
+    `kept_in_memory`: the teacher answers of that many recent inputs are also held in memory
+    (about 100 bytes + 8 per class each), so a repeated input skips the store; 0 reads the store.
     `retry_after_s`: after the teacher fails, requests within this many seconds do not ask it (each
     would wait through the teacher's own retries first) and are handled per `on_teacher_error` at
     once, saying when it failed and why; the first request after that asks again. 0 asks every time."""
 
     def __init__(self, model: ServedModel, teacher=None, threshold: float | None = None,
                  on_teacher_error: str = "student", answers=None, keep_inputs: bool = True,
-                 teacher_calls: int = 1, retry_after_s: float = 30.0):
+                 teacher_calls: int = 1, retry_after_s: float = 30.0, kept_in_memory: int = 100_000):
         if on_teacher_error not in ("student", "fail"):
             raise ConfigError(f"on_teacher_error must be 'student' or 'fail', got {on_teacher_error!r}.")
         if teacher is not None and threshold is None:
@@ -173,6 +176,10 @@ class Cascade:
         if not isinstance(retry_after_s, (int, float)) or isinstance(retry_after_s, bool) or retry_after_s < 0:
             raise ConfigError(f"retry_after_s must be a number of seconds >= 0, got {retry_after_s!r}.")
         self.retry_after_s = float(retry_after_s)
+        if isinstance(kept_in_memory, bool) or not isinstance(kept_in_memory, int) or kept_in_memory < 0:
+            raise ConfigError(f"kept_in_memory must be a whole number >= 0, got {kept_in_memory!r}.")
+        self.kept_in_memory = kept_in_memory
+        self._kept = collections.OrderedDict() if kept_in_memory and answers is not None else None
         self._failed: tuple[float, str] | None = None  # (time.monotonic() of the last failure, its error)
         self.model, self.teacher, self.on_teacher_error = model, teacher, on_teacher_error
         self.threshold = None if teacher is None else float(threshold)
@@ -197,7 +204,15 @@ class Cascade:
                 t = self.teacher.predict_proba(x, np.asarray(ids, dtype=str))
             self._count(teacher_paid=len(x))
             return np.asarray(t, dtype=np.float64)
-        mine = _Waiting(np.asarray([served_id(row) for row in x], dtype=str), x)
+        keys = np.asarray([served_id(row) for row in x], dtype=str)
+        with self._count_lock:  # answers read before: from memory, no store read, no lock on the teacher
+            kept = [self._kept.get(k) for k in keys] if self._kept is not None else [None]
+            if all(r is not None for r in kept):
+                for k in keys:
+                    self._kept.move_to_end(k)
+                self.counts["teacher_from_store"] += len(keys)
+                return np.array(kept, dtype=np.float64)
+        mine = _Waiting(keys, x)
         with self._count_lock:
             self._waiting.append(mine)
         with self._teacher_lock:
@@ -228,15 +243,30 @@ class Cascade:
                 # not one Parquet file per request
                 paid = self.answers.label(self._asker, chunks, pool=self._pool if len(chunks) > 1 else None,
                                           checkpoint=False).n_new
+            rows = np.asarray(self.answers.read(keys), dtype=np.float64)
+            at = {k: i for i, k in enumerate(keys)}
             for w in batch:
-                w.probs = np.asarray(self.answers.read(w.keys), dtype=np.float64)
+                w.probs = rows[[at[k] for k in w.keys]]
             self._count(teacher_paid=paid, teacher_from_store=sum(len(w.keys) for w in batch) - paid)
+            self._keep(keys, rows)
         except Exception as e:  # noqa: BLE001 - every waiting request sees the failure (on_teacher_error)
             for w in batch:
                 w.error = e
         finally:
             for w in batch:
                 w.done = True
+
+    def _keep(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """Remember answers in memory (the most recent `kept_in_memory` inputs), so that an input
+        asked again is answered without reading the store."""
+        if self._kept is None:
+            return
+        with self._count_lock:
+            for k, r in zip(keys, rows):
+                self._kept[k] = r
+                self._kept.move_to_end(k)
+            while len(self._kept) > self.kept_in_memory:
+                self._kept.popitem(last=False)
 
     def close(self) -> None:
         """Write the answers kept since the last shard as one (at the service's shutdown)."""

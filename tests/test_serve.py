@@ -254,6 +254,29 @@ def test_concurrent_fallbacks_are_sent_together_in_parallel_calls(digits, tmp_pa
     cascade.close()
 
 
+def test_answers_asked_again_come_from_memory_without_reading_the_store(digits, tmp_path):
+    """Measured before: a cascade whose 32 inputs per request were all kept still read them from the
+    store each time (half the student's rate). The most recent `kept_in_memory` answers skip it."""
+    from mentor.store import TeacherStore
+    data, served, teacher = digits
+    x = data.features[1500:1510].astype(np.float32)
+    store = TeacherStore(tmp_path / "answers", fingerprint=teacher.fingerprint, n_classes=10)
+    reads = []
+    read = store.read
+    store.read = lambda ids: reads.append(len(ids)) or read(ids)
+    cascade = Cascade(served, teacher, 1.0, answers=store, kept_in_memory=8)
+    first = cascade.answer([str(i) for i in range(8)], x[:8])
+    assert reads == [8]
+    again = cascade.answer([str(i) for i in range(8)], x[:8])
+    assert reads == [8] and again["probs"] == first["probs"]  # from memory
+    assert cascade.counts["teacher_paid"] == 8 and cascade.counts["teacher_from_store"] == 8
+    cascade.answer(["8", "9"], x[8:10])  # 10 inputs seen, 8 kept in memory: the two oldest dropped
+    assert reads == [8, 2] and len(cascade._kept) == 8
+    out = cascade.answer(["0"], x[:1])
+    assert reads == [8, 2, 1] and out["probs"] == first["probs"][:1]  # read from the store again
+    np.testing.assert_allclose(np.array(out["probs"]), teacher.predict_proba(x[:1]), atol=1e-6)
+
+
 def test_no_keep_inputs_keeps_the_answer_and_only_a_hash_of_the_input(digits, tmp_path):
     from mentor.serve import served_id
     from mentor.store import TeacherStore
