@@ -163,6 +163,11 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("serve: --cascade with a file teacher (it cannot answer new inputs)", None,
          ["CLI", "serve", "@run/model", "--cascade", "@run", "--threshold", "0.9"]),
         ("serve: a port out of range", None, ["CLI", "serve", "@run/model", "--port", "70000"]),
+        ("serve: --teacher-calls without --cascade", None, ["CLI", "serve", "@run/model", "--teacher-calls", "2"]),
+        ("serve: --teacher-calls 0", None, ["CLI", "serve", "@run/model", "--cascade", "@run", "--teacher-calls", "0"]),
+        ("serve: a negative --teacher-retry-after", None,
+         ["CLI", "serve", "@run/model", "--cascade", "@run", "--teacher-retry-after", "-1"]),
+        ("bench serve: an unknown arm", None, ["CLI", "bench", "serve", "@run", "--arms", "gpu"]),
     ]
 
 
