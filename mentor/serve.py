@@ -192,7 +192,7 @@ class Cascade:
             self._pool = ThreadTeacherPool(self._asker, teacher_calls, in_flight_per_worker=1)
         self._teacher_lock = threading.Lock()
         self._waiting: list[_Waiting] = []  # requests' teacher work not sent yet (under _count_lock)
-        self._count_lock = threading.Lock()
+        self._count_lock = threading.Lock()  # counts, the waiting list and the answers held in memory
         self.counts = {"requests": 0, "examples": 0, "student": 0, "teacher": 0, "fallback_failed": 0,
                        "teacher_paid": 0, "teacher_from_store": 0}
 
@@ -235,7 +235,7 @@ class Cascade:
         try:
             paid = 0
             new = np.isin(keys, self.answers.missing(keys))
-            if new.any():  # all kept already: read them, no labeling run at all
+            if new.any():  # only inputs not kept yet are sent; all kept: no labeling run at all
                 k, xs = keys[new], x[new]
                 per_call = -(-len(k) // self.teacher_calls)
                 chunks = [(k[i:i + per_call], xs[i:i + per_call]) for i in range(0, len(k), per_call)]
