@@ -13,7 +13,6 @@ import argparse
 import importlib.util
 import json
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -58,6 +57,7 @@ def main() -> None:
     from mentor.pipeline import open_run
     from mentor.serve import Cascade, cascade_from_run, create_app, load_served_model
     from mentor.store import TeacherStore
+    from mentor.teachers.llm.llamacpp import free_port
     model = load_served_model(args.run / "model")
     base = cascade_from_run(model, args.run)
     teacher = Slowed(base.teacher, args.latency_ms / 1000, args.per == "example")
@@ -70,10 +70,7 @@ def main() -> None:
         store = TeacherStore(tmp / "answers", fingerprint=teacher.fingerprint, n_classes=ctx.n_classes)
         # teacher_calls only where it is more than 1: the same script runs on code from before it existed
         cascade = Cascade(model, teacher, base.threshold, answers=store, **({"teacher_calls": calls} if calls > 1 else {}))
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
+        port = free_port()
         server = uvicorn.Server(uvicorn.Config(create_app(cascade), host="127.0.0.1", port=port, log_level="error"))
         th = threading.Thread(target=server.run, daemon=True)
         th.start()

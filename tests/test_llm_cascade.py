@@ -1,25 +1,22 @@
 """The users' LLM story end to end against a real OpenAI-compatible server (llama-cpp-python's,
 serving the SmolLM2 GGUF on 127.0.0.1): label, train, serve a cascade; the active loop priced per
-token (`mentor bench llm --active`). Its own file (and server) so that a parallel test run
-(`pytest -n 2 --dist loadfile`) puts it beside the other LLM server tests."""
+token (`mentor bench llm --active`). Its own file so that a parallel test run (`pytest -n 2
+--dist loadfile`) can put it beside the other LLM server tests, on the other worker."""
 
-import importlib.util
 import subprocess
 import sys
 
 import pytest
 import yaml
+from llm_server import llama_server  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                                reason="needs llama-cpp-python[server] (bash scripts/setup.sh builds it)")
 TOPICS = ["computers", "food", "sports", "medicine"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mentor.teachers.llm.llamacpp import llama_server
-    with llama_server(log_dir=str(tmp_path_factory.mktemp("llama"))) as url:
-        yield url
+def server(llama_server):
+    """The session's SmolLM2 server (tests/llm_server.py: one per pytest worker), its base URL."""
+    return llama_server.base_url
 
 
 def test_cascade_with_the_llm_teacher_end_to_end(tmp_path, server):

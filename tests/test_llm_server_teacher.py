@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from llm_server import llama_server  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                 reason="needs llama-cpp-python[server] (bash scripts/setup.sh builds it)")
@@ -17,10 +18,9 @@ TOPICS = ["computers", "food", "sports", "medicine"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mentor.teachers.llm.llamacpp import llama_server
-    with llama_server(log_dir=str(tmp_path_factory.mktemp("llama"))) as url:
-        yield url
+def server(llama_server):
+    """The session's SmolLM2 server (tests/llm_server.py: one per pytest worker), its base URL."""
+    return llama_server.base_url
 
 
 @pytest.fixture(scope="module")
