@@ -95,6 +95,14 @@ def _is_main() -> bool:
     return is_main()
 
 
+def _leave_process_group() -> None:
+    """Under torchrun, every rank leaves the process group together once the command succeeded."""
+    import os
+    if "WORLD_SIZE" in os.environ:  # torch is imported only under a launcher
+        from .students.distributed import finish
+        finish()
+
+
 def _guard(fn):
     """Show bad input (MentorError) and unwritable or full disks as one plain message, exit 2."""
 
@@ -102,7 +110,9 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         try:
             _check_launch(fn.__name__)
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            _leave_process_group()
+            return result
         except MentorError as e:
             print_error(str(e))
             raise typer.Exit(2) from None

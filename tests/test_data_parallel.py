@@ -43,7 +43,7 @@ def runs(tmp_path_factory):
     one = run(parse_config({**CONFIG, "output_dir": str(root / "one")}))
     config = root / "ddp.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "output_dir": str(root / "two")}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}  # a crash prints every thread's stack
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "mentor.cli", "run", str(config)], capture_output=True, text=True, env=env,
                          timeout=600)

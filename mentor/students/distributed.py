@@ -112,6 +112,19 @@ def _shutdown() -> None:
         dist.destroy_process_group()
 
 
+def finish() -> None:
+    """Leave the process group together at the end of a command that succeeded on every rank: a
+    barrier (the other ranks wait while rank 0 prints and writes its last files), then each rank
+    destroys the group while the interpreter is whole. Leaving one by one at exit let a rank tear
+    down its connections while rank 0 still held them open, and gloo aborted that rank (SIGABRT,
+    "terminate called without an active exception") after a run that had succeeded."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def describe() -> dict:
     """How this run is spread: ranks and backend (recorded in the student's train_info)."""
     if not active():
