@@ -34,7 +34,7 @@ from .students.models import Featurizer, build_model, default_featurizer
 from .store import TeacherStore
 from .teachers import (ClassOrderTeacher, EmbeddingTeacher, FileTeacher, RemoteTeacher, Teacher, TeacherCacheError, TorchTeacher,
                        load_teacher, save_teacher, teacher_cache_suffix, train_model_teacher)
-from .students.rows import is_sparse, n_rows, take_rows
+from .students.rows import n_rows, take_rows
 from .students.train import TrainConfig, epochs_for, load_plain, predict_proba, train_student
 
 
@@ -780,12 +780,10 @@ STUDENT_FORMAT = "mentor-student-2"  # tensors + plain data, loaded with weights
 def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_lab, method: str, ckpt: Path,
                   info: dict):
     """train.data_path: stream. The pool is featurized and written to Parquet a chunk at a time
-    (once per featurizer and split), joined with the store by id, and read a buffer at a time."""
+    (once per featurizer and split; dense rows, token ids or sparse TF-IDF rows as the student
+    takes them), joined with the store by id, and read a buffer at a time."""
     from .students.stream import StreamingPool, join_pool, stream_plan, train_student_stream, write_pool_chunks
     data, sp, cfg = ctx.data, ctx.splits, _train_config(ctx, ckpt)
-    if is_sparse(x_lab) or not np.issubdtype(np.asarray(x_lab).dtype, np.floating):
-        raise ConfigError(f"train.data_path: stream reads dense float features; the {_student_kind(ctx)} student's "
-                          "inputs are sparse or token ids. Use train.data_path: memory for it.")
     pool = sp.pool[answered(store, data.ids[sp.pool])]
     if not len(pool):
         raise DataError("the teacher abstained on every pool example (its answers named no label), so there "

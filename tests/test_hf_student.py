@@ -107,6 +107,17 @@ def test_pipeline_trains_a_transformer_student(tiny, tmp_path, method):
         np.testing.assert_allclose(FolderPredictor(folder).predict_proba(texts), want, atol=1e-5)
 
 
+def test_transformer_student_trains_from_disk(tiny, tmp_path):
+    """train.data_path: stream with a transformer student: the pool is written as int64 token ids
+    and read back a buffer at a time; the student learns as in memory (chance is 1/3)."""
+    m = run(parse_config(_doc(tiny, tmp_path / "run", method="slam", method_options={"min_val": 20},
+                              train={"epochs": 2, "data_path": "stream"})))
+    assert m["train_info"]["data_path"] == "stream" and m["test_accuracy"] > 0.5
+    pool_file = next((tmp_path / "run" / "stream").rglob("pool.parquet"))
+    kind = pq.ParquetFile(pool_file).schema_arrow.field("features").type
+    assert kind.value_type == pa.int64() and kind.list_size == 16  # max_length token ids
+
+
 def test_transformer_defaults_are_resolved_and_visible(tiny, tmp_path):
     cfg = parse_config({"data": {"name": "fortunes"}, "student": {"kind": "transformer"}})
     t = cfg.train

@@ -189,3 +189,50 @@ def test_pipeline_stream_option_and_its_errors(tmp_path, digits):
     store.write(digits.ids, probs)
     info = train(ctx, store)
     assert info["data_path"] == "stream" and info["epochs"] == 2 and info["teacher_fingerprint"] == "oracle"
+
+
+@pytest.mark.parametrize("kind", ["sparse", "tokens"])
+def test_sparse_rows_and_token_ids_stay_as_they_are_on_disk_and_in_batches(tmp_path, kind):
+    """A TF-IDF pool stays sparse (values + column indices, never densified on disk or in a buffer)
+    and token ids stay int64; every row arrives once per epoch, unchanged, with its teacher row."""
+    import scipy.sparse as sp
+    from mentor.students.stream import FEATURE_INDEX
+    n, d = 900, 5000
+    rng = np.random.default_rng(0)
+    x = (sp.random(n, d, density=0.002, format="csr", dtype=np.float32, random_state=1) if kind == "sparse"
+         else rng.integers(0, 30000, (n, 16)).astype(np.int64))
+    xa = x[:30] if kind == "sparse" else rng.integers(0, 30000, (30, 16))
+    ids = np.array([f"p{i}" for i in range(n)])
+    t = rng.dirichlet(np.ones(C), n).astype(np.float32)
+    store = TeacherStore(tmp_path / "store", fingerprint="f", n_classes=C)
+    store.write(ids, t)
+    write_pool(tmp_path / "pool.parquet", ids, x, row_group_rows=200)
+    joined = join_pool(tmp_path / "pool.parquet", store, tmp_path / "joined", bucket_rows=400, row_group_rows=150)
+    schema = pq.ParquetFile(sorted(joined.glob("part-*.parquet"))[0]).schema_arrow
+    if kind == "sparse":  # on disk: the nonzero values and their columns, not d floats per row
+        assert FEATURE_INDEX in schema.names and not pa.types.is_fixed_size_list(schema.field("features").type)
+    else:
+        assert schema.field("features").type.value_type == pa.int64()
+    pool = StreamingPool(joined, xa, np.arange(30) % C, batch_size=64, buffer_rows=300, seed=3)
+    assert (pool.kind, pool.n_features) == ((kind, d) if kind == "sparse" else (kind, 16))
+    row = {i: k for k, i in enumerate(ids)}
+    seen, labeled = [], 0
+    for b in loader(pool):
+        got = b["x"]
+        if kind == "sparse":
+            assert sp.issparse(got)
+            got = got.toarray()
+        else:
+            assert got.dtype == torch.int64
+            got = got.numpy()
+        pool_rows = b["y"].numpy() < 0
+        want = np.stack([x[row[i]].toarray()[0] if kind == "sparse" else x[row[i]] for i in b["id"][pool_rows]])
+        np.testing.assert_array_equal(got[pool_rows], want)
+        np.testing.assert_array_equal(b["t"].numpy()[pool_rows], t[[row[i] for i in b["id"][pool_rows]]])
+        seen += list(b["id"][pool_rows])
+        labeled += int((~pool_rows).sum())
+    assert sorted(seen) == sorted(ids) and labeled == 30
+    model = build_model("logistic", in_features=d, n_classes=C) if kind == "sparse" else None
+    if model is not None:  # the trainer densifies a batch at a time and trains
+        res = train_student_stream(model, pool, config=TrainConfig(epochs=2, min_steps=0, batch_size=64, seed=3))
+        assert len(res.history) == 2 and np.isfinite(res.history[-1]["loss"])

@@ -83,6 +83,29 @@ def test_tfidf_student_runs_sparse_through_the_pipeline_and_auto(tmp_path):
     assert sp.issparse(feat.transform(ctx.data.features[ctx.splits.test]))
 
 
+def test_tfidf_student_trains_from_disk_as_in_memory(tmp_path):
+    """train.data_path: stream with a sparse TF-IDF student: the pool is written sparse, and with one
+    batch per epoch the order of the examples cannot matter, so the weights equal the in-memory ones."""
+    from mentor.students.stream import FEATURE_INDEX
+    data = _write_text_data(tmp_path)
+    weights = {}
+    for path in ("memory", "stream"):
+        doc = {"seed": 0, "output_dir": str(tmp_path / path), "method": "slam", "baseline": False,
+               "method_options": {"min_val": 20}, "data": {"path": str(data[0])},
+               "split": {"n_labeled": 30, "n_val": 30, "n_test": 30},
+               "teacher": {"kind": "file", "path": str(data[1])}, "student": {"kind": "tfidf"},
+               "train": {"epochs": 3, "min_steps": 0, "batch_size": 512, "device": "cpu", "data_path": path}}
+        ctx = prepare(parse_config(doc))
+        label(ctx)
+        info = train(ctx)
+        assert info.get("data_path", "memory") == path
+        weights[path] = torch.load(ctx.out / "student.pt", weights_only=True)["model"]
+    pool_file = next((tmp_path / "stream" / "stream").rglob("pool.parquet"))
+    assert FEATURE_INDEX in pq.ParquetFile(pool_file).schema_arrow.names  # kept sparse on disk
+    for k, w in weights["memory"].items():
+        torch.testing.assert_close(weights["stream"][k], w, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------- embedding cache
 
 def test_cache_ignores_vectors_of_another_encoder_fingerprint(tmp_path):

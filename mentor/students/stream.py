@@ -25,13 +25,21 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, StoreError
+from .rows import dense_rows, is_sparse, n_rows, stack_rows, take_rows
 from .train import TrainConfig, VanillaObjective, batch_loss, fit, resolve_device, seed_everything
 
 FEATURES, PROBS, ID = "features", "probs", "id"
+# Three layouts of the `features` column: dense float32 rows (a fixed-size list), integer rows
+# (token ids of a transformer student: a fixed-size int64 list), and sparse rows (TF-IDF: `features`
+# holds each row's nonzero values, `features_index` their columns, and the schema metadata the
+# number of columns), so a sparse pool is never densified on disk or in a buffer.
+FEATURE_INDEX = "features_index"
+N_FEATURES_META = b"mentor.n_features"
 JOINED_NOTE = "_joined.json"
 
 
@@ -39,17 +47,20 @@ JOINED_NOTE = "_joined.json"
 
 
 def write_pool(path, ids, features, *, labels=None, row_group_rows: int = 16384) -> Path:
-    """Write a pool (built-in data, or arrays) once as Parquet: `id`, `features` (a fixed-size
-    list of float32) and optionally `label`, `row_group_rows` rows per row group."""
+    """Write a pool (built-in data, or arrays) once as Parquet: `id`, `features` (float32 rows,
+    int64 token ids, or a scipy sparse matrix kept sparse) and optionally `label`, `row_group_rows`
+    rows per row group."""
     ids = np.asarray(ids).astype(str)
-    chunks = ((ids[s:s + row_group_rows], np.asarray(features[s:s + row_group_rows], dtype=np.float32),
+    features = features if is_sparse(features) else np.asarray(features)
+    chunks = ((ids[s:s + row_group_rows], features[s:s + row_group_rows],
                None if labels is None else labels[s:s + row_group_rows]) for s in range(0, len(ids), row_group_rows))
     return write_pool_chunks(path, chunks)
 
 
 def write_pool_chunks(path, chunks) -> Path:
     """`write_pool` from an iterable of (ids, features[, labels]) chunks, one row group each, so a
-    pool featurized a chunk at a time is never whole in memory. Written to a temporary name first."""
+    pool featurized a chunk at a time is never whole in memory. Features may be float rows,
+    integer rows (token ids) or a scipy sparse matrix (kept sparse). Written to a temporary name first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -57,13 +68,16 @@ def write_pool_chunks(path, chunks) -> Path:
     try:
         for ids, x, *rest in chunks:
             labels = rest[0] if rest else None
-            x = np.asarray(x, dtype=np.float32)
-            if x.ndim != 2 or len(x) != len(ids):
+            x = x if is_sparse(x) else np.asarray(x)
+            if x.ndim != 2 or n_rows(x) != len(ids):
                 raise DataError(f"features must be a 2-d array with one row per id, got {x.shape} for {len(ids)} ids.")
-            cols = {ID: pa.array(np.asarray(ids).astype(str)), FEATURES: _fixed_list(x)}
+            cols = {ID: pa.array(np.asarray(ids).astype(str)), **feature_columns_of(x)}
             if labels is not None:
                 cols["label"] = pa.array(np.asarray(labels, dtype=np.int64))
-            table = pa.table(cols)
+            table = pa.table(cols).replace_schema_metadata({N_FEATURES_META: str(x.shape[1]).encode()})
+            if writer is not None and table.schema != writer.schema:
+                raise DataError(f"the pool's chunks disagree on their features ({writer.schema} then "
+                                f"{table.schema}); featurize every chunk with the same fitted featurizer.")
             writer = writer or pq.ParquetWriter(tmp, table.schema)
             writer.write_table(table)
         if writer is None:
@@ -73,6 +87,55 @@ def write_pool_chunks(path, chunks) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def feature_columns_of(x) -> dict:
+    """Arrow columns holding the rows of `x` in one of the three layouts (see FEATURE_INDEX)."""
+    if is_sparse(x):
+        x = sp.csr_matrix(x, dtype=np.float32)
+        if x.nnz >= 2 ** 31:
+            raise DataError(f"a chunk of {x.shape[0]} sparse rows holds {x.nnz} nonzero values, more than one "
+                            "Parquet list column takes; write the pool in smaller chunks.")
+        offsets = pa.array(x.indptr.astype(np.int32))
+        return {FEATURES: pa.ListArray.from_arrays(offsets, pa.array(x.data, pa.float32())),
+                FEATURE_INDEX: pa.ListArray.from_arrays(offsets, pa.array(x.indices.astype(np.int32)))}
+    a = np.asarray(x)
+    if np.issubdtype(a.dtype, np.integer):  # token ids stay integers (as in memory: `as_inputs`)
+        a = np.ascontiguousarray(a, dtype=np.int64)
+        return {FEATURES: pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])}
+    return {FEATURES: _fixed_list(a)}
+
+
+def layout(schema: pa.Schema) -> tuple[str, int]:
+    """("dense" | "tokens" | "sparse", number of columns) of a pool or joined file's `features`."""
+    if FEATURE_INDEX in schema.names:
+        meta = schema.metadata or {}
+        if N_FEATURES_META not in meta:
+            raise DataError(f"a sparse pool file must record its number of columns ({N_FEATURES_META.decode()} in "
+                            "its schema metadata); write it with mentor.students.stream.write_pool.")
+        return "sparse", int(meta[N_FEATURES_META])
+    kind = schema.field(FEATURES).type
+    if not pa.types.is_fixed_size_list(kind):
+        raise DataError(f"the pool's `features` column is {kind}, not a fixed-size list of numbers (or sparse rows "
+                        "with `features_index`); write it with mentor.students.stream.write_pool.")
+    return ("tokens" if pa.types.is_integer(kind.value_type) else "dense"), kind.list_size
+
+
+def features_of(table, kind: str, n_features: int):
+    """The `features` of a table or record batch in the layout `kind`: float32 rows, int64 rows or
+    a float32 CSR matrix."""
+    if kind == "dense":
+        return batch_features(table, [FEATURES])
+    col = table.column(FEATURES)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if kind == "tokens":
+        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.int64, copy=False)
+    idx = table.column(FEATURE_INDEX)
+    idx = idx.combine_chunks() if isinstance(idx, pa.ChunkedArray) else idx
+    indptr = np.asarray(col.offsets, dtype=np.int64)
+    indptr = indptr - indptr[0]  # a sliced list array's offsets start past 0
+    return sp.csr_matrix((col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False),
+                          idx.flatten().to_numpy(zero_copy_only=False), indptr), shape=(len(col), n_features))
 
 
 def _fixed_list(a: np.ndarray) -> pa.FixedSizeListArray:
@@ -174,6 +237,8 @@ def join_pool(pool_path, store, out_dir, *, id_column: str = ID, columns=None, o
         raise DataError(f"the pool file {files[0]} has no id column {id_column!r} (columns: {first.names}); set "
                         "data.id_column.")
     cols = feature_columns(first, id_column=id_column, columns=columns)
+    kind, n_features = _source_layout(first, cols)
+    read_cols = [id_column] + cols + ([FEATURE_INDEX] if kind == "sparse" else [])
     n_pool = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     n_buckets = max(1, math.ceil(max(n_pool, len(store)) / bucket_rows))
     tmp = out.with_name(out.name + ".tmp")
@@ -184,10 +249,13 @@ def join_pool(pool_path, store, out_dir, *, id_column: str = ID, columns=None, o
     try:
         def pool_tables():
             for f in files:
-                for rb in _parquet(f).iter_batches(batch_size=chunk_rows, columns=[id_column] + cols):
+                if _source_layout(pq.ParquetFile(f).schema_arrow, cols) != (kind, n_features):
+                    raise DataError(f"the pool files disagree on their features: {f} is not laid out as "
+                                    f"{files[0]} ({kind}, {n_features} columns); write them with one featurizer.")
+                for rb in _parquet(f).iter_batches(batch_size=chunk_rows, columns=read_cols):
                     ids = np.asarray(rb.column(id_column).cast(pa.string()).to_numpy(zero_copy_only=False), dtype=str)
-                    yield _bucket(ids, n_buckets), pa.table({ID: pa.array(ids), FEATURES: _fixed_list(
-                        batch_features(rb, cols))})
+                    x = batch_features(rb, cols) if kind == "dense" else features_of(rb, kind, n_features)
+                    yield _bucket(ids, n_buckets), pa.table({ID: pa.array(ids), **feature_columns_of(x)})
 
         def store_tables():
             for ids, probs in store.iter_batches(chunk_rows):
@@ -211,7 +279,7 @@ def join_pool(pool_path, store, out_dir, *, id_column: str = ID, columns=None, o
         if pool_schema is None:
             raise DataError(f"the pool file(s) at {pool_path} hold no rows; nothing to train on.")
         problems = _join_buckets(tmp, n_buckets, store_schema is not None, other_ids, extra_store_rows,
-                                 row_group_rows)
+                                 row_group_rows, None if n_features is None else {N_FEATURES_META: str(n_features)})
         if problems:
             raise StoreError(_join_message(problems, pool_path, store))
         shutil.rmtree(tmp / "buckets")
@@ -225,8 +293,18 @@ def join_pool(pool_path, store, out_dir, *, id_column: str = ID, columns=None, o
     return out
 
 
+def _source_layout(schema: pa.Schema, cols: list[str]) -> tuple[str, int | None]:
+    """The layout a pool file's features are joined in: token ids and sparse rows as they are;
+    anything else as dense float32 rows (their width is known once read)."""
+    if cols == [FEATURES]:
+        t = schema.field(FEATURES).type
+        if FEATURE_INDEX in schema.names or (pa.types.is_fixed_size_list(t) and pa.types.is_integer(t.value_type)):
+            return layout(schema)
+    return "dense", None
+
+
 def _join_buckets(tmp: Path, n_buckets: int, have_store: bool, other_ids, extra_store_rows: bool,
-                  row_group_rows: int) -> dict:
+                  row_group_rows: int, meta: dict | None = None) -> dict:
     """Join each bucket in memory; returns the problems found (nothing is written for a bad join)."""
     import pandas as pd
     other = set(map(str, np.asarray(other_ids).tolist())) if len(other_ids) else set()
@@ -253,7 +331,10 @@ def _join_buckets(tmp: Path, n_buckets: int, have_store: bool, other_ids, extra_
         if any(p[0] for p in problems.values()):
             continue  # keep counting, write nothing
         probs = st.column(PROBS).take(pa.array(pos))
-        pq.write_table(pa.table({ID: pool.column(ID), FEATURES: pool.column(FEATURES), PROBS: probs}),
+        cols = {ID: pool.column(ID), FEATURES: pool.column(FEATURES)}
+        if FEATURE_INDEX in pool.column_names:
+            cols[FEATURE_INDEX] = pool.column(FEATURE_INDEX)
+        pq.write_table(pa.table({**cols, PROBS: probs}).replace_schema_metadata(meta),
                        tmp / f"part-{b:05d}.parquet", row_group_size=row_group_rows)
     return {k: v for k, v in problems.items() if v[0]}
 
@@ -287,7 +368,7 @@ class StreamingPool(IterableDataset):
     seeded order, gathered until `buffer_rows` pool rows, A's rows added in proportion, the
     buffer shuffled and cut into batches of `batch_size` (the rest carried to the next buffer, so
     every batch but the epoch's last is full). Same seed and epoch, same batches. Yields dicts of
-    numpy arrays: `x` (b, d) float32, `y` (b,) int64 (−1 on pool rows), `t` (b, C) float32 (the
+    numpy arrays: `x` (b, d) float32 (int64 for token ids, a float32 CSR matrix for sparse rows), `y` (b,) int64 (−1 on pool rows), `t` (b, C) float32 (the
     teacher's probabilities; 0 on labeled rows), `id` (b,) str ('' on labeled rows).
     Memory: a buffer and a row group, whatever the pool's size.
     """
@@ -302,13 +383,12 @@ class StreamingPool(IterableDataset):
         schema = pq.ParquetFile(self.files[0]).schema_arrow
         if PROBS not in schema.names or FEATURES not in schema.names:
             raise DataError(f"{joined_dir} is not a joined pool (columns {schema.names}); make it with join_pool.")
-        self.n_features = schema.field(FEATURES).type.list_size
+        self.kind, self.n_features = layout(schema)
         n_classes = schema.field(PROBS).type.list_size
         self.n_classes, self.n_pool = n_classes, sum(u[2] for u in self.units)
-        self.x_labeled = np.zeros((0, self.n_features), np.float32) if x_labeled is None else \
-            np.asarray(x_labeled, dtype=np.float32)
+        self.x_labeled = _labeled_rows(x_labeled, self.kind, self.n_features)
         self.y_labeled = np.zeros(0, np.int64) if y_labeled is None else np.asarray(y_labeled, dtype=np.int64)
-        if self.x_labeled.shape[1:] != (self.n_features,) or len(self.x_labeled) != len(self.y_labeled):
+        if self.x_labeled.shape[1:] != (self.n_features,) or n_rows(self.x_labeled) != len(self.y_labeled):
             raise DataError(f"the labeled set must be ({len(self.y_labeled)}, {self.n_features}) features (as the "
                             f"pool's) with one label each, got {self.x_labeled.shape} and {len(self.y_labeled)}.")
         self.batch_size, self.buffer_rows, self.seed, self.epoch = int(batch_size), int(buffer_rows), int(seed), 0
@@ -324,7 +404,8 @@ class StreamingPool(IterableDataset):
         self.epoch = int(epoch)
 
     def _read(self, unit) -> pa.Table:
-        return _parquet(self.files[unit[0]]).read_row_group(unit[1], columns=[ID, FEATURES, PROBS])
+        cols = [ID, FEATURES, PROBS] + ([FEATURE_INDEX] if self.kind == "sparse" else [])
+        return _parquet(self.files[unit[0]]).read_row_group(unit[1], columns=cols)
 
     def __iter__(self):
         info = get_worker_info()
@@ -345,21 +426,36 @@ class StreamingPool(IterableDataset):
             seen += table.num_rows
             take = lab_order[lab_done:round(self.n_labeled * seen / self.n_pool)]
             lab_done += len(take)
-            part = {"x": np.concatenate([batch_features(table, [FEATURES]), self.x_labeled[take]]),
+            part = {"x": stack_rows(features_of(table, self.kind, self.n_features), take_rows(self.x_labeled, take)),
                     "y": np.concatenate([np.full(table.num_rows, -1, np.int64), self.y_labeled[take]]),
                     "t": np.concatenate([batch_features(table, [PROBS]),
                                          np.zeros((len(take), self.n_classes), np.float32)]),
                     "id": np.concatenate([np.asarray(table.column(ID).to_numpy(zero_copy_only=False), dtype=str),
                                           np.full(len(take), "", dtype=str)])}
             if carry is not None:
-                part = {k: np.concatenate([carry[k], v]) for k, v in part.items()}
+                part = {k: stack_rows(carry[k], v) for k, v in part.items()}
             perm = rng.permutation(len(part["y"]))
-            part = {k: v[perm] for k, v in part.items()}
+            part = {k: take_rows(v, perm) for k, v in part.items()}
             n = len(perm)
             full = n if i == len(units) else n // self.batch_size * self.batch_size
             for s in range(0, full, self.batch_size):
                 yield {k: v[s:min(s + self.batch_size, full)] for k, v in part.items()}
             carry = {k: v[full:] for k, v in part.items()}
+
+
+def _labeled_rows(x, kind: str, n_features: int):
+    """A's rows in the pool's layout: float32 rows, int64 token ids, or a float32 CSR matrix."""
+    if kind == "sparse":
+        return sp.csr_matrix((0, n_features), dtype=np.float32) if x is None else sp.csr_matrix(x, dtype=np.float32)
+    dtype = np.int64 if kind == "tokens" else np.float32
+    if x is None:
+        return np.zeros((0, n_features), dtype)
+    if is_sparse(x):
+        raise DataError(f"the labeled set is sparse but the pool on disk holds {kind} rows; featurize both alike.")
+    a = np.asarray(x)
+    if kind == "tokens" and not np.issubdtype(a.dtype, np.integer):
+        raise DataError("the pool on disk holds token ids but the labeled set holds floats; featurize both alike.")
+    return a.astype(dtype, copy=False)
 
 
 def loader(pool: StreamingPool, *, read_ahead: bool = False) -> DataLoader:
@@ -521,10 +617,17 @@ def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: S
         w = plan.weights(t) if plan.weights is not None and len(t) else None
         return lambda: batch_loss(
             model, objective, cfg.distill_weight, device,
-            x_lab=b["x"][lab].to(device) if lab.any() else None, y_lab=b["y"][lab].to(device),
-            x_pool=b["x"][pool_rows].to(device) if pool_rows.any() else None,
+            x_lab=_batch_rows(b["x"], lab, device) if lab.any() else None, y_lab=b["y"][lab].to(device),
+            x_pool=_batch_rows(b["x"], pool_rows, device) if pool_rows.any() else None,
             t_pool=torch.as_tensor(targets, device=device),
             pool_index=torch.arange(int(pool_rows.sum()), device=device),
             weights=None if w is None else torch.as_tensor(np.asarray(w, dtype=np.float32), device=device))
 
     return fit(model, plan.objective, cfg, device, gen, pool.n_labeled + pool.n_pool, epoch_groups)
+
+
+def _batch_rows(x, mask: torch.Tensor, device) -> torch.Tensor:
+    """Rows `mask` of a batch's inputs as a tensor; sparse rows are densified here, a batch at a time."""
+    if is_sparse(x):
+        return torch.from_numpy(dense_rows(take_rows(x, mask.numpy()))).to(device)
+    return x[mask].to(device)
