@@ -729,7 +729,7 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
 def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, about a minute), standard "
                                                  "(Fashion-MNIST, fortunes, fine-foods; hours on 2 CPU cores) or "
                                                  "memory (peak RSS of training from disk vs in memory at pool sizes "
-                                                 "100k, 1M, 3M)."),
+                                                 "100k, 1M, 3M; memory-sparse: the same with TF-IDF-like sparse rows)."),
                        seeds: int = typer.Option(2, help="Number of seeds."),
                        first_seed: int = typer.Option(0, help="Seeds first_seed .. first_seed + seeds - 1."),
                        entries: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's "
@@ -747,18 +747,18 @@ def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, a
     `--suite memory`: rows pool_size, path (stream or in-memory), peak_rss_mb."""
     from .bench.students import bench_students, summarize
     split = lambda v: v.split(",") if v else None  # noqa: E731
-    if suite == "memory":
+    if suite in ("memory", "memory-sparse"):
         options = {}
         if sizes:
             try:
                 options["sizes"] = tuple(int(v) for v in sizes.split(",") if v.strip())
             except ValueError:
                 raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
-        rows = bench_students("memory", json_out=json_out, work_dir=work_dir, **options)
+        rows = bench_students(suite, json_out=json_out, work_dir=work_dir, **options)
         _console().print_json(json.dumps(rows))
         return
     if sizes:
-        raise ConfigError("--sizes is for --suite memory.")
+        raise ConfigError("--sizes is for --suite memory or memory-sparse.")
     rows = bench_students(suite, seeds=seeds, first_seed=first_seed, entries=split(entries), students=split(students),
                           methods=split(methods), json_out=json_out, work_dir=work_dir, log=out)
     out(summarize(rows))

@@ -36,3 +36,19 @@ def test_unknown_suite_or_entry_is_a_config_error(tmp_path):
         bench_students("huge")
     with pytest.raises(ConfigError, match="fashion-mnist/A1000"):
         bench_students("standard", entries=["mnist"], work_dir=tmp_path)
+
+
+def test_memory_suite_with_sparse_rows(tmp_path):
+    """`--suite memory-sparse`: both paths train on TF-IDF-like rows (a CSR matrix in memory, sparse
+    rows on disk) in their own processes and learn the task (10 classes: chance is 0.1; 0.93 measured)."""
+    import pyarrow.parquet as pq
+
+    from mentor.bench.students import SPARSE_COLUMNS, bench_students
+    from mentor.students.stream import FEATURE_INDEX
+    rows = bench_students("memory-sparse", work_dir=tmp_path, sizes=(20000,), json_out=tmp_path / "rows.json")
+    assert [r["path"] for r in rows] == ["in-memory", "stream"]
+    for r in rows:
+        assert r["suite"] == "memory-sparse" and r["features"] == SPARSE_COLUMNS and r.get("error") is None
+        assert r["peak_rss_mb"] > 0 and r["test_accuracy"] > 0.8
+    part = next((tmp_path / "pool-sparse-20000" / "joined").glob("part-*.parquet"))
+    assert FEATURE_INDEX in pq.ParquetFile(part).schema_arrow.names

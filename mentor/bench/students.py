@@ -21,7 +21,8 @@ data, the encoder, earlier rows' caches).
 
 The `memory` suite: peak RSS of training from disk (`train.data_path: stream`) vs the in-memory path
 at pool sizes of 100k, 1M and 3M synthetic examples (rows `pool_size`, `path`, `peak_rss_mb`; the
-rows file is a JSON list). Every measurement runs in a fresh subprocess (`python -m
+rows file is a JSON list); `memory-sparse`: the same with TF-IDF-like sparse rows (16,384 columns,
+30 nonzero), a CSR matrix in memory and sparse rows on disk. Every measurement runs in a fresh subprocess (`python -m
 mentor.bench.students memory-worker`), so peak RSS is that of one training run and nothing else.
 """
 
@@ -257,15 +258,45 @@ def _synthetic(n: int, seed: int, offset: int = 0):
     return x, y, (t / t.sum(1, keepdims=True)).astype(np.float32)
 
 
+SPARSE_COLUMNS, SPARSE_NONZERO, SPARSE_BLOCK = 16384, 30, 1000  # a TF-IDF-like vocabulary; class c's words: block c
+
+
+def _synthetic_sparse(n: int, seed: int, offset: int = 0):
+    """Sparse rows like TF-IDF (SPARSE_NONZERO words of SPARSE_COLUMNS, l2-normalised; each word
+    from the row's class block with probability 0.4), true labels and a noisy teacher (chunk-stable)."""
+    import scipy.sparse as sp
+    rng = np.random.default_rng([seed, offset, 7])
+    y = rng.integers(0, MEMORY_CLASSES, n)
+    topical = rng.uniform(size=(n, SPARSE_NONZERO)) < 0.4
+    cols = np.where(topical, y[:, None] * SPARSE_BLOCK + rng.integers(0, SPARSE_BLOCK, (n, SPARSE_NONZERO)),
+                    rng.integers(0, SPARSE_COLUMNS, (n, SPARSE_NONZERO)))
+    x = sp.csr_matrix((np.full(n * SPARSE_NONZERO, SPARSE_NONZERO ** -0.5, np.float32), cols.reshape(-1),
+                       np.arange(0, n * SPARSE_NONZERO + 1, SPARSE_NONZERO)), shape=(n, SPARSE_COLUMNS))
+    x.sum_duplicates()
+    counts = np.stack([((cols // SPARSE_BLOCK) == c).sum(1) for c in range(MEMORY_CLASSES)], 1).astype(np.float32)
+    noisy = counts / 2 + rng.normal(scale=1.5, size=counts.shape).astype(np.float32)
+    t = np.exp(noisy - noisy.max(1, keepdims=True))
+    return x, y, (t / t.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _task(kind: str):
+    return _synthetic_sparse if kind == "sparse" else _synthetic
+
+
+def _n_features(kind: str) -> int:
+    return SPARSE_COLUMNS if kind == "sparse" else MEMORY_FEATURES
+
+
 def _ids(start: int, n: int) -> np.ndarray:
     return np.char.add("u", np.arange(start, start + n).astype(str))
 
 
-def memory_data(work_dir: Path, n: int, chunk: int = 65536) -> tuple[Path, Path]:
-    """The pool Parquet file and its teacher store for pool size `n`, written once a chunk at a time."""
+def memory_data(work_dir: Path, n: int, chunk: int = 65536, kind: str = "dense") -> tuple[Path, Path]:
+    """The pool Parquet file and its teacher store for pool size `n`, written once a chunk at a time
+    (`kind` sparse: TF-IDF-like rows, kept sparse)."""
     from ..store import TeacherStore
     from ..students.stream import write_pool_chunks
-    folder = Path(work_dir) / f"pool-{n}"
+    folder = _pool_folder(work_dir, n, kind)
     pool, store = folder / "pool.parquet", folder / "store"
     if (folder / "_done").exists():
         return pool, store
@@ -276,19 +307,23 @@ def memory_data(work_dir: Path, n: int, chunk: int = 65536) -> tuple[Path, Path]
 
     def chunks():
         for s in range(0, n, chunk):
-            x, _, t = _synthetic(min(chunk, n - s), seed=0, offset=s)
-            st.write(_ids(s, len(x)), t)
-            yield _ids(s, len(x)), x
+            x, _, t = _task(kind)(min(chunk, n - s), seed=0, offset=s)
+            st.write(_ids(s, len(t)), t)
+            yield _ids(s, len(t)), x
     write_pool_chunks(pool, chunks())
     st.close()
     (folder / "_done").write_text("")
     return pool, store
 
 
-def _small_sets():
+def _pool_folder(work_dir, n: int, kind: str) -> Path:
+    return Path(work_dir) / (f"pool-{n}" if kind == "dense" else f"pool-{kind}-{n}")
+
+
+def _small_sets(kind: str = "dense"):
     """A (labeled) and V (labeled, with teacher outputs): small, in memory on both paths."""
-    xa, ya, _ = _synthetic(MEMORY_LABELED, seed=1)
-    xv, yv, tv = _synthetic(MEMORY_VAL, seed=2)
+    xa, ya, _ = _task(kind)(MEMORY_LABELED, seed=1)
+    xv, yv, tv = _task(kind)(MEMORY_VAL, seed=2)
     return xa, ya, xv, yv, tv
 
 
@@ -296,7 +331,7 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def memory_worker(pool_file: Path, store_path: Path, path: str, work_dir: Path) -> dict:
+def memory_worker(pool_file: Path, store_path: Path, path: str, work_dir: Path, kind: str = "dense") -> dict:
     """One training run on one path, in this process; returns its timings and peak RSS."""
     import torch
 
@@ -306,10 +341,10 @@ def memory_worker(pool_file: Path, store_path: Path, path: str, work_dir: Path) 
     from ..students.train import TrainConfig
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    xa, ya, xv, yv, tv = _small_sets()
+    xa, ya, xv, yv, tv = _small_sets(kind)
     cfg = TrainConfig(**MEMORY_TRAIN, seed=0, device="cpu")
     torch.manual_seed(0)
-    model = build_model("mlp", in_features=MEMORY_FEATURES, n_classes=MEMORY_CLASSES, hidden=(64,))
+    model = build_model("mlp", in_features=_n_features(kind), n_classes=MEMORY_CLASSES, hidden=(64,))
     store = TeacherStore.open(store_path)
     row = {"peak_rss_after_store_open_mb": round(_peak_mb(), 1)}
     if path == "stream":
@@ -324,10 +359,10 @@ def memory_worker(pool_file: Path, store_path: Path, path: str, work_dir: Path) 
     else:
         import pyarrow.parquet as pq
 
-        from ..students.stream import FEATURES, batch_features
+        from ..students.stream import features_of, layout
         table = pq.read_table(pool_file)
         ids = np.asarray(table.column("id").to_numpy(zero_copy_only=False), dtype=str)
-        x_pool = batch_features(table, [FEATURES])
+        x_pool = features_of(table, *layout(table.schema))  # float rows, or a CSR matrix
         del table
         t_pool = store.read(ids)
         row["prepare_seconds"] = round(time.perf_counter() - t0, 2)
@@ -335,34 +370,39 @@ def memory_worker(pool_file: Path, store_path: Path, path: str, work_dir: Path) 
                                                         teacher_probs_val=tv, val_labels=yv, n_epochs=1))
         row["peak_rss_after_prepare_mb"] = round(_peak_mb(), 1)
         result = train_with_plan(model, xa, ya, x_pool, t_pool, plan, cfg)
-    with torch.no_grad():
-        xt, yt, _ = _synthetic(20000, seed=3)
-        acc = float((model(torch.from_numpy(xt)).argmax(1).numpy() == yt).mean())
+    from ..students.train import predict_proba
+    xt, yt, _ = _task(kind)(20000, seed=3)
+    acc = float((predict_proba(model, xt, batch_size=1000, device="cpu").argmax(1) == yt).mean())
     return {**row, "train_seconds": round(result.seconds, 2), "epochs": len(result.history),
             "test_accuracy": round(acc, 4), "peak_rss_mb": round(_peak_mb(), 1)}
 
 
-def _estimate_in_memory_mb(n: int) -> float:
+def _estimate_in_memory_mb(n: int, kind: str = "dense") -> float:
     """A generous estimate of the in-memory path's peak: features, teacher outputs and ids, a few copies."""
-    return n * (MEMORY_FEATURES * 4 + MEMORY_CLASSES * 4 + 64) * 4 / 2 ** 20 + 1024
+    row_bytes = SPARSE_NONZERO * 8 if kind == "sparse" else MEMORY_FEATURES * 4
+    return n * (row_bytes + MEMORY_CLASSES * 4 + 64) * 4 / 2 ** 20 + 1024
 
 
-def bench_memory(*, work_dir: Path, sizes=MEMORY_SIZES, paths=("in-memory", "stream"), **_) -> list[dict]:
-    """Peak RSS of one training epoch (weighted-margin, MLP 32-64-10) per pool size and path."""
+def bench_memory(*, work_dir: Path, sizes=MEMORY_SIZES, paths=("in-memory", "stream"), kind: str = "dense",
+                 **_) -> list[dict]:
+    """Peak RSS of one training epoch (weighted-margin, MLP d-64-10) per pool size and path; `kind`
+    sparse: TF-IDF-like rows of 16,384 columns (30 nonzero), CSR in memory, sparse on disk."""
     rows = []
+    suite = "memory" if kind == "dense" else f"memory-{kind}"
     for n in sizes:
-        pool_file, store_path = memory_data(work_dir, n)
+        pool_file, store_path = memory_data(work_dir, n, kind=kind)
         for path in paths:
-            row = {"suite": "memory", "pool_size": n, "path": path, "features": MEMORY_FEATURES,
+            row = {"suite": suite, "pool_size": n, "path": path, "features": _n_features(kind),
+                   **({"nonzero_per_row": SPARSE_NONZERO} if kind == "sparse" else {}),
                    "classes": MEMORY_CLASSES, "labeled": MEMORY_LABELED, "method": MEMORY_METHOD, **MEMORY_TRAIN}
-            if path == "in-memory" and _estimate_in_memory_mb(n) > MEMORY_LIMIT_MB:
+            if path == "in-memory" and _estimate_in_memory_mb(n, kind) > MEMORY_LIMIT_MB:
                 rows.append({**row, "peak_rss_mb": None, "note": "not run: does not fit in 24 GB"})
                 continue
             if path == "stream":  # the join is part of what is measured
                 import shutil
-                shutil.rmtree(Path(work_dir) / f"pool-{n}" / "joined", ignore_errors=True)
+                shutil.rmtree(_pool_folder(work_dir, n, kind) / "joined", ignore_errors=True)
             cmd = [sys.executable, "-m", "mentor.bench.students", "memory-worker", str(pool_file), str(store_path),
-                   path, str(Path(work_dir) / f"pool-{n}")]
+                   path, str(_pool_folder(work_dir, n, kind)), kind]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
                 rows.append({**row, "peak_rss_mb": None, "error": out.stderr.strip().splitlines()[-1:]})
@@ -373,9 +413,9 @@ def bench_memory(*, work_dir: Path, sizes=MEMORY_SIZES, paths=("in-memory", "str
 
 
 def memory_suite(*, json_out: Path | None = None, work_dir: Path = Path("bench-out/students"), sizes=MEMORY_SIZES,
-                 **_) -> list[dict]:
+                 kind: str = "dense", **_) -> list[dict]:
     """The memory suite's rows (with the machine), written to `json_out` as one JSON list."""
-    rows = bench_memory(work_dir=Path(work_dir), sizes=sizes)
+    rows = bench_memory(work_dir=Path(work_dir), sizes=sizes, kind=kind)
     machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": _cpus()}
     rows = [{**r, "machine": machine} for r in rows]
     if json_out is not None:
@@ -393,6 +433,7 @@ SUITES: dict[str, Callable[..., list[dict]]] = {
     "smoke": lambda **kw: run_entries("smoke", **kw),
     "standard": lambda **kw: run_entries("standard", **kw),
     "memory": memory_suite,
+    "memory-sparse": lambda **kw: memory_suite(kind="sparse", **kw),
 }
 
 
@@ -407,5 +448,6 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1] == "memory-worker":
-    print(json.dumps(memory_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))))
+if __name__ == "__main__" and len(sys.argv) in (6, 7) and sys.argv[1] == "memory-worker":
+    print(json.dumps(memory_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], Path(sys.argv[5]),
+                                   *sys.argv[6:])))
