@@ -30,7 +30,6 @@ calls it under `folder_lock`.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import threading
@@ -38,6 +37,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+import orjson  # ~6x faster to read and ~20x faster to write than json: the ledger is read whole at every open
 
 LEDGER_NAME = "_ledger.jsonl"
 HOST = socket.gethostname()
@@ -153,7 +154,7 @@ class Ledger:
         for line in data[:end].split(b"\n")[:-1]:
             at += len(line) + 1
             try:
-                r = json.loads(line)
+                r = orjson.loads(line)
                 self._apply(r)
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a torn line from a crash: the next append starts on a fresh line
@@ -268,7 +269,7 @@ class Ledger:
 
     def append(self, record: dict, *, sync: bool = True) -> None:
         """Append one record (caller holds the folder lock); fsynced unless `sync=False`."""
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"  # compact, as json's (",", ":")
         fd = self._handle(create=True)
         size = os.fstat(fd).st_size
         if size and size != self._pos and os.pread(fd, 1, size - 1) != b"\n":  # at _pos a line has just ended
