@@ -83,6 +83,11 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
 
 
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
+# the methods that train from disk (train.data_path: stream): per batch from the teacher's
+# probabilities and what they fit on V (mentor.students.stream.stream_plan); the others need the
+# whole pool in memory (a first student trained on it, a model of its features, trained candidates)
+STREAM_METHODS = ("vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "weighted-margin-hard",
+                  "slam", "slam-hard", "slam-normalized", "threshold", "forward-correction", "taid", "dkd")
 # the `method_options` keys each method reads (besides the ones every method accepts)
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 # whether a method fits anything on V (auto cross-fits those; the others it trains once)

@@ -236,3 +236,19 @@ def test_sparse_rows_and_token_ids_stay_as_they_are_on_disk_and_in_batches(tmp_p
     if model is not None:  # the trainer densifies a batch at a time and trains
         res = train_student_stream(model, pool, config=TrainConfig(epochs=2, min_steps=0, batch_size=64, seed=3))
         assert len(res.history) == 2 and np.isfinite(res.history[-1]["loss"])
+
+
+def test_a_method_that_cannot_train_from_disk_is_refused_before_anything_is_paid(tmp_path):
+    """`method: auto` with `train.data_path: stream` used to label the whole pool (and pay for it)
+    and only then refuse at training; the config check refuses it up front now."""
+    from mentor.config import parse_config
+    raw = {"output_dir": str(tmp_path / "run"), "data": {"name": "digits"}, "method": "auto",
+           "split": {"n_labeled": 50, "n_val": 200, "n_test": 300}, "train": {"data_path": "stream"}}
+    with pytest.raises(ConfigError, match="cannot train from disk.*data_path: memory"):
+        parse_config(raw)
+    (tmp_path / "run.yaml").write_text(json.dumps(raw))
+    res = subprocess.run([sys.executable, "-m", "mentor.cli", "label", str(tmp_path / "run.yaml")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 2 and "cannot train from disk" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()  # nothing labeled, nothing paid
+    parse_config({**raw, "method": "slam"})  # a method that streams is accepted

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, StoreError
+from ..methods import STREAM_METHODS
 from .rows import dense_rows, is_sparse, n_rows, stack_rows, take_rows
 from .train import TrainConfig, VanillaObjective, batch_loss, fit, resolve_device, seed_everything
 
@@ -485,8 +486,6 @@ class StreamPlan:
     info: dict | None = None
 
 
-STREAM_METHODS = ("vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "weighted-margin-hard",
-                  "slam", "slam-hard", "slam-normalized", "threshold", "forward-correction", "taid", "dkd")
 
 
 def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_val=None, val_labels=None,
