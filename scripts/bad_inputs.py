@@ -98,6 +98,8 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("method option out of range", with_(method="slam", method_options={"slam_alpha_floor": 2}), []),
         ("`split.n_val: true`", with_(split__n_val=True), []),
         ("negative epochs", with_(train__epochs=-3), []),
+        ("training from disk with `auto` (it trains on the whole pool in memory)",
+         with_(method="auto", train__data_path="stream"), []),
         ("negative learning rate", with_(train__lr=-0.1), []),
         ("`store.batch_size: 0`", with_(store={"batch_size": 0}), []),
         ("a CUDA device this machine lacks", with_(train__device="cuda:99"), []),
