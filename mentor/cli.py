@@ -488,13 +488,17 @@ def check_config(config: Path, set_: Optional[list[str]] = SetOpt):
 def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, seconds), standard, or few-class "
                                                          "(binary and 4-class text; LELP's setting)."),
                   seeds: int = typer.Option(3, help="Number of seeds."),
+                  first_seed: int = typer.Option(0, help="Seeds first_seed .. first_seed + seeds - 1 (more seeds "
+                                                 "later, or side by side: rows append to --json)."),
                   methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
                   datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                   work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):
     """Protocol on real data; one row per (dataset, method, seed); prints mean ± std."""
     from .bench import quality, report
-    rows = quality(suite, seeds=seeds, methods=methods.split(",") if methods else None,
+    if first_seed < 0:
+        raise ConfigError(f"--first-seed must be 0 or more, got {first_seed}.")
+    rows = quality(suite, seeds=seeds, first_seed=first_seed, methods=methods.split(",") if methods else None,
                    datasets=datasets.split(",") if datasets else None, json_out=json_out, work_dir=work_dir,
                    log=out)
     out(report(rows))

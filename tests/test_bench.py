@@ -226,3 +226,20 @@ def test_llm_teacher_rows_tell_similar_shots_from_fixed():
     assert "failed: d seed 0 server top-logprobs shots=1 similar: no top_logprobs" in text
     assert "| d | local | label-likelihood | 1 | 40.00 ± 0.00 |" in text  # older rows: fixed per class
     assert "| d | local | label-likelihood | 1 similar | 70.00 ± 0.00 |" in text
+
+
+def test_bench_quality_cli_takes_a_first_seed(tmp_path):
+    """`mentor bench quality --first-seed 2 --seeds 1`: the run is seed 2 (more seeds later, or side
+    by side, append to the same rows file)."""
+    from typer.testing import CliRunner
+
+    from mentor.cli import app
+    out = tmp_path / "rows.jsonl"
+    res = CliRunner().invoke(app, ["bench", "quality", "--suite", "smoke", "--datasets", "digits", "--methods",
+                                   "teacher", "--seeds", "1", "--first-seed", "2", "--json", str(out),
+                                   "--work-dir", str(tmp_path / "w")])
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["seed"] for r in rows} == {2} and rows
+    bad = CliRunner().invoke(app, ["bench", "quality", "--first-seed", "-1"])
+    assert bad.exit_code == 2 and "--first-seed" in bad.output
