@@ -352,13 +352,10 @@ class RunConfig(_Strict):
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
             raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
-        from .methods import STREAM_METHODS, check_method_options
+        from .methods import STREAM_METHODS, cannot_stream, check_method_options
         check_method_options(self.trained_method(), self.method_options)
         if self.train.data_path == "stream" and self.trained_method() not in STREAM_METHODS:  # before any call is paid
-            raise ValueError(f"method {self.trained_method()!r} needs the whole pool in memory (it trains a first "
-                             "student on it, fits a model to its features or chooses among trained students), so "
-                             "it cannot train from disk: set train.data_path: memory, or use one of "
-                             f"{', '.join(STREAM_METHODS)}")
+            raise ValueError(cannot_stream(self.trained_method()))
         self._check_teachers()
         if self.trained_method() == "lelp" and (self.teachers is not None or not self.teacher.embeddings):
             raise ValueError("method lelp builds its targets from the teacher's embeddings: set teacher.embeddings: "

@@ -88,6 +88,13 @@ METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
 # whole pool in memory (a first student trained on it, a model of its features, trained candidates)
 STREAM_METHODS = ("vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "weighted-margin-hard",
                   "slam", "slam-hard", "slam-normalized", "threshold", "forward-correction", "taid", "dkd")
+
+
+def cannot_stream(method: str) -> str:
+    """Why `method` cannot train from disk, and the fix (the config check and stream_plan both say it)."""
+    return (f"method {method!r} needs the whole pool in memory (it trains a first student on it, fits a model to "
+            "its features or chooses among trained students), so it cannot train from disk: set "
+            f"train.data_path: memory, or use one of {', '.join(STREAM_METHODS)}")
 # the `method_options` keys each method reads (besides the ones every method accepts)
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 # whether a method fits anything on V (auto cross-fits those; the others it trains once)

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError, StoreError
-from ..methods import STREAM_METHODS
+from ..methods import STREAM_METHODS, cannot_stream
 from .rows import dense_rows, is_sparse, n_rows, stack_rows, take_rows
 from .train import TrainConfig, VanillaObjective, batch_loss, fit, resolve_device, seed_everything
 
@@ -499,9 +499,7 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
     options = dict(options or {})
     check_method_options(method, options)
     if method not in STREAM_METHODS:
-        raise ConfigError(f"method {method!r} needs the whole pool in memory (it trains a first student on it, fits "
-                          f"a model to its features or chooses among trained students), so it cannot train from disk; "
-                          f"use train.data_path: memory, or one of {', '.join(STREAM_METHODS)}.")
+        raise ConfigError(cannot_stream(method) + ".")
     tv = None if teacher_probs_val is None else np.asarray(teacher_probs_val, dtype=np.float32)
     info: dict = {"data_path": "stream"}
     calibrate = method == "calibrated-soft" or options.get("calibrate_teacher")
