@@ -244,7 +244,7 @@ class TrainSection(_Strict):
     progress: bool = False
     data_path: Literal["memory", "stream"] = "memory"  # stream: the pool's features and teacher outputs are
                                          # written to Parquet once and read a buffer at a time while training
-                                         # (README: Training from disk); methods in methods.STREAM_METHODS
+                                         # (README: Training from disk); methods.streams() says which methods can
 
     @field_validator("device")
     @classmethod
@@ -352,10 +352,10 @@ class RunConfig(_Strict):
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         if self.data.path is None and self.data.name is None:
             raise ValueError("set data.name (a built-in data set) or data.path (your own file)")
-        from .methods import STREAM_METHODS, cannot_stream, check_method_options
+        from .methods import cannot_stream, check_method_options, streams
         check_method_options(self.trained_method(), self.method_options)
-        if self.train.data_path == "stream" and self.trained_method() not in STREAM_METHODS:  # before any call is paid
-            raise ValueError(cannot_stream(self.trained_method()))
+        if self.train.data_path == "stream" and not streams(self.trained_method(), self.method_options):
+            raise ValueError(cannot_stream(self.trained_method(), self.method_options))  # before any call is paid
         self._check_teachers()
         if self.trained_method() == "lelp" and (self.teachers is not None or not self.teacher.embeddings):
             raise ValueError("method lelp builds its targets from the teacher's embeddings: set teacher.embeddings: "

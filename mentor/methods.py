@@ -90,11 +90,31 @@ STREAM_METHODS = ("vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-m
                   "slam", "slam-hard", "slam-normalized", "threshold", "forward-correction", "taid", "dkd")
 
 
-def cannot_stream(method: str) -> str:
+def streams(method: str, options: dict | None = None) -> bool:
+    """Whether `method` can train from disk: one of STREAM_METHODS, or auto whose candidates all are
+    (labeled-only and method@λ included)."""
+    if method == "auto":
+        return not _not_streaming_candidates(options or {})
+    return method in STREAM_METHODS
+
+
+def _not_streaming_candidates(options: dict) -> list[str]:
+    cands = (options or {}).get("auto_candidates") or AUTO_CANDIDATES
+    return [c for c in cands if c != LABELED_ONLY and str(c).partition("@")[0] not in STREAM_METHODS]
+
+
+def cannot_stream(method: str, options: dict | None = None) -> str:
     """Why `method` cannot train from disk, and the fix (the config check and stream_plan both say it)."""
+    if method == "auto":
+        bad = _not_streaming_candidates(options or {})
+        return (f"method 'auto' trains from disk only if every candidate does, and {', '.join(bad)} cannot (it needs "
+                "the whole pool in memory): set train.data_path: memory, or list in method_options.auto_candidates "
+                f"only labeled-only, method@λ and methods of {', '.join(STREAM_METHODS)}")
     return (f"method {method!r} needs the whole pool in memory (it trains a first student on it, fits a model to "
             "its features or chooses among trained students), so it cannot train from disk: set "
-            f"train.data_path: memory, or use one of {', '.join(STREAM_METHODS)}")
+            f"train.data_path: memory, or use one of {', '.join(STREAM_METHODS)} (or auto with those candidates)")
+
+
 # the `method_options` keys each method reads (besides the ones every method accepts)
 METHOD_OPTIONS: dict[str, tuple[str, ...]] = {}
 # whether a method fits anything on V (auto cross-fits those; the others it trains once)
@@ -589,9 +609,57 @@ def _fit_part(ctx: MethodContext, keep: np.ndarray) -> MethodContext:
                    train_and_predict=None if tp is None else (lambda plan: (lambda u, v: (u, v[keep]))(*tp(plan))))
 
 
-def _uses_val(candidate: str, ctx: MethodContext) -> bool:
+def _uses_val(candidate: str, options: dict) -> bool:
     base, _ = parse_candidate(candidate)
-    return base is not None and (bool(ctx.options.get("calibrate_teacher")) or METHOD_USES_VAL.get(base, True))
+    return base is not None and (bool(options.get("calibrate_teacher")) or METHOD_USES_VAL.get(base, True))
+
+
+def auto_order(options: dict) -> list[str]:
+    """auto's candidates (option auto_candidates, checked) in simplicity order."""
+    candidates = list(options.get("auto_candidates", AUTO_CANDIDATES))
+    wrong = _candidates(candidates)
+    if wrong:
+        raise ConfigError(f"method_options.auto_candidates must be {wrong}; got {candidates!r}.")
+    return simplicity_order(candidates)
+
+
+def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_labels, options: dict,
+                seed: int) -> dict:
+    """Score every auto candidate on V (cross-fitted where it fits on V) and choose among them.
+
+    `val_probs(name, keep)` trains the candidate `name`, fitting what it fits on V on the V examples
+    where `keep` is true (None: all of V), and returns its probabilities on all of V. Shared by the
+    in-memory `auto` and training from disk; returns choose_on_validation's record with the order,
+    the folds and a one-line note."""
+    order = auto_order(options)
+    val_labels = np.asarray(val_labels)
+    folds = int(options.get("auto_folds", 2))
+    fold = cross_fit_folds(len(val_labels), folds, seed)
+    scores = np.zeros((len(order), len(val_labels)))
+    for i, name in enumerate(order):
+        parts = range(folds) if folds > 1 and _uses_val(name, options) else [None]
+        for f in parts:
+            right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
+            scores[i] = right if f is None else np.where(fold == f, right, scores[i])
+    choice = choose_on_validation(scores, order, noise_se=float(options.get("auto_noise_se", 1.0)),
+                                  standalone=(LABELED_ONLY,))
+    chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
+    pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
+    if chosen == LABELED_ONLY:
+        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]})."
+    elif chosen != ref:
+        note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
+                f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
+                "the simpler is kept.")
+    else:
+        near = [o for o in order if o not in (chosen, LABELED_ONLY) and c[o]["within_noise"]]
+        note = (f"{chosen} scored best on V ({pct[chosen]})"
+                + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
+                   "; every simpler candidate is below it by more than noise."))
+    if LABELED_ONLY in order and chosen != LABELED_ONLY:
+        note += f" Not distilling: {pct[LABELED_ONLY]}."
+    return {**choice, "folds": folds, "order": order, "note": note,
+            "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}
 
 
 @register_method("auto", options=("auto_candidates", "auto_folds", "auto_noise_se", "min_val"))
@@ -620,40 +688,11 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     if ctx.train_and_predict is None:
         raise ConfigError("method 'auto' trains every candidate and needs their outputs on V: the caller must set "
                           "MethodContext.train_and_predict.")
-    candidates = list(ctx.options.get("auto_candidates", AUTO_CANDIDATES))
-    wrong = _candidates(candidates)
-    if wrong:
-        raise ConfigError(f"method_options.auto_candidates must be {wrong}; got {candidates!r}.")
-    order = simplicity_order(candidates)
-    val_labels = np.asarray(ctx.val_labels)
-    folds = int(ctx.options.get("auto_folds", 2))
-    fold = cross_fit_folds(len(val_labels), folds, ctx.seed)
-    scores = np.zeros((len(order), len(val_labels)))
-    for i, name in enumerate(order):
-        parts = range(folds) if folds > 1 and _uses_val(name, ctx) else [None]
-        for f in parts:
-            sub = ctx if f is None else _fit_part(ctx, fold != f)
-            _, val_probs = ctx.train_and_predict(plan_method(name, sub))
-            right = np.asarray(val_probs).argmax(1) == val_labels
-            scores[i] = right if f is None else np.where(fold == f, right, scores[i])
-    choice = choose_on_validation(scores, order, noise_se=float(ctx.options.get("auto_noise_se", 1.0)),
-                                  standalone=(LABELED_ONLY,))
-    chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
-    pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
-    if chosen == LABELED_ONLY:
-        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]})."
-    elif chosen != ref:
-        note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
-                f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
-                "the simpler is kept.")
-    else:
-        near = [o for o in order if o not in (chosen, LABELED_ONLY) and c[o]["within_noise"]]
-        note = (f"{chosen} scored best on V ({pct[chosen]})"
-                + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
-                   "; every simpler candidate is below it by more than noise."))
-    if LABELED_ONLY in order and chosen != LABELED_ONLY:
-        note += f" Not distilling: {pct[LABELED_ONLY]}."
+
+    def val_probs(name, keep):
+        return ctx.train_and_predict(plan_method(name, ctx if keep is None else _fit_part(ctx, keep)))[1]
+    choice = auto_choice(val_probs, ctx.val_labels, ctx.options, ctx.seed)
+    chosen = choice["chosen"]
     plan = plan_method(chosen, ctx)  # fresh, on all of V: stateful objectives (TAID) start their schedule again
-    plan.info = {**plan.info, "auto": {**choice, "folds": folds, "order": order, "note": note,
-                                       "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}}
+    plan.info = {**plan.info, "auto": choice}
     return plan

@@ -14,7 +14,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -782,7 +782,8 @@ def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_la
     """train.data_path: stream. The pool is featurized and written to Parquet a chunk at a time
     (once per featurizer and split; dense rows, token ids or sparse TF-IDF rows as the student
     takes them), joined with the store by id, and read a buffer at a time."""
-    from .students.stream import StreamingPool, join_pool, stream_plan, train_student_stream, write_pool_chunks
+    from .students.stream import (StreamingPool, join_pool, stream_auto_plan, stream_plan, train_student_stream,
+                                  write_pool_chunks)
     data, sp, cfg = ctx.data, ctx.splits, _train_config(ctx, ckpt)
     pool = sp.pool[answered(store, data.ids[sp.pool])]
     if not len(pool):
@@ -798,14 +799,35 @@ def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_la
         write_pool_chunks(pool_file, ((data.ids[pool[s:s + step]], feat.transform(data.features[pool[s:s + step]]))
                                       for s in range(0, len(pool), step)))
     joined = join_pool(pool_file, store, folder / "joined", other_ids=data.ids)
-    plan = stream_plan(method, n_classes=ctx.n_classes, joined_dir=joined,
-                       teacher_probs_val=teacher_outputs(store, data.ids[sp.val], required=False),
-                       val_labels=data.labels[sp.val], temperature=ctx.cfg.train.temperature,
-                       options=dict(ctx.cfg.method_options), n_epochs=epochs_for(len(y_lab) + len(pool), cfg))
+    plan_options = dict(n_classes=ctx.n_classes, joined_dir=joined,
+                        teacher_probs_val=teacher_outputs(store, data.ids[sp.val], required=False),
+                        val_labels=data.labels[sp.val], temperature=ctx.cfg.train.temperature,
+                        options=dict(ctx.cfg.method_options), n_epochs=epochs_for(len(y_lab) + len(pool), cfg))
+
+    def train_from_disk(m, plan, config):
+        if plan is None or plan.distill_weight == 0:  # labeled-only: A alone, as in memory
+            return train_student(m, x_lab, y_lab, config=replace(config, distill_weight=0.0))
+        pool_rows = StreamingPool(joined, x_lab, y_lab, batch_size=config.batch_size, seed=config.seed)
+        return train_student_stream(m, pool_rows, plan=plan, config=config)
+
+    if method == "auto":  # every candidate trained from disk, scored on V (in memory: V is small)
+        x_val = feat.transform(data.features[sp.val])
+
+        def val_probs_of(plan):
+            m = _new_student(ctx, x_lab.shape[1])
+            train_from_disk(m, plan, _train_config(ctx, None))
+            return predict_proba(m, x_val)
+        plan = stream_auto_plan(val_probs_of, seed=ctx.cfg.seed, **plan_options)
+        ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(plan.info['auto']['chosen'])}.pt")  # resumes only the same choice
+        if plan.distill_weight == 0:
+            info.pop("epochs_note", None)
+            info.update(epochs_info(len(y_lab), cfg))
+        cfg = replace(cfg, checkpoint_path=str(ckpt))
+    else:
+        plan = stream_plan(method, **plan_options)
     info.update(plan.info)
     info["teacher_fingerprint"] = store.fingerprint
-    return train_student_stream(model, StreamingPool(joined, x_lab, y_lab, batch_size=cfg.batch_size, seed=cfg.seed),
-                                plan=plan, config=cfg)
+    return train_from_disk(model, plan, cfg)
 
 
 def _save_student(path: Path, model: torch.nn.Module, feat: Featurizer, kind: str, info: dict) -> None:

@@ -156,6 +156,26 @@ def test_per_batch_weights_are_the_in_memory_weights(disk):
                     val_labels=yv)
 
 
+def test_a_plans_own_distill_weight_replaces_the_configs(disk):
+    """auto's method@λ candidates from disk: StreamPlan.distill_weight acts as train.distill_weight would."""
+    from mentor.students.stream import StreamPlan
+    xa, ya, _ = _task(60, 3)
+
+    def weights(plan_lam, cfg_lam):
+        torch.manual_seed(0)
+        m = build_model("logistic", in_features=D, n_classes=C)
+        train_student_stream(m, StreamingPool(disk["joined"], xa, ya, batch_size=256, seed=0),
+                             plan=StreamPlan(stream_plan("vanilla-soft", n_classes=C).objective,
+                                             distill_weight=plan_lam),
+                             config=TrainConfig(epochs=1, min_steps=0, batch_size=256, seed=0, distill_weight=cfg_lam))
+        return m.state_dict()
+    a, b, c = weights(0.25, 1.0), weights(None, 0.25), weights(None, 1.0)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert not torch.allclose(a["linear.weight"] if "linear.weight" in a else next(iter(a.values())),
+                              c["linear.weight"] if "linear.weight" in c else next(iter(c.values())))
+
+
 def test_stream_refuses_a_loader_that_disagrees_with_the_config(disk):
     model = build_model("logistic", in_features=D, n_classes=C)
     with pytest.raises(ConfigError, match="batch_size"):
@@ -189,6 +209,43 @@ def test_pipeline_stream_option_and_its_errors(tmp_path, digits):
     store.write(digits.ids, probs)
     info = train(ctx, store)
     assert info["data_path"] == "stream" and info["epochs"] == 2 and info["teacher_fingerprint"] == "oracle"
+
+
+def test_auto_trains_from_disk_and_chooses_as_in_memory(tmp_path, digits):
+    """`method: auto` with train.data_path: stream trains every candidate from disk (labeled-only and
+    method@λ included, cross-fitted on V). With one batch per epoch the example order cannot
+    matter, so every candidate's V accuracy, the choice and the final weights equal the in-memory
+    ones. The teacher is right on 60% of the digits and confidently wrong elsewhere, so the
+    candidates differ."""
+    from mentor.config import parse_config
+    from mentor.pipeline import prepare, train
+    rng = np.random.default_rng(0)
+    said = np.where(rng.uniform(size=len(digits.ids)) < 0.6, digits.labels, rng.integers(0, 10, len(digits.ids)))
+    probs = np.full((len(digits.ids), 10), 0.03, np.float32)
+    probs[np.arange(len(digits.ids)), said] = 0.73
+    runs = {}
+    for path in ("memory", "stream"):
+        store = TeacherStore(tmp_path / f"store-{path}", fingerprint="noisy", n_classes=10)
+        store.write(digits.ids, probs)
+        raw = {"output_dir": str(tmp_path / path), "data": {"name": "digits"}, "seed": 0, "method": "auto",
+               "method_options": {"min_val": 20, "auto_candidates": ["labeled-only", "vanilla-soft",
+                                                                     "vanilla-soft@0.25", "weighted-margin", "slam"]},
+               "split": {"n_labeled": 40, "n_val": 200, "n_test": 300}, "student": {"kind": "logistic"},
+               "train": {"epochs": 20, "min_steps": 0, "batch_size": 2048, "lr": 0.01, "data_path": path},
+               "export": {"model_folder": False}}
+        ctx = prepare(parse_config(raw))
+        info = train(ctx, store)
+        runs[path] = info, torch.load(ctx.out / "student.pt", weights_only=True)["model"]
+    (mem, w_mem), (disk, w_disk) = runs["memory"], runs["stream"]
+    assert disk["data_path"] == "stream" and disk["auto"]["folds"] == 2
+    accs = mem["auto"]["val_accuracy"]
+    assert len(set(accs.values())) >= 3, accs  # the candidates differ, so the comparison means something
+    assert disk["auto"]["order"] == mem["auto"]["order"]
+    for name, acc in accs.items():
+        assert disk["auto"]["val_accuracy"][name] == pytest.approx(acc, abs=1e-9), (name, disk["auto"])
+    assert disk["auto"]["chosen"] == mem["auto"]["chosen"]
+    for k, w in w_mem.items():
+        torch.testing.assert_close(w_disk[k], w, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["sparse", "tokens"])
@@ -239,10 +296,11 @@ def test_sparse_rows_and_token_ids_stay_as_they_are_on_disk_and_in_batches(tmp_p
 
 
 def test_a_method_that_cannot_train_from_disk_is_refused_before_anything_is_paid(tmp_path):
-    """`method: auto` with `train.data_path: stream` used to label the whole pool (and pay for it)
-    and only then refuse at training; the config check refuses it up front now."""
+    """A method that needs the pool in memory with `train.data_path: stream` used to label the whole
+    pool (and pay for it) and only then refuse at training; the config check refuses it up front.
+    auto streams when every candidate does; a candidate that cannot is named."""
     from mentor.config import parse_config
-    raw = {"output_dir": str(tmp_path / "run"), "data": {"name": "digits"}, "method": "auto",
+    raw = {"output_dir": str(tmp_path / "run"), "data": {"name": "digits"}, "method": "dho",
            "split": {"n_labeled": 50, "n_val": 200, "n_test": 300}, "train": {"data_path": "stream"}}
     with pytest.raises(ConfigError, match="cannot train from disk.*data_path: memory"):
         parse_config(raw)
@@ -252,3 +310,8 @@ def test_a_method_that_cannot_train_from_disk_is_refused_before_anything_is_paid
     assert res.returncode == 2 and "cannot train from disk" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()  # nothing labeled, nothing paid
     parse_config({**raw, "method": "slam"})  # a method that streams is accepted
+    parse_config({**raw, "method": "auto"})  # so is auto with its default candidates
+    bad = {**raw, "method": "auto", "method_options": {"auto_candidates": ["labeled-only", "slam@0.5",
+                                                                           "cleanlab-filter"]}}
+    with pytest.raises(ConfigError, match="trains from disk only if every candidate does, and cleanlab-filter "):
+        parse_config(bad)

@@ -484,6 +484,7 @@ class StreamPlan:
     weights: Callable[[np.ndarray], np.ndarray] | None = None   # per-example weights (pool-normalised)
     objective_for: Callable[[np.ndarray], object] | None = None  # a batch's own objective (SLaM's α)
     info: dict | None = None
+    distill_weight: float | None = None  # λ instead of train.distill_weight (auto's method@λ candidates)
 
 
 
@@ -553,6 +554,45 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
     return plan
 
 
+def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *, n_classes: int, joined_dir,
+                     teacher_probs_val, val_labels, temperature: float = 1.0, options: dict | None = None,
+                     n_epochs: int | None = None, seed: int = 0) -> StreamPlan:
+    """`auto` from disk: every candidate trained from disk and scored on V exactly as in memory
+    (methods.auto_choice: same candidates, cross-fitting, noise rule). `val_probs_of(plan)` trains
+    a fresh student with that plan (None: on A alone, the labeled-only candidate) and returns its
+    probabilities on V. Returns the chosen candidate's plan fitted on all of V (labeled-only: a plan
+    with λ = 0, which the caller trains on A alone); the choice is in its info["auto"]."""
+    from ..methods import (COMMON_OPTIONS, METHOD_OPTIONS, auto_choice, check_method_options, parse_candidate,
+                           streams)
+    options = dict(options or {})
+    check_method_options("auto", options)
+    if not streams("auto", options):
+        raise ConfigError(cannot_stream("auto", options) + ".")
+    tv, yv = np.asarray(teacher_probs_val), np.asarray(val_labels)
+
+    def plan_of(name, keep=None):
+        base, lam = parse_candidate(name)
+        if base is None:
+            return None
+        own = {k: v for k, v in options.items() if k in COMMON_OPTIONS or k in METHOD_OPTIONS[base]}
+        plan = stream_plan(base, n_classes=n_classes, joined_dir=joined_dir,
+                           teacher_probs_val=tv if keep is None else tv[keep],
+                           val_labels=yv if keep is None else yv[keep], temperature=temperature, options=own,
+                           n_epochs=n_epochs)
+        if lam is not None:
+            plan.distill_weight = lam
+            plan.info = {**plan.info, "distill_weight": lam}
+        return plan
+
+    choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep)), yv, options, seed)
+    plan = plan_of(choice["chosen"])
+    if plan is None:  # labeled-only: the caller trains on A alone
+        return StreamPlan(VanillaObjective(), info={"data_path": "stream", "distill_weight": 0.0, "auto": choice},
+                          distill_weight=0.0)
+    plan.info = {**plan.info, "auto": choice}
+    return plan
+
+
 def _tempered(t: np.ndarray, temperature: float) -> np.ndarray:
     from ..reliability import apply_temperature
     return apply_temperature(t, temperature).astype(np.float32)
@@ -590,6 +630,7 @@ def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: S
         raise ConfigError(f"the StreamingPool was made with batch_size {pool.batch_size} and seed {pool.seed}, the "
                           f"training config has {cfg.batch_size} and {cfg.seed}; make them agree.")
     plan = plan or StreamPlan(VanillaObjective())
+    lam = cfg.distill_weight if plan.distill_weight is None else float(plan.distill_weight)
     model.to(device)
     batches = loader(pool, read_ahead=read_ahead)
 
@@ -613,7 +654,7 @@ def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: S
         targets = plan.targets(t) if plan.targets is not None else t
         w = plan.weights(t) if plan.weights is not None and len(t) else None
         return lambda: batch_loss(
-            model, objective, cfg.distill_weight, device,
+            model, objective, lam, device,
             x_lab=_batch_rows(b["x"], lab, device) if lab.any() else None, y_lab=b["y"][lab].to(device),
             x_pool=_batch_rows(b["x"], pool_rows, device) if pool_rows.any() else None,
             t_pool=torch.as_tensor(targets, device=device),
