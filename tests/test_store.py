@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -361,22 +362,71 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 
 
 def test_id_lookup_matches_a_dict_and_survives_hash_collisions(tmp_path, monkeypatch):
-    from mentor.store import core
+    """The store's compact id index (store/ids.py) answers as a dict would: built at once, grown a
+    call at a time past its merges, and with every hash equal (each hit is confirmed on the ids)."""
+    from mentor.store import ids as id_index
     rng = np.random.default_rng(3)
     stored = np.array([f"doc-{rng.integers(10**9)}-é{i}" for i in range(3000)])
     query = np.concatenate([stored[rng.permutation(3000)[:2000]],
                             ["nope", stored[0] + "x", stored[1][:-1], "doc-" + "9" * 40]])
     truth = {s: i for i, s in enumerate(stored)}
     expect = np.array([truth.get(q, -1) for q in query])
-    lookup = core.IdLookup(stored)
-    assert lookup.unique and np.array_equal(lookup.positions(query), expect)
-    # every hash equal: the lookup says so and the store falls back to exact dict lookups
-    monkeypatch.setattr(core, "id_hashes", lambda ids, width: np.zeros(len(ids), np.uint64))
-    assert not core.IdLookup(stored).unique
+    whole = id_index.IdIndex([stored[:1000].tolist(), pa.array(stored[1000:].tolist())])
+    assert np.array_equal(whole.positions(query.tolist()), expect)
+    monkeypatch.setattr(id_index, "MERGE_MIN", 64)  # many merges of the recent ids
+    grown = id_index.IdIndex()
+    for s in range(0, 3000, 16):
+        assert grown.add(stored[s:s + 16].tolist())
+    assert len(grown._chunks) > 5 and grown._recent  # merged several times, some ids still recent
+    assert np.array_equal(grown.positions(query.tolist()), expect)
+    assert grown.ids().to_pylist() == stored.tolist()
+    assert not grown.add([stored[5]]) and not grown.add(["new", "new"]) and len(grown) == 3000
+    with pytest.raises(id_index.RepeatedId) as e:
+        id_index.IdIndex([stored[:10].tolist(), ["other", stored[3]]])
+    assert e.value.part == 1
+    # every hash equal: hits are confirmed (and collisions walked) on the ids themselves
+    monkeypatch.setattr(id_index, "_hashes", lambda ids: np.zeros(len(ids), np.int64))
+    clash = id_index.IdIndex([stored[:200].tolist()])
+    for s in range(200, 400, 16):
+        assert clash.add(stored[s:s + 16].tolist())
+    clash._merge()
+    q = np.concatenate([stored[:400][::-1], ["nope"]])
+    assert np.array_equal(clash.positions(q.tolist()), np.r_[np.arange(399, -1, -1), -1])
+    with pytest.raises(id_index.RepeatedId):
+        id_index.IdIndex([stored[:50].tolist(), [stored[49]]])
+    # reads of many ids use IdLookup (vectorised FNV hashes): right, and when its hashes collide
+    # too it says so and the store falls back to the index above (every hash equal there as well)
+    assert np.array_equal(id_index.IdLookup(stored).positions(query), expect)
+    monkeypatch.setattr(id_index, "id_hashes", lambda ids, width: np.zeros(len(ids), np.uint64))
+    assert not id_index.IdLookup(stored).unique
     store = TeacherStore(tmp_path / "s", fingerprint="t", n_classes=2)
     probs = np.tile([[0.25, 0.75]], (len(stored), 1)).astype(np.float32)
     probs[:, 0] = np.linspace(0, 1, len(stored))
     probs[:, 1] = 1 - probs[:, 0]
     store.write(stored, probs)
-    many = stored[rng.integers(0, 3000, 6000)]  # >= 4096 ids: the bulk path
+    many = stored[rng.integers(0, 3000, 6000)]  # a store whose every id hash collides reads right
     assert np.allclose(store.read(many), probs[[truth[s] for s in many]])
+
+
+def test_an_open_store_holds_a_few_dozen_bytes_per_stored_id(tmp_path):
+    """The id index of an open store: ~34 bytes per id (Arrow strings shared with the shards' id
+    arrays, a sorted hash and a position), not the ~130 of a dict of Python strings it replaced,
+    which made the store the part of training from disk that grew with the pool."""
+    import gc
+    import tracemalloc
+    n = 200_000
+    store = TeacherStore(tmp_path / "s", fingerprint="t", n_classes=2, shard_size=65536)
+    store.write(np.array([f"pool-{i:09d}" for i in range(n)]), np.full((n, 2), 0.5, np.float32))
+    store.close()
+    del store
+    gc.collect()
+    arrow_before = pa.total_allocated_bytes()
+    tracemalloc.start()
+    try:
+        reopened = TeacherStore.open(tmp_path / "s")
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] + pa.total_allocated_bytes() - arrow_before
+    finally:
+        tracemalloc.stop()
+    assert len(reopened) == n and reopened.read(["pool-000123456"])[0][0] == 0.5
+    assert held / n < 50, f"{held / n:.0f} bytes per stored id"

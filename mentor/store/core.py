@@ -8,7 +8,6 @@ import copy
 import errno
 import functools
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
 from . import extras as xcols
 from . import rowlog
 from .files import LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
+from .ids import IdIndex, RepeatedId
 from .ledger import LEDGER_NAME, Ledger, release
 
 FORMAT_VERSION = 1
@@ -67,8 +67,8 @@ def _as_ids(ids) -> np.ndarray:
 def _first_new(ids: np.ndarray, stored) -> np.ndarray:
     """Mask of ids not in `stored` and not repeated earlier in `ids`: each is paid for once."""
     lst = ids.tolist()
-    mask = np.fromiter(map(stored.__contains__, lst), bool, len(lst))
-    np.logical_not(mask, out=mask)
+    mask = ~stored.contains(lst) if hasattr(stored, "contains") else \
+        ~np.fromiter(map(stored.__contains__, lst), bool, len(lst))
     if len(set(lst)) != len(lst):  # repeats within the request: keep the first of each
         first = np.zeros(len(lst), bool)
         first[np.unique(ids, return_index=True)[1]] = True
@@ -95,36 +95,6 @@ def _take(inputs, mask: np.ndarray):
     if isinstance(inputs, (list, tuple)):
         inputs = np.asarray(inputs, dtype=object if inputs and isinstance(inputs[0], str) else None)
     return inputs[np.flatnonzero(mask)]
-
-
-def id_hashes(ids: np.ndarray, width: int) -> np.ndarray:
-    """64-bit FNV-1a hashes of string ids, vectorised over their code points (padded to `width`)."""
-    codes = np.ascontiguousarray(ids.astype(f"<U{width}")).view(np.uint32).reshape(len(ids), width)
-    h = np.full(len(ids), 0xCBF29CE484222325, np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(width):
-            h = (h ^ codes[:, j]) * np.uint64(0x100000001B3)
-    return h
-
-
-class IdLookup:
-    """Stored position of many string ids at once: a hash table (pandas' uint64 one) from 64-bit
-    hashes of the ids to their stored positions, each hit confirmed by comparing the ids themselves
-    (a hash collision can never misplace a row)."""
-
-    def __init__(self, stored: np.ndarray):
-        import pandas as pd  # imported here: only reads of many ids need it
-
-        self.stored, self.width = stored, max(int(stored.dtype.itemsize // 4), 1)
-        self.hashes = pd.Index(id_hashes(stored, self.width))  # position = stored order
-        self.unique = self.hashes.is_unique  # else the caller uses a dict
-
-    def positions(self, ids: np.ndarray) -> np.ndarray:
-        if len(self.stored) == 0:
-            return np.full(len(ids), -1, np.int64)
-        pos = self.hashes.get_indexer(id_hashes(ids, self.width))  # ids longer than any stored one are cut
-        hit = (pos >= 0) & (self.stored[pos] == ids)                 # here, then fail this check
-        return np.where(hit, pos, -1).astype(np.int64, copy=False)
 
 
 # ---------------------------------------------------------------------------------------- the store
@@ -185,10 +155,9 @@ class TeacherStore:
         self._ledger = Ledger(self.path, lease_timeout_s=lease_timeout_s)
         self._manifest: dict = {}
         self._sig = None  # (inode, size, mtime) of the manifest we loaded
-        self._index: dict[str, int] = {}  # id -> position in stored order
-        self._sorted = None  # the stored ids as an Arrow array, for reads of many ids
+        self._index = IdIndex()  # id -> position in stored order (compact: ids.py)
         self._part_of_row = None  # the part (shard or frame) of each stored row, for reads
-        self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids) once verified
+        self._checked: dict[str, tuple] = {}  # shard -> (file sig, sha256, ids as Arrow strings) once verified
         self._max_number = 0
         self._small: dict[str, pa.Table] = {}  # small shards this object wrote, kept for the next merge
         self._frames: dict[str, pa.Table] = {}  # row-log frames (pending rows) as tables, once verified
@@ -252,17 +221,11 @@ class TeacherStore:
         return self._ledger.n_calls if self._ledger.exists() else int(self._manifest.get("n_calls", 0))
 
     def stored_ids(self) -> set[str]:
-        return set(self._index)
+        return set(self._index.ids().to_pylist())
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
-        """Stored position of each id, -1 where not stored: dict lookups for a few ids, Arrow's
-        hash lookup against the stored ids (kept until the store changes) for many."""
-        if len(ids) < 4096:
-            return np.fromiter(map(self._index.get, ids.tolist(), itertools.repeat(-1)), np.int64, len(ids))
-        if self._sorted is None:  # built once, until the store changes
-            self._sorted = IdLookup(np.array(list(self._index), dtype=str))  # position = stored order
-        return self._sorted.positions(ids) if self._sorted.unique else np.fromiter(
-            map(self._index.get, ids.tolist(), itertools.repeat(-1)), np.int64, len(ids))
+        """Stored position of each id, -1 where not stored."""
+        return self._index.lookup(ids)
 
     def missing(self, ids) -> np.ndarray:
         """Ids not stored yet, in the given order."""
@@ -312,7 +275,7 @@ class TeacherStore:
             raise StoreError(f"no extra column {', '.join(map(repr, unknown))} in the store at {self.path}; it has "
                              f"{', '.join(map(repr, have)) if have else 'none (its teacher returned no extras)'}. "
                              "Ask for one of those (store.extra_columns lists them).")
-        ids = np.array(list(self._index), dtype=str) if ids is None else _as_ids(ids)  # index order = stored order
+        ids = self._index.ids().to_numpy().astype(str) if ids is None else _as_ids(ids)  # index order = stored order
         needed, rows = self._locate(ids)
         id_col = pa.array(ids, pa.string())
         if not cols:
@@ -827,13 +790,14 @@ class TeacherStore:
                                                 [r for end, r in self._ledger.events if end > after])
             dirty = True
         self._applied = len(self._ledger.events)
-        self._index, bad, self._sorted = {}, [], None
+        bad, sound = [], []
         for entry in self._parts():
             ids, why = self._check_shard(entry)
             if why:
                 bad.append((entry, why))
             else:
-                self._add_to_index(ids, _key(entry))
+                sound.append((entry, ids))
+        self._index = self._new_index(sound)
         keys = {_key(f) for f in m["pending"]}
         self._frames = {k: t for k, t in self._frames.items() if k in keys}
         if bad:
@@ -906,9 +870,9 @@ class TeacherStore:
                 data = p.read_bytes()
                 if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                     return None, f"it does not match the checksum in {MANIFEST_NAME} (changed or damaged on disk)"
-                ids = pq.read_table(pa.BufferReader(data), columns=["id"]).column("id").to_pylist()
+                ids = _id_array(pq.read_table(pa.BufferReader(data), columns=["id"]))
             else:
-                ids = pq.read_table(p, columns=["id"]).column("id").to_pylist()
+                ids = _id_array(pq.read_table(p, columns=["id"]))
         except Exception as e:  # noqa: BLE001 - any unreadable file is damage, named in the message
             return None, f"it cannot be read as Parquet ({type(e).__name__}: {str(e)[:200]})"
         if len(ids) != entry["rows"]:
@@ -933,7 +897,7 @@ class TeacherStore:
             table = rowlog.decode(frame)
         except Exception as e:  # noqa: BLE001 - a frame that passed its checksum but does not decode
             return None, f"it cannot be read as Arrow ({type(e).__name__}: {str(e)[:200]})"
-        ids = table.column("id").to_pylist()
+        ids = _id_array(table)
         if len(ids) != ref["rows"]:
             return None, f"it has {len(ids)} rows but the ledger says {ref['rows']}"
         self._checked[key], self._frames[key] = (None, ref["sha256"], ids), table
@@ -979,10 +943,15 @@ class TeacherStore:
             self._commit()
 
     def _load_index(self) -> None:
-        self._index, self._sorted = {}, None
-        for entry in self._parts():
-            self._add_to_index(self._checked[_key(entry)][2], _key(entry))
+        self._index = self._new_index([(e, self._checked[_key(e)][2]) for e in self._parts()])
         self._update_offsets()
+
+    def _new_index(self, parts: list[tuple[dict, pa.Array]]) -> IdIndex:
+        """The index of these parts' ids, in this order (refused if an id is in two of them)."""
+        try:
+            return IdIndex(ids for _, ids in parts)
+        except RepeatedId as e:
+            self._repeats(_key(parts[e.part][0]))
 
     def _quarantine_note(self) -> str:
         q = self._ledger.quarantined
@@ -999,13 +968,15 @@ class TeacherStore:
             raise StoreError(f"labeling stopped before sending anything: {note} mentor does not pay twice for "
                              "rows already paid for without your say.")
 
-    def _add_to_index(self, ids: list, where) -> None:
-        start = len(self._index)
-        self._index.update(zip(ids, range(start, start + len(ids))))
-        self._sorted = None
-        if len(self._index) != start + len(ids):
-            raise StoreError(f"{where} repeats ids already stored elsewhere in {self.path}; the store was edited "
-                             "by hand. Delete the folder to relabel.")
+    def _add_to_index(self, ids, where, *, checked: bool = False) -> None:
+        """`checked`: rows of this process's own call or write, whose ids `_first_new` found new
+        under the lock, or for a call, before it was sent and leased to it."""
+        if not self._index.add(ids, checked=checked):
+            self._repeats(where)
+
+    def _repeats(self, where) -> None:
+        raise StoreError(f"{where} repeats ids already stored elsewhere in {self.path}; the store was edited "
+                         "by hand. Delete the folder to relabel.")
 
     def _update_offsets(self) -> None:
         self._offsets = np.cumsum([0] + [s["rows"] for s in self._parts()])
@@ -1058,11 +1029,11 @@ class TeacherStore:
             self._ledger.append({"e": "adopt", "entry": entry})
         self._applied = len(self._ledger.events)
         self._manifest["shards"].append(entry)
-        self._checked[p.name] = (file_sig(p), entry["sha256"], ids[keep].tolist())
+        self._checked[p.name] = (file_sig(p), entry["sha256"], _id_array(table))
         if self._manifest["pending"]:  # it goes before the row log's rows
             self._load_index()
         else:
-            self._add_to_index(ids[keep].tolist(), p)
+            self._add_to_index(self._checked[p.name][2], p)
         self._update_offsets()
 
     def _quarantine_orphan(self, p: Path, why: str) -> None:
@@ -1135,8 +1106,7 @@ class TeacherStore:
         data = self._encode_bytes(table, spent=spent, calls=calls, call=call, cost=cost)
         _atomic_write(self.path / name, data)
         entry = _entry(name, table, data)
-        if ids is None:
-            ids = table.column("id").to_pylist()
+        ids = _id_array(table) if ids is None else ids
         self._checked[name] = (file_sig(self.path / name), entry["sha256"], ids)
         if table.num_rows < self.shard_size:
             self._small[name] = table
@@ -1159,7 +1129,7 @@ class TeacherStore:
         table = self._encode(id_list, probs, extras, teacher=direct)
         if direct:
             try:
-                entry = self._write_shard(table, spent=spent, calls=calls, call=call, ids=id_list, cost=cost)
+                entry = self._write_shard(table, spent=spent, calls=calls, call=call, cost=cost)
             except OSError as e:
                 raise self._io_error(e, f"write a shard ({len(ids)} rows)",
                                      "The answer of this teacher call was lost (the call is in the ledger as failed, "
@@ -1173,7 +1143,7 @@ class TeacherStore:
             self._applied = len(self._ledger.events)
             self._manifest["shards"].append(entry)
             self._dirty = True
-            self._add_to_index(id_list, entry["file"])
+            self._add_to_index(id_list, entry["file"], checked=True)
             self._update_offsets()
             try:
                 self._merge(final=False)
@@ -1199,14 +1169,16 @@ class TeacherStore:
             raise self._io_error(e, "write a shard from the row log", "Every answer is stored (in the row log).") \
                 from None
 
-    def _add_frame(self, ref: dict, table: pa.Table, ids: list) -> None:
-        """A frame just committed in the ledger joins the stored rows (after all others)."""
-        key = _key(ref)
+    def _add_frame(self, ref: dict, table: pa.Table, id_list: list | None = None) -> None:
+        """A frame just committed in the ledger joins the stored rows (after all others);
+        `id_list`: its ids as Python strings where the caller has them (their hashes are cached)."""
+        key, ids = _key(ref), _id_array(table)
         self._applied = len(self._ledger.events)
         self._manifest["pending"].append(ref)
         self._checked[key], self._frames[key] = (None, ref["sha256"], ids), table
         self._dirty = True
-        self._add_to_index(ids, key)
+        # both callers (_append, _adopt_log) kept only ids that `_first_new` found new
+        self._add_to_index(ids if id_list is None else id_list, key, checked=True)
         self._update_offsets()
 
     def _write_frame(self, table: pa.Table, *, call: str, cost: float | None, adopting: bool = False) -> dict:
@@ -1266,7 +1238,7 @@ class TeacherStore:
         at = 1 + (self.top_k is not None) + 1  # after id and the probabilities, as `_encode` puts it
         table = table.add_column(at, "teacher", self._teacher_column(table.num_rows))
         keys = [_key(f) for f in pend]
-        ids = [x for k in keys for x in self._checked[k][2]]
+        ids = pa.concat_arrays([self._checked[k][2] for k in keys])
         entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
         self._ledger.append({"e": "flush", "entry": entry, "frames": keys})
         self._applied = len(self._ledger.events)
@@ -1336,7 +1308,7 @@ class TeacherStore:
             ref = self._write_frame(table, call=call, cost=paid.get("cost"), adopting=True)
         self._ledger.append({"e": "done", "call": call, "stored": table.num_rows, "frame": ref,
                              "note": "adopted after a crash", **paid} if answered else {"e": "adopt", "frame": ref})
-        self._add_frame(ref, table, ids[keep].tolist())
+        self._add_frame(ref, table)
 
     def _merge(self, *, final: bool) -> None:
         """Rewrite each run of consecutive small shards that adds up to `shard_size` rows as one
@@ -1349,7 +1321,7 @@ class TeacherStore:
         new, old = list(shards), []
         for first, last in reversed(groups):  # reversed so earlier positions stay valid
             table = self._concat([self._read_shard(i) for i in range(first, last)])
-            ids = [x for s in shards[first:last] for x in self._checked[s["file"]][2]]
+            ids = pa.concat_arrays([self._checked[s["file"]][2] for s in shards[first:last]])
             replaced = [s["file"] for s in shards[first:last]]
             entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
             self._ledger.append({"e": "merge", "entry": entry, "old": replaced})  # logged: a lost manifest replays it
@@ -1441,6 +1413,12 @@ def _entry(name: str, table: pa.Table, data: bytes) -> dict:
     if extra:
         entry["extras"] = extra
     return entry
+
+
+def _id_array(table: pa.Table) -> pa.Array:
+    """A table's ids as one Arrow string array (what `_checked` and the index keep: no Python strings)."""
+    ids = table.column("id").combine_chunks()
+    return ids if ids.type == pa.string() else ids.cast(pa.string())
 
 
 def _key(part: dict) -> str:
