@@ -490,7 +490,10 @@ def bench_quality(suite: str = typer.Option("smoke", help="smoke (digits, second
                   seeds: int = typer.Option(3, help="Number of seeds."),
                   first_seed: int = typer.Option(0, help="Seeds first_seed .. first_seed + seeds - 1 (more seeds "
                                                  "later, or side by side: rows append to --json)."),
-                  methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all)."),
+                  methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default: all); "
+                                                        "method@λ sets train.distill_weight, method@key=value"
+                                                        "(+key=value) its method_options (e.g. "
+                                                        "lelp@lelp_directions=3)."),
                   datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                   json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per run here."),
                   work_dir: Path = typer.Option(Path("bench-out"), help="Run folders and caches.")):

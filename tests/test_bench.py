@@ -26,6 +26,25 @@ def test_unknown_suite_and_method_are_refused(tmp_path):
         bench.quality("smoke", methods=["vanilla-sof"], work_dir=tmp_path)
 
 
+def test_a_method_with_its_own_options_is_one_more_row(tmp_path):
+    """`--methods threshold@threshold=0.9`: that method trained with those method_options (here the
+    confidence threshold it keeps), beside the plain method with the suite's options."""
+    from mentor.pipeline import load_student, open_run
+    configs = {"syn": {"synthetic": {"n": 1500, "dim": 10}, "data": {"path": "x"},
+                       "split": {"n_labeled": 20, "n_val": 200, "n_test": 300},
+                       "teacher": {"kind": "file", "path": "x"}, "student": {"kind": "logistic"},
+                       "train": {"epochs": 2, "min_steps": 0}}}
+    rows = bench.quality("custom", seeds=1, methods=["threshold", "threshold@threshold=0.9"], configs=configs,
+                         work_dir=tmp_path, log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["threshold", "threshold@threshold=0.9"]
+    ctx = open_run(tmp_path / "custom" / "syn" / "seed-0")
+    assert load_student(ctx, "threshold-threshold-0.9")[2]["threshold"] == 0.9
+    assert load_student(ctx, "threshold")[2]["threshold"] != 0.9  # chosen on V
+    with pytest.raises(ConfigError, match="not read by method 'threshold'"):
+        bench.quality("custom", seeds=1, methods=["threshold@lelp_directions=3"], configs=configs,
+                      work_dir=tmp_path, log=lambda *_: None)
+
+
 def test_synthetic_teacher_errs_at_small_margin_and_data_is_separable(tmp_path):
     data_path, teacher_path = bench.write_synthetic_margin(tmp_path, n=4000, dim=10, gamma=0.1)
     data, teacher = pq.read_table(data_path).to_pandas(), pq.read_table(teacher_path).to_pandas()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -258,10 +259,13 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
     names = select_datasets(configs, datasets, suite)
     # auto is left out by default: its number is `chosen_on_validation` of the other rows (see `report`)
     methods = methods or BASE_METHODS + sorted(m for m in METHODS if m not in BASE_METHODS and m != "auto")
-    bad = [m for m in methods if m not in METHODS and m not in ("teacher", "labeled-only") and not _is_lambda(m)]
+    bad = [m for m in methods if m not in METHODS and m not in ("teacher", "labeled-only") and not _is_lambda(m)
+           and not _options_of(m)]
     if bad:
         raise ConfigError(f"unknown methods {bad}; available: teacher, labeled-only, {', '.join(sorted(METHODS))}, "
-                          "and method@λ (e.g. vanilla-soft@0.5: that method with train.distill_weight = λ).")
+                          "method@λ (e.g. vanilla-soft@0.5: that method with train.distill_weight = λ) and "
+                          "method@key=value(+key=value) (e.g. lelp@lelp_directions=3: that method with those "
+                          "method_options).")
     rows = []
     for name, seed, template in each_run(configs, names, seeds, work_dir, json_out, first_seed):
         cfg = parse_config({**template, "seed": seed, "output_dir": str(work_dir / suite / name / f"seed-{seed}")})
@@ -285,9 +289,13 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
                 acc, val_acc = t_acc, t_val
             else:
                 lab = method == "labeled-only"
-                info = train(ctx, store, method=None if lab else method, labeled_only=lab, name=method)
-                acc = accuracy(student_test_probs(ctx, method), y_test)
-                val_acc = accuracy(student_probs(ctx, method, ctx.splits.val), y_val)
+                trained, options = _options_of(method) or (method, None)
+                mctx = ctx if options is None else replace(ctx, cfg=ctx.cfg.model_copy(
+                    update={"method_options": {**ctx.cfg.method_options, **options}}))
+                name = method.replace("@", "-").replace("=", "-").replace("+", "-")  # a file name
+                info = train(mctx, store, method=None if lab else trained, labeled_only=lab, name=name)
+                acc = accuracy(student_test_probs(mctx, name), y_test)
+                val_acc = accuracy(student_probs(mctx, name, ctx.splits.val), y_val)
             # val_accuracy: what a user can see to choose a method (V also fits the corrections)
             row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
                    "seconds": time.perf_counter() - t1}
@@ -297,6 +305,29 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
             _append_row(json_out, row)
             log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
     return rows
+
+
+def _options_of(spec: str) -> tuple[str, dict] | None:
+    """A method with its own options as the benchmark names it, "lelp@lelp_directions=3" (values
+    read as YAML scalars; `+` between several), as (method, options), checked; None if `spec` is
+    not of that form (a plain method, or method@λ)."""
+    import yaml
+
+    from ..methods import METHODS, check_method_options
+    name, at, rest = spec.partition("@")
+    if not at or "=" not in rest:
+        return None
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r} in {spec!r}; available: {', '.join(sorted(METHODS))}.")
+    options = {}
+    for part in rest.split("+"):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"method variant {spec!r}: write method@key=value(+key=value), e.g. "
+                              "lelp@lelp_directions=3.")
+        options[key] = yaml.safe_load(value)
+    check_method_options(name, options)
+    return name, options
 
 
 def _is_lambda(name: str) -> bool:
