@@ -156,6 +156,13 @@ def test_per_batch_weights_are_the_in_memory_weights(disk):
                     val_labels=yv)
 
 
+def test_auto_from_disk_without_teacher_outputs_on_v_names_the_fix(disk):
+    from mentor.students.stream import stream_auto_plan
+    with pytest.raises(ConfigError, match="needs the teacher's outputs on the validation set V"):
+        stream_auto_plan(lambda plan: None, n_classes=C, joined_dir=disk["joined"], teacher_probs_val=None,
+                         val_labels=disk["val"][1])
+
+
 def test_a_plans_own_distill_weight_replaces_the_configs(disk):
     """auto's method@λ candidates from disk: StreamPlan.distill_weight acts as train.distill_weight would."""
     from mentor.students.stream import StreamPlan

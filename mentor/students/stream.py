@@ -562,12 +562,13 @@ def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *,
     a fresh student with that plan (None: on A alone, the labeled-only candidate) and returns its
     probabilities on V. Returns the chosen candidate's plan fitted on all of V (labeled-only: a plan
     with λ = 0, which the caller trains on A alone); the choice is in its info["auto"]."""
-    from ..methods import (COMMON_OPTIONS, METHOD_OPTIONS, auto_choice, check_method_options, parse_candidate,
-                           streams)
+    from ..methods import (COMMON_OPTIONS, METHOD_OPTIONS, MethodContext, _require_val, auto_choice,
+                           check_method_options, parse_candidate, streams)
     options = dict(options or {})
     check_method_options("auto", options)
     if not streams("auto", options):
         raise ConfigError(cannot_stream("auto", options) + ".")
+    _require_val(MethodContext(n_classes, np.zeros((0, n_classes)), teacher_probs_val, val_labels), "auto")
     tv, yv = np.asarray(teacher_probs_val), np.asarray(val_labels)
 
     def plan_of(name, keep=None):
