@@ -110,8 +110,8 @@ def cannot_stream(method: str, options: dict | None = None) -> str:
         return (f"method 'auto' trains from disk only if every candidate does, and {', '.join(bad)} cannot (it needs "
                 "the whole pool in memory): set train.data_path: memory, or list in method_options.auto_candidates "
                 f"only labeled-only, method@λ and methods of {', '.join(STREAM_METHODS)}")
-    return (f"method {method!r} needs the whole pool in memory (it trains a first student on it, fits a model to "
-            "its features or chooses among trained students), so it cannot train from disk: set "
+    return (f"method {method!r} cannot train from disk (only methods computed per batch from the teacher's "
+            "probabilities can; it needs the whole pool in memory or changes the student): set "
             f"train.data_path: memory, or use one of {', '.join(STREAM_METHODS)} (or auto with those candidates)")
 
 
