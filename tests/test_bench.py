@@ -34,8 +34,10 @@ def test_a_method_with_its_own_options_is_one_more_row(tmp_path):
                        "split": {"n_labeled": 20, "n_val": 200, "n_test": 300},
                        "teacher": {"kind": "file", "path": "x"}, "student": {"kind": "logistic"},
                        "train": {"epochs": 2, "min_steps": 0}}}
+    lines = []
     rows = bench.quality("custom", seeds=1, methods=["threshold", "threshold@threshold=0.9"], configs=configs,
-                         work_dir=tmp_path, log=lambda *_: None)
+                         work_dir=tmp_path, log=lines.append)
+    assert [line.split()[0] for line in lines[-2:]] == ["syn", "syn"]  # the log names the data set
     assert [r["method"] for r in rows] == ["threshold", "threshold@threshold=0.9"]
     ctx = open_run(tmp_path / "custom" / "syn" / "seed-0")
     assert load_student(ctx, "threshold-threshold-0.9")[2]["threshold"] == 0.9

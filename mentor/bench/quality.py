@@ -292,10 +292,10 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
                 trained, options = _options_of(method) or (method, None)
                 mctx = ctx if options is None else replace(ctx, cfg=ctx.cfg.model_copy(
                     update={"method_options": {**ctx.cfg.method_options, **options}}))
-                name = method.replace("@", "-").replace("=", "-").replace("+", "-")  # a file name
-                info = train(mctx, store, method=None if lab else trained, labeled_only=lab, name=name)
-                acc = accuracy(student_test_probs(mctx, name), y_test)
-                val_acc = accuracy(student_probs(mctx, name, ctx.splits.val), y_val)
+                student = method.replace("@", "-").replace("=", "-").replace("+", "-")  # its file name
+                info = train(mctx, store, method=None if lab else trained, labeled_only=lab, name=student)
+                acc = accuracy(student_test_probs(mctx, student), y_test)
+                val_acc = accuracy(student_probs(mctx, student, ctx.splits.val), y_val)
             # val_accuracy: what a user can see to choose a method (V also fits the corrections)
             row = {**base, "method": method, "test_accuracy": acc, "val_accuracy": val_acc,
                    "seconds": time.perf_counter() - t1}
