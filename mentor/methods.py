@@ -85,7 +85,8 @@ def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, pla
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
 # the methods that train from disk (train.data_path: stream): per batch from the teacher's
 # probabilities and what they fit on V (mentor.students.stream.stream_plan); the others need the
-# whole pool in memory (a first student trained on it, a model of its features, trained candidates)
+# whole pool in memory (a first student trained on it, a model of its features) or change the student;
+# auto streams when all its candidates do (streams())
 STREAM_METHODS = ("vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin", "weighted-margin-hard",
                   "slam", "slam-hard", "slam-normalized", "threshold", "forward-correction", "taid", "dkd")
 

@@ -24,17 +24,12 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     """A strategy as the benchmark names it: "rad", or a variant "rad@rad_rounding=pairs+rad_m_scale=0.5"
     (active-config keys set for that strategy only; values read as YAML scalars). The bench-only
     key `rounds=R` replaces the default budget by R equal batches up to 33% of the pool."""
-    import yaml
+    from .quality import key_values
     name, _, rest = spec.partition("@")
     if name not in SELECTORS:
         raise ConfigError(f"unknown strategy {name!r} in {spec!r}; available: {', '.join(sorted(SELECTORS))}.")
-    keys = {}
-    for part in filter(None, rest.split("+")):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"strategy variant {spec!r}: write name@key=value(+key=value), e.g. rad@rad_rounding=pairs.")
-        keys[key] = yaml.safe_load(value)
-    return name, keys
+    return name, key_values(rest, f"strategy variant {spec!r}: write name@key=value(+key=value), e.g. "
+                                  "rad@rad_rounding=pairs.")
 
 
 def _budget(n_pool: int, rounds: int | None) -> list[int]:

@@ -311,23 +311,30 @@ def _options_of(spec: str) -> tuple[str, dict] | None:
     """A method with its own options as the benchmark names it, "lelp@lelp_directions=3" (values
     read as YAML scalars; `+` between several), as (method, options), checked; None if `spec` is
     not of that form (a plain method, or method@λ)."""
-    import yaml
-
     from ..methods import METHODS, check_method_options
     name, at, rest = spec.partition("@")
     if not at or "=" not in rest:
         return None
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r} in {spec!r}; available: {', '.join(sorted(METHODS))}.")
-    options = {}
-    for part in rest.split("+"):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"method variant {spec!r}: write method@key=value(+key=value), e.g. "
-                              "lelp@lelp_directions=3.")
-        options[key] = yaml.safe_load(value)
+    options = key_values(rest, f"method variant {spec!r}: write method@key=value(+key=value), e.g. "
+                               "lelp@lelp_directions=3.")
     check_method_options(name, options)
     return name, options
+
+
+def key_values(text: str, usage: str) -> dict:
+    """"a=1+b=x" as {"a": 1, "b": "x"} (values read as YAML scalars): the settings of a benchmark
+    variant after its @ (bench quality's methods, bench active's strategies); ConfigError(usage)
+    for a part that is not key=value."""
+    import yaml
+    out = {}
+    for part in filter(None, text.split("+")):
+        key, eq, value = part.partition("=")
+        if not eq or not key:
+            raise ConfigError(usage)
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _is_lambda(name: str) -> bool:

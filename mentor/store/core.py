@@ -64,11 +64,10 @@ def _as_ids(ids) -> np.ndarray:
     return np.asarray(ids).astype(str).reshape(-1)
 
 
-def _first_new(ids: np.ndarray, stored) -> np.ndarray:
+def _first_new(ids: np.ndarray, stored: IdIndex) -> np.ndarray:
     """Mask of ids not in `stored` and not repeated earlier in `ids`: each is paid for once."""
     lst = ids.tolist()
-    mask = ~stored.contains(lst) if hasattr(stored, "contains") else \
-        ~np.fromiter(map(stored.__contains__, lst), bool, len(lst))
+    mask = ~stored.contains(lst)
     if len(set(lst)) != len(lst):  # repeats within the request: keep the first of each
         first = np.zeros(len(lst), bool)
         first[np.unique(ids, return_index=True)[1]] = True

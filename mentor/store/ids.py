@@ -93,7 +93,6 @@ class IdIndex:
         self._chunks: list[pa.Array] = []  # ids merged so far, in stored order
         self._n = 0
         self._recent: dict[str, int] = {}  # ids added since the last merge -> position (stored order)
-        self._merged = 0  # ids merged into the sorted arrays (positions 0 .. merged - 1)
         self._hash = np.empty(0, np.int64)  # hashes of the ids merged so far, sorted
         self._pos = np.empty(0, np.int64)   # their positions, in the same order
         self._bits = np.zeros(1, np.uint8)  # bit filter of those hashes (_set_bits)
@@ -104,7 +103,6 @@ class IdIndex:
             h = np.concatenate([_array_hashes(p) for p in parts])
             order = np.argsort(h, kind="stable")
             self._chunks, self._n = [p for p in parts if len(p)], len(h)
-            self._merged = self._n
             self._hash, self._pos = h[order], order.astype(np.int64)
             self._set_bits()
             dup = self._repeated()
@@ -218,7 +216,7 @@ class IdIndex:
         else:
             self._set_bits(h)  # the new hashes' bits only
         self._chunks.append(pa.array(keys, pa.string()))
-        self._recent, self._merged, self._all = {}, self._n, None
+        self._recent, self._all = {}, None
 
     def _in_merged(self, ids: list[str]) -> bool:
         """Whether any of `ids` is among the merged ids."""
@@ -246,9 +244,3 @@ class IdIndex:
                 return p
             seen[i] = p
         return None
-
-    # ------------------------------------------------------------------------------------ memory
-
-    def nbytes(self) -> int:
-        """Bytes held: the Arrow ids, the sorted arrays (the recent dict is not counted)."""
-        return sum(c.nbytes for c in self._chunks) + self._hash.nbytes + self._pos.nbytes
