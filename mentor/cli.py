@@ -517,6 +517,7 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
                   server_url: Optional[str] = typer.Option(None, help="An OpenAI-compatible server serving SmolLM2 "
                                                           "(default: start llama.cpp's on 127.0.0.1 for the run)."),
                   students: bool = typer.Option(True, help="Also distil students from the LLM."),
+                  teachers: bool = typer.Option(True, help="Score the teacher grid (--no-teachers: students only)."),
                   work_dir: Path = typer.Option(Path("bench-out/llm"), help="Run folders and stores."),
                   active: bool = typer.Option(False, "--active", help="Instead: `mentor active` with the LLM (through "
                                               "the server, priced per token): accuracy against money for rad, margin "
@@ -540,7 +541,8 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
         return
     from .bench.llm import bench_llm, summarize_llm
     rows = bench_llm(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, server_url=server_url,
-                     datasets=datasets.split(",") if datasets else None, students=students, log=out)
+                     datasets=datasets.split(",") if datasets else None, students=students,
+                     teachers=teachers, log=out)
     out(summarize_llm(rows))
 
 

@@ -264,3 +264,17 @@ def test_bench_quality_cli_takes_a_first_seed(tmp_path):
     assert {r["seed"] for r in rows} == {2} and rows
     bad = CliRunner().invoke(app, ["bench", "quality", "--first-seed", "-1"])
     assert bad.exit_code == 2 and "--first-seed" in bad.output
+
+
+@pytest.mark.parametrize("suite", ["smoke", "shots", "standard"])
+def test_every_llm_suite_split_fits_its_data(tmp_path, suite):
+    """Each llm suite's split prepares on both data sets: `standard` asked fortunes4 (1,331 usable
+    texts) for 2,400 and failed before its first row."""
+    from mentor.bench.llm import llm_suite
+    from mentor.pipeline import prepare
+    spec = llm_suite(suite)
+    for name, data in spec["data"].items():
+        split = spec.get("split_of", {}).get(name, spec["split"])
+        ctx = prepare(parse_config({"data": data, "split": split, "student": {"kind": "tfidf"},
+                                    "teacher": {"kind": "llm"}, "output_dir": str(tmp_path / name)}), force=True)
+        assert len(ctx.splits.test) == split["n_test"] and len(ctx.splits.pool) > 0

@@ -51,7 +51,9 @@ def llm_suite(suite: str) -> dict:
         "shots": {"split": {"n_labeled": 40, "n_val": 60, "n_test": 60, "n_pool": 120}, "n_teacher": 30,
                   "n_server_exact": 6, "students": False,
                   "grid": [("local", "label-likelihood", 1, "similar"), ("server", "top-logprobs", 1, "similar")]},
+        # fortunes4 has 1,331 usable texts: its pool is what is left after A, V and test (~530)
         "standard": {"split": {"n_labeled": 100, "n_val": 300, "n_test": 500, "n_pool": 1500}, "n_teacher": 200,
+                     "split_of": {"fortunes4": {"n_labeled": 100, "n_val": 300, "n_test": 400, "n_pool": None}},
                      "n_server_exact": 40,
                      "grid": [(b, m, k) for b in ("local", "server") for m in ("label-likelihood",) for k in (0, 1)]
                      + [("local", "label-likelihood-calibrated", k) for k in (0, 1)]
@@ -106,9 +108,11 @@ def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
 def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = None,
               work_dir: Path = Path("bench-out/llm"), datasets: list[str] | None = None,
               server_url: str | None = None, model_path: str | None = None, students: bool = True,
-              log: Callable = print) -> list[dict]:
+              teachers: bool = True, log: Callable = print) -> list[dict]:
     """Teacher rows for every grid entry, then student rows; starts a llama.cpp server on
-    127.0.0.1 for the run unless `server_url` points at one."""
+    127.0.0.1 for the run unless `server_url` points at one. The students' teacher (zero-shot,
+    so its answer does not depend on the seed) keeps one store per data set across seeds: an
+    example in several seeds' splits is paid once, as a user reusing `store.path` would."""
     from ..config import parse_config
     from ..pipeline import prepare
     from ..teachers.llm.teacher import build_llm_teacher
@@ -122,19 +126,22 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
     from .quality import start_rows
     start_rows(json_out, names)
     rows: list[dict] = []
+    grid = spec["grid"] if teachers else []
     with contextlib.ExitStack() as stack:
-        if server_url is None and any(g[0] == "server" for g in spec["grid"]):
+        if server_url is None and any(g[0] == "server" for g in grid) or (
+                students and spec.get("students", True) and spec["student_teacher"]["backend"] == "server"):
             from ..teachers.llm.llamacpp import llama_server
             server_url = stack.enter_context(llama_server(model_path=model_path))
         for name in names:
-            template = {"data": spec["data"][name], "split": spec["split"], "student": {"kind": "tfidf"},
+            split = spec.get("split_of", {}).get(name, spec["split"])
+            template = {"data": spec["data"][name], "split": split, "student": {"kind": "tfidf"},
                         "train": {"epochs": 20}}
-            for seed in range(seeds):
+            for seed in range(seeds if grid else 0):
                 out = Path(work_dir) / suite / name / f"seed-{seed}"
                 ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
                                             "teacher": {"kind": "llm"}}), force=True)
                 a = ctx.splits.labeled
-                for backend, mode, shots, *sel in spec["grid"]:
+                for backend, mode, shots, *sel in grid:
                     sel = sel[0] if sel else "per-class"
                     n_shots = shots * ctx.n_classes if sel in ("per-class", "similar") else 0
                     exact_on_server = backend == "server" and mode.startswith("label-likelihood")
@@ -160,8 +167,10 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                         f"abstain={row['abstain_rate']:.2f} {row['seconds_per_example']:.2f} s/ex")
             if students and spec.get("students", True):
                 st = spec["student_teacher"]
+                assert st["shots"] == 0, "a store shared across seeds needs a teacher without shots from A"
                 llm = _llm_section(st["backend"], st["scoring"], st["shots"], server_url, model_path)
-                cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}}}
+                store = Path(work_dir) / "students" / suite / name / "store"
+                cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}, "store": {"path": str(store)}}}
                 for r in quality(suite, seeds=seeds, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
                                  work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
                     r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": st["backend"]}
