@@ -194,3 +194,39 @@ def test_a_ledger_line_the_full_disk_cut_is_never_counted(tmp_path):
         finally:
             ledger.close()
             again.close()
+
+
+def test_a_labeler_alone_on_its_store_lists_the_folder_on_few_calls(tmp_path, monkeypatch):
+    """Looking for a crashed writer's leftovers lists the folder; alone on the store, nothing can
+    leave any, so 50 calls list it only after a load or a change of the folder's names."""
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
+    listed = []
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p=".": listed.append(p) or real(p))
+    teacher = Teacher()
+    store.label(teacher, chunks(np.array([f"r{i}" for i in range(1000)])))
+    assert len(teacher.asked) == 1000
+    assert len(listed) <= 3, len(listed)  # 50 before
+
+
+def test_a_shard_left_without_its_ledger_line_during_a_run_is_adopted_not_paid_again(tmp_path):
+    """Another process's `write()` killed after its shard but before its ledger line leaves a shard
+    only the folder's names show (no ledger line, no call in flight): the next call still finds
+    and adopts it, so its ids are not sent to the teacher."""
+    import shutil
+    import time
+    elsewhere = TeacherStore(tmp_path / "elsewhere", fingerprint="log-test", n_classes=C)
+    elsewhere.write(IDS[100:120], probs_of(IDS[100:120]))
+    shard = next(p for p in (tmp_path / "elsewhere").iterdir() if p.name.startswith("shard-"))
+    store = TeacherStore(tmp_path / "s", fingerprint="log-test", n_classes=C, shard_size=10**6)
+    teacher = Teacher()
+
+    def batches():
+        yield from chunks(IDS[:20])
+        time.sleep(0.02)  # past the file system's timestamp tick
+        shutil.copy(shard, tmp_path / "s" / "shard-009999.parquet")
+        yield from chunks(IDS[100:120])
+
+    store.label(teacher, batches())
+    assert teacher.asked == IDS[:20].tolist()
+    assert np.array_equal(store.read(IDS[100:120]), probs_of(IDS[100:120]))

@@ -162,6 +162,7 @@ class TeacherStore:
         self._frames: dict[str, pa.Table] = {}  # row-log frames (pending rows) as tables, once verified
         self._log: tuple[str, int] | None = None  # the row log this object appends to, and its open fd
         self._applied = 0  # ledger shard events already reflected in self._manifest
+        self._scan_mark = None  # what `_maybe_leftovers` saw at the last scan (None: scan)
         self._dirty = False  # shards committed in the ledger but not yet in the manifest file
         self._lock = FolderLock(self.path, write=self.writable)
         with self._locked():
@@ -438,7 +439,7 @@ class TeacherStore:
         def claim(ids, inputs):
             """Under the lock: lease the ids not stored and not leased, recording the call in the ledger."""
             with self._locked():
-                self._sync()
+                self._sync(scan=self._maybe_leftovers())
                 self._refuse_if_quarantined()
                 mask = _first_new(ids, self._index)
                 leases = self._ledger.live_leases() if mask.any() else {}
@@ -707,6 +708,19 @@ class TeacherStore:
                         stray.append(self.path / name)  # it holds a frame never committed
         return stray
 
+    def _maybe_leftovers(self) -> bool:
+        """Whether a crashed writer may have left something `_scan` must find since this object
+        last looked: only another process can (this one's own calls end with their outcome), and
+        one that sends a call records it in the ledger first. So: the first look after a load, a
+        ledger line this object did not write, a call in flight that is not this process's (a dead
+        one's frame may be in a row log), or a change of the folder's names. A labeling process
+        alone on its store skips the listing on most calls."""
+        mark = (self._ledger.lines_read, os.stat(self.path).st_mtime_ns)
+        if mark == self._scan_mark and not self._ledger.open_elsewhere():
+            return False
+        self._scan_mark = mark
+        return True
+
     def _sync(self, *, scan: bool = True) -> bool:
         """Catch up with other processes (rows they committed in the ledger, a manifest they
         rewrote) and, with `scan`, with leftovers of crashed writers. True if anything changed."""
@@ -755,6 +769,7 @@ class TeacherStore:
         delete leftover .tmp files and adopt orphan shards."""
         had_ledger = self._ledger.exists()
         self._ledger.refresh()
+        self._scan_mark = None
         self._small.clear()
         m = self._read_or_rebuild()
         mine = {k: getattr(self, k) for k in SETTINGS}

@@ -189,11 +189,11 @@ class IdIndex:
     def add(self, ids, *, checked: bool = False) -> bool:
         """Append `ids` (a list, or Arrow strings) after the stored ones; False (and nothing
         added) if one is already stored or repeats within `ids`. `checked`: the caller has just
-        looked them up (`positions`), so the merged ids are not searched again."""
+        looked them up (`positions`: recent and merged ids), so they are not searched again."""
         lst = ids.to_pylist() if isinstance(ids, (pa.Array, pa.ChunkedArray)) else list(ids)
         recent = self._recent
-        if len(set(lst)) != len(lst) or any(map(recent.__contains__, lst)) or \
-                (not checked and len(self._hash) and self._in_merged(lst)):
+        if len(set(lst)) != len(lst) or not checked and (
+                any(map(recent.__contains__, lst)) or len(self._hash) and self._in_merged(lst)):
             return False
         recent.update(zip(lst, range(self._n, self._n + len(lst))))
         self._n += len(lst)

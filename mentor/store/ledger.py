@@ -92,6 +92,7 @@ class Ledger:
         self.path = Path(folder) / LEDGER_NAME
         self.lease_timeout_s = float(lease_timeout_s)
         self._pos = 0
+        self.lines_read = 0  # batches of lines read from the file (not appended by this object)
         self.spent = 0.0
         self.n_calls = 0
         self.open: dict[str, dict] = {}  # call -> its send record (ids included): the leases
@@ -150,6 +151,7 @@ class Ledger:
             chunks.append(chunk)
         data = b"".join(chunks)
         end = data.rfind(b"\n") + 1  # a line still being written (or torn by a crash) waits
+        self.lines_read += bool(end)
         at = self._pos
         for line in data[:end].split(b"\n")[:-1]:
             at += len(line) + 1
@@ -215,6 +217,12 @@ class Ledger:
     def position(self) -> int:
         """Bytes read so far: a manifest written now reflects every record before this point."""
         return self._pos
+
+    def open_elsewhere(self) -> bool:
+        """Whether a call without an outcome is not in flight in this process (another process's,
+        live or dead, or one this process abandoned)."""
+        with _LIVE_LOCK:
+            return any(c not in _LIVE_CALLS for c in self.open)
 
     def quarantine_records(self) -> list[dict]:
         """The quarantine records not resolved yet."""
