@@ -230,3 +230,59 @@ def test_a_shard_left_without_its_ledger_line_during_a_run_is_adopted_not_paid_a
     store.label(teacher, batches())
     assert teacher.asked == IDS[:20].tolist()
     assert np.array_equal(store.read(IDS[100:120]), probs_of(IDS[100:120]))
+
+
+def one_per_call(ids):
+    for i in ids:
+        yield np.array([i]), np.zeros((1, 1))
+
+
+def test_a_service_storing_one_answer_per_call_does_not_keep_every_ledger_event(tmp_path, monkeypatch):
+    """`label(..., checkpoint=False)` once per request (what `mentor serve --cascade` does) held every
+    call's ledger event in memory (~0.8 kB each) for as long as it ran; the manifest is now written
+    at a flush once many are held, and the events it covers are forgotten. Nothing stored is lost:
+    a lost manifest is rebuilt from the ledger file, and another process reads every row."""
+    from mentor.store import core
+    monkeypatch.setattr(core, "EVENTS_HELD", 16)
+    ids = np.array([f"r{i}" for i in range(200)])
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10)
+    for chunk in one_per_call(ids):
+        store.label(Teacher(), [chunk], checkpoint=False)
+    assert len(store._ledger.events) < 16 + 12 and store._ledger.forgotten > 150
+    assert np.array_equal(TeacherStore.open(tmp_path).read(ids), probs_of(ids))
+    (tmp_path / "_manifest.json").unlink()
+    teacher = Teacher()
+    store.label(teacher, one_per_call(ids[:5]), checkpoint=False)  # rebuilt, with the forgotten events
+    assert teacher.asked == [] and len(store) == 200 and store.spent == pytest.approx(100.0)
+    assert np.array_equal(store.read(ids), probs_of(ids))
+
+
+def test_an_orphan_frame_is_adopted_by_a_writer_that_forgot_its_events(tmp_path, monkeypatch):
+    """A writer that has forgotten the events of its committed frames still tells them from a
+    killed writer's uncommitted one: only the orphan is adopted, no row twice."""
+    from mentor.store import core
+    monkeypatch.setattr(core, "EVENTS_HELD", 4)
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
+    monkeypatch.setattr(store, "_checkpoint", lambda: None)
+    for chunk in one_per_call(IDS[:30]):
+        store.label(Teacher(), [chunk])
+    store._commit()
+    assert store._ledger.forgotten >= 30 and len(logs(tmp_path)) == 1
+    other = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
+    append = other._ledger.append
+
+    def killed(record, **kw):
+        if record["e"] == "done":
+            raise KeyboardInterrupt
+        return append(record, **kw)
+    other._ledger.append = killed
+    other._checkpoint = other._record_failure = lambda *a: None  # a killed process does neither
+    with pytest.raises(KeyboardInterrupt):
+        other.label(Teacher(), chunks(IDS[100:110]))
+    teacher = Teacher()
+    store.label(teacher, chunks(np.concatenate([IDS[:30], IDS[100:110], IDS[30:40]])))
+    assert teacher.asked == IDS[30:40].tolist()
+    assert len(store) == 50
+    again = TeacherStore.open(tmp_path)
+    want = np.concatenate([IDS[:40], IDS[100:110]])
+    assert len(again) == 50 and np.array_equal(again.read(want), probs_of(want))

@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 QUARANTINE = "_quarantine"  # damaged shards are moved here (Parquet readers skip `_` folders)
 SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".parquet"
+EVENTS_HELD = 4096  # a run that has seen this many shard events writes the manifest at its next flush
 PRECISIONS = {"float32": pa.float32(), "float16": pa.float16()}
 # settings that change what a stored row means; a store only accepts requests that agree on all
 SETTINGS = ("fingerprint", "n_classes", "top_k", "precision", "temperature")
@@ -671,6 +672,7 @@ class TeacherStore:
         _atomic_write(self.path / MANIFEST_NAME, json.dumps(m, separators=(",", ":")).encode())
         self._sig = file_sig(self.path / MANIFEST_NAME)
         self._dirty = False
+        self._ledger.forget_events(m["ledger_pos"], self._applied)
 
     def checkpoint(self) -> None:
         """Write the rows still in the row log as a Parquet shard, and the manifest (what every
@@ -736,7 +738,7 @@ class TeacherStore:
 
     def _apply_new(self) -> bool:
         """Apply the ledger's shard events since the last look (another process's calls)."""
-        new = [r for _, r in self._ledger.events[self._applied:]]
+        new = self._ledger.events_since(self._applied)
         if not new:
             return False
         if any(r["e"] in ("merge", "quarantine", "flush") for r in new):
@@ -757,7 +759,7 @@ class TeacherStore:
                 self._manifest["shards"].append(dict(entry))
             if not reindex:
                 self._add_to_index(ids, _key(entry))
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         self._dirty = True
         if reindex:
             self._load_index()
@@ -799,11 +801,11 @@ class TeacherStore:
                     p.unlink()
         # what the ledger recorded after the manifest was written (everything, if it was rebuilt)
         after = 0 if rebuilt else m.get("ledger_pos", 0)
-        if any(end > after for end, _ in self._ledger.events):
-            m["shards"], m["pending"] = _replay(m["shards"], m["pending"],
-                                                [r for end, r in self._ledger.events if end > after])
+        events = self._ledger.shard_events_after(after)
+        if events:
+            m["shards"], m["pending"] = _replay(m["shards"], m["pending"], events)
             dirty = True
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         bad, sound = [], []
         for entry in self._parts():
             ids, why = self._check_shard(entry)
@@ -949,7 +951,7 @@ class TeacherStore:
             self._checked.pop(key, None)
             self._ledger.append({"e": "quarantine", "shard": key, "rows": entry["rows"],
                                  "sha256": entry["sha256"], "why": why})
-            self._applied = len(self._ledger.events)
+            self._applied = self._ledger.n_events
             if warn:
                 warnings.warn(StoreWarning(self._damage_message(entry, why)), stacklevel=4)
         if commit:
@@ -1041,7 +1043,7 @@ class TeacherStore:
                                  "note": "adopted after a crash", **paid})
         else:
             self._ledger.append({"e": "adopt", "entry": entry})
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         self._manifest["shards"].append(entry)
         self._checked[p.name] = (file_sig(p), entry["sha256"], _id_array(table))
         if self._manifest["pending"]:  # it goes before the row log's rows
@@ -1057,7 +1059,7 @@ class TeacherStore:
         dest = q / p.name if not (q / p.name).exists() else q / f"{p.name}.{int(time.time() * 1000)}"
         os.replace(p, dest)
         self._ledger.append({"e": "quarantine", "shard": p.name, "rows": -1, "sha256": _sha256_file(dest), "why": why})
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         warnings.warn(StoreWarning(self._damage_message({"file": p.name, "rows": -1}, why)), stacklevel=4)
 
     def _check(self, probs, ids: np.ndarray, name: str) -> np.ndarray:
@@ -1154,7 +1156,7 @@ class TeacherStore:
             except OSError as e:
                 raise self._io_error(e, "record a stored shard", f"The rows are kept in {entry['file']}, which the "
                                      "next open adopts.") from None
-            self._applied = len(self._ledger.events)
+            self._applied = self._ledger.n_events
             self._manifest["shards"].append(entry)
             self._dirty = True
             self._add_to_index(id_list, entry["file"], checked=True)
@@ -1187,7 +1189,7 @@ class TeacherStore:
         """A frame just committed in the ledger joins the stored rows (after all others);
         `id_list`: its ids as Python strings where the caller has them (their hashes are cached)."""
         key, ids = _key(ref), _id_array(table)
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         self._manifest["pending"].append(ref)
         self._checked[key], self._frames[key] = (None, ref["sha256"], ids), table
         self._dirty = True
@@ -1255,7 +1257,7 @@ class TeacherStore:
         ids = pa.concat_arrays([self._checked[k][2] for k in keys])
         entry = self._write_shard(table, spent=0.0, calls=0, ids=ids)
         self._ledger.append({"e": "flush", "entry": entry, "frames": keys})
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         self._manifest["shards"].append(entry)
         self._manifest["pending"] = []
         self._dirty = True
@@ -1273,13 +1275,15 @@ class TeacherStore:
                 if size == self._ledger.frame_end.get(p.name, 0) and (final or size > rowlog.ROTATE_BYTES):
                     p.unlink()
         self._merge(final=False)
+        if self._dirty and len(self._ledger.events) >= EVENTS_HELD:  # e.g. a service storing one answer per call
+            self._commit()  # the manifest holds them now: the ledger forgets them
 
     def _adopt_log(self, p: Path) -> None:
         """Take in the frames of row log `p` whose commit line was never written (the writer was
         killed after the frame), keeping only ids not stored yet; delete the log if no frame in it
         is still needed."""
         committed = set()
-        for _, r in self._ledger.events:
+        for r in self._ledger.shard_events_after(0):
             if r.get("frame"):
                 committed.add(_key(r["frame"]))
             committed.update(r.get("frames", ()))
@@ -1341,7 +1345,7 @@ class TeacherStore:
             self._ledger.append({"e": "merge", "entry": entry, "old": replaced})  # logged: a lost manifest replays it
             old += replaced
             new[first:last] = [entry]
-        self._applied = len(self._ledger.events)
+        self._applied = self._ledger.n_events
         self._manifest["shards"] = new
         self._commit()
         self._update_offsets()

@@ -106,6 +106,10 @@ class Ledger:
         # what happened to the shard list, with the ledger position after each record: the
         # manifest is a checkpoint up to a position, these records replay what came after it
         self.events: list[tuple[int, dict]] = []
+        # a writer that has written a manifest forgets the events it covers (`forget_events`), so
+        # its memory does not grow with every call; they are read again from the file if needed
+        self.forgotten = 0  # events dropped from the front of `events`
+        self._kept_after = 0  # ledger position: every shard event ending after it is in `events`
         self.frame_end: dict[str, int] = {}  # row log -> end of its last committed frame
         self.header: dict | None = None
         self._fd: int | None = None  # kept open: one open per store, not one per record
@@ -165,11 +169,50 @@ class Ledger:
 
     def _event(self, at: int, r: dict) -> None:
         """Note a record that changes the shard list (and where in the ledger it ends)."""
-        if r.get("e") in SHARD_EVENTS and (r["e"] != "done" or "entry" in r or "frame" in r):
+        if _is_shard_event(r):
             self.events.append((at, r))
             f = r.get("frame")
             if f:
                 self.frame_end[f["log"]] = max(self.frame_end.get(f["log"], 0), f["at"] + f["bytes"])
+
+    # ------------------------------------------------------------------------------ shard events
+
+    @property
+    def n_events(self) -> int:
+        """Shard events seen so far (forgotten ones included): a mark for `events_since`."""
+        return self.forgotten + len(self.events)
+
+    def events_since(self, n: int) -> list[dict]:
+        """The shard events after the first `n` (none of them forgotten: only applied ones are)."""
+        return [r for _, r in self.events[max(0, n - self.forgotten):]]
+
+    def shard_events_after(self, pos: int) -> list[dict]:
+        """The shard events ending after ledger position `pos` (every one, for pos 0), read again
+        from the file where some of them were forgotten."""
+        if pos >= self._kept_after:
+            return [r for end, r in self.events if end > pos]
+        fd, out, at = self._handle(), [], 0
+        data = os.pread(fd, self._pos, 0) if fd is not None else b""
+        for line in data.split(b"\n")[:-1]:
+            at += len(line) + 1
+            try:
+                r = orjson.loads(line)
+            except ValueError:
+                continue
+            if at > pos and isinstance(r, dict) and _is_shard_event(r):
+                out.append(r)
+        return out
+
+    def forget_events(self, upto: int, applied: int) -> None:
+        """Drop the first events, among the `applied` first, that end at or before ledger position
+        `upto` (a manifest written at `upto` holds what they did)."""
+        k, limit = 0, min(len(self.events), applied - self.forgotten)
+        while k < limit and self.events[k][0] <= upto:
+            k += 1
+        if k:
+            self._kept_after = self.events[k - 1][0]
+            del self.events[:k]
+            self.forgotten += k
 
     def _apply(self, r: dict) -> None:
         e = r["e"]
@@ -312,6 +355,10 @@ class Ledger:
                 "in_flight": {"calls": len(live), "cost": sum(self.cost.get(c, 0.0) for c in live),
                               "owners": sorted({f"pid {r['pid']} on {r['host']}" for r in live.values()})},
                 "carried": {"calls": self.carried[0], "cost": self.carried[1]}}
+
+
+def _is_shard_event(r: dict) -> bool:
+    return r.get("e") in SHARD_EVENTS and (r["e"] != "done" or "entry" in r or "frame" in r)
 
 
 def release(call: str) -> None:
