@@ -102,6 +102,23 @@ def test_a_torn_frame_never_hides_the_frames_after_it(tmp_path, monkeypatch):
     assert third.spent == pytest.approx(40.0)
 
 
+def killed_before_commit(other, ids):
+    """`other` labels `ids` and is killed between its frame and its commit line (no failure
+    record, no checkpoint: a killed process writes neither)."""
+    append = other._ledger.append
+
+    def killed(record, **kw):
+        if record["e"] == "done":
+            raise KeyboardInterrupt
+        return append(record, **kw)
+
+    other._ledger.append = killed
+    other._checkpoint = other._record_failure = lambda *a: None
+    with pytest.raises(KeyboardInterrupt):
+        other.label(Teacher(), chunks(ids))
+    other._ledger.append = append
+
+
 def test_an_answer_written_but_not_committed_is_adopted_even_after_later_frames(tmp_path, monkeypatch):
     """Another writer is killed between its frame and its commit line while this one's call is in
     flight; this one then appends after the orphan frame. The orphan is adopted, not lost."""
@@ -113,18 +130,7 @@ def test_an_answer_written_but_not_committed_is_adopted_even_after_later_frames(
 
     class DiesMeanwhile(Teacher):
         def predict_proba(self, inputs, ids=None):
-            append = other._ledger.append
-
-            def killed(record, **kw):
-                if record["e"] == "done":
-                    raise KeyboardInterrupt
-                return append(record, **kw)
-
-            other._ledger.append = killed
-            other._checkpoint = other._record_failure = lambda *a: None  # a killed process does neither
-            with pytest.raises(KeyboardInterrupt):
-                other.label(Teacher(), chunks(IDS[100:120]))
-            other._ledger.append = append
+            killed_before_commit(other, IDS[100:120])
             return super().predict_proba(inputs, ids)
 
     store.label(DiesMeanwhile(), chunks(IDS[20:40]))
@@ -268,17 +274,7 @@ def test_an_orphan_frame_is_adopted_by_a_writer_that_forgot_its_events(tmp_path,
         store.label(Teacher(), [chunk])
     store._commit()
     assert store._ledger.forgotten >= 30 and len(logs(tmp_path)) == 1
-    other = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
-    append = other._ledger.append
-
-    def killed(record, **kw):
-        if record["e"] == "done":
-            raise KeyboardInterrupt
-        return append(record, **kw)
-    other._ledger.append = killed
-    other._checkpoint = other._record_failure = lambda *a: None  # a killed process does neither
-    with pytest.raises(KeyboardInterrupt):
-        other.label(Teacher(), chunks(IDS[100:110]))
+    killed_before_commit(TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6), IDS[100:110])
     teacher = Teacher()
     store.label(teacher, chunks(np.concatenate([IDS[:30], IDS[100:110], IDS[30:40]])))
     assert teacher.asked == IDS[30:40].tolist()
