@@ -518,6 +518,8 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
                                                           "(default: start llama.cpp's on 127.0.0.1 for the run)."),
                   students: bool = typer.Option(True, help="Also distil students from the LLM."),
                   teachers: bool = typer.Option(True, help="Score the teacher grid (--no-teachers: students only)."),
+                  skip: Optional[str] = typer.Option(None, help="Grid entries to leave out, comma-separated "
+                                                     "backend/scoring (e.g. server/label-likelihood)."),
                   work_dir: Path = typer.Option(Path("bench-out/llm"), help="Run folders and stores."),
                   active: bool = typer.Option(False, "--active", help="Instead: `mentor active` with the LLM (through "
                                               "the server, priced per token): accuracy against money for rad, margin "
@@ -542,7 +544,7 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
     from .bench.llm import bench_llm, summarize_llm
     rows = bench_llm(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, server_url=server_url,
                      datasets=datasets.split(",") if datasets else None, students=students,
-                     teachers=teachers, log=out)
+                     teachers=teachers, skip=skip.split(",") if skip else None, log=out)
     out(summarize_llm(rows))
 
 

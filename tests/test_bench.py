@@ -278,3 +278,15 @@ def test_every_llm_suite_split_fits_its_data(tmp_path, suite):
         ctx = prepare(parse_config({"data": data, "split": split, "student": {"kind": "tfidf"},
                                     "teacher": {"kind": "llm"}, "output_dir": str(tmp_path / name)}), force=True)
         assert len(ctx.splits.test) == split["n_test"] and len(ctx.splits.pool) > 0
+
+
+def test_bench_llm_skip_names_a_grid_entry_or_is_refused_before_anything_starts(tmp_path):
+    """`--skip` leaves grid entries out; a misspelt one is refused (exit 2) before a server or a
+    model is started, naming the entries there are."""
+    from typer.testing import CliRunner
+    from mentor.cli import app
+    r = CliRunner().invoke(app, ["bench", "llm", "--suite", "standard", "--skip", "server/label-likelihod",
+                                 "--work-dir", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert "server/label-likelihood" in r.output and "names no grid entry" in r.output
+    assert not list(tmp_path.iterdir())

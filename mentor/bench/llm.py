@@ -108,11 +108,12 @@ def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
 def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = None,
               work_dir: Path = Path("bench-out/llm"), datasets: list[str] | None = None,
               server_url: str | None = None, model_path: str | None = None, students: bool = True,
-              teachers: bool = True, log: Callable = print) -> list[dict]:
+              teachers: bool = True, skip: list[str] | None = None, log: Callable = print) -> list[dict]:
     """Teacher rows for every grid entry, then student rows; starts a llama.cpp server on
     127.0.0.1 for the run unless `server_url` points at one. The students' teacher (zero-shot,
     so its answer does not depend on the seed) keeps one store per data set across seeds: an
-    example in several seeds' splits is paid once, as a user reusing `store.path` would."""
+    example in several seeds' splits is paid once, as a user reusing `store.path` would.
+    `skip`: grid entries left out, as "backend/scoring" (e.g. "server/label-likelihood")."""
     from ..config import parse_config
     from ..pipeline import prepare
     from ..teachers.llm.teacher import build_llm_teacher
@@ -126,7 +127,11 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
     from .quality import start_rows
     start_rows(json_out, names)
     rows: list[dict] = []
-    grid = spec["grid"] if teachers else []
+    known = {f"{g[0]}/{g[1]}" for g in spec["grid"]}
+    if set(skip or ()) - known:
+        raise ConfigError(f"--skip {sorted(set(skip) - known)} names no grid entry of the {suite} suite; "
+                          f"its entries are {', '.join(sorted(known))}.")
+    grid = [g for g in spec["grid"] if f"{g[0]}/{g[1]}" not in set(skip or ())] if teachers else []
     with contextlib.ExitStack() as stack:
         if server_url is None and any(g[0] == "server" for g in grid) or (
                 students and spec.get("students", True) and spec["student_teacher"]["backend"] == "server"):
