@@ -571,8 +571,9 @@ def bench_serve_cmd(run_dir: Path = typer.Argument(..., help="A finished run wit
 
 @bench_app.command("cascade")
 @_guard
-def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, synthetic-margin; minutes) or "
-                                                "standard (Fashion-MNIST and fortunes at two teacher strengths)."),
+def bench_cascade_cmd(suite: str = typer.Option("smoke", help="smoke (digits, synthetic-margin; minutes), "
+                                                "standard (Fashion-MNIST and fortunes at two teacher strengths) or "
+                                                "llm (SmolLM2 teaching text students, as `bench llm --suite standard`)."),
                       seeds: int = typer.Option(3, help="Number of seeds."),
                       datasets: Optional[str] = typer.Option(None, help="Comma-separated subset of the suite's data sets."),
                       targets: str = typer.Option("0.9,0.95,0.99", help="Comma-separated shares of the teacher's "

@@ -290,3 +290,16 @@ def test_bench_llm_skip_names_a_grid_entry_or_is_refused_before_anything_starts(
     assert r.exit_code == 2, r.output
     assert "server/label-likelihood" in r.output and "names no grid entry" in r.output
     assert not list(tmp_path.iterdir())
+
+
+def test_cascade_llm_suite_is_bench_llms_student_runs_with_stores_in_the_work_dir(tmp_path):
+    """`bench cascade --suite llm` trains on the same data, split, teacher and student settings as
+    `bench llm --suite standard`'s students, so copying that run's stores in pays nothing twice."""
+    from mentor.bench.cascade import cascade_suite
+    from mentor.bench.llm import llm_suite, student_config
+    configs = cascade_suite("llm", tmp_path)
+    assert set(configs) == {"fine-foods", "fortunes4"}
+    for name, c in configs.items():
+        cfg = parse_config({**c, "output_dir": str(tmp_path / "run")})
+        assert cfg.teacher.kind == "llm" and cfg.store.path == str(tmp_path / "stores" / name)
+        assert c == student_config(llm_suite("standard"), name, tmp_path / "stores" / name)

@@ -21,9 +21,15 @@ STUDENTS = ("auto", "vanilla-hard")
 TARGETS = (0.90, 0.95, 0.99)
 
 
-def cascade_suite(suite: str) -> dict[str, dict]:
+def cascade_suite(suite: str, work_dir: Path = Path("bench-out/cascade")) -> dict[str, dict]:
     """smoke: digits and synthetic-margin (minutes); standard: the quality suite's image
-    (Fashion-MNIST) and text (fortunes) entries at both teacher strengths."""
+    (Fashion-MNIST) and text (fortunes) entries at both teacher strengths; llm: SmolLM2 (local,
+    zero-shot label likelihood) teaching TF-IDF students on `bench llm --suite standard`'s data
+    and splits, one store per data set in `work_dir`/stores (copy `bench llm`'s there to pay nothing)."""
+    if suite == "llm":
+        from .llm import llm_suite, student_config
+        spec = llm_suite("standard")
+        return {name: student_config(spec, name, Path(work_dir) / "stores" / name) for name in spec["data"]}
     configs = suite_configs(suite)
     if suite == "smoke":
         return {k: configs[k] for k in ("digits", "synthetic-margin")}
@@ -47,7 +53,7 @@ def bench_cascade(suite: str = "smoke", *, seeds: int = 3, datasets: list[str] |
         if not (0 < t < 1 if absolute else 0 < t <= 1.5):
             raise ConfigError(f"targets are {'accuracies in (0, 1)' if absolute else 'shares of the teacher’s accuracy on V'}"
                               f", e.g. 0.95; got {t}.")
-    configs = configs or cascade_suite(suite)
+    configs = configs or cascade_suite(suite, work_dir)
     names = select_datasets(configs, datasets, suite)
     rows = []
     for name, seed, template in each_run(configs, names, seeds, work_dir, json_out):

@@ -82,6 +82,22 @@ def _llm_section(backend: str, mode: str, shots: int, server_url: str | None, mo
     return llm
 
 
+def run_template(spec: dict, name: str) -> dict:
+    """What every run on data set `name` shares: the data, the suite's split, a TF-IDF student."""
+    return {"data": spec["data"][name], "split": spec.get("split_of", {}).get(name, spec["split"]),
+            "student": {"kind": "tfidf"}, "train": {"epochs": 20}}
+
+
+def student_config(spec: dict, name: str, store: Path, server_url: str | None = None,
+                   model_path: str | None = None) -> dict:
+    """The students' run (partial RunConfig): the suite's zero-shot LLM teacher and one store for
+    every seed (its answers do not depend on the seed, so an example in several splits is paid once)."""
+    st = spec["student_teacher"]
+    assert st["shots"] == 0, "a store shared across seeds needs a teacher without shots from A"
+    llm = _llm_section(st["backend"], st["scoring"], st["shots"], server_url, model_path)
+    return {**run_template(spec, name), "teacher": {"kind": "llm", "llm": llm}, "store": {"path": str(store)}}
+
+
 def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
     """Label `index` (positions in the data) with `teacher` directly and score it on the labels."""
     from ..evaluate import accuracy, confidence_auroc, expected_calibration_error
@@ -138,9 +154,7 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
             from ..teachers.llm.llamacpp import llama_server
             server_url = stack.enter_context(llama_server(model_path=model_path))
         for name in names:
-            split = spec.get("split_of", {}).get(name, spec["split"])
-            template = {"data": spec["data"][name], "split": split, "student": {"kind": "tfidf"},
-                        "train": {"epochs": 20}}
+            template = run_template(spec, name)
             for seed in range(seeds if grid else 0):
                 out = Path(work_dir) / suite / name / f"seed-{seed}"
                 ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
@@ -172,10 +186,8 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                         f"abstain={row['abstain_rate']:.2f} {row['seconds_per_example']:.2f} s/ex")
             if students and spec.get("students", True):
                 st = spec["student_teacher"]
-                assert st["shots"] == 0, "a store shared across seeds needs a teacher without shots from A"
-                llm = _llm_section(st["backend"], st["scoring"], st["shots"], server_url, model_path)
                 store = Path(work_dir) / "students" / suite / name / "store"
-                cfgs = {name: {**template, "teacher": {"kind": "llm", "llm": llm}, "store": {"path": str(store)}}}
+                cfgs = {name: student_config(spec, name, store, server_url, model_path)}
                 for r in quality(suite, seeds=seeds, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
                                  work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
                     r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": st["backend"]}
