@@ -255,6 +255,7 @@ def test_a_service_storing_one_answer_per_call_does_not_keep_every_ledger_event(
     for chunk in one_per_call(ids):
         store.label(Teacher(), [chunk], checkpoint=False)
     assert len(store._ledger.events) < 16 + 12 and store._ledger.forgotten > 150
+    assert not store._ledger.cost and not store._ledger.open  # a finished call leaves its id only
     assert np.array_equal(TeacherStore.open(tmp_path).read(ids), probs_of(ids))
     (tmp_path / "_manifest.json").unlink()
     teacher = Teacher()

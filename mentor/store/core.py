@@ -642,7 +642,7 @@ class TeacherStore:
         `cost`: what it really cost, where the teacher answered and said so."""
         with contextlib.suppress(OSError), self._locked():
             self._ledger.refresh()
-            if call not in self._ledger.outcome:
+            if call not in self._ledger.finished:
                 self._ledger.append({"e": "failed", "call": call, "error": f"{type(e).__name__}: {e}"[:500],
                                      **({} if cost is None else {"cost": cost})})
 
@@ -1022,10 +1022,10 @@ class TeacherStore:
         ids = np.asarray(table.column("id").to_pylist(), dtype=str)
         keep = _first_new(ids, self._index)
         call = meta.get("call")
-        if float(meta.get("spent", 0) or 0) and call not in self._ledger.cost:  # paid before the ledger
+        if float(meta.get("spent", 0) or 0) and not self._ledger.knows(call):  # paid before the ledger
             self._ledger.append({"e": "carried", "cost": float(meta["spent"]) * keep.sum() / len(ids),
                                  "calls": int(meta.get("calls", 0)), "why": f"adopted {p.name}"})
-        answered = bool(call) and call in self._ledger.cost and call not in self._ledger.outcome
+        answered = bool(call) and call in self._ledger.cost  # sent, no outcome yet
         paid = {"cost": float(meta["cost"])} if "cost" in meta else {}
         if not keep.any():
             if answered:
@@ -1311,7 +1311,7 @@ class TeacherStore:
         keep = _first_new(ids, self._index)
         call = meta.get("call")
         paid = {"cost": float(meta["cost"])} if "cost" in meta else {}
-        answered = bool(call) and call in self._ledger.cost and call not in self._ledger.outcome
+        answered = bool(call) and call in self._ledger.cost  # sent, no outcome yet
         if not keep.any():
             if answered:
                 self._ledger.append({"e": "done", "call": call, "stored": 0, "note": "adopted after a crash", **paid})

@@ -96,8 +96,8 @@ class Ledger:
         self.spent = 0.0
         self.n_calls = 0
         self.open: dict[str, dict] = {}  # call -> its send record (ids included): the leases
-        self.cost: dict[str, float] = {}  # call -> cost, for every call sent
-        self.outcome: dict[str, str] = {}  # call -> done | failed | lost
+        self.cost: dict[str, float] = {}  # call -> cost, for calls sent and not finished
+        self.finished: set[str] = set()  # calls with an outcome (done | failed | lost): later ones are ignored
         self.totals = {k: [0, 0.0] for k in OUTCOMES}  # outcome -> [calls, cost]
         self.carried = [0, 0.0]
         self.quarantined: dict[str, int] = {}  # shard -> paid rows it held, until resolved
@@ -217,27 +217,28 @@ class Ledger:
     def _apply(self, r: dict) -> None:
         e = r["e"]
         if e == "lease":
-            if r["call"] not in self.outcome:
+            if r["call"] not in self.finished:
                 self.open[r["call"]] = r
         elif e == "send":
             c = r["call"]
-            self.cost[c] = float(r["cost"])
-            self.spent += self.cost[c]
+            self.spent += float(r["cost"])
             self.n_calls += 1
-            if c not in self.outcome:
+            if c not in self.finished:
+                self.cost[c] = float(r["cost"])
                 self.open[c] = r
         elif e in OUTCOMES:
             c = r["call"]
-            if c in self.outcome or (c not in self.cost and c not in self.open):
+            if c in self.finished or (c not in self.cost and c not in self.open):
                 return
-            self.outcome[c] = e
+            self.finished.add(c)  # its cost goes: a writer that runs for long keeps one id per call
             self.open.pop(c, None)
-            if c in self.cost and r.get("cost") is not None:  # what the call really cost replaces the estimate
-                self.spent += float(r["cost"]) - self.cost[c]
-                self.cost[c] = float(r["cost"])
-            if c in self.cost:  # a lease whose call never started cost nothing
+            cost = self.cost.pop(c, None)
+            if cost is not None and r.get("cost") is not None:  # what the call really cost replaces the estimate
+                self.spent += float(r["cost"]) - cost
+                cost = float(r["cost"])
+            if cost is not None:  # a lease whose call never started cost nothing
                 self.totals[e][0] += 1
-                self.totals[e][1] += self.cost[c]
+                self.totals[e][1] += cost
         elif e == "carried":
             self.carried[0] += int(r["calls"])
             self.carried[1] += float(r["cost"])
@@ -260,6 +261,10 @@ class Ledger:
     def position(self) -> int:
         """Bytes read so far: a manifest written now reflects every record before this point."""
         return self._pos
+
+    def knows(self, call: str | None) -> bool:
+        """Whether `call` was sent (in flight or finished) according to this ledger."""
+        return call in self.cost or call in self.finished
 
     def open_elsewhere(self) -> bool:
         """Whether a call without an outcome is not in flight in this process (another process's,
