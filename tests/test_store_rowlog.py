@@ -283,3 +283,18 @@ def test_an_orphan_frame_is_adopted_by_a_writer_that_forgot_its_events(tmp_path,
     again = TeacherStore.open(tmp_path)
     want = np.concatenate([IDS[:40], IDS[100:110]])
     assert len(again) == 50 and np.array_equal(again.read(want), probs_of(want))
+
+
+def test_a_writer_killed_between_two_calls_of_a_labeler_has_its_answer_adopted_not_repaid(tmp_path, monkeypatch):
+    """Between two `label()` runs of one process, another process sends a call, writes its answer
+    and is killed before committing it (no new file: same row log). The next call must look for
+    that answer (the ledger shows the other's call) before deciding what to pay for."""
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)
+    other = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=10**6)  # opened first
+    monkeypatch.setattr(store, "_checkpoint", lambda: None)
+    store.label(Teacher(), chunks(IDS[:40]))  # two calls: the second looks after the row log's creation
+    killed_before_commit(other, IDS[100:120])
+    teacher = Teacher()
+    store.label(teacher, chunks(IDS[100:120]))
+    assert teacher.asked == []
+    assert np.array_equal(store.read(IDS[100:120]), probs_of(IDS[100:120]))

@@ -717,6 +717,7 @@ class TeacherStore:
         ledger line this object did not write, a call in flight that is not this process's (a dead
         one's frame may be in a row log), or a change of the folder's names. A labeling process
         alone on its store skips the listing on most calls."""
+        self._ledger.refresh()  # first: another process's call must be seen before this look, not after
         mark = (self._ledger.lines_read, os.stat(self.path).st_mtime_ns)
         if mark == self._scan_mark and not self._ledger.open_elsewhere():
             return False
