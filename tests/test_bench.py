@@ -303,3 +303,20 @@ def test_cascade_llm_suite_is_bench_llms_student_runs_with_stores_in_the_work_di
         cfg = parse_config({**c, "output_dir": str(tmp_path / "run")})
         assert cfg.teacher.kind == "llm" and cfg.store.path == str(tmp_path / "stores" / name)
         assert c == student_config(llm_suite("standard"), name, tmp_path / "stores" / name)
+
+
+def test_slow_measurements_draw_their_test_rows_from_every_class(tmp_path):
+    """Split indices are sorted and fortunes is stored one topic after another: the first 200 test
+    rows of fortunes4 were all "computers", so `bench llm`'s teacher rows (and the served inputs of
+    `bench serve`) measured one class. `random_rows` draws them at random, seeded."""
+    from mentor.bench.llm import llm_suite, run_template
+    from mentor.bench.quality import random_rows
+    from mentor.pipeline import prepare
+    spec = llm_suite("standard")
+    ctx = prepare(parse_config({**run_template(spec, "fortunes4"), "teacher": {"kind": "llm"},
+                                "output_dir": str(tmp_path)}), force=True)
+    test, y = ctx.splits.test, ctx.data.labels
+    assert len(set(y[test[:200]])) == 1  # the trap
+    rows = random_rows(test, 200, seed=0)
+    assert len(set(y[rows])) == 4 and len(set(rows)) == 200 and set(rows) <= set(test)
+    assert np.array_equal(rows, random_rows(test, 200, seed=0))

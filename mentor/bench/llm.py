@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError, MentorError
-from .quality import _append_row
+from .quality import _append_row, random_rows
 
 TEACHER_METHODS = ["labeled-only", "vanilla-hard", "vanilla-soft", "calibrated-soft", "slam", "slam-hard",
                    "weighted-margin", "auto"]
@@ -164,7 +164,7 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                     sel = sel[0] if sel else "per-class"
                     n_shots = shots * ctx.n_classes if sel in ("per-class", "similar") else 0
                     exact_on_server = backend == "server" and mode.startswith("label-likelihood")
-                    index = ctx.splits.test[:spec["n_server_exact" if exact_on_server else "n_teacher"]]
+                    index = random_rows(ctx.splits.test, spec["n_server_exact" if exact_on_server else "n_teacher"], seed)
                     cfg = LLMConfig.model_validate(_llm_section(
                         backend, mode, n_shots if sel == "similar" else shots, server_url, model_path, sel))
                     teacher = build_llm_teacher(cfg, labels=ctx.data.class_names, a_texts=ctx.data.features[a],

@@ -235,6 +235,13 @@ def start_rows(path: Path | None, datasets, *, first_seed: int = 0) -> None:
     tmp.replace(path)
 
 
+def random_rows(test: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` test rows drawn at random (seeded), for measurements too slow for all of them: split
+    indices are sorted, and data sets stored by class (fortunes: one topic file after another)
+    would otherwise give a prefix of one class."""
+    return np.random.default_rng(seed).permutation(np.asarray(test))[:n]
+
+
 def _append_row(path: Path | None, row: dict) -> None:
     if path is None:
         return

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
+from .quality import random_rows
 
 
 def load_test(url: str, bodies: list[dict], *, concurrency: int = 8, n_requests: int = 500,
@@ -90,7 +91,7 @@ def bench_serve(run_dir, *, n_requests: int = 500, concurrency: int = 8, batch: 
     from ..teachers.llm.llamacpp import free_port
     run = Path(run_dir)
     ctx = open_run(run)
-    rows = ctx.splits.test[:n_inputs]
+    rows = random_rows(ctx.splits.test, n_inputs, ctx.cfg.seed)
     x = ctx.data.features[rows]
     inputs = [str(v) for v in x] if ctx.data.kind == "text" else np.asarray(x, dtype=np.float64).tolist()
     bodies = [{"inputs": inputs[i:i + batch]} for i in range(0, len(inputs) - batch + 1, batch)]
