@@ -553,7 +553,7 @@ def simplicity_order(candidates: list[str]) -> list[str]:
     return sorted(candidates, key=key)
 
 
-def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, standalone=()) -> dict:
+def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, standalone=(), folds=None) -> dict:
     """The candidate to keep, from per-example scores on V (rows: candidates in `order`, simplest
     first; columns: V examples, e.g. 1 where the candidate is right).
 
@@ -565,6 +565,13 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
     its mean is higher: such a candidate (the labeled-only student) disagrees with the others on
     many examples, so its paired SE is wide, and the simplicity rule would keep it even when it is
     clearly below. Each candidate's own binomial SE and 95% Wilson interval are reported too.
+
+    With `folds` (each V example's fold, ≥ 2 folds) the standalone candidate is compared not with
+    the chosen candidate's V score, which won a contest among many on these very examples and so
+    is biased upwards (the winner's curse), but with an honest estimate of "choose a distilled
+    candidate": on each fold, the candidate the rule picks from the other folds, scored on this
+    fold (`selection_estimate`). The standalone one is kept if it scores at least that (a tie
+    keeps it: it is the simpler). The chosen distilled candidate itself is still picked on all of V.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(order) or s.shape[0] == 0 or s.shape[1] == 0:
@@ -578,14 +585,27 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
     diff_se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(order))
     within = diff_mean >= -noise_se * diff_se - 1e-12
     chosen = next(i for i in ranked if within[i])  # the simplest ranked candidate within noise
+    estimate = None
+    fold = None if folds is None else np.asarray(folds)
+    if fold is not None and fold.shape != (n,):
+        raise ValueError(f"folds must hold one fold per V example ({n}), got shape {fold.shape}")
+    if fold is not None and len(ranked) < len(order) and len(np.unique(fold)) > 1:
+        names = [order[i] for i in ranked]
+        honest, picks = np.empty(n), []
+        for f in np.unique(fold):
+            pick = choose_on_validation(s[ranked][:, fold != f], names, noise_se=noise_se)["chosen"]
+            honest[fold == f] = s[ranked[names.index(pick)], fold == f]
+            picks.append(pick)
+        estimate = {"val_accuracy": float(honest.mean()), "picks": picks}
+    bar = mean[chosen] if estimate is None else estimate["val_accuracy"]
     for i in range(len(order)):
-        if i not in ranked and mean[i] > mean[chosen]:
+        if i not in ranked and (mean[i] > bar if estimate is None else mean[i] >= bar - 1e-12):
             chosen = i
     z = 1.96
     centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(np.clip(mean * (1 - mean), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return {"chosen": order[chosen], "best": order[int(np.argmax(mean))], "reference": order[ref], "n_val": n,
-            "noise_se": noise_se, "standalone": [c for c in order if c in standalone],
+            "noise_se": noise_se, "standalone": [c for c in order if c in standalone], "selection_estimate": estimate,
             "candidates": {c: {"val_accuracy": float(mean[i]), "se": float(np.sqrt(max(mean[i] * (1 - mean[i]), 0) / n)),
                                "interval95": [float(centre[i] - half[i]), float(centre[i] + half[i])],
                                "diff_vs_reference": float(diff_mean[i]), "diff_se": float(diff_se[i]),
@@ -643,11 +663,15 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
             right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
     choice = choose_on_validation(scores, order, noise_se=float(options.get("auto_noise_se", 1.0)),
-                                  standalone=(LABELED_ONLY,))
+                                  standalone=(LABELED_ONLY,), folds=fold if folds > 1 else None)
     chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
     pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
+    est = choice["selection_estimate"]
+    honest = "" if est is None else (f"; choosing a distilled student scores {100 * est['val_accuracy']:.1f}% "
+                                     "on V examples the choice did not see")
     if chosen == LABELED_ONLY:
-        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]})."
+        note = (f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]}"
+                f"{honest}).")
     elif chosen != ref:
         note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
                 f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
@@ -658,7 +682,7 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
                 + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
                    "; every simpler candidate is below it by more than noise."))
     if LABELED_ONLY in order and chosen != LABELED_ONLY:
-        note += f" Not distilling: {pct[LABELED_ONLY]}."
+        note += f" Not distilling: {pct[LABELED_ONLY]}{honest}."
     return {**choice, "folds": folds, "order": order, "note": note,
             "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}
 
@@ -680,8 +704,10 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     on V (reliability curve, temperature, threshold) is fitted on the other folds and scored on
     each fold in turn, so no V example both fits α and judges the result. The choice:
     `choose_on_validation` with option auto_noise_se (default 1 paired standard error; 0 keeps the
-    best outright) among the distillation candidates; labeled-only replaces that choice only if it
-    scores higher on V (see there why). The chosen method is then planned on the whole V. Costs
+    best outright) among the distillation candidates; labeled-only replaces that choice if it
+    scores at least what choosing a distilled candidate scores on V examples the choice did not see
+    (nested over the same folds; with auto_folds 1, only if it scores higher than the choice; see
+    there why). The chosen method is then planned on the whole V. Costs
     one training per candidate and fold (one for methods that do not fit on V) more than the
     chosen method.
     """

@@ -243,7 +243,10 @@ def _methods(m: dict) -> Section:
         cands = auto.get("candidates") or {}
         s.p(f"Method auto trained {len(cands)} candidates and scored each on V ({auto.get('n_val')} examples, "
             f"{auto.get('folds')} cross-fitting folds); it keeps the simplest within {auto.get('noise_se')} paired "
-            f"standard error of the best. Chosen: {auto.get('chosen')}.")
+            f"standard error of the best"
+            + (", or not distilling where that scores at least what choosing a distilled student scores on V "
+               "examples the choice did not see" if auto.get("selection_estimate") else "")
+            + f". Chosen: {auto.get('chosen')}.")
         rows = []
         for name in auto.get("order") or list(cands):
             c = cands.get(name, {})

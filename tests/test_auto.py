@@ -62,6 +62,32 @@ def test_labeled_only_stands_alone_it_must_score_higher_not_just_within_noise():
     assert out["candidates"]["labeled-only"]["diff_vs_reference"] == pytest.approx(0.1)
 
 
+def test_labeled_only_is_compared_with_an_honest_estimate_of_choosing_not_with_the_winner():
+    """fine-foods/LLM seed 1 (BENCHMARKS): a distilled candidate won V by a hair and lost 6 test
+    points to not distilling. Each distilled candidate here wins one fold only by luck: picked on
+    one fold, scored on the other, choosing scores below labeled-only, which is kept."""
+    fold = np.array([0] * 10 + [1] * 10)
+    a = np.array([1] * 9 + [0] + [1] * 5 + [0] * 5)      # 0.9 on fold 0, 0.5 on fold 1: 0.70
+    b = np.array([1] * 5 + [0] * 5 + [1] * 9 + [0])      # 0.5 on fold 0, 0.9 on fold 1: 0.70
+    c = np.array([1] * 8 + [0] * 2 + [1] * 8 + [0] * 2)  # 0.8 on both folds: 0.80, best on all of V
+    lab = np.array([1] * 7 + [0] * 3 + [1] * 8 + [0] * 2)  # 0.75
+    order = ["labeled-only", "a", "b", "c"]
+    old = choose_on_validation([lab, a, b, c], order, noise_se=0, standalone=("labeled-only",))
+    assert old["chosen"] == "c" and old["selection_estimate"] is None  # 0.75 < 0.80: the old rule distils
+    out = choose_on_validation([lab, a, b, c], order, noise_se=0, standalone=("labeled-only",), folds=fold)
+    # fold 0 is judged by the pick on fold 1 (b: 0.9 there), fold 1 by the pick on fold 0 (a): 0.5 + 0.5
+    assert out["selection_estimate"] == {"val_accuracy": pytest.approx(0.5), "picks": ["b", "a"]}
+    assert out["chosen"] == "labeled-only" and out["reference"] == "c"
+    # a distilled candidate that is best on both folds is its own honest estimate: distilling is kept
+    # when it scores more, labeled-only on a tie (the simpler)
+    for lab_score, kept in ((0.75, "c"), (0.80, "labeled-only")):
+        lab2 = (np.arange(20) % 20 < 20 * lab_score).astype(float)
+        out = choose_on_validation([lab2, c], ["labeled-only", "c"], standalone=("labeled-only",), folds=fold)
+        assert out["selection_estimate"]["val_accuracy"] == pytest.approx(0.8) and out["chosen"] == kept
+    with pytest.raises(ValueError, match="one fold per V example"):
+        choose_on_validation([lab, c], ["labeled-only", "c"], standalone=("labeled-only",), folds=fold[:5])
+
+
 def test_choice_bad_shape():
     with pytest.raises(ValueError, match="shape"):
         choose_on_validation(np.ones((2, 5)), ["only-one"])
