@@ -143,11 +143,11 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
     from .quality import start_rows
     start_rows(json_out, names)
     rows: list[dict] = []
-    known = {f"{g[0]}/{g[1]}" for g in spec["grid"]}
-    if set(skip or ()) - known:
-        raise ConfigError(f"--skip {sorted(set(skip) - known)} names no grid entry of the {suite} suite; "
+    known, skip = {f"{g[0]}/{g[1]}" for g in spec["grid"]}, set(skip or ())
+    if skip - known:
+        raise ConfigError(f"--skip {sorted(skip - known)} names no grid entry of the {suite} suite; "
                           f"its entries are {', '.join(sorted(known))}.")
-    grid = [g for g in spec["grid"] if f"{g[0]}/{g[1]}" not in set(skip or ())] if teachers else []
+    grid = [g for g in spec["grid"] if f"{g[0]}/{g[1]}" not in skip] if teachers else []
     with contextlib.ExitStack() as stack:
         if server_url is None and any(g[0] == "server" for g in grid) or (
                 students and spec.get("students", True) and spec["student_teacher"]["backend"] == "server"):
