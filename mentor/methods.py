@@ -571,7 +571,8 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
     is biased upwards (the winner's curse), but with an honest estimate of "choose a distilled
     candidate": on each fold, the candidate the rule picks from the other folds, scored on this
     fold (`selection_estimate`). The standalone one is kept if it scores at least that (a tie
-    keeps it: it is the simpler). The chosen distilled candidate itself is still picked on all of V.
+    keeps it: it is the simpler), or more than the chosen candidate (the estimate can exceed it).
+    The chosen distilled candidate itself is still picked on all of V.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(order) or s.shape[0] == 0 or s.shape[1] == 0:
@@ -597,10 +598,12 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
             honest[fold == f] = s[ranked[names.index(pick)], fold == f]
             picks.append(pick)
         estimate = {"val_accuracy": float(honest.mean()), "picks": picks}
-    bar = mean[chosen] if estimate is None else estimate["val_accuracy"]
-    for i in range(len(order)):
-        if i not in ranked and (mean[i] > bar if estimate is None else mean[i] >= bar - 1e-12):
-            chosen = i
+    honest = np.inf if estimate is None else estimate["val_accuracy"] - 1e-12
+    pick = chosen
+    for i in range(len(order)):  # above the chosen one's V score (as without folds), or at least the honest estimate
+        if i not in ranked and (mean[i] > mean[chosen] or mean[i] >= honest) and (pick == chosen or mean[i] > mean[pick]):
+            pick = i
+    chosen = pick
     z = 1.96
     centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(np.clip(mean * (1 - mean), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)

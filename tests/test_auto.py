@@ -84,6 +84,19 @@ def test_labeled_only_is_compared_with_an_honest_estimate_of_choosing_not_with_t
         lab2 = (np.arange(20) % 20 < 20 * lab_score).astype(float)
         out = choose_on_validation([lab2, c], ["labeled-only", "c"], standalone=("labeled-only",), folds=fold)
         assert out["selection_estimate"]["val_accuracy"] == pytest.approx(0.8) and out["chosen"] == kept
+    # the estimate can exceed the chosen candidate's V score: the noise rule kept a simpler one (c0,
+    # 0.70) than the best (c1, 0.85), and c1 is picked on each fold. labeled-only (0.75) is above the
+    # chosen candidate, so it is kept, as without folds, though below the estimate (0.85)
+    rows = [[1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0],   # labeled-only 0.75
+            [1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0],   # c0 0.70
+            [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 0, 1],   # c1 0.85
+            [1, 0, 1, 0, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1]]   # c2 0.75
+    names = ["labeled-only", "c0", "c1", "c2"]
+    ranked_only = choose_on_validation(rows[1:], names[1:])
+    assert ranked_only["chosen"] == "c0" and ranked_only["best"] == "c1"
+    out = choose_on_validation(rows, names, standalone=("labeled-only",), folds=fold)
+    assert out["selection_estimate"]["val_accuracy"] == pytest.approx(0.85)
+    assert out["chosen"] == "labeled-only"
     with pytest.raises(ValueError, match="one fold per V example"):
         choose_on_validation([lab, c], ["labeled-only", "c"], standalone=("labeled-only",), folds=fold[:5])
 
