@@ -672,9 +672,13 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
     est = choice["selection_estimate"]
     honest = "" if est is None else (f"; choosing a distilled student scores {100 * est['val_accuracy']:.1f}% "
                                      "on V examples the choice did not see")
-    if chosen == LABELED_ONLY:
-        note = (f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]}"
-                f"{honest}).")
+    if chosen == LABELED_ONLY and (est is None or c[LABELED_ONLY]["val_accuracy"] > c[ref]["val_accuracy"]):
+        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]}{honest})."
+    elif chosen == LABELED_ONLY:
+        note = (f"not distilling ({pct[chosen]} on V) scores at least what choosing a distilled student scores on V "
+                f"examples the choice did not see ({100 * est['val_accuracy']:.1f}%), so it is kept; the best "
+                f"distilled student on all of V, {ref}, scored {pct[ref]}, a score that won a contest among "
+                f"{len(order) - 1} on the same examples.")
     elif chosen != ref:
         note = (f"{ref} scored best on V ({pct[ref]}), but {chosen} is within noise of it "
                 f"({100 * c[chosen]['diff_vs_reference']:+.1f} ± {100 * c[chosen]['diff_se']:.1f} points, paired); "
