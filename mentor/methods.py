@@ -598,10 +598,10 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
             honest[fold == f] = s[ranked[names.index(pick)], fold == f]
             picks.append(pick)
         estimate = {"val_accuracy": float(honest.mean()), "picks": picks}
-    honest = np.inf if estimate is None else estimate["val_accuracy"] - 1e-12
+    bar = np.inf if estimate is None else estimate["val_accuracy"] - 1e-12
     pick = chosen
     for i in range(len(order)):  # above the chosen one's V score (as without folds), or at least the honest estimate
-        if i not in ranked and (mean[i] > mean[chosen] or mean[i] >= honest) and (pick == chosen or mean[i] > mean[pick]):
+        if i not in ranked and (mean[i] > mean[chosen] or mean[i] >= bar) and (pick == chosen or mean[i] > mean[pick]):
             pick = i
     chosen = pick
     z = 1.96
@@ -670,10 +670,10 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
     chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
     pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
     est = choice["selection_estimate"]
-    honest = "" if est is None else (f"; choosing a distilled student scores {100 * est['val_accuracy']:.1f}% "
-                                     "on V examples the choice did not see")
+    held_out = "" if est is None else (f"; choosing a distilled student scores {100 * est['val_accuracy']:.1f}% "
+                                       "on V examples the choice did not see")
     if chosen == LABELED_ONLY and (est is None or c[LABELED_ONLY]["val_accuracy"] > c[ref]["val_accuracy"]):
-        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]}{honest})."
+        note = f"not distilling scored best on V ({pct[chosen]}; the best distilled student, {ref}: {pct[ref]}{held_out})."
     elif chosen == LABELED_ONLY:
         note = (f"not distilling ({pct[chosen]} on V) scores at least what choosing a distilled student scores on V "
                 f"examples the choice did not see ({100 * est['val_accuracy']:.1f}%), so it is kept; the best "
@@ -689,7 +689,7 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
                 + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
                    "; every simpler candidate is below it by more than noise."))
     if LABELED_ONLY in order and chosen != LABELED_ONLY:
-        note += f" Not distilling: {pct[LABELED_ONLY]}{honest}."
+        note += f" Not distilling: {pct[LABELED_ONLY]}{held_out}."
     return {**choice, "folds": folds, "order": order, "note": note,
             "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}
 
