@@ -188,6 +188,14 @@ def _candidates(v):
             f"with λ > 0 (e.g. vanilla-soft@0.5); methods: {_candidate_methods()}")
 
 
+def _noise_rules(v):
+    """auto_noise_se: one margin (number ≥ 0) or a non-empty list of them, the choice rules to try."""
+    items = v if isinstance(v, list) and v else [v]
+    if all(_number(0)(x) is None for x in items):
+        return None
+    return "a number >= 0 (paired standard errors; 0 keeps the best on V) or a non-empty list of them, e.g. [1, 0]"
+
+
 # every option a method may read: name -> check returning None, or what the value should be
 OPTION_CHECKS: dict[str, Callable] = {
     "calibrate_teacher": lambda v: None if isinstance(v, bool) else "true or false",
@@ -206,7 +214,8 @@ OPTION_CHECKS: dict[str, Callable] = {
     "lelp_temperature": _number(0, lo_open=True),
     "auto_candidates": _candidates,
     "auto_folds": _number(1, integer=True),
-    "auto_noise_se": _number(0),
+    "auto_noise_se": _noise_rules,
+    "auto_splits": _number(1, integer=True),
 }
 COMMON_OPTIONS = ("calibrate_teacher",)
 
@@ -535,6 +544,9 @@ def _lelp(ctx: MethodContext) -> MethodPlan:
 
 AUTO_CANDIDATES = [LABELED_ONLY, "vanilla-soft", "vanilla-soft@0.5", "vanilla-soft@0.25", "vanilla-hard",
                    "calibrated-soft", "weighted-margin", "slam", "slam-hard"]
+# auto's choice rules, in paired SEs: the simplest within one SE of the best, or the best outright;
+# the one with the higher honest estimate on V is used (ties: the first)
+AUTO_NOISE_SE = [1.0, 0.0]
 # simplest first: when candidates are within noise on V, auto keeps the earliest of them
 SIMPLICITY = [LABELED_ONLY, "vanilla-soft", "vanilla-hard", "calibrated-soft", "weighted-margin",
               "weighted-margin-hard", "threshold", "forward-correction", "cleanlab-filter", "taid", "dkd",
@@ -553,7 +565,39 @@ def simplicity_order(candidates: list[str]) -> list[str]:
     return sorted(candidates, key=key)
 
 
-def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, standalone=(), folds=None) -> dict:
+def _pick(s: np.ndarray, ranked: list[int], noise_se: float) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """The simplest ranked row within noise_se paired SEs of the best ranked row: (pick, reference,
+    paired mean differences, their SEs, within-noise flags)."""
+    n = s.shape[1]
+    ref = ranked[int(np.argmax(s[ranked].mean(axis=1)))]  # argmax takes the first of equal means: the simpler
+    diff = s - s[ref]
+    diff_mean = diff.mean(axis=1)
+    diff_se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(s))
+    within = diff_mean >= -noise_se * diff_se - 1e-12
+    return next(i for i in ranked if within[i]), ref, diff_mean, diff_se, within
+
+
+def selection_estimate(scores, noise_se: float, splits) -> dict:
+    """Honest V score of the rule "keep the simplest within noise_se paired SEs of the best" (rows of
+    `scores` simplest first): on each fold of each split (rows of `splits`: one fold number per V
+    example), the row the rule picks from the other folds, scored on this fold; averaged over folds
+    and splits. No training: the per-example scores are fixed, only the examples that choose and
+    those that judge change. `picks`: the rule's pick per fold of the first split."""
+    s = np.asarray(scores, dtype=np.float64)
+    splits = np.atleast_2d(np.asarray(splits))
+    values, picks = [], []
+    for r, fold in enumerate(splits):
+        honest = np.empty(s.shape[1])
+        for f in np.unique(fold):
+            pick = _pick(s[:, fold != f], list(range(len(s))), noise_se)[0]
+            honest[fold == f] = s[pick, fold == f]
+            picks += [pick] if r == 0 else []
+        values.append(honest.mean())
+    return {"val_accuracy": float(np.mean(values)), "picks": picks, "splits": len(splits)}
+
+
+def choose_on_validation(scores, order: list[str], *, noise_se: float | list[float] = 1.0, standalone=(),
+                         folds=None) -> dict:
     """The candidate to keep, from per-example scores on V (rows: candidates in `order`, simplest
     first; columns: V examples, e.g. 1 where the candidate is right).
 
@@ -566,38 +610,44 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
     many examples, so its paired SE is wide, and the simplicity rule would keep it even when it is
     clearly below. Each candidate's own binomial SE and 95% Wilson interval are reported too.
 
-    With `folds` (each V example's fold, ≥ 2 folds) the standalone candidate is compared not with
-    the chosen candidate's V score, which won a contest among many on these very examples and so
-    is biased upwards (the winner's curse), but with an honest estimate of "choose a distilled
-    candidate": on each fold, the candidate the rule picks from the other folds, scored on this
-    fold (`selection_estimate`). The standalone one is kept if it scores at least that (a tie
-    keeps it: it is the simpler), or more than the chosen candidate (the estimate can exceed it).
-    The chosen distilled candidate itself is still picked on all of V.
+    With `folds` (each V example's fold, ≥ 2 folds; or several such splits, one per row) the
+    standalone candidate is compared not with the chosen candidate's V score, which won a contest
+    among many on these very examples and so is biased upwards (the winner's curse), but with an
+    honest estimate of "choose a distilled candidate" (`selection_estimate`). The standalone one is
+    kept if it scores at least that (a tie keeps it: it is the simpler), or more than the chosen
+    candidate (the estimate can exceed it). The chosen distilled candidate itself is picked on all of V.
+
+    `noise_se` may list several margins (e.g. [1, 0]: the simplest within one SE, or the best
+    outright). Which rule serves better depends on the data: the simplicity rule is safe where
+    candidates differ by luck and leaves points behind where one correction is steadily better.
+    With folds, each rule's honest estimate is computed and the rule scoring highest is used
+    (`rule_noise_se`; ties: the first listed); without folds, the first. The candidates'
+    `within_noise` flags always use the first margin: they describe V's uncertainty, not the rule.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] != len(order) or s.shape[0] == 0 or s.shape[1] == 0:
         raise ValueError(f"scores must have shape (len(order) = {len(order)}, n_val >= 1), got {s.shape}")
     n = s.shape[1]
+    rules = [float(r) for r in (noise_se if isinstance(noise_se, (list, tuple)) else [noise_se])]
+    if not rules:
+        raise ValueError("noise_se must hold at least one margin")
     mean = s.mean(axis=1)
     ranked = [i for i, c in enumerate(order) if c not in standalone] or list(range(len(order)))
-    ref = ranked[int(np.argmax(mean[ranked]))]  # argmax takes the first of equal means: the simpler
-    diff = s - s[ref]
-    diff_mean = diff.mean(axis=1)
-    diff_se = diff.std(axis=1, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(order))
-    within = diff_mean >= -noise_se * diff_se - 1e-12
-    chosen = next(i for i in ranked if within[i])  # the simplest ranked candidate within noise
-    estimate = None
-    fold = None if folds is None else np.asarray(folds)
-    if fold is not None and fold.shape != (n,):
-        raise ValueError(f"folds must hold one fold per V example ({n}), got shape {fold.shape}")
-    if fold is not None and len(ranked) < len(order) and len(np.unique(fold)) > 1:
-        names = [order[i] for i in ranked]
-        honest, picks = np.empty(n), []
-        for f in np.unique(fold):
-            pick = choose_on_validation(s[ranked][:, fold != f], names, noise_se=noise_se)["chosen"]
-            honest[fold == f] = s[ranked[names.index(pick)], fold == f]
-            picks.append(pick)
-        estimate = {"val_accuracy": float(honest.mean()), "picks": picks}
+    splits = None if folds is None else np.atleast_2d(np.asarray(folds))
+    if splits is not None and (splits.ndim != 2 or splits.shape[1] != n):
+        raise ValueError(f"folds must hold one fold per V example ({n}), got shape {np.shape(folds)}")
+    if splits is not None and any(len(np.unique(f)) < 2 for f in splits):
+        splits = None
+    estimates = None
+    if splits is not None and (len(ranked) < len(order) or len(rules) > 1):
+        estimates = []
+        for rule in rules:
+            est = selection_estimate(s[ranked], rule, splits)
+            estimates.append({**est, "picks": [order[ranked[p]] for p in est["picks"]]})
+    use = 0 if estimates is None else int(np.argmax([e["val_accuracy"] - 1e-12 * k for k, e in enumerate(estimates)]))
+    chosen = _pick(s, ranked, rules[use])[0]
+    _, ref, diff_mean, diff_se, within = _pick(s, ranked, rules[0])  # "within noise" as the first rule says
+    estimate = None if estimates is None or len(ranked) == len(order) else estimates[use]
     bar = np.inf if estimate is None else estimate["val_accuracy"] - 1e-12
     pick = chosen
     for i in range(len(order)):  # above the chosen one's V score (as without folds), or at least the honest estimate
@@ -608,14 +658,16 @@ def choose_on_validation(scores, order: list[str], *, noise_se: float = 1.0, sta
     centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(np.clip(mean * (1 - mean), 0, None) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return {"chosen": order[chosen], "best": order[int(np.argmax(mean))], "reference": order[ref], "n_val": n,
-            "noise_se": noise_se, "standalone": [c for c in order if c in standalone], "selection_estimate": estimate,
+            "noise_se": rules[0], "rule_noise_se": rules[use], "standalone": [c for c in order if c in standalone],
+            "selection_estimate": estimate, "rules": None if estimates is None or len(rules) == 1 else
+            [{"noise_se": r, "val_accuracy": e["val_accuracy"], "picks": e["picks"]} for r, e in zip(rules, estimates)],
             "candidates": {c: {"val_accuracy": float(mean[i]), "se": float(np.sqrt(max(mean[i] * (1 - mean[i]), 0) / n)),
                                "interval95": [float(centre[i] - half[i]), float(centre[i] + half[i])],
                                "diff_vs_reference": float(diff_mean[i]), "diff_se": float(diff_se[i]),
                                "within_noise": bool(within[i])} for i, c in enumerate(order)}}
 
 
-def cross_fit_folds(n_val: int, folds: int, seed: int) -> np.ndarray:
+def cross_fit_folds(n_val: int, folds: int, seed) -> np.ndarray:
     """Fold number (0..folds−1) of each V example: a seeded random permutation dealt round-robin."""
     if folds < 1 or (folds > 1 and n_val < 2 * folds):
         raise ConfigError(f"auto_folds={folds} needs at least {2 * folds} examples in V (it has {n_val}); lower "
@@ -665,8 +717,11 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
         for f in parts:
             right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
-    choice = choose_on_validation(scores, order, noise_se=float(options.get("auto_noise_se", 1.0)),
-                                  standalone=(LABELED_ONLY,), folds=fold if folds > 1 else None)
+    rules = options.get("auto_noise_se", AUTO_NOISE_SE)
+    rules = [float(r) for r in (rules if isinstance(rules, list) else [rules])]
+    splits = None if folds == 1 else np.vstack([fold] + [
+        cross_fit_folds(len(val_labels), folds, [seed, r]) for r in range(1, int(options.get("auto_splits", 20)))])
+    choice = choose_on_validation(scores, order, noise_se=rules, standalone=(LABELED_ONLY,), folds=splits)
     chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
     pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
     est = choice["selection_estimate"]
@@ -685,16 +740,26 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
                 "the simpler is kept.")
     else:
         near = [o for o in order if o not in (chosen, LABELED_ONLY) and c[o]["within_noise"]]
+        simpler = [o for o in near if order.index(o) < order.index(chosen)]
         note = (f"{chosen} scored best on V ({pct[chosen]})"
-                + (f"; {', '.join(near)} within noise of it, but not simpler." if near else
+                + (f"; {', '.join(simpler)} within noise of it and simpler, but keeping the best outright scores "
+                   "higher on V examples the choice did not see than keeping the simplest within noise." if simpler else
+                   f"; {', '.join(near)} within noise of it, but not simpler." if near else
                    "; every simpler candidate is below it by more than noise."))
     if LABELED_ONLY in order and chosen != LABELED_ONLY:
         note += f" Not distilling: {pct[LABELED_ONLY]}{held_out}."
+    if choice["rules"]:
+        def rule(k: float) -> str:
+            return "the best on V" if k == 0 else f"the simplest within {k:g} paired SE of the best"
+        est_pct = "; ".join(f"{rule(r['noise_se'])}: {100 * r['val_accuracy']:.2f}%" for r in choice["rules"])
+        note += (f" Rule used: {rule(choice['rule_noise_se'])}, the rule whose choice scored highest on V examples "
+                 f"it did not see ({est_pct}; {len(splits)} splits of V).")
     return {**choice, "folds": folds, "order": order, "note": note,
-            "val_accuracy": {o: c[o]["val_accuracy"] for o in order}}
+            "val_accuracy": {o: c[o]["val_accuracy"] for o in order},
+            "val_right": {o: "".join("1" if x else "0" for x in scores[i]) for i, o in enumerate(order)}}
 
 
-@register_method("auto", options=("auto_candidates", "auto_folds", "auto_noise_se", "min_val"))
+@register_method("auto", options=("auto_candidates", "auto_folds", "auto_noise_se", "auto_splits", "min_val"))
 def _auto(ctx: MethodContext) -> MethodPlan:
     """Train each candidate, score it on V, keep the simplest within noise of the best.
 
@@ -710,10 +775,12 @@ def _auto(ctx: MethodContext) -> MethodPlan:
     Cross-fitting (option auto_folds, default 2): V is split in folds (seeded); a method that fits
     on V (reliability curve, temperature, threshold) is fitted on the other folds and scored on
     each fold in turn, so no V example both fits α and judges the result. The choice:
-    `choose_on_validation` with option auto_noise_se (default 1 paired standard error; 0 keeps the
-    best outright) among the distillation candidates; labeled-only replaces that choice if it
-    scores at least what choosing a distilled candidate scores on V examples the choice did not see
-    (nested over the same folds; with auto_folds 1, only if it scores higher than the choice; see
+    `choose_on_validation` among the distillation candidates, keeping the simplest within
+    auto_noise_se paired standard errors of the best; the default [1, 0] tries both "within one SE"
+    and "the best outright" and uses the one whose choice scores higher on V examples it did not
+    see (the cross-fitting split and auto_splits − 1 more random splits of V, default 20 in all; no
+    extra training). labeled-only replaces that choice if it scores at least that honest estimate
+    (with auto_folds 1, only if it scores higher than the choice, and the first rule is used; see
     there why). The chosen method is then planned on the whole V. Costs
     one training per candidate and fold (one for methods that do not fit on V) more than the
     chosen method.

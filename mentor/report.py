@@ -241,9 +241,12 @@ def _methods(m: dict) -> Section:
     auto = info.get("auto")
     if auto:
         cands = auto.get("candidates") or {}
+        rule = auto.get("rule_noise_se", auto.get("noise_se"))  # records before rule choice have noise_se only
+        kept = f"the simplest within {rule:g} paired standard error of the best" if rule else "the best"
         s.p(f"Method auto trained {len(cands)} candidates and scored each on V ({auto.get('n_val')} examples, "
-            f"{auto.get('folds')} cross-fitting folds); it keeps the simplest within {auto.get('noise_se')} paired "
-            f"standard error of the best"
+            f"{auto.get('folds')} cross-fitting folds); it keeps {kept}"
+            + (" (of the rules tried, the one whose choice scored highest on V examples it did not see)"
+               if auto.get("rules") else "")
             + (", or not distilling where that scores at least what choosing a distilled student scores on V "
                "examples the choice did not see" if auto.get("selection_estimate") else "")
             + f". Chosen: {auto.get('chosen')}.")

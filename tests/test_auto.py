@@ -76,7 +76,7 @@ def test_labeled_only_is_compared_with_an_honest_estimate_of_choosing_not_with_t
     assert old["chosen"] == "c" and old["selection_estimate"] is None  # 0.75 < 0.80: the old rule distils
     out = choose_on_validation([lab, a, b, c], order, noise_se=0, standalone=("labeled-only",), folds=fold)
     # fold 0 is judged by the pick on fold 1 (b: 0.9 there), fold 1 by the pick on fold 0 (a): 0.5 + 0.5
-    assert out["selection_estimate"] == {"val_accuracy": pytest.approx(0.5), "picks": ["b", "a"]}
+    assert out["selection_estimate"] == {"val_accuracy": pytest.approx(0.5), "picks": ["b", "a"], "splits": 1}
     assert out["chosen"] == "labeled-only" and out["reference"] == "c"
     # a distilled candidate that is best on both folds is its own honest estimate: distilling is kept
     # when it scores more, labeled-only on a tie (the simpler)
@@ -99,6 +99,48 @@ def test_labeled_only_is_compared_with_an_honest_estimate_of_choosing_not_with_t
     assert out["chosen"] == "labeled-only"
     with pytest.raises(ValueError, match="one fold per V example"):
         choose_on_validation([lab, c], ["labeled-only", "c"], standalone=("labeled-only",), folds=fold[:5])
+
+
+def test_the_rule_is_chosen_by_its_honest_estimate():
+    """noise_se [1, 0]: the simplicity rule or the best outright, whichever choice scores higher on
+    V examples it did not see. Here the complex candidate is better on both folds, but only within
+    one paired SE on each and on all of V: the simplicity rule picks the simple one on each fold
+    (0.60 honest), the best-on-V rule the complex one (0.65 honest), so the best is kept."""
+    fold = np.array([0] * 20 + [1] * 20)
+    simple = np.array(([1] * 12 + [0] * 8) * 2)                # 0.60 on each fold
+    complex_ = np.array(([1] * 8 + [0] * 4 + [1] * 5 + [0] * 3) * 2)  # 0.65 on each fold: 5 wins, 4 losses
+    names = ["simple", "complex"]
+    one = choose_on_validation([simple, complex_], names, folds=fold)
+    assert one["chosen"] == "simple" and one["rules"] is None and one["noise_se"] == one["rule_noise_se"] == 1
+    for f in (0, 1):  # within noise on each fold alone, so the simplicity rule keeps the simple one there
+        part = choose_on_validation([simple[fold == f], complex_[fold == f]], names)
+        assert part["chosen"] == "simple" and part["best"] == "complex"
+    out = choose_on_validation([simple, complex_], names, noise_se=[1, 0], folds=fold)
+    assert out["chosen"] == "complex" and out["rule_noise_se"] == 0 and out["noise_se"] == 1
+    assert [r["val_accuracy"] for r in out["rules"]] == [pytest.approx(0.6), pytest.approx(0.65)]
+    assert out["candidates"]["simple"]["within_noise"] is (one["candidates"]["simple"]["within_noise"])
+    # equal estimates keep the first rule listed; without folds the first rule is used
+    same = choose_on_validation([simple, simple], names, noise_se=[1, 0], folds=fold)
+    assert same["chosen"] == "simple" and same["rule_noise_se"] == 1
+    assert choose_on_validation([simple, complex_], names, noise_se=[0, 1])["chosen"] == "complex"
+    assert choose_on_validation([simple, complex_], names, noise_se=[1, 0])["chosen"] == "simple"
+    # several splits: the estimate is the mean over them (a split that is the same twice changes nothing)
+    two = choose_on_validation([simple, complex_], names, noise_se=[1, 0], folds=np.vstack([fold, fold]))
+    assert [r["val_accuracy"] for r in two["rules"]] == [r["val_accuracy"] for r in out["rules"]]
+    with pytest.raises(ValueError, match="one fold per V example"):
+        choose_on_validation([simple, complex_], names, folds=np.vstack([fold[:5], fold[:5]]))
+
+
+def test_selection_estimate_by_hand_over_two_splits():
+    from mentor.methods import selection_estimate
+    a = np.array([1, 0, 1, 0])
+    b = np.array([0, 1, 0, 1])
+    # split 1 folds [0,0,1,1]: fold 0 judged by the pick on fold 1 (a: 1/2, b: 1/2 -> a, the first): a on
+    # examples 0,1 = 1/2; fold 1 by the pick on fold 0 (a) = 1/2 -> 0.5. Split 2 folds [0,1,0,1]:
+    # fold 0 (examples 0, 2) judged by the pick on examples 1, 3 (b: 2/2) -> b there = 0; fold 1 by
+    # the pick on examples 0, 2 (a) -> a on 1, 3 = 0 -> 0.0. Mean 0.25.
+    est = selection_estimate([a, b], 0.0, [[0, 0, 1, 1], [0, 1, 0, 1]])
+    assert est == {"val_accuracy": pytest.approx(0.25), "picks": [0, 0], "splits": 2}
 
 
 def test_choice_bad_shape():
@@ -125,10 +167,13 @@ def test_candidate_names_and_simplicity_order():
 def test_method_options_accept_candidate_names_and_refuse_bad_ones():
     check_method_options("auto", {"auto_candidates": ["labeled-only", "vanilla-soft@0.5", "slam"],
                                   "auto_folds": 3, "auto_noise_se": 0, "slam_k_level": 0.8})
+    check_method_options("auto", {"auto_noise_se": [1, 0.5, 0], "auto_splits": 5})
     for bad, why in (({"auto_candidates": ["vanilla-soft@0"]}, "labeled-only"),
                      ({"auto_candidates": ["slam", "slam"]}, "distinct"),
                      ({"auto_candidates": ["auto"]}, "method@λ"),
                      ({"auto_folds": 0}, "auto_folds"), ({"auto_noise_se": -1}, "auto_noise_se"),
+                     ({"auto_noise_se": []}, "non-empty list"), ({"auto_noise_se": [1, "x"]}, "auto_noise_se"),
+                     ({"auto_splits": 0}, "auto_splits"),
                      ({"auto_candidates": ["vanilla-soft"], "slam_k_level": 0.8}, "not read")):
         with pytest.raises(ConfigError, match=why):
             check_method_options("auto", bad)
@@ -189,11 +234,23 @@ def test_auto_end_to_end_reports_every_candidate_with_its_uncertainty(tmp_path):
     assert auto["chosen"] in auto["order"] and auto["candidates"][auto["chosen"]]["within_noise"]
     assert auto["note"]
     cands, chosen = auto["candidates"], auto["chosen"]
-    if chosen != "labeled-only":  # the simplest distilled candidate within noise, and not below not distilling
+    # both rules were scored on V examples their choices did not see; the higher (ties: the first) is used
+    (simplest, best) = auto["rules"]
+    assert (simplest["noise_se"], best["noise_se"]) == (1.0, 0.0)
+    assert auto["rule_noise_se"] == (0.0 if best["val_accuracy"] > simplest["val_accuracy"] else 1.0)
+    assert auto["selection_estimate"]["splits"] == 20 and "Rule used" in auto["note"]
+    if chosen != "labeled-only":  # the rule's choice, and not below not distilling
         simpler = [c for c in auto["order"][:auto["order"].index(chosen)] if c != "labeled-only"]
-        assert not any(cands[c]["within_noise"] for c in simpler)
+        if auto["rule_noise_se"] == 1.0:  # the simplest distilled candidate within noise
+            assert not any(cands[c]["within_noise"] for c in simpler)
+        else:  # the best on V
+            assert chosen == auto["reference"]
         assert cands["labeled-only"]["val_accuracy"] <= cands[chosen]["val_accuracy"]
     assert auto["val_accuracy"] == {c: auto["candidates"][c]["val_accuracy"] for c in auto["order"]}
+    # the per-example V scores, so any choice rule can be checked again from the record alone
+    for c in auto["order"]:
+        right = np.array([int(x) for x in auto["val_right"][c]])
+        assert len(right) == 300 and right.mean() == pytest.approx(cands[c]["val_accuracy"])
 
 
 def test_auto_does_not_distil_a_teacher_worse_than_the_labeled_only_student(tmp_path):
