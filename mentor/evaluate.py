@@ -129,7 +129,9 @@ def advice_from_candidates(auto: dict) -> dict:
     if near:
         return {**out, "verdict": "within-noise", "text": (
             f"Within noise: {_show(ref, c[ref])} scored best on V, but V cannot tell it from "
-            f"{', '.join(near)} (within {k:g} paired SE); auto kept the simplest, {chosen}." + pays)}
+            f"{', '.join(near)} (within {k:g} paired SE); auto kept "
+            + (f"the simplest, {chosen}." if chosen != ref else
+               f"{ref}: keeping the best scored higher on V examples the choice did not see.") + pays)}
     return {**out, "verdict": "clear", "text": (
         f"{_show(ref, c[ref])} is best on V, above every other candidate by more than noise." + pays)}
 

@@ -45,6 +45,20 @@ def test_says_within_noise_when_the_top_candidates_overlap():
     assert b["verdict"] == "within-noise" and b["near"] == ["labeled-only"] and "not distilling" in b["text"]
 
 
+def test_within_noise_says_why_auto_kept_the_best_when_its_rule_did():
+    """auto's rule choice (noise_se [1, 0]) kept the best though a simpler one is within noise: the
+    advice must not claim it kept the simplest."""
+    fold = np.array([0] * 20 + [1] * 20)
+    simple = np.array(([1] * 12 + [0] * 8) * 2)
+    best = np.array(([1] * 8 + [0] * 4 + [1] * 5 + [0] * 3) * 2)
+    lab = np.array(([1] * 6 + [0] * 14) * 2)
+    order = ["labeled-only", "vanilla-soft", "slam-hard"]
+    record = choose_on_validation([lab, simple, best], order, noise_se=[1, 0], standalone=("labeled-only",), folds=fold)
+    a = advice_from_candidates({**record, "order": order})
+    assert a["method"] == "slam-hard" and a["verdict"] == "within-noise" and a["near"] == ["vanilla-soft"]
+    assert "keeping the best scored higher" in a["text"] and "the simplest" not in a["text"]
+
+
 def test_names_a_clear_winner_only_beyond_noise():
     soft = _right(1000, 0.70, 0)
     slam = soft.copy()
