@@ -7,10 +7,11 @@ that ran (auto's default candidates), and what each rule advised, from V only:
   on V beyond noise, else `baseline`; unpaired SE, as the rows keep no per-example scores);
 - `best-on-V`: the candidate with the highest V accuracy (rows saved without auto's record);
 - `advice`: `evaluate.advice_from_candidates` on the `auto` row's record (paired, cross-fitted V):
-  auto's choice, the simplest candidate within noise of the best; its accuracy is the auto row's;
+  auto's choice (the simplest candidate within noise of the best, or the best, whichever rule
+  scored higher on held-out halves of V); its accuracy is the auto row's;
 - `advice-best`: the best on V in that same record (its own row's test accuracy).
 No threshold here is fitted: the one-number rule's are the ones it shipped with, the advice's
-noise level is auto's default (one paired SE).
+noise level is auto's default (one paired SE), its rule the one auto chose on V.
 """
 
 from __future__ import annotations

@@ -406,7 +406,8 @@ def report(rows: list[dict], baseline: str = "vanilla-soft") -> str:
     return ("Test accuracy (%), mean ± std over seeds:\n\n" + "\n".join(acc)
             + f"\n\nGain over {baseline} in points, paired by seed (mean ± std):\n\n" + "\n".join(gain)
             + (f"\n\nThe best on V per seed among {', '.join(candidates)} (the plain rule; `method: auto` "
-               "cross-fits V and keeps the simplest within noise of the best — see its own row):\n\n"
+               "cross-fits V and keeps the simplest within noise of the best or the best, by which rule scores higher "
+               "on held-out halves of V — see its own row):\n\n"
                + "\n".join(pick) if chosen else "")
             + ("\n\nHow often each rule's pick (from V) is the test winner among auto's candidates "
                "(`bench.advice`):\n\n" + advice if advice else ""))
