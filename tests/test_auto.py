@@ -131,6 +131,20 @@ def test_the_rule_is_chosen_by_its_honest_estimate():
         choose_on_validation([simple, complex_], names, folds=np.vstack([fold[:5], fold[:5]]))
 
 
+def test_auto_choice_with_two_rules_records_both_and_says_which_it_used():
+    from mentor.methods import auto_choice
+    labels = np.zeros(40, dtype=int)
+    right = {"labeled-only": np.array(([1] * 6 + [0] * 14) * 2), "vanilla-soft": np.array(([1] * 12 + [0] * 8) * 2),
+             "slam": np.array(([1] * 8 + [0] * 4 + [1] * 5 + [0] * 3) * 2)}
+    probs = lambda name, keep: np.stack([right[name], 1 - right[name]], axis=1).astype(float)
+    out = auto_choice(probs, labels, {"auto_candidates": list(right), "auto_noise_se": [1, 0]}, seed=0)
+    assert [r["noise_se"] for r in out["rules"]] == [1.0, 0.0] and out["selection_estimate"]["splits"] == 20
+    first, second = (r["val_accuracy"] for r in out["rules"])
+    assert out["rule_noise_se"] == (0.0 if second > first else 1.0) and "Rule used" in out["note"]
+    assert out["chosen"] == ("slam" if second > first else "vanilla-soft")
+    assert out["val_right"]["slam"] == "".join(map(str, right["slam"]))
+
+
 def test_selection_estimate_by_hand_over_two_splits():
     from mentor.methods import selection_estimate
     a = np.array([1, 0, 1, 0])
@@ -234,17 +248,12 @@ def test_auto_end_to_end_reports_every_candidate_with_its_uncertainty(tmp_path):
     assert auto["chosen"] in auto["order"] and auto["candidates"][auto["chosen"]]["within_noise"]
     assert auto["note"]
     cands, chosen = auto["candidates"], auto["chosen"]
-    # both rules were scored on V examples their choices did not see; the higher (ties: the first) is used
-    (simplest, best) = auto["rules"]
-    assert (simplest["noise_se"], best["noise_se"]) == (1.0, 0.0)
-    assert auto["rule_noise_se"] == (0.0 if best["val_accuracy"] > simplest["val_accuracy"] else 1.0)
-    assert auto["selection_estimate"]["splits"] == 20 and "Rule used" in auto["note"]
-    if chosen != "labeled-only":  # the rule's choice, and not below not distilling
+    # the default rule (one paired SE); labeled-only's bar averages 20 halvings of V
+    assert auto["rules"] is None and auto["rule_noise_se"] == 1.0
+    assert auto["selection_estimate"]["splits"] == 20
+    if chosen != "labeled-only":  # the simplest distilled candidate within noise, and not below not distilling
         simpler = [c for c in auto["order"][:auto["order"].index(chosen)] if c != "labeled-only"]
-        if auto["rule_noise_se"] == 1.0:  # the simplest distilled candidate within noise
-            assert not any(cands[c]["within_noise"] for c in simpler)
-        else:  # the best on V
-            assert chosen == auto["reference"]
+        assert not any(cands[c]["within_noise"] for c in simpler)
         assert cands["labeled-only"]["val_accuracy"] <= cands[chosen]["val_accuracy"]
     assert auto["val_accuracy"] == {c: auto["candidates"][c]["val_accuracy"] for c in auto["order"]}
     # the per-example V scores, so any choice rule can be checked again from the record alone
