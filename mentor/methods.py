@@ -719,11 +719,10 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
         for f in parts:
             right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
-    rules = options.get("auto_noise_se", AUTO_NOISE_SE)
-    rules = [float(r) for r in (rules if isinstance(rules, list) else [rules])]
     splits = None if folds == 1 else np.vstack([fold] + [
         cross_fit_folds(len(val_labels), folds, [seed, r]) for r in range(1, int(options.get("auto_splits", 20)))])
-    choice = choose_on_validation(scores, order, noise_se=rules, standalone=(LABELED_ONLY,), folds=splits)
+    choice = choose_on_validation(scores, order, noise_se=options.get("auto_noise_se", AUTO_NOISE_SE),
+                                  standalone=(LABELED_ONLY,), folds=splits)
     chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]
     pct = {o: f"{100 * c[o]['val_accuracy']:.1f}%" for o in order}
     est = choice["selection_estimate"]
