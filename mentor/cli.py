@@ -526,13 +526,16 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
                                               "and random (suites tiny|smoke|standard)."),
                   selectors: Optional[str] = typer.Option(None, help="--active: comma-separated selectors "
                                                           "(default rad,margin,random)."),
-                  first_seed: int = typer.Option(0, help="--active: first seed (rows appended when > 0)."),
+                  first_seed: int = typer.Option(0, help="First seed: seeds first_seed .. first_seed + seeds - 1 "
+                                                 "(rows appended when > 0)."),
                   workers: int = typer.Option(2, help="--active: threads calling the server at once."),
                   backend: str = typer.Option("server", help="--active: server (llama.cpp, top-logprobs) or local "
                                               "(the same weights here, label likelihood).")):
     """SmolLM2 as teacher on real text: every scoring mode, zero- and few-shot, through a server and
     locally; then students distilled from it (argmax labels vs full distribution + corrections).
     With --active: the active loop's selectors against the money paid for the LLM's labels."""
+    if first_seed < 0:
+        raise ConfigError(f"--first-seed must be 0 or more, got {first_seed}.")
     if active:
         from .bench.llm_active import bench_llm_active, summarize_llm_active
         rows = bench_llm_active(suite, seeds=seeds, first_seed=first_seed, json_out=json_out, server_url=server_url,
@@ -542,8 +545,8 @@ def bench_llm_cmd(suite: str = typer.Option("smoke", help="smoke (minutes on 2 C
         out(summarize_llm_active(rows))
         return
     from .bench.llm import bench_llm, summarize_llm
-    rows = bench_llm(suite, seeds=seeds, json_out=json_out, work_dir=work_dir, server_url=server_url,
-                     datasets=datasets.split(",") if datasets else None, students=students,
+    rows = bench_llm(suite, seeds=seeds, first_seed=first_seed, json_out=json_out, work_dir=work_dir,
+                     server_url=server_url, datasets=datasets.split(",") if datasets else None, students=students,
                      teachers=teachers, skip=skip.split(",") if skip else None, log=out)
     out(summarize_llm(rows))
 

@@ -320,3 +320,28 @@ def test_slow_measurements_draw_their_test_rows_from_every_class(tmp_path):
     rows = random_rows(test, 200, seed=0)
     assert len(set(y[rows])) == 4 and len(set(rows)) == 200 and set(rows) <= set(test)
     assert np.array_equal(rows, random_rows(test, 200, seed=0))
+
+
+def test_bench_llm_students_run_the_seeds_from_first_seed(tmp_path, monkeypatch):
+    """`bench llm --first-seed 3 --seeds 2` distils students for seeds 3 and 4 (before: the option
+    reached only --active, and students always ran seeds 0..), appending to the rows file."""
+    from typer.testing import CliRunner
+    import importlib
+    quality_mod = importlib.import_module("mentor.bench.quality")
+    from mentor.cli import app
+    calls = []
+
+    def fake_quality(suite, *, seeds, first_seed=0, **kw):  # records what bench_llm asks for; trains nothing
+        calls.append((suite, seeds, first_seed, kw["datasets"]))
+        return [{"dataset": kw["datasets"][0], "seed": s, "method": "teacher"} for s in range(first_seed, first_seed + seeds)]
+    monkeypatch.setattr(quality_mod, "quality", fake_quality)
+    out = tmp_path / "rows.jsonl"
+    out.write_text(json.dumps({"dataset": "fine-foods", "seed": 0, "method": "teacher"}) + "\n")
+    from mentor.bench.llm import bench_llm
+    rows = bench_llm("standard", seeds=2, first_seed=3, teachers=False, datasets=["fine-foods"],
+                     work_dir=tmp_path, json_out=out, log=lambda *a: None)
+    assert calls == [("standard", 2, 3, ["fine-foods"])]
+    assert [r["seed"] for r in rows] == [3, 4]
+    assert [json.loads(l)["seed"] for l in out.read_text().splitlines()] == [0, 3, 4]  # seed 0's row kept
+    bad = CliRunner().invoke(app, ["bench", "llm", "--first-seed", "-1", "--work-dir", str(tmp_path / "w")])
+    assert bad.exit_code == 2 and "--first-seed" in bad.output

@@ -124,12 +124,14 @@ def teacher_row(ctx, teacher, index, *, batch_size: int = 16) -> dict:
 def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = None,
               work_dir: Path = Path("bench-out/llm"), datasets: list[str] | None = None,
               server_url: str | None = None, model_path: str | None = None, students: bool = True,
-              teachers: bool = True, skip: list[str] | None = None, log: Callable = print) -> list[dict]:
+              teachers: bool = True, skip: list[str] | None = None, first_seed: int = 0,
+              log: Callable = print) -> list[dict]:
     """Teacher rows for every grid entry, then student rows; starts a llama.cpp server on
     127.0.0.1 for the run unless `server_url` points at one. The students' teacher (zero-shot,
     so its answer does not depend on the seed) keeps one store per data set across seeds: an
     example in several seeds' splits is paid once, as a user reusing `store.path` would.
-    `skip`: grid entries left out, as "backend/scoring" (e.g. "server/label-likelihood")."""
+    `skip`: grid entries left out, as "backend/scoring" (e.g. "server/label-likelihood").
+    Seeds first_seed .. first_seed + seeds − 1 (rows appended when first_seed > 0)."""
     from ..config import parse_config
     from ..pipeline import prepare
     from ..teachers.llm.teacher import build_llm_teacher
@@ -141,7 +143,7 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
     if unknown:
         raise ConfigError(f"data sets {unknown} are not in the llm suite ({', '.join(spec['data'])}).")
     from .quality import start_rows
-    start_rows(json_out, names)
+    start_rows(json_out, names, first_seed=first_seed)
     rows: list[dict] = []
     known, skip = {f"{g[0]}/{g[1]}" for g in spec["grid"]}, set(skip or ())
     if skip - known:
@@ -155,7 +157,7 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
             server_url = stack.enter_context(llama_server(model_path=model_path))
         for name in names:
             template = run_template(spec, name)
-            for seed in range(seeds if grid else 0):
+            for seed in range(first_seed, first_seed + seeds) if grid else ():
                 out = Path(work_dir) / suite / name / f"seed-{seed}"
                 ctx = prepare(parse_config({**template, "seed": seed, "output_dir": str(out / "teachers"),
                                             "teacher": {"kind": "llm"}}), force=True)
@@ -188,8 +190,8 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                 st = spec["student_teacher"]
                 store = Path(work_dir) / "students" / suite / name / "store"
                 cfgs = {name: student_config(spec, name, store, server_url, model_path)}
-                for r in quality(suite, seeds=seeds, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
-                                 work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
+                for r in quality(suite, seeds=seeds, first_seed=first_seed, methods=["teacher"] + TEACHER_METHODS,
+                                 datasets=[name], work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
                     r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": st["backend"]}
                     rows.append(r)
                     _append_row(json_out, r)
