@@ -611,14 +611,19 @@ def bench_ensemble_cmd(suite: str = typer.Option("standard", help="standard (let
                        teachers: Optional[str] = typer.Option(None, help="Comma-separated teacher kinds (default: "
                                                               "three model families per data set)."),
                        n_pool: Optional[int] = typer.Option(None, help="Cap the pool U (speed)."),
+                       combinations: Optional[str] = typer.Option(None, help="Comma-separated rows to run, of "
+                                                                  "labeled-only, single, average, vote, reliability, "
+                                                                  "log-linear (default: all)."),
                        json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
                        work_dir: Path = typer.Option(Path("bench-out/ensemble"), help="Run folders and stores.")):
-    """Several teachers: each alone, averaged, voted and reliability-weighted; teacher and student test accuracy."""
+    """Several teachers: each alone, averaged, voted, reliability-weighted and log-linear; teacher and
+    student test accuracy."""
     from .bench.ensemble import bench_ensemble, summarize_ensemble
     rows = bench_ensemble(suite, seeds=seeds, datasets=datasets.split(",") if datasets else None,
                           methods=tuple(methods.split(",")), n_pool=n_pool, first_seed=first_seed,
                           kinds=tuple(teachers.split(",")) if teachers else None, json_out=json_out,
-                          work_dir=work_dir, log=out)
+                          work_dir=work_dir, log=out,
+                          combinations=tuple(combinations.split(",")) if combinations else None)
     out(summarize_ensemble(rows))
 
 

@@ -331,8 +331,9 @@ class RunConfig(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     teachers: list[NamedTeacherConfig] | None = None  # several teachers at once, instead of `teacher`: each stored
                                          # in its own folder, combined per example (README: Several teachers)
-    combine: Literal["reliability", "average", "vote"] | None = None  # with teachers: how (default reliability:
-                                         # weights from each teacher's reliability curve on V; mentor.ensemble)
+    combine: Literal["reliability", "average", "vote", "log-linear"] | None = None  # with teachers: how (default
+                                         # reliability: weights from each teacher's reliability curve on V;
+                                         # log-linear: a weight per teacher fitted on V; mentor.ensemble)
     store: StoreConfig = Field(default_factory=StoreConfig)
     distribute: DistributeConfig = Field(default_factory=DistributeConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)

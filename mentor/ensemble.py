@@ -17,16 +17,30 @@ the combination as one teacher whose reliability is fitted on V as usual. Three 
   class. Ties: tied classes keep equal shares, and the argmax among them goes to the class with
   the highest average probability (a 1e-3 mixture of the average breaks the tie; it never
   overturns a strict majority, whose lead is at least 1/K).
+- `log-linear`: p(c) ∝ exp(Σ_k w_k · log p_k(c) + b_c), with one weight w_k ≥ 0 per teacher and
+  one bias per class fitted on V by log-loss (convex: one answer, no seed). It is a product of
+  experts whose exponents V chooses, so the objections to a plain product do not hold: weights
+  below 1 soften instead of sharpening (the fit is calibrated on V), and a weak teacher gets a
+  weight near 0, so it can neither veto nor outvote a strong one — the case where the reliability
+  weights fail (BENCHMARKS.md, "Several teachers": one strong teacher, two weak ones that are
+  confident where they are wrong together). K + C numbers from V, so it holds at small V, unlike a
+  full stacking model (a logistic regression on all K·C log-probabilities), which was tried and
+  fell below the best single teacher at 100–300 V examples.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import TeacherOutputError
 from .reliability import Reliability, fit_reliability, teacher_margin
 
-COMBINATIONS = ("reliability", "average", "vote")
+COMBINATIONS = ("reliability", "average", "vote", "log-linear")
+FITTED_ON_V = ("reliability", "log-linear")  # what these learn on V, V's own rows get cross-fitted
+LOG_FLOOR = 1e-6  # log p is taken of max(p, LOG_FLOOR): a hard 0 from one teacher costs a finite amount
+LOG_LINEAR_L2 = 1e-3  # on the class biases only: a class V barely holds keeps a bias near 0
 DEFAULT_COMBINATION = "reliability"
 VOTE_TIE_BREAK = 1e-3
 
@@ -101,33 +115,101 @@ def reliability_weighted(probs_list, curves: list[Reliability]) -> np.ndarray:
     return average(probs_list, reliability_weights(probs_list, curves))
 
 
-def combine(combination: str, probs_list, curves: list[Reliability] | None = None) -> np.ndarray:
-    """One combined (n, C) distribution; `curves` (one per teacher, fitted on V) for `reliability`."""
+@dataclass(frozen=True)
+class LogLinearPool:
+    """The `log-linear` combination fitted on V: one weight per teacher (≥ 0) on its
+    log-probabilities, one bias per class."""
+    weights: np.ndarray
+    bias: np.ndarray
+    n_val: int
+
+    def to_dict(self) -> dict:
+        return {"weights": [float(w) for w in self.weights], "bias": [float(b) for b in self.bias],
+                "n_val": self.n_val}
+
+
+def _log_probs(probs_list) -> np.ndarray:
+    return np.log(np.maximum(np.stack(check_teacher_probs(probs_list), axis=1), LOG_FLOOR))  # (n, K, C)
+
+
+def fit_log_linear(val_probs_list, val_labels, *, n_classes: int) -> LogLinearPool:
+    """Weights and biases of the log-linear pool minimising log-loss on V (L-BFGS-B, weights
+    bounded at 0, start: equal weights 1/K). Convex, so the answer does not depend on the start."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax, softmax
+    logp = _log_probs(val_probs_list)
+    y = np.asarray(val_labels, dtype=np.int64)
+    n, k, c = logp.shape
+    if c != n_classes:
+        raise TeacherOutputError(f"the teachers give {c} classes but the task has {n_classes}.")
+    if n == 0:
+        raise TeacherOutputError("the log-linear combination is fitted on V, and V holds no example with every "
+                                 "teacher's output; give V outputs, or use combination average or vote.")
+    rows = np.arange(n)
+
+    def loss(theta):
+        z = np.einsum("k,nkc->nc", theta[:k], logp) + theta[k:]
+        g = softmax(z, axis=1)
+        g[rows, y] -= 1.0
+        g /= n
+        b = theta[k:]
+        return (-log_softmax(z, axis=1)[rows, y].mean() + LOG_LINEAR_L2 * b @ b,
+                np.concatenate([np.einsum("nc,nkc->k", g, logp), g.sum(axis=0) + 2 * LOG_LINEAR_L2 * b]))
+    start = np.concatenate([np.full(k, 1.0 / k), np.zeros(c)])
+    theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * k + [(None, None)] * c).x
+    return LogLinearPool(weights=theta[:k], bias=theta[k:], n_val=n)
+
+
+def log_linear(probs_list, pool: LogLinearPool) -> np.ndarray:
+    """The log-linear pool's (n, C) distribution (module doc)."""
+    from scipy.special import softmax
+    logp = _log_probs(probs_list)
+    if logp.shape[1] != len(pool.weights) or logp.shape[2] != len(pool.bias):
+        raise TeacherOutputError(f"the pool was fitted on {len(pool.weights)} teachers and {len(pool.bias)} classes, "
+                                 f"got {logp.shape[1]} and {logp.shape[2]}.")
+    return softmax(np.einsum("k,nkc->nc", pool.weights, logp) + pool.bias, axis=1)
+
+
+def fit_combination(combination: str, val_probs_list, val_labels, *, n_classes: int, min_val: int = 50):
+    """What `combination` learns on V: the teachers' reliability curves (`reliability`), the pool's
+    weights (`log-linear`), or None (average, vote)."""
+    if combination == "reliability":
+        return fit_curves(val_probs_list, val_labels, n_classes=n_classes, min_val=min_val)
+    if combination == "log-linear":
+        return fit_log_linear(val_probs_list, val_labels, n_classes=n_classes)
+    return None
+
+
+def combine(combination: str, probs_list, fitted=None) -> np.ndarray:
+    """One combined (n, C) distribution; `fitted`: what `fit_combination` learned on V, for
+    `reliability` (one curve per teacher) and `log-linear` (a LogLinearPool)."""
     if combination not in COMBINATIONS:
         raise TeacherOutputError(f"unknown combination {combination!r}; choose one of {', '.join(COMBINATIONS)}.")
     if combination == "average":
         return average(probs_list)
     if combination == "vote":
         return vote(probs_list)
-    if curves is None:
-        raise TeacherOutputError("the reliability combination needs each teacher's reliability curve on V "
-                                 "(fit_curves); give V outputs and labels, or use combination average or vote.")
-    return reliability_weighted(probs_list, curves)
+    if fitted is None:
+        raise TeacherOutputError(f"the {combination} combination is fitted on V (fit_combination); give V outputs "
+                                 "and labels, or use combination average or vote.")
+    if combination == "log-linear":
+        return log_linear(probs_list, fitted)
+    return reliability_weighted(probs_list, fitted)
 
 
 def combine_val_crossfit(combination: str, val_probs_list, val_labels, *, n_classes: int, min_val: int = 50,
                          folds: int = 2) -> np.ndarray:
-    """The combination on V itself, each V row weighted by curves fitted on the OTHER folds, so
+    """The combination on V itself, each V row combined by what was fitted on the OTHER folds, so
     the V rows the corrections then judge the combined teacher by did not also set its weights
     (rows are assigned to folds by position: row i in fold i mod `folds`)."""
     probs = check_teacher_probs(val_probs_list)
-    if combination != "reliability":
+    if combination not in FITTED_ON_V:
         return combine(combination, probs)
     y = np.asarray(val_labels)
     fold = np.arange(len(y)) % folds
     out = np.empty_like(probs[0])
     for f in range(folds):
         fit, use = fold != f, fold == f
-        curves = fit_curves([p[fit] for p in probs], y[fit], n_classes=n_classes, min_val=min_val)
-        out[use] = reliability_weighted([p[use] for p in probs], curves)
+        fitted = fit_combination(combination, [p[fit] for p in probs], y[fit], n_classes=n_classes, min_val=min_val)
+        out[use] = combine(combination, [p[use] for p in probs], fitted)
     return out

@@ -443,16 +443,17 @@ def _shared_rows(stores: dict[str, TeacherStore], ids: np.ndarray) -> np.ndarray
 
 
 def combined_outputs(ctx: RunContext, stores: dict[str, TeacherStore], combination: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(ids, combined probabilities, summary) on V, test and the pool. Reliability weights come from
-    curves fitted on V; V's own rows are combined with curves from the other half of V
-    (`ensemble.combine_val_crossfit`), so V can still judge the combined teacher fairly."""
-    from .ensemble import combine, combine_val_crossfit, fit_curves, reliability_weights
+    """(ids, combined probabilities, summary) on V, test and the pool. What the combination learns
+    on V (reliability curves, log-linear weights) is fitted on V; V's own rows are combined with what
+    was fitted on the other half of V (`ensemble.combine_val_crossfit`), so V can still judge the
+    combined teacher fairly."""
+    from .ensemble import FITTED_ON_V, combine, combine_val_crossfit, fit_combination, reliability_weights
     data, sp = ctx.data, ctx.splits
     names = list(stores)
     val_ids = _shared_rows(stores, data.ids[sp.val].astype(str))
     rest_ids = _shared_rows(stores, np.concatenate([data.ids[sp.test], data.ids[sp.pool]]).astype(str))
-    if combination == "reliability" and len(val_ids) < len(sp.val):
-        raise ConfigError(f"combine: reliability weighs each teacher by its reliability on V, but "
+    if combination in FITTED_ON_V and len(val_ids) < len(sp.val):
+        raise ConfigError(f"combine: {combination} weighs each teacher by how it does on V, but "
                           f"{len(sp.val) - len(val_ids)} of V's {len(sp.val)} examples lack some teacher's output "
                           "(a teacher file that leaves V out). Add V's ids to every teacher file, or set combine: "
                           "average or vote.")
@@ -460,19 +461,25 @@ def combined_outputs(ctx: RunContext, stores: dict[str, TeacherStore], combinati
     y_val = np.array([y_of[i] for i in val_ids], dtype=np.int64)
     t_val = [stores[n].read(val_ids) for n in names]
     t_rest = [stores[n].read(rest_ids) for n in names]
-    curves = fit_curves(t_val, y_val, n_classes=ctx.n_classes) if len(val_ids) else None
+    fitted = fit_combination(combination, t_val, y_val, n_classes=ctx.n_classes) if len(val_ids) else None
     probs = np.concatenate([combine_val_crossfit(combination, t_val, y_val, n_classes=ctx.n_classes)
                             if len(val_ids) else np.zeros((0, ctx.n_classes)),
-                            combine(combination, t_rest, curves)]).astype(np.float32)
+                            combine(combination, t_rest, fitted)]).astype(np.float32)
     pool = np.isin(rest_ids, data.ids[sp.pool].astype(str))
-    weights = reliability_weights([p[pool] for p in t_rest], curves) if combination == "reliability" else None
+    if combination == "reliability":
+        weights = reliability_weights([p[pool] for p in t_rest], fitted)
+    elif combination == "log-linear":  # one weight per teacher, the same on every example
+        weights = np.tile(fitted.weights, (max(int(pool.sum()), 1), 1))
+    else:
+        weights = None
     summary = {"combine": combination, "teachers": {
         n: {"kind": ctx.cfg.teachers[i].kind, "fingerprint": stores[n].fingerprint, "store": str(stores[n].path),
             "spent": stores[n].spent, "calls": stores[n].n_calls,
             "val_accuracy": float((t_val[i].argmax(1) == y_val).mean()) if len(y_val) else None,
-            # the share of the reliability weight this teacher carries on the pool (averaged over examples)
+            # the share of the combination's weight this teacher carries on the pool (averaged over examples)
             "pool_weight_share": None if weights is None else float(np.mean(
-                weights[:, i] / np.where(weights.sum(1) > 0, weights.sum(1), 1.0)))}
+                weights[:, i] / np.where(weights.sum(1) > 0, weights.sum(1), 1.0))),
+            **({"log_linear_weight": float(fitted.weights[i])} if combination == "log-linear" else {})}
         for i, n in enumerate(names)}}
     if len(y_val):  # V judges the combination (its own rows cross-fitted) against each teacher alone
         summary["val_accuracy"] = float((probs[:len(val_ids)].argmax(1) == y_val).mean())

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from mentor.config import parse_config
-from mentor.ensemble import (average, combine, combine_val_crossfit, fit_curves, reliability_weighted,
-                             reliability_weights, vote)
+from mentor.ensemble import (LogLinearPool, average, combine, combine_val_crossfit, fit_curves, fit_log_linear,
+                             log_linear, reliability_weighted, reliability_weights, vote)
 from mentor.errors import ConfigError, TeacherOutputError
 
 MENTOR = [sys.executable, "-m", "mentor.cli"]
@@ -100,8 +100,12 @@ def test_bad_teacher_outputs_are_refused():
         average([])
     with pytest.raises(TeacherOutputError, match="unknown combination"):
         combine("median", [p, p])
-    with pytest.raises(TeacherOutputError, match="reliability curve"):
+    with pytest.raises(TeacherOutputError, match="reliability combination is fitted on V"):
         combine("reliability", [p, p])
+    with pytest.raises(TeacherOutputError, match="log-linear combination is fitted on V"):
+        combine("log-linear", [p, p])
+    with pytest.raises(TeacherOutputError, match="fitted on 3 teachers"):
+        log_linear([p, p], LogLinearPool(np.ones(3), np.zeros(3), 10))
 
 
 def test_v_rows_are_weighted_by_curves_fitted_on_the_other_half():
@@ -115,6 +119,77 @@ def test_v_rows_are_weighted_by_curves_fitted_on_the_other_half():
     np.testing.assert_allclose(after[0::2], before[0::2])  # fold 0 is weighted by fold 1's curves
     assert not np.allclose(after[1::2], before[1::2])
     np.testing.assert_allclose(combine_val_crossfit("average", t, y, n_classes=3), average(t))
+
+
+def _wrong_together(y, n_classes, rng, accuracy=0.4):
+    """Two weak teachers that are confident and wrong on the SAME examples, with the same wrong
+    class: independent votes they are not (MNIST-1D's MLP and trees, BENCHMARKS "Several teachers")."""
+    n = len(y)
+    right = rng.uniform(size=n) < accuracy
+    wrong = (y + 1 + rng.integers(0, n_classes - 1, n)) % n_classes
+    top = np.where(right, y, wrong)
+    out = []
+    for _ in range(2):
+        logits = 0.5 * rng.normal(size=(n, n_classes))
+        logits[np.arange(n), top] += 3.0
+        out.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
+    return out
+
+
+def test_log_linear_keeps_one_strong_teacher_where_reliability_weights_let_two_weak_ones_outvote_it():
+    rng = np.random.default_rng(4)
+    c, n_val = 10, 500
+    y = rng.integers(0, c, 5000)
+    strong = _teacher(y, 0.7, c, rng, sharp=2.0)
+    weak = _wrong_together(y, c, rng)
+    teachers = [strong, *weak]
+    val, rest = [t[:n_val] for t in teachers], [t[n_val:] for t in teachers]
+    acc = lambda p: (p.argmax(1) == y[n_val:]).mean()  # noqa: E731
+    pool = fit_log_linear(val, y[:n_val], n_classes=c)
+    assert pool.weights[0] > 0.5 and pool.weights[1:].max() < 0.25 * pool.weights[0]
+    combined = log_linear(rest, pool)
+    np.testing.assert_allclose(combined.sum(1), 1.0)
+    assert acc(combined) >= acc(strong[n_val:]) - 0.01
+    assert acc(reliability_weighted(rest, fit_curves(val, y[:n_val], n_classes=c))) < acc(strong[n_val:]) - 0.03
+    # the fit is the log-loss optimum: a finite-difference gradient (not the fit's own) is ~0 along
+    # every free parameter and points into the bound where a weight sits at 0
+    from scipy.special import log_softmax
+    logp = np.log(np.maximum(np.stack(val, 1), 1e-6))
+    theta = np.concatenate([pool.weights, pool.bias])
+
+    def loss(t):
+        z = np.einsum("k,nkc->nc", t[:3], logp) + t[3:]
+        return -log_softmax(z, 1)[np.arange(n_val), y[:n_val]].mean() + 1e-3 * t[3:] @ t[3:]
+    h = 1e-5
+    grad = np.array([(loss(theta + h * e) - loss(theta - h * e)) / (2 * h) for e in np.eye(len(theta))])
+    free = np.concatenate([pool.weights > 1e-8, np.ones(c, bool)])
+    assert np.abs(grad[free]).max() < 1e-4 and (grad[~free] > -1e-4).all()
+
+
+def test_log_linear_of_one_teacher_scaled_by_a_power_undoes_it():
+    """One teacher whose logits were multiplied by 3 (overconfident): the fitted weight is about 1/3,
+    i.e. temperature scaling falls out as the one-teacher case, and the argmax never changes."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, 4000)
+    p = _teacher(y, 0.8, 4, rng, sharp=1.5)  # drawn with its own noise: calibrated-ish at power 1
+    sharp = p ** 3 / (p ** 3).sum(1, keepdims=True)
+    w1 = fit_log_linear([p], y, n_classes=4).weights[0]
+    w3 = fit_log_linear([sharp], y, n_classes=4).weights[0]
+    assert w3 == pytest.approx(w1 / 3, rel=0.02)
+    pool = fit_log_linear([sharp], y, n_classes=4)
+    assert (log_linear([sharp], pool).argmax(1) == sharp.argmax(1)).mean() > 0.99
+
+
+def test_log_linear_v_rows_are_combined_by_the_other_half():
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 3, 400)
+    t = [_teacher(y, 0.7, 3, rng), _teacher(y, 0.6, 3, rng)]
+    before = combine_val_crossfit("log-linear", t, y, n_classes=3)
+    y2 = y.copy()
+    y2[0::2] = (y2[0::2] + 1) % 3
+    after = combine_val_crossfit("log-linear", t, y2, n_classes=3)
+    np.testing.assert_allclose(after[0::2], before[0::2])
+    assert not np.allclose(after[1::2], before[1::2])
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -221,6 +296,30 @@ def test_rerun_pays_nothing_twice_and_other_combination_reuses_the_stores(two_te
     assert json.loads((run / "ensemble.json").read_text())["combine"] == "vote"
 
 
+def test_log_linear_combination_end_to_end_records_each_teachers_weight(two_teacher_run):
+    """`combine: log-linear` on the two stores of the run: nothing paid again, the combined store is
+    the pool fitted on V (V's own rows cross-fitted), and ensemble.json gives each teacher's weight."""
+    from mentor.config import load_config
+    from mentor.pipeline import label, prepare
+    from mentor.store import TeacherStore
+    tmp, config, _ = two_teacher_run
+    run = tmp / "run"
+    calls = {n: TeacherStore.open(run / "store" / n).n_calls for n in ("trees", "lin")}
+    ctx = prepare(load_config(config, {"combine": "log-linear"}), force=True)
+    store = label(ctx)
+    assert {n: TeacherStore.open(run / "store" / n).n_calls for n in calls} == calls
+    note = json.loads((run / "ensemble.json").read_text())
+    assert note["combine"] == "log-linear"
+    stores = [TeacherStore.open(run / "store" / n) for n in ("trees", "lin")]
+    sp, data = ctx.splits, ctx.data
+    pool = fit_log_linear([s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
+    assert [note["teachers"][n]["log_linear_weight"] for n in ("trees", "lin")] == pytest.approx(list(pool.weights))
+    np.testing.assert_allclose(store.read(data.ids[sp.test]), log_linear([s.read(data.ids[sp.test]) for s in stores], pool),
+                               atol=1e-6)
+    cross = combine_val_crossfit("log-linear", [s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
+    np.testing.assert_allclose(store.read(data.ids[sp.val]), cross, atol=1e-6)
+
+
 def test_audit_shows_each_teacher(two_teacher_run):
     tmp, config, _ = two_teacher_run
     res = _cli("audit", str(config), "--force")
@@ -251,7 +350,7 @@ def test_bench_picks_the_best_single_teacher_on_v_not_on_test():
     best = [r for r in with_best_single(rows) if r["combination"] == "best-single"]
     assert len(best) == 2 and all(r["picked"] == "single:a" and r["teacher_accuracy"] == 0.80 for r in best)
     text = summarize_ensemble(rows)
-    assert "| d | vanilla-soft | +6.00 ± 0.00 | +6.00 ± 0.00 | +2.00 ± 0.00 | +2.00 ± 0.00 |" in text
+    assert "| d | vanilla-soft | reliability | +6.00 ± 0.00 | +6.00 ± 0.00 | +2.00 ± 0.00 | +2.00 ± 0.00 |" in text
 
 
 def test_a_combination_worse_than_its_best_teacher_on_v_is_noted(tmp_path):

@@ -18,7 +18,8 @@ from ..config import parse_config
 from ..errors import ConfigError
 from .quality import _append_row, _mean_std, each_run, select_datasets, suite_configs
 
-COMBINED = ("average", "vote", "reliability")
+COMBINED = ("average", "vote", "reliability", "log-linear")
+FITTED = ("reliability", "log-linear")  # the combinations fitted on V, compared with the others in the summary
 # different model families per data set (the suite's own teacher first)
 TEACHER_KINDS = {"digits": ("mlp", "hgb", "logistic"), "letter": ("mlp", "hgb", "logistic"),
                  "mnist1d": ("cnn1d", "mlp", "hgb"), "fashion-mnist": ("cnn", "mlp", "hgb")}
@@ -41,10 +42,14 @@ def ensemble_suite(suite: str, kinds: tuple[str, ...] | None = None) -> dict[str
 def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[str] | None = None,
                    methods: tuple[str, ...] = ("vanilla-soft",), n_pool: int | None = None,
                    kinds: tuple[str, ...] | None = None, json_out: Path | None = None,
-                   work_dir: Path = Path("bench-out/ensemble"), log: Callable = print, first_seed: int = 0) -> list[dict]:
+                   work_dir: Path = Path("bench-out/ensemble"), log: Callable = print, first_seed: int = 0,
+                   combinations: tuple[str, ...] | None = None) -> list[dict]:
     """One row per (dataset, seed, combination, student method): the combination's teacher accuracy
     on V and test, the student's test accuracy. Combinations: `single:<kind>` for each teacher,
-    average, vote, reliability; plus one labeled-only row per seed. `n_pool` caps the pool (speed)."""
+    average, vote, reliability, log-linear; plus one labeled-only row per seed. `n_pool` caps the
+    pool (speed). `combinations` limits the rows to some of "labeled-only", "single", and the
+    combined ones (to add one to an earlier run's rows: the teachers are retrained alike, and each
+    row records every teacher's fingerprint to check that)."""
     from ..methods import METHODS
     from ..pipeline import combine_teacher_stores, label_teachers, prepare, student_test_probs, teacher_outputs, train
     bad = [m for m in methods if m not in METHODS]
@@ -54,6 +59,10 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
     if not configs:
         raise ConfigError(f"suite {suite!r} has no entry with several built-in teachers ({', '.join(TEACHER_KINDS)}).")
     names = select_datasets(configs, datasets, suite)
+    known = ("labeled-only", "single", *COMBINED)
+    wanted = set(combinations or known)
+    if wanted - set(known):
+        raise ConfigError(f"unknown combinations {sorted(wanted - set(known))}; choose from {', '.join(known)}.")
     rows = []
     for name, seed, template in each_run(configs, names, seeds, Path(work_dir), json_out, first_seed):
         if n_pool:
@@ -61,21 +70,24 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
         cfg = parse_config({**template, "seed": seed, "output_dir": str(Path(work_dir) / suite / name / f"seed-{seed}")})
         t0 = time.perf_counter()
         ctx = prepare(cfg, force=True)  # benchmark folders are scratch
-        stores = {f"single:{n}": s for n, s in label_teachers(ctx).items()}
-        singles = {n.removeprefix("single:"): s for n, s in stores.items()}
+        singles = label_teachers(ctx)
+        stores = {f"single:{n}": s for n, s in singles.items()} if "single" in wanted else {}
         for c in COMBINED:
-            stores[c] = combine_teacher_stores(ctx, singles, c, path=ctx.out / f"store-{c}")
+            if c in wanted:
+                stores[c] = combine_teacher_stores(ctx, singles, c, path=ctx.out / f"store-{c}")
         data, sp = ctx.data, ctx.splits
         y_val, y_test = data.labels[sp.val], data.labels[sp.test]
         base = {"bench": "ensemble", "dataset": name, "seed": seed, "suite": suite, "teachers": list(singles),
                 "n_labeled": len(sp.labeled), "n_val": len(sp.val), "n_pool": len(sp.pool), "n_test": len(sp.test),
+                "single_fingerprints": {n: s.fingerprint for n, s in singles.items()},
                 "setup_seconds": time.perf_counter() - t0}
-        train(ctx, labeled_only=True, name="labeled-only")
-        row = {**base, "combination": "labeled-only", "method": "labeled-only", "teacher_accuracy": None,
-               "teacher_val_accuracy": None,
-               "test_accuracy": float((student_test_probs(ctx, "labeled-only").argmax(1) == y_test).mean())}
-        rows.append(row)
-        _append_row(json_out, row)
+        if "labeled-only" in wanted:
+            train(ctx, labeled_only=True, name="labeled-only")
+            row = {**base, "combination": "labeled-only", "method": "labeled-only", "teacher_accuracy": None,
+                   "teacher_val_accuracy": None,
+                   "test_accuracy": float((student_test_probs(ctx, "labeled-only").argmax(1) == y_test).mean())}
+            rows.append(row)
+            _append_row(json_out, row)
         for combination, store in stores.items():
             t_acc = float((teacher_outputs(store, data.ids[sp.test]).argmax(1) == y_test).mean())
             t_val = float((teacher_outputs(store, data.ids[sp.val]).argmax(1) == y_val).mean())
@@ -128,23 +140,24 @@ def summarize_ensemble(rows: list[dict]) -> str:
                 t = [100 * r["teacher_accuracy"] for r in rs if r["teacher_accuracy"] is not None]
                 lines.append(f"| {d} | {c} | {m} | {_mean_std(t) if t else ''} | "
                              f"{_mean_std([100 * r['test_accuracy'] for r in rs])} | {len(rs)} |")
-    diff = ["| dataset | student method | reliability − best-single: teacher | student | reliability − average: "
-            "teacher | student | reliability − vote: teacher | student |", "|---|---|---|---|---|---|---|---|"]
-    overall = {k: [] for k in ("best-single", "average", "vote")}
-    for d in datasets:
-        for m in methods:
-            seeds = sorted(s for (dd, cc, mm, s) in cell if (dd, cc, mm) == (d, "reliability", m))
-            parts = []
-            for other in ("best-single", "average", "vote"):
-                pairs = [(cell[d, "reliability", m, s], cell[d, other, m, s]) for s in seeds if (d, other, m, s) in cell]
-                t = [100 * (a["teacher_accuracy"] - b["teacher_accuracy"]) for a, b in pairs]
-                st = [100 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in pairs]
-                overall[other].append((np.mean(t), np.mean(st)) if pairs else (np.nan, np.nan))
-                parts += [_mean_std(t, signed=True), _mean_std(st, signed=True)] if pairs else ["", ""]
-            diff.append(f"| {d} | {m} | " + " | ".join(parts) + " |")
+    diff = ["| dataset | student method | combination | − best-single: teacher | student | − average: "
+            "teacher | student | − vote: teacher | student |", "|---|---|---|---|---|---|---|---|---|"]
+    overall = {}
+    for fitted in [c for c in FITTED if any(r["combination"] == c for r in rows)]:
+        for d in datasets:
+            for m in methods:
+                seeds = sorted(s for (dd, cc, mm, s) in cell if (dd, cc, mm) == (d, fitted, m))
+                parts = []
+                for other in ("best-single", "average", "vote"):
+                    pairs = [(cell[d, fitted, m, s], cell[d, other, m, s]) for s in seeds if (d, other, m, s) in cell]
+                    t = [100 * (a["teacher_accuracy"] - b["teacher_accuracy"]) for a, b in pairs]
+                    st = [100 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in pairs]
+                    overall.setdefault((fitted, other), []).append((np.mean(t), np.mean(st)) if pairs else (np.nan, np.nan))
+                    parts += [_mean_std(t, signed=True), _mean_std(st, signed=True)] if pairs else ["", ""]
+                diff.append(f"| {d} | {m} | {fitted} | " + " | ".join(parts) + " |")
     mean = {k: np.nanmean(np.array(v), axis=0) for k, v in overall.items() if v}
-    head = "; ".join(f"vs {k}: teacher {v[0]:+.2f}, student {v[1]:+.2f} points" for k, v in mean.items())
+    head = "; ".join(f"{c} vs {k}: teacher {v[0]:+.2f}, student {v[1]:+.2f} points" for (c, k), v in mean.items())
     return ("Test accuracy (%), mean ± std over seeds (best-single: the single teacher with the best V accuracy "
             "in each seed):\n\n" + "\n".join(lines)
-            + "\n\nReliability-weighted minus the others, in points, paired by seed (mean ± std):\n\n" + "\n".join(diff)
-            + f"\n\nAveraged over the data sets (each data set counts once): {head}.")
+            + "\n\nThe combinations fitted on V minus the others, in points, paired by seed (mean ± std):\n\n"
+            + "\n".join(diff) + f"\n\nAveraged over the data sets (each data set counts once): {head}.")
