@@ -108,15 +108,16 @@ def test_bad_teacher_outputs_are_refused():
         log_linear([p, p], LogLinearPool(np.ones(3), np.zeros(3), 10))
 
 
-def test_v_rows_are_weighted_by_curves_fitted_on_the_other_half():
+@pytest.mark.parametrize("combination", ["reliability", "log-linear"])
+def test_v_rows_are_weighted_by_what_was_fitted_on_the_other_half(combination):
     rng = np.random.default_rng(3)
     y = rng.integers(0, 3, 400)
     t = [_teacher(y, 0.7, 3, rng), _teacher(y, 0.6, 3, rng)]
-    before = combine_val_crossfit("reliability", t, y, n_classes=3)
+    before = combine_val_crossfit(combination, t, y, n_classes=3)
     y2 = y.copy()
     y2[0::2] = (y2[0::2] + 1) % 3  # change the labels of fold 0 (even rows) only
-    after = combine_val_crossfit("reliability", t, y2, n_classes=3)
-    np.testing.assert_allclose(after[0::2], before[0::2])  # fold 0 is weighted by fold 1's curves
+    after = combine_val_crossfit(combination, t, y2, n_classes=3)
+    np.testing.assert_allclose(after[0::2], before[0::2])  # fold 0 is weighted by fold 1's fit
     assert not np.allclose(after[1::2], before[1::2])
     np.testing.assert_allclose(combine_val_crossfit("average", t, y, n_classes=3), average(t))
 
@@ -178,18 +179,6 @@ def test_log_linear_of_one_teacher_scaled_by_a_power_undoes_it():
     assert w3 == pytest.approx(w1 / 3, rel=0.02)
     pool = fit_log_linear([sharp], y, n_classes=4)
     assert (log_linear([sharp], pool).argmax(1) == sharp.argmax(1)).mean() > 0.99
-
-
-def test_log_linear_v_rows_are_combined_by_the_other_half():
-    rng = np.random.default_rng(6)
-    y = rng.integers(0, 3, 400)
-    t = [_teacher(y, 0.7, 3, rng), _teacher(y, 0.6, 3, rng)]
-    before = combine_val_crossfit("log-linear", t, y, n_classes=3)
-    y2 = y.copy()
-    y2[0::2] = (y2[0::2] + 1) % 3
-    after = combine_val_crossfit("log-linear", t, y2, n_classes=3)
-    np.testing.assert_allclose(after[0::2], before[0::2])
-    assert not np.allclose(after[1::2], before[1::2])
 
 
 # ---------------------------------------------------------------------------------------------- config
