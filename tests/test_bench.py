@@ -331,9 +331,16 @@ def test_bench_llm_students_run_the_seeds_from_first_seed(tmp_path, monkeypatch)
     from mentor.cli import app
     calls = []
 
-    def fake_quality(suite, *, seeds, first_seed=0, **kw):  # records what bench_llm asks for; trains nothing
+    def fake_quality(suite, *, seeds, first_seed=0, on_row=None, **kw):  # records what bench_llm asks; trains nothing
         calls.append((suite, seeds, first_seed, kw["datasets"]))
-        return [{"dataset": kw["datasets"][0], "seed": s, "method": "teacher"} for s in range(first_seed, first_seed + seeds)]
+        rows = []
+        for s in range(first_seed, first_seed + seeds):
+            rows.append({"dataset": kw["datasets"][0], "seed": s, "method": "teacher"})
+            on_row(rows[-1])
+            # each row is in the file as soon as it is measured (before: only after every seed had run,
+            # so a bench killed in its last seed lost all its student rows)
+            assert json.loads(out.read_text().splitlines()[-1])["seed"] == s
+        return rows
     monkeypatch.setattr(quality_mod, "quality", fake_quality)
     out = tmp_path / "rows.jsonl"
     out.write_text(json.dumps({"dataset": "fine-foods", "seed": 0, "method": "teacher"}) + "\n")

@@ -190,11 +190,12 @@ def bench_llm(suite: str = "smoke", *, seeds: int = 1, json_out: Path | None = N
                 st = spec["student_teacher"]
                 store = Path(work_dir) / "students" / suite / name / "store"
                 cfgs = {name: student_config(spec, name, store, server_url, model_path)}
-                for r in quality(suite, seeds=seeds, first_seed=first_seed, methods=["teacher"] + TEACHER_METHODS,
-                                 datasets=[name], work_dir=Path(work_dir) / "students", configs=cfgs, log=log):
+                def student_row(r, st=st):  # written as soon as measured: a killed run keeps its rows
                     r = {**r, "row": "student", "scoring": st["scoring"], "shots": st["shots"], "backend": st["backend"]}
                     rows.append(r)
                     _append_row(json_out, r)
+                quality(suite, seeds=seeds, first_seed=first_seed, methods=["teacher"] + TEACHER_METHODS, datasets=[name],
+                        work_dir=Path(work_dir) / "students", configs=cfgs, log=log, on_row=student_row)
     return rows
 
 

@@ -253,12 +253,14 @@ def _append_row(path: Path | None, row: dict) -> None:
 
 def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None = None,
             datasets: list[str] | None = None, json_out: Path | None = None, work_dir: Path = Path("bench-out"),
-            log: Callable = print, configs: dict[str, dict] | None = None, first_seed: int = 0) -> list[dict]:
+            log: Callable = print, configs: dict[str, dict] | None = None, first_seed: int = 0,
+            on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Run the protocol for every (dataset, seed) and every method; returns the rows.
 
     `configs` replaces the suite's templates (name -> partial RunConfig dict), for studies
     beyond the built-in suites. Seeds are first_seed .. first_seed + seeds − 1 (processes
-    running different seeds side by side give the same rows as one process)."""
+    running different seeds side by side give the same rows as one process). `on_row` sees each
+    row as soon as it is measured (a caller writing rows of its own kind keeps them if killed)."""
     from ..methods import METHODS
     from ..pipeline import get_teacher, label, prepare, student_probs, student_test_probs, teacher_outputs, train
     from ..evaluate import accuracy
@@ -310,6 +312,8 @@ def quality(suite: str = "smoke", *, seeds: int = 3, methods: list[str] | None =
                 row["auto"] = {k: v for k, v in info["auto"].items() if k != "note"}
             rows.append(row)
             _append_row(json_out, row)
+            if on_row is not None:
+                on_row(row)
             log(f"{name} seed={seed} {method:22s} test_accuracy={100 * acc:.2f}  (teacher {100 * t_acc:.2f})")
     return rows
 
