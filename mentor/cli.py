@@ -181,7 +181,8 @@ def print_summary(metrics: dict) -> None:
         for name, t in ens["teachers"].items():
             acc = " ".join(f"{k} {100 * t[k + '_accuracy']:.2f}%" for k in ("val", "test")
                            if t.get(k + "_accuracy") is not None)
-            out(f"teacher {name} ({t['kind']}): {acc}")
+            weight = "" if t.get("log_linear_weight") is None else f", log-linear weight {t['log_linear_weight']:.3f}"
+            out(f"teacher {name} ({t['kind']}): {acc}{weight}")
         out(f"the teacher row is their combination: {ens['combine']}")
         if ens.get("note"):
             out(f"note: {ens['note']}")

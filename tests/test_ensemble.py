@@ -286,27 +286,30 @@ def test_rerun_pays_nothing_twice_and_other_combination_reuses_the_stores(two_te
 
 
 def test_log_linear_combination_end_to_end_records_each_teachers_weight(two_teacher_run):
-    """`combine: log-linear` on the two stores of the run: nothing paid again, the combined store is
-    the pool fitted on V (V's own rows cross-fitted), and ensemble.json gives each teacher's weight."""
-    from mentor.config import load_config
-    from mentor.pipeline import label, prepare
+    """`mentor run --set combine=log-linear` on the run's two stores: nothing paid again, the combined
+    store is the pool fitted on V (V's own rows cross-fitted), and ensemble.json and the printed
+    summary give each teacher's weight."""
+    from mentor.pipeline import open_run
     from mentor.store import TeacherStore
     tmp, config, _ = two_teacher_run
     run = tmp / "run"
     calls = {n: TeacherStore.open(run / "store" / n).n_calls for n in ("trees", "lin")}
-    ctx = prepare(load_config(config, {"combine": "log-linear"}), force=True)
-    store = label(ctx)
+    res = _cli("run", str(config), "--set", "combine=log-linear", "--force")
+    assert res.returncode == 0, res.stderr
     assert {n: TeacherStore.open(run / "store" / n).n_calls for n in calls} == calls
     note = json.loads((run / "ensemble.json").read_text())
     assert note["combine"] == "log-linear"
     stores = [TeacherStore.open(run / "store" / n) for n in ("trees", "lin")]
+    ctx = open_run(run)
     sp, data = ctx.splits, ctx.data
     pool = fit_log_linear([s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
     assert [note["teachers"][n]["log_linear_weight"] for n in ("trees", "lin")] == pytest.approx(list(pool.weights))
-    np.testing.assert_allclose(store.read(data.ids[sp.test]), log_linear([s.read(data.ids[sp.test]) for s in stores], pool),
+    combined = TeacherStore.open(run / "store-combined")
+    np.testing.assert_allclose(combined.read(data.ids[sp.test]), log_linear([s.read(data.ids[sp.test]) for s in stores], pool),
                                atol=1e-6)
     cross = combine_val_crossfit("log-linear", [s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
-    np.testing.assert_allclose(store.read(data.ids[sp.val]), cross, atol=1e-6)
+    np.testing.assert_allclose(combined.read(data.ids[sp.val]), cross, atol=1e-6)
+    assert f"log-linear weight {pool.weights[0]:.3f}" in res.stdout and "combination: log-linear" in res.stdout
 
 
 def test_audit_shows_each_teacher(two_teacher_run):
