@@ -331,9 +331,9 @@ class RunConfig(_Strict):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     teachers: list[NamedTeacherConfig] | None = None  # several teachers at once, instead of `teacher`: each stored
                                          # in its own folder, combined per example (README: Several teachers)
-    combine: Literal["reliability", "average", "vote", "log-linear"] | None = None  # with teachers: how (default
-                                         # reliability: weights from each teacher's reliability curve on V;
-                                         # log-linear: a weight per teacher fitted on V; mentor.ensemble)
+    combine: Literal["log-linear", "reliability", "average", "vote"] | None = None  # with teachers: how (default
+                                         # log-linear: a weight per teacher fitted on V; reliability: weights
+                                         # from each teacher's reliability curve on V; mentor.ensemble)
     store: StoreConfig = Field(default_factory=StoreConfig)
     distribute: DistributeConfig = Field(default_factory=DistributeConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
@@ -396,7 +396,7 @@ class RunConfig(_Strict):
             raise ValueError("set teacher (one teacher) or teachers (several), not both; move the teacher into "
                              "the teachers list with a name")
         if self.combine is None:
-            self.combine = "reliability"
+            self.combine = "log-linear"  # = mentor.ensemble.DEFAULT_COMBINATION (not imported: config stays light)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -1,9 +1,9 @@
 """Several teachers at once: combine their per-example class distributions into one teacher.
 
 Plain functions on arrays (one (n, C) probability array per teacher); the corrections then treat
-the combination as one teacher whose reliability is fitted on V as usual. Three combinations:
+the combination as one teacher whose reliability is fitted on V as usual. Four combinations:
 
-- `reliability` (the default): a weighted average whose per-example weights come from EACH
+- `reliability`: a weighted average whose per-example weights come from EACH
   teacher's own reliability curve on V (`reliability.fit_reliability`: accuracy given that
   teacher's margin on this example). Weight = the log-odds of being right over a wrong class,
   `log((C − 1) · r / (1 − r))` with r that curve's value, floored at 0. This is the weight a
@@ -17,7 +17,7 @@ the combination as one teacher whose reliability is fitted on V as usual. Three 
   class. Ties: tied classes keep equal shares, and the argmax among them goes to the class with
   the highest average probability (a 1e-3 mixture of the average breaks the tie; it never
   overturns a strict majority, whose lead is at least 1/K).
-- `log-linear`: p(c) ∝ exp(Σ_k w_k · log p_k(c) + b_c), with one weight w_k ≥ 0 per teacher and
+- `log-linear` (the default): p(c) ∝ exp(Σ_k w_k · log p_k(c) + b_c), with one weight w_k ≥ 0 per teacher and
   one bias per class fitted on V by log-loss (convex: one answer, no seed). It is a product of
   experts whose exponents V chooses, so the objections to a plain product do not hold: weights
   below 1 soften instead of sharpening (the fit is calibrated on V), and a weak teacher gets a
@@ -41,7 +41,7 @@ COMBINATIONS = ("reliability", "average", "vote", "log-linear")
 FITTED_ON_V = ("reliability", "log-linear")  # what these learn on V, V's own rows get cross-fitted
 LOG_FLOOR = 1e-6  # log p is taken of max(p, LOG_FLOOR): a hard 0 from one teacher costs a finite amount
 LOG_LINEAR_L2 = 1e-3  # on the class biases only: a class V barely holds keeps a bias near 0
-DEFAULT_COMBINATION = "reliability"
+DEFAULT_COMBINATION = "log-linear"  # BENCHMARKS.md "Several teachers": above the best single teacher where reliability was not
 VOTE_TIE_BREAK = 1e-3
 
 

@@ -204,8 +204,10 @@ def test_one_teacher_configs_record_as_before():
     rec = config_record(parse_config({"data": {"name": "digits"}}))
     assert "teachers" not in rec and "combine" not in rec and rec["teacher"]["kind"] == "mlp"
     rec = config_record(parse_config({"data": {"name": "digits"}, "teachers": _TWO}))
-    assert "teacher" not in rec and rec["combine"] == "reliability"
+    assert "teacher" not in rec and rec["combine"] == "log-linear"
     assert parse_config(rec).teachers[1].name == "lin"  # a run folder's config.yaml reads back
+    from mentor.ensemble import DEFAULT_COMBINATION
+    assert parse_config({"data": {"name": "digits"}, "teachers": _TWO}).combine == DEFAULT_COMBINATION
 
 
 def _write_config(tmp_path, **extra):
@@ -256,19 +258,24 @@ def test_two_teachers_write_two_stores_and_record_each(two_teacher_run):
     fps = {n: s.fingerprint for n, s in stores.items()}
     assert len(set(fps.values())) == 2 and all(len(s) == 1797 - 100 for s in stores.values())
     assert {n: t["fingerprint"] for n, t in m["teachers"]["teachers"].items()} == fps
-    assert m["teachers"]["combine"] == "reliability" and m["teacher_fingerprint"].startswith("ensemble-")
+    assert m["teachers"]["combine"] == "log-linear" and m["teacher_fingerprint"].startswith("ensemble-")
     for t in m["teachers"]["teachers"].values():
         assert 0.5 < t["val_accuracy"] <= 1 and 0.5 < t["test_accuracy"] <= 1
-    assert "teacher trees (hgb)" in stdout and "combination: reliability" in stdout
-    # the combined teacher scored in metrics.json is the reliability combination of the two stores
+    # the combined teacher scored in metrics.json is the log-linear pool of the two stores, fitted on V
     from mentor.pipeline import open_run
     ctx = open_run(run)
     sp, data = ctx.splits, ctx.data
     names = list(stores)
-    curves = fit_curves([stores[n].read(data.ids[sp.val]) for n in names], data.labels[sp.val], n_classes=10)
-    test = reliability_weighted([stores[n].read(data.ids[sp.test]) for n in names], curves)
+    pool = fit_log_linear([stores[n].read(data.ids[sp.val]) for n in names], data.labels[sp.val], n_classes=10)
+    test = log_linear([stores[n].read(data.ids[sp.test]) for n in names], pool)
     assert m["teacher"]["accuracy"] == pytest.approx((test.argmax(1) == data.labels[sp.test]).mean(), abs=1e-9)
-    assert yaml.safe_load((run / "config.yaml").read_text())["combine"] == "reliability"
+    assert [m["teachers"]["teachers"][n]["log_linear_weight"] for n in names] == pytest.approx(list(pool.weights))
+    assert "teacher trees (hgb)" in stdout and "combination: log-linear" in stdout
+    assert f"log-linear weight {pool.weights[0]:.3f}" in stdout
+    np.testing.assert_allclose(TeacherStore.open(run / "store-combined").read(data.ids[sp.val]),  # V cross-fitted
+                               combine_val_crossfit("log-linear", [stores[n].read(data.ids[sp.val]) for n in names],
+                                                    data.labels[sp.val], n_classes=10), atol=1e-6)
+    assert yaml.safe_load((run / "config.yaml").read_text())["combine"] == "log-linear"
 
 
 def test_rerun_pays_nothing_twice_and_other_combination_reuses_the_stores(two_teacher_run):
@@ -285,31 +292,29 @@ def test_rerun_pays_nothing_twice_and_other_combination_reuses_the_stores(two_te
     assert json.loads((run / "ensemble.json").read_text())["combine"] == "vote"
 
 
-def test_log_linear_combination_end_to_end_records_each_teachers_weight(two_teacher_run):
-    """`mentor run --set combine=log-linear` on the run's two stores: nothing paid again, the combined
-    store is the pool fitted on V (V's own rows cross-fitted), and ensemble.json and the printed
-    summary give each teacher's weight."""
+def test_reliability_combination_through_the_cli_on_the_same_stores(two_teacher_run):
+    """`mentor run --set combine=reliability`: nothing paid again; the combined store is the
+    reliability-weighted mean with curves fitted on V (V's own rows cross-fitted)."""
     from mentor.pipeline import open_run
     from mentor.store import TeacherStore
     tmp, config, _ = two_teacher_run
     run = tmp / "run"
     calls = {n: TeacherStore.open(run / "store" / n).n_calls for n in ("trees", "lin")}
-    res = _cli("run", str(config), "--set", "combine=log-linear", "--force")
+    res = _cli("run", str(config), "--set", "combine=reliability", "--force")
     assert res.returncode == 0, res.stderr
     assert {n: TeacherStore.open(run / "store" / n).n_calls for n in calls} == calls
-    note = json.loads((run / "ensemble.json").read_text())
-    assert note["combine"] == "log-linear"
+    assert json.loads((run / "ensemble.json").read_text())["combine"] == "reliability"
+    assert "combination: reliability" in res.stdout and "log-linear weight" not in res.stdout
     stores = [TeacherStore.open(run / "store" / n) for n in ("trees", "lin")]
     ctx = open_run(run)
     sp, data = ctx.splits, ctx.data
-    pool = fit_log_linear([s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
-    assert [note["teachers"][n]["log_linear_weight"] for n in ("trees", "lin")] == pytest.approx(list(pool.weights))
+    curves = fit_curves([s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
     combined = TeacherStore.open(run / "store-combined")
-    np.testing.assert_allclose(combined.read(data.ids[sp.test]), log_linear([s.read(data.ids[sp.test]) for s in stores], pool),
-                               atol=1e-6)
-    cross = combine_val_crossfit("log-linear", [s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val], n_classes=10)
+    np.testing.assert_allclose(combined.read(data.ids[sp.test]),
+                               reliability_weighted([s.read(data.ids[sp.test]) for s in stores], curves), atol=1e-6)
+    cross = combine_val_crossfit("reliability", [s.read(data.ids[sp.val]) for s in stores], data.labels[sp.val],
+                                 n_classes=10)
     np.testing.assert_allclose(combined.read(data.ids[sp.val]), cross, atol=1e-6)
-    assert f"log-linear weight {pool.weights[0]:.3f}" in res.stdout and "combination: log-linear" in res.stdout
 
 
 def test_audit_shows_each_teacher(two_teacher_run):
@@ -318,7 +323,7 @@ def test_audit_shows_each_teacher(two_teacher_run):
     assert res.returncode == 0, res.stderr
     assert "teacher trees (hgb" in res.stdout and "teacher lin (logistic" in res.stdout
     a = json.loads((tmp / "run" / "audit.json").read_text())
-    assert set(a["teachers"]) == {"trees", "lin"} and a["combine"] == "reliability"
+    assert set(a["teachers"]) == {"trees", "lin"} and a["combine"] == "log-linear"
 
 
 def test_one_teacher_steps_refuse_several_teachers(two_teacher_run):
