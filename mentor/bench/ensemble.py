@@ -152,12 +152,13 @@ def summarize_ensemble(rows: list[dict]) -> str:
                     pairs = [(cell[d, fitted, m, s], cell[d, other, m, s]) for s in seeds if (d, other, m, s) in cell]
                     t = [100 * (a["teacher_accuracy"] - b["teacher_accuracy"]) for a, b in pairs]
                     st = [100 * (a["test_accuracy"] - b["test_accuracy"]) for a, b in pairs]
-                    overall.setdefault((fitted, other), []).append((np.mean(t), np.mean(st)) if pairs else (np.nan, np.nan))
+                    if pairs:
+                        overall.setdefault((fitted, other), []).append((np.mean(t), np.mean(st)))
                     parts += [_mean_std(t, signed=True), _mean_std(st, signed=True)] if pairs else ["", ""]
                 diff.append(f"| {d} | {m} | {fitted} | " + " | ".join(parts) + " |")
-    mean = {k: np.nanmean(np.array(v), axis=0) for k, v in overall.items() if v}
+    mean = {k: np.mean(np.array(v), axis=0) for k, v in overall.items()}
     head = "; ".join(f"{c} vs {k}: teacher {v[0]:+.2f}, student {v[1]:+.2f} points" for (c, k), v in mean.items())
     return ("Test accuracy (%), mean ± std over seeds (best-single: the single teacher with the best V accuracy "
             "in each seed):\n\n" + "\n".join(lines)
             + "\n\nThe combinations fitted on V minus the others, in points, paired by seed (mean ± std):\n\n"
-            + "\n".join(diff) + f"\n\nAveraged over the data sets (each data set counts once): {head}.")
+            + "\n".join(diff) + (f"\n\nAveraged over the data sets (each data set counts once): {head}." if head else ""))
