@@ -613,7 +613,8 @@ def rule_choice_estimate(scores, rules: list[float], splits) -> dict:
     it edged over not distilling by 0.02 points and lost 6 on test). Here, on each fold of each
     split, the rule is chosen on the other folds alone (judged by the other splits restricted to
     them), the candidate it picks there is scored on this fold; averaged as selection_estimate.
-    With one rule this is selection_estimate. `picks`: the pick per fold of the first split."""
+    With one rule this is selection_estimate; with one split no other split can judge the rules
+    inside a fold, and the first rule stands in. `picks`: the pick per fold of the first split."""
     s = np.asarray(scores, dtype=np.float64)
     splits = np.atleast_2d(np.asarray(splits))
     rules = [float(r) for r in rules]
