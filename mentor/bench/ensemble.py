@@ -147,6 +147,8 @@ def summarize_ensemble(rows: list[dict]) -> str:
         for d in datasets:
             for m in methods:
                 seeds = sorted(s for (dd, cc, mm, s) in cell if (dd, cc, mm) == (d, fitted, m))
+                if not seeds:
+                    continue
                 parts = []
                 for other in ("best-single", "average", "vote"):
                     pairs = [(cell[d, fitted, m, s], cell[d, other, m, s]) for s in seeds if (d, other, m, s) in cell]
