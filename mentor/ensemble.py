@@ -25,7 +25,7 @@ the combination as one teacher whose reliability is fitted on V as usual. Four c
   weights fail (BENCHMARKS.md, "Several teachers": one strong teacher, two weak ones that are
   confident where they are wrong together). K + C numbers from V, so it holds at small V, unlike a
   full stacking model (a logistic regression on all K·C log-probabilities), which was tried and
-  fell below the best single teacher at 100–300 V examples.
+  fell below the best single teacher with 100 V examples (BENCHMARKS.md).
 """
 
 from __future__ import annotations
