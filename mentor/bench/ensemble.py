@@ -1,9 +1,9 @@
 """`mentor bench ensemble`: several built-in teachers on the standard entries, each alone and combined.
 
 For each entry and seed: one split; two or three different teachers trained on A (each its own
-store); the student distilled from each teacher alone and from their reliability-weighted
-combination, plain average and majority vote. The question: does weighting by each teacher's
-reliability on V beat the best single teacher (picked on V, as a user would) and the average?
+store); the student distilled from each teacher alone and from their log-linear pool,
+reliability-weighted combination, plain average and majority vote. The question: does a
+combination fitted on V beat the best single teacher (picked on V, as a user would) and the average?
 """
 
 from __future__ import annotations
