@@ -124,11 +124,6 @@ class LogLinearPool:
     log-probabilities, one bias per class."""
     weights: np.ndarray
     bias: np.ndarray
-    n_val: int
-
-    def to_dict(self) -> dict:
-        return {"weights": [float(w) for w in self.weights], "bias": [float(b) for b in self.bias],
-                "n_val": self.n_val}
 
 
 def _log_probs(probs_list) -> np.ndarray:
@@ -160,7 +155,7 @@ def fit_log_linear(val_probs_list, val_labels, *, n_classes: int) -> LogLinearPo
                 np.concatenate([np.einsum("nc,nkc->k", g, logp), g.sum(axis=0)]) + 2 * LOG_LINEAR_L2 * theta)
     start = np.concatenate([np.full(k, 1.0 / k), np.zeros(c)])
     theta = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * k + [(None, None)] * c).x
-    return LogLinearPool(weights=theta[:k], bias=theta[k:], n_val=n)
+    return LogLinearPool(weights=theta[:k], bias=theta[k:])
 
 
 def log_linear(probs_list, pool: LogLinearPool) -> np.ndarray:

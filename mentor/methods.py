@@ -715,6 +715,14 @@ def cross_fit_folds(n_val: int, folds: int, seed) -> np.ndarray:
     return fold
 
 
+def auto_splits(n_val: int, folds: int, seed, n_splits: int = 20) -> np.ndarray:
+    """The splits of V auto judges its choices on, one row each: the cross-fitting split (seed),
+    then n_splits − 1 more dealt with seeds [seed, 1], [seed, 2], … (also to re-derive a run's
+    choice from its recorded V scores)."""
+    return np.vstack([cross_fit_folds(n_val, folds, seed)] +
+                     [cross_fit_folds(n_val, folds, [seed, r]) for r in range(1, n_splits)])
+
+
 def _fit_part(ctx: MethodContext, keep: np.ndarray) -> MethodContext:
     """ctx seeing only the V examples in `keep` (a two-pass method's V outputs are cut alike)."""
     from dataclasses import replace
@@ -755,8 +763,7 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
         for f in parts:
             right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
-    splits = None if folds == 1 else np.vstack([fold] + [
-        cross_fit_folds(len(val_labels), folds, [seed, r]) for r in range(1, int(options.get("auto_splits", 20)))])
+    splits = None if folds == 1 else auto_splits(len(val_labels), folds, seed, int(options.get("auto_splits", 20)))
     choice = choose_on_validation(scores, order, noise_se=options.get("auto_noise_se", AUTO_NOISE_SE),
                                   standalone=(LABELED_ONLY,), folds=splits)
     chosen, ref, c = choice["chosen"], choice["reference"], choice["candidates"]

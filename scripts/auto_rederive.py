@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from mentor.methods import AUTO_NOISE_SE, LABELED_ONLY, choose_on_validation, cross_fit_folds
+from mentor.methods import AUTO_NOISE_SE, LABELED_ONLY, auto_splits, choose_on_validation
 
 ap = argparse.ArgumentParser()
 ap.add_argument("rows", nargs="+")
@@ -55,9 +55,7 @@ for (d, s), m in sorted(by.items()):
     rec = m["auto"]["auto"]
     order = rec["order"]
     scores = np.array([[int(x) for x in rec["val_right"][o]] for o in order], dtype=float)
-    n = scores.shape[1]
-    splits = np.vstack([cross_fit_folds(n, rec.get("folds", 2), s)]
-                       + [cross_fit_folds(n, rec.get("folds", 2), [s, r]) for r in range(1, a.splits)])
+    splits = auto_splits(scores.shape[1], rec.get("folds", 2), s, a.splits)
     one = choose_on_validation(scores, order, noise_se=AUTO_NOISE_SE, standalone=(LABELED_ONLY,), folds=splits)["chosen"]
     two = choose_on_validation(scores, order, noise_se=[1.0, 0.0], standalone=(LABELED_ONLY,), folds=splits)["chosen"]
     lo, vs = test(m, "labeled-only"), test(m, "vanilla-soft")

@@ -154,14 +154,14 @@ def test_rule_choice_is_inside_the_bar_for_not_distilling_fine_foods_seed_1():
     (calibrated-soft, 65.0% on test against labeled-only's 71.2%). That score won a contest between
     the two rules; the honest score of choosing the rule too is lower, and labeled-only is kept."""
     from pathlib import Path
-    from mentor.methods import LABELED_ONLY, cross_fit_folds, rule_choice_estimate
+    from mentor.methods import LABELED_ONLY, auto_splits, rule_choice_estimate
     rows = Path(__file__).parent.parent / "benchmarks" / "llm-standard-students-s14-rule-choice.jsonl"
     row = next(r for r in map(json.loads, rows.read_text().splitlines())
                if r["method"] == "auto" and r["seed"] == 1 and r["dataset"] == "fine-foods")
     a = row["auto"]
     order = a["order"]
     scores = np.array([[int(x) for x in a["val_right"][o]] for o in order], dtype=float)
-    splits = np.vstack([cross_fit_folds(300, 2, 1)] + [cross_fit_folds(300, 2, [1, r]) for r in range(1, 20)])
+    splits = auto_splits(300, 2, 1)
     out = choose_on_validation(scores, order, noise_se=[1, 0], standalone=(LABELED_ONLY,), folds=splits)
     assert [round(100 * r["val_accuracy"], 2) for r in out["rules"]] == [65.02, 66.02]  # as recorded then
     assert out["rule_noise_se"] == 0 and out["candidates"][LABELED_ONLY]["val_accuracy"] == pytest.approx(0.66)

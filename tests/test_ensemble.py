@@ -105,7 +105,7 @@ def test_bad_teacher_outputs_are_refused():
     with pytest.raises(TeacherOutputError, match="log-linear combination is fitted on V"):
         combine("log-linear", [p, p])
     with pytest.raises(TeacherOutputError, match="fitted on 3 teachers"):
-        log_linear([p, p], LogLinearPool(np.ones(3), np.zeros(3), 10))
+        log_linear([p, p], LogLinearPool(np.ones(3), np.zeros(3)))
 
 
 @pytest.mark.parametrize("combination", ["reliability", "log-linear"])
