@@ -468,8 +468,8 @@ def combined_outputs(ctx: RunContext, stores: dict[str, TeacherStore], combinati
     pool = np.isin(rest_ids, data.ids[sp.pool].astype(str))
     if combination == "reliability":
         weights = reliability_weights([p[pool] for p in t_rest], fitted)
-    elif combination == "log-linear":  # one weight per teacher, the same on every example
-        weights = np.tile(fitted.weights, (max(int(pool.sum()), 1), 1))
+    elif combination == "log-linear":  # one weight per teacher, the same on every example: one row says it
+        weights = fitted.weights[None, :]
     else:
         weights = None
     summary = {"combine": combination, "teachers": {
