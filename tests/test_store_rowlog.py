@@ -91,15 +91,54 @@ def test_a_torn_frame_never_hides_the_frames_after_it(tmp_path, monkeypatch):
     unflushed(tmp_path, IDS[:40], monkeypatch)
     log = logs(tmp_path)[0]
     frame = log.read_bytes()[:200]
-    with open(log, "ab") as f:  # a writer killed mid-frame: a header and part of its payload
+    with open(log, "ab") as f:  # a writer that does not write zeros ahead (an older mentor), killed mid-frame
         f.write(frame)
     again = TeacherStore.open(tmp_path)
     monkeypatch.setattr(again, "_checkpoint", lambda: None)
-    again.label(Teacher(), chunks(IDS[:80]))  # appends after the torn bytes
+    again.label(Teacher(), chunks(IDS[:80]))  # an older writer's torn bytes past the zeros: a new log
     again.close()
     third = TeacherStore.open(tmp_path)
     assert len(third) == 80 and np.array_equal(third.read(IDS[:80]), probs_of(IDS[:80]))
     assert third.spent == pytest.approx(40.0)
+
+
+def test_a_frame_torn_in_the_zeros_written_ahead_is_never_written_over(tmp_path, monkeypatch):
+    """This version's writer, killed mid-frame, leaves part of a frame at the end of the last
+    committed one, inside the zeros the log grows by: the next writer sees it, adopts what is
+    sound and puts its own frames in a new log, so nothing is written over bytes nobody committed."""
+    first = unflushed(tmp_path, IDS[:40], monkeypatch)
+    log = logs(tmp_path)[0]
+    end = first._ledger.frame_end[log.name]
+    assert log.stat().st_size % rowlog.ROOM == 0 and log.stat().st_size > end  # zeros ahead
+    torn = log.read_bytes()[:200]
+    fd = os.open(log, os.O_WRONLY)
+    os.pwrite(fd, torn, end)
+    os.close(fd)
+    again = TeacherStore.open(tmp_path)
+    monkeypatch.setattr(again, "_checkpoint", lambda: None)
+    teacher = Teacher()
+    again.label(teacher, chunks(IDS[:80]))
+    again.close()
+    assert sorted(teacher.asked) == sorted(IDS[40:80].tolist())
+    assert log.read_bytes()[end:end + 200] == torn and len(logs(tmp_path)) == 2
+    third = TeacherStore.open(tmp_path)
+    assert len(third) == 80 and np.array_equal(third.read(IDS[:80]), probs_of(IDS[:80]))
+    assert third.spent == pytest.approx(40.0)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc (Linux)")
+def test_small_calls_sync_the_log_data_alone_once_it_has_room(tmp_path, monkeypatch):
+    """Frames land in zeros written ahead: after the first call (which writes the log's first
+    step of zeros), a call's frame needs fdatasync alone, not an fsync that grows the file."""
+    syncs = {"fsync": [], "fdatasync": []}
+    real_fsync, real_fdatasync = os.fsync, rowlog._fdatasync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs["fsync"].append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(rowlog, "_fdatasync", lambda fd: (syncs["fdatasync"].append(
+        os.readlink(f"/proc/self/fd/{fd}")), real_fdatasync(fd))[1])
+    unflushed(tmp_path, IDS[:200], monkeypatch)  # 10 calls of 20 rows
+    on_logs = {k: [p for p in v if rowlog.is_log(os.path.basename(p))] for k, v in syncs.items()}
+    assert len(on_logs["fsync"]) == 1 and len(on_logs["fdatasync"]) == 9
 
 
 def killed_before_commit(other, ids):

@@ -706,7 +706,7 @@ class TeacherStore:
                         stray.append(self.path / name)
             elif rowlog.is_log(name):
                 with contextlib.suppress(FileNotFoundError):
-                    if os.stat(self.path / name).st_size != self._ledger.frame_end.get(name, 0):
+                    if rowlog.has_tail(self.path / name, self._ledger.frame_end.get(name, 0)):
                         stray.append(self.path / name)  # it holds a frame never committed
         return stray
 
@@ -1208,10 +1208,14 @@ class TeacherStore:
             meta["cost"] = repr(float(cost))
         frame = rowlog.encode(table, meta)
         name, fd = self._log_handle()
-        if not adopting and os.fstat(fd).st_size != self._ledger.frame_end.get(name, 0):
-            self._adopt_log(self.path / name)
-            name, fd = self._log_handle()
-        at = rowlog.append(fd, frame)
+        if rowlog.has_tail(fd, self._ledger.frame_end.get(name, 0)):
+            if not adopting:
+                self._adopt_log(self.path / name)
+                name, fd = self._log_handle()
+            if adopting or rowlog.has_tail(fd, self._ledger.frame_end.get(name, 0)):
+                name, fd = self._log_handle(new=True)  # never write over bytes nobody committed
+        at = self._ledger.frame_end.get(name, 0)
+        rowlog.append(fd, frame, at)
         ref = {"log": name, "at": at, "bytes": len(frame), "sha256": frame[len(rowlog.MAGIC) + 8:rowlog.HEADER].hex(),
                "rows": table.num_rows}
         extra = xcols.names(table)
@@ -1219,19 +1223,20 @@ class TeacherStore:
             ref["extras"] = extra
         return ref
 
-    def _log_handle(self) -> tuple[str, int]:
+    def _log_handle(self, *, new: bool = False) -> tuple[str, int]:
         """(name, fd) of the row log to append to: the one holding the last unflushed frame; when
         every frame has been flushed, the one this object used last (unless another process has
-        deleted it since), else a new one."""
+        deleted it since), else (or with `new`) a new one."""
         pending = self._manifest["pending"]
-        name = pending[-1]["log"] if pending else None
-        if self._log is not None and (name is None or self._log[0] == name) and os.fstat(self._log[1]).st_nlink:
+        name = pending[-1]["log"] if pending and not new else None
+        if not new and self._log is not None and (name is None or self._log[0] == name) \
+                and os.fstat(self._log[1]).st_nlink:
             return self._log
         self._close_log()
         new = name is None
         if new:
             name = f"{rowlog.LOG_PREFIX}{uuid.uuid4().hex[:12]}{rowlog.LOG_SUFFIX}"
-        fd = os.open(self.path / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path / name, os.O_RDWR | os.O_CREAT, 0o644)  # written at offsets (rowlog.append)
         if new:
             _fsync_dir(self.path)  # the log's name must survive a power cut, like its frames
         self._log = (name, fd)
@@ -1272,8 +1277,8 @@ class TeacherStore:
             [self.path / log for log in {f["log"] for f in pend}]
         for p in logs:
             with contextlib.suppress(OSError):
-                size = p.stat().st_size
-                if size == self._ledger.frame_end.get(p.name, 0) and (final or size > rowlog.ROTATE_BYTES):
+                end = self._ledger.frame_end.get(p.name, 0)
+                if not rowlog.has_tail(p, end) and (final or end > rowlog.ROTATE_BYTES):
                     p.unlink()
         self._merge(final=False)
         if self._dirty and len(self._ledger.events) >= EVENTS_HELD:  # e.g. a service storing one answer per call
