@@ -2,7 +2,8 @@
 
 Writes: `TeacherStore.label` with an instant in-process teacher (ledger, leases and checksums on)
 at R rows per call, against pyarrow writing one Parquet file per call and making as many fsync
-calls per call as the store made (counted, merges included; rounded): the file itself, its folder, and
+calls per call as the store made syncs (fsync, and fdatasync in the row log; counted, merges
+included; rounded): the file itself, its folder, and
 small appends to a side log for the rest. Reads: `store.read(ids)` (aligned to the ids, in a
 shuffled order, dense float32) on an open store, and opened then read, against a `pyarrow.dataset` scan of the same
 folder, with and without aligning the scan to the same ids. Open: `TeacherStore.open` (which
@@ -15,6 +16,7 @@ the best of --repeats rounds each.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -29,7 +31,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mentor.store import TeacherStore  # noqa: E402
+from mentor.store import TeacherStore, rowlog  # noqa: E402
 
 
 class Instant:
@@ -45,17 +47,18 @@ class Instant:
 
 
 def count_fsyncs(fn):
-    """Run fn, counting os.fsync calls (files and folders)."""
-    real, n = os.fsync, [0]
+    """Run fn, counting the syncs it makes: os.fsync calls (files and folders) and the row log's
+    fdatasync calls."""
+    real, real_data, n = os.fsync, rowlog._fdatasync, [0]
 
-    def counting(fd):
+    def counting(fd, real=real):
         n[0] += 1
         return real(fd)
-    os.fsync = counting
+    os.fsync, rowlog._fdatasync = counting, functools.partial(counting, real=real_data)
     try:
         out = fn()
     finally:
-        os.fsync = real
+        os.fsync, rowlog._fdatasync = real, real_data
     return out, n[0]
 
 
@@ -123,7 +126,7 @@ def main() -> None:
             out["writes"][per_call] = {"store_rows_per_s": n / t_store, "pyarrow_rows_per_s": n / t_pa,
                                        "fsyncs_per_call": fsyncs / calls, "ratio_store_over_pyarrow": t_store / t_pa}
             print(f"write {per_call:5d} rows/call: store {n / t_store:9,.0f} rows/s, pyarrow {n / t_pa:9,.0f} rows/s "
-                  f"({fsyncs / calls:.2f} fsyncs/call each) -> store takes {t_store / t_pa:.2f}x", flush=True)
+                  f"({fsyncs / calls:.2f} syncs/call each) -> store takes {t_store / t_pa:.2f}x", flush=True)
         # reads: the store labeled at 256 rows per call (merged into 4096-row shards as it goes)
         store_write(work / "s", ids, probs, 256)
         order = rng.permutation(n)
