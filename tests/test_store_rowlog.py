@@ -141,6 +141,24 @@ def test_small_calls_sync_the_log_data_alone_once_it_has_room(tmp_path, monkeypa
     assert len(on_logs["fsync"]) == 1 and len(on_logs["fdatasync"]) == 9
 
 
+def test_a_disk_with_room_for_the_answers_but_not_the_zeros_ahead_stores_them_all():
+    """The zeros a log grows by are an optimisation: on a disk too small for them, every answer
+    that fits is still stored (they took the first answer's place before the fallback)."""
+    from test_store_trust import small_disk
+    with small_disk(256) as mnt:
+        store = TeacherStore(mnt / "s", fingerprint="log-test", n_classes=C, shard_size=10**6)
+        store._checkpoint = lambda: None
+        teacher = Teacher()
+        store.label(teacher, chunks(IDS))
+        log = logs(mnt / "s")[0]
+        assert log.stat().st_size == store._ledger.frame_end[log.name]  # no zeros ahead: no room
+        store.close()
+        again = TeacherStore.open(mnt / "s")
+        assert len(again) == len(IDS) and np.array_equal(again.read(IDS), probs_of(IDS))
+        assert again.spent == pytest.approx(0.5 * len(IDS)) and len(teacher.asked) == len(IDS)
+        again.close()
+
+
 def killed_before_commit(other, ids):
     """`other` labels `ids` and is killed between its frame and its commit line (no failure
     record, no checkpoint: a killed process writes neither)."""

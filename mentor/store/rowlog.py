@@ -22,6 +22,7 @@ committed one (the ledger's `frame_end`), not the file's size; the zeros are nev
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -95,14 +96,21 @@ def scan(data: bytes, start: int = 0) -> Iterator[tuple[int, bytes]]:
 def append(fd: int, frame: bytes, at: int) -> None:
     """Write `frame` at offset `at` of the open log `fd` (the end of its last committed frame)
     and make it durable: into the zeros written ahead, the data alone is synced; past them, the
-    frame and the next step of zeros, and the file with them."""
+    frame and the next step of zeros (the frame alone where the disk has no room for them), and
+    the file with them."""
     end = at + len(frame)
     if end <= os.fstat(fd).st_size:
         _pwrite(fd, frame, at)
         _fdatasync(fd)
-    else:
+        return
+    try:
         _pwrite(fd, frame + bytes(-end % ROOM), at)
-        os.fsync(fd)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        _pwrite(fd, frame, at)  # a disk with room for the answer but not for the zeros ahead
+        os.ftruncate(fd, end)
+    os.fsync(fd)
 
 
 def has_tail(log: Path | int, end: int) -> bool:
