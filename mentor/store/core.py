@@ -1304,6 +1304,10 @@ class TeacherStore:
             if self._log is not None and self._log[0] == p.name:
                 self._close_log()
             p.unlink()
+        elif rowlog.has_tail(p, end := self._ledger.frame_end.get(p.name, 0)):
+            # past the last committed frame now lie only torn bytes (every sound frame is adopted
+            # or not needed); cut them, or every later look would find this log again and reload
+            os.truncate(p, end)
 
     def _adopt_frame(self, log: str, at: int, frame: bytes) -> None:
         table = rowlog.decode(frame)
