@@ -26,9 +26,9 @@ at checkpoints (end of a run, merges); opening replays the ledger after the mani
 so a kill can leave only (a) a `.tmp` file, deleted on the next open, (b) a renamed shard
 without its commit line (an orphan), which the next open adopts after checking it is readable and
 carries this fingerprint, dropping any id already stored, or (c) a frame without its commit line,
-adopted the same way (by the next open, or by the next writer, which then writes to a new log
-rather than over bytes nobody committed); a torn frame fails its checksum and is skipped. A lost manifest is rebuilt by replaying the whole ledger,
-checksums included.
+adopted the same way (by the next open, or by the next writer before it appends after it); a torn
+frame fails its checksum and is skipped, and its bytes are cut once the rest of its log is
+adopted. A lost manifest is rebuilt by replaying the whole ledger, checksums included.
 
 Verification. Opening checks each shard's size and sha256 (one read that also yields its ids);
 a shard changed later is re-verified before it is read. Damage is quarantined, not repaired:

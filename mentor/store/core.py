@@ -1199,9 +1199,9 @@ class TeacherStore:
         self._update_offsets()
 
     def _write_frame(self, table: pa.Table, *, call: str, cost: float | None, adopting: bool = False) -> dict:
-        """Append `table` as one frame to the row log (fsynced); returns its reference. A log whose
-        end is not the end of its last committed frame holds an answer whose writer was killed
-        before committing it: that is adopted first (unless `adopting` already)."""
+        """Append `table` as one frame to the row log (made durable); returns its reference. A log
+        holding bytes past its last committed frame holds an answer whose writer was killed before
+        committing it: that is adopted first; while adopting (or if bytes remain) a new log is used."""
         meta = {"fingerprint": self.fingerprint, "n_classes": str(self.n_classes), "top_k": str(self.top_k),
                 "precision": self.precision, "format": str(FORMAT_VERSION), "call": call}
         if cost is not None:
