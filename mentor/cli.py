@@ -613,7 +613,8 @@ def bench_ensemble_cmd(suite: str = typer.Option("standard", help="standard (let
                                                               "three model families per data set)."),
                        n_pool: Optional[int] = typer.Option(None, help="Cap the pool U (speed)."),
                        combinations: Optional[str] = typer.Option(None, help="Comma-separated rows to run, of "
-                                                                  "labeled-only, single, average, vote, reliability, "
+                                                                  "labeled-only, single, best-single (the teacher "
+                                                                  "best on V alone), average, vote, reliability, "
                                                                   "log-linear (default: all)."),
                        json_out: Optional[Path] = typer.Option(None, "--json", help="Write one JSON row per result here."),
                        work_dir: Path = typer.Option(Path("bench-out/ensemble"), help="Run folders and stores.")):

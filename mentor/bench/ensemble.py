@@ -47,7 +47,8 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
     """One row per (dataset, seed, combination, student method): the combination's teacher accuracy
     on V and test, the student's test accuracy. Combinations: `single:<kind>` for each teacher,
     average, vote, reliability, log-linear; plus one labeled-only row per seed. `n_pool` caps the
-    pool (speed). `combinations` limits the rows to some of "labeled-only", "single", and the
+    pool (speed). `combinations` limits the rows to some of "labeled-only", "single" (each
+    teacher), "best-single" (only the teacher best on V: students for one teacher, not all), and the
     combined ones (to add one to an earlier run's rows: the teachers are retrained alike, and each
     row records every teacher's fingerprint to check that)."""
     from ..methods import METHODS
@@ -59,7 +60,7 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
     if not configs:
         raise ConfigError(f"suite {suite!r} has no entry with several built-in teachers ({', '.join(TEACHER_KINDS)}).")
     names = select_datasets(configs, datasets, suite)
-    known = ("labeled-only", "single", *COMBINED)
+    known = ("labeled-only", "single", "best-single", *COMBINED)
     wanted = set(combinations or known)
     if wanted - set(known):
         raise ConfigError(f"unknown combinations {sorted(wanted - set(known))}; choose from {', '.join(known)}.")
@@ -72,6 +73,10 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
         ctx = prepare(cfg, force=True)  # benchmark folders are scratch
         singles = label_teachers(ctx)
         stores = {f"single:{n}": s for n, s in singles.items()} if "single" in wanted else {}
+        if "best-single" in wanted and "single" not in wanted:  # the one a user with V would pick alone
+            best = max(singles, key=lambda n: (teacher_outputs(singles[n], ctx.data.ids[ctx.splits.val]).argmax(1)
+                                               == ctx.data.labels[ctx.splits.val]).mean())
+            stores[f"single:{best}"] = singles[best]
         for c in COMBINED:
             if c in wanted:
                 stores[c] = combine_teacher_stores(ctx, singles, c, path=ctx.out / f"store-{c}")
