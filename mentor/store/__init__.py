@@ -19,9 +19,10 @@ duckdb's `read_parquet('store/*.parquet')` on the shards only (Arrow skips `_` a
 Crash safety. A call's ids and cost are fsynced to the ledger before it is sent (a lease: no
 other process sends them meanwhile). Its answer is appended to the row log as one frame with its
 own sha256 and made durable (`fdatasync` into zeros the log writes ahead; see rowlog.py); a
-ledger line naming the frame then commits it (2 syncs per call in all). Once the committed frames add up to `shard_size` rows, and at the end of each run, they are
-written as one Parquet shard (`_<name>.tmp`, fsynced, renamed) that one fsynced `flush` line
-commits; a call of `shard_size` rows or more goes straight to a shard. The manifest is rewritten
+ledger line naming the frame then commits it (2 syncs per call in all). Once the committed frames
+add up to `shard_size` rows, and at the end of each run, they are written as one Parquet shard
+(`_<name>.tmp`, fsynced, renamed) that one fsynced `flush` line commits; a call of `shard_size`
+rows or more goes straight to a shard. The manifest is rewritten
 at checkpoints (end of a run, merges); opening replays the ledger after the manifest's position,
 so a kill can leave only (a) a `.tmp` file, deleted on the next open, (b) a renamed shard
 without its commit line (an orphan), which the next open adopts after checking it is readable and

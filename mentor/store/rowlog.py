@@ -34,7 +34,7 @@ import pyarrow as pa
 MAGIC = b"MRW1"
 HEADER = len(MAGIC) + 8 + 32
 LOG_PREFIX, LOG_SUFFIX = "_rows-", ".log"
-ROOM = 1 << 20  # a log's size is always a whole number of these (zeros ahead of the frames)
+ROOM = 1 << 20  # a log grows to whole numbers of these, zeros ahead of its frames (where the disk has room)
 ROTATE_BYTES = 64 << 20  # a log whose frames are all in shards is deleted past this size (and at the end of a run)
 
 
@@ -106,7 +106,7 @@ def append(fd: int, frame: bytes, at: int) -> None:
     try:
         _pwrite(fd, frame + bytes(-end % ROOM), at)
     except OSError as e:
-        if e.errno != errno.ENOSPC:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         _pwrite(fd, frame, at)  # a disk with room for the answer but not for the zeros ahead
         os.ftruncate(fd, end)
