@@ -161,6 +161,18 @@ def test_a_disk_with_room_for_the_answers_but_not_the_zeros_ahead_stores_them_al
         again.close()
 
 
+def test_row_offsets_kept_per_frame_match_the_parts_and_reads(tmp_path):
+    """Each frame extends the row offsets by one part (not a recount of every part per call);
+    they must equal the recount, through flushes and merges, and reads must follow them."""
+    store = TeacherStore(tmp_path, fingerprint="log-test", n_classes=C, shard_size=50)
+    store._checkpoint = lambda: None
+    store.label(Teacher(), chunks(IDS[:130], 7))
+    kept = store._offsets.copy()
+    store._update_offsets()
+    assert np.array_equal(kept, store._offsets) and kept[-1] == 130
+    assert np.array_equal(store.read(IDS[129::-1]), probs_of(IDS[129::-1]))
+
+
 def killed_before_commit(other, ids):
     """`other` labels `ids` and is killed between its frame and its commit line (no failure
     record, no checkpoint: a killed process writes neither)."""

@@ -1196,7 +1196,8 @@ class TeacherStore:
         self._dirty = True
         # both callers (_append, _adopt_log) kept only ids that `_first_new` found new
         self._add_to_index(ids if id_list is None else id_list, key, checked=True)
-        self._update_offsets()
+        self._offsets = np.append(self._offsets, self._offsets[-1] + table.num_rows)  # one more part, last
+        self._part_of_row = None
 
     def _write_frame(self, table: pa.Table, *, call: str, cost: float | None, adopting: bool = False) -> dict:
         """Append `table` as one frame to the row log (made durable); returns its reference. A log
