@@ -1,5 +1,6 @@
 """auto's choice re-derived from the per-example V scores its rows record (`auto.val_right`), under
-the default rule and under `auto_noise_se: [1, 0]`, with each choice's test accuracy looked up in the
+the one-SE rule alone (`auto_noise_se: 1`, the default before session 16) and under `[1, 0]` (the
+default since), with each choice's test accuracy looked up in the
 method rows of the same (data set, seed). No training: it checks a choice rule on finished runs.
 
     python scripts/auto_rederive.py benchmarks/quality-standard-auto-s13.jsonl benchmarks/quality-standard-*-s1[45].jsonl
@@ -15,7 +16,7 @@ import json
 
 import numpy as np
 
-from mentor.methods import AUTO_NOISE_SE, LABELED_ONLY, auto_splits, choose_on_validation
+from mentor.methods import LABELED_ONLY, auto_splits, choose_on_validation
 
 ap = argparse.ArgumentParser()
 ap.add_argument("rows", nargs="+")
@@ -47,7 +48,7 @@ def sd(v) -> str:
 
 
 per_entry = collections.defaultdict(list)
-print("| data set | seed | default choice | test | `[1, 0]` choice | test | labeled-only | vanilla-soft |")
+print("| data set | seed | one-SE choice | test | `[1, 0]` choice | test | labeled-only | vanilla-soft |")
 print("|---|---|---|---|---|---|---|---|")
 for (d, s), m in sorted(by.items()):
     if "auto" not in m:
@@ -56,12 +57,12 @@ for (d, s), m in sorted(by.items()):
     order = rec["order"]
     scores = np.array([[int(x) for x in rec["val_right"][o]] for o in order], dtype=float)
     splits = auto_splits(scores.shape[1], rec.get("folds", 2), s, a.splits)
-    one = choose_on_validation(scores, order, noise_se=AUTO_NOISE_SE, standalone=(LABELED_ONLY,), folds=splits)["chosen"]
+    one = choose_on_validation(scores, order, noise_se=1.0, standalone=(LABELED_ONLY,), folds=splits)["chosen"]
     two = choose_on_validation(scores, order, noise_se=[1.0, 0.0], standalone=(LABELED_ONLY,), folds=splits)["chosen"]
     lo, vs = test(m, "labeled-only"), test(m, "vanilla-soft")
     per_entry[d].append((test(m, one) - vs, test(m, two) - vs, test(m, one) - max(lo, vs), test(m, two) - max(lo, vs)))
     print(f"| {d} | {s} | {one} | {test(m, one):.2f} | {two} | {test(m, two):.2f} | {lo:.2f} | {vs:.2f} |")
-print("\n| data set | seeds | default − vanilla-soft | `[1, 0]` − vanilla-soft | default − max(LO, VS) | `[1, 0]` − max(LO, VS) |")
+print("\n| data set | seeds | one SE − vanilla-soft | `[1, 0]` − vanilla-soft | one SE − max(LO, VS) | `[1, 0]` − max(LO, VS) |")
 print("|---|---|---|---|---|---|")
 for d, v in per_entry.items():
     v = np.array(v)

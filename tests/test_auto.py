@@ -276,12 +276,18 @@ def test_auto_end_to_end_reports_every_candidate_with_its_uncertainty(tmp_path):
     assert auto["chosen"] in auto["order"] and auto["candidates"][auto["chosen"]]["within_noise"]
     assert auto["note"]
     cands, chosen = auto["candidates"], auto["chosen"]
-    # the default rule (one paired SE); labeled-only's bar averages 20 halvings of V
-    assert auto["rules"] is None and auto["rule_noise_se"] == 1.0
-    assert auto["selection_estimate"]["splits"] == 20
-    if chosen != "labeled-only":  # the simplest distilled candidate within noise, and not below not distilling
-        simpler = [c for c in auto["order"][:auto["order"].index(chosen)] if c != "labeled-only"]
-        assert not any(cands[c]["within_noise"] for c in simpler)
+    # the default rules, one paired SE and the best outright: the one whose choice scores higher on
+    # held-out halves of V is used (ties: one SE); labeled-only's bar is the nested estimate, 20 halvings
+    one_se, best = auto["rules"]
+    assert (one_se["noise_se"], best["noise_se"]) == (1.0, 0.0)
+    assert auto["rule_noise_se"] == (0.0 if best["val_accuracy"] > one_se["val_accuracy"] else 1.0)
+    assert auto["selection_estimate"]["splits"] == 20 and auto["selection_estimate"]["nested"]
+    if chosen != "labeled-only":  # what the rule used picks, and not below not distilling
+        distilled = [c for c in auto["order"] if c != "labeled-only"]
+        if auto["rule_noise_se"] == 1.0:  # the simplest within noise
+            assert not any(cands[c]["within_noise"] for c in distilled[:distilled.index(chosen)])
+        else:
+            assert cands[chosen]["val_accuracy"] == max(cands[c]["val_accuracy"] for c in distilled)
         assert cands["labeled-only"]["val_accuracy"] <= cands[chosen]["val_accuracy"]
     assert auto["val_accuracy"] == {c: auto["candidates"][c]["val_accuracy"] for c in auto["order"]}
     # the per-example V scores, so any choice rule can be checked again from the record alone
