@@ -11,7 +11,7 @@ that ran (auto's default candidates), and what each rule advised, from V only:
   scored higher on held-out halves of V); its accuracy is the auto row's;
 - `advice-best`: the best on V in that same record (its own row's test accuracy).
 No threshold here is fitted: the one-number rule's are the ones it shipped with, the advice's
-noise level is auto's default (one paired SE), its rule the one auto chose on V.
+noise level is one paired SE (the first of auto's default rules), its rule the one auto chose on V.
 """
 
 from __future__ import annotations
