@@ -170,10 +170,12 @@ class Budget:
     def from_file(cls, path, *, id_column: str = "id", cost_column: str = "cost", **kw) -> "Budget":
         """Per-id prices from a CSV or Parquet file with columns `id_column` and `cost_column`."""
         import pandas as pd
+        import pyarrow.parquet as pq
         p = Path(path)
         if not p.exists():
             raise DataError(f"cost file {p} does not exist.")
-        df = pd.read_parquet(p) if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
+        # from the path, not a Python file object as pandas passes (apache/arrow#50482: a hang at exit)
+        df = pq.read_table(p).to_pandas() if p.suffix in (".parquet", ".pq") else pd.read_csv(p)
         for col in (id_column, cost_column):
             if col not in df.columns:
                 raise DataError(f"cost file {p} has no column {col!r} (columns: {list(df.columns)}); set "

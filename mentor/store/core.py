@@ -29,7 +29,8 @@ from ..checks import dense_to_topk, topk_to_dense, validate_probabilities
 from ..errors import ConfigError, DataError, StoreError, TeacherOutputError
 from . import extras as xcols
 from . import rowlog
-from .files import LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig, folder_lock  # noqa: F401
+from .files import (LOCK_NAME, FolderLock, _atomic_write, _fsync_dir, _sha256_file, file_sig,  # noqa: F401
+                    folder_lock, read_arrow)
 from .ids import IdIndex, RepeatedId
 from .ledger import LEDGER_NAME, Ledger, release
 
@@ -884,7 +885,7 @@ class TeacherStore:
             return None, f"its size ({sig[1]} bytes) is not the {entry['bytes']} in {MANIFEST_NAME} (truncated or appended to)"
         try:
             if self.verify_on_open or full:
-                data = p.read_bytes()
+                data = read_arrow(p)
                 if hashlib.sha256(data).hexdigest() != entry["sha256"]:
                     return None, f"it does not match the checksum in {MANIFEST_NAME} (changed or damaged on disk)"
                 ids = _id_array(pq.read_table(pa.BufferReader(data), columns=["id"]))
@@ -1007,7 +1008,7 @@ class TeacherStore:
         """Take in a shard renamed into place but never committed (the writer was killed), keeping
         only ids not stored yet, so nothing is paid twice and nothing is duplicated."""
         try:
-            data = p.read_bytes()
+            data = read_arrow(p)
             table = pq.read_table(pa.BufferReader(data))
             meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         except Exception as e:  # noqa: BLE001 - renamed into place only once complete: this is damage

@@ -90,6 +90,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def read_arrow(path: Path):
+    """The file's bytes in Arrow-owned memory, to parse Parquet from. Not Python `bytes`: Arrow
+    wraps those in a buffer whose release needs the GIL, and its worker threads may release it
+    late; if that happens while the interpreter exits, the process aborts ("terminate called
+    without an active exception", apache/arrow#34314) after its work is done."""
+    import pyarrow as pa
+    with pa.OSFile(str(path)) as f:
+        return f.read_buffer()
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
