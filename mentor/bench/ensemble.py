@@ -99,11 +99,13 @@ def bench_ensemble(suite: str = "standard", *, seeds: int = 3, datasets: list[st
             for method in methods:
                 t1 = time.perf_counter()
                 student = f"{combination.replace(':', '-')}-{method}"
-                train(ctx, store, method=method, name=student)
+                info = train(ctx, store, method=method, name=student)
                 acc = float((student_test_probs(ctx, student).argmax(1) == y_test).mean())
                 row = {**base, "combination": combination, "method": method, "teacher_accuracy": t_acc,
                        "teacher_val_accuracy": t_val, "teacher_fingerprint": store.fingerprint, "test_accuracy": acc,
                        "seconds": time.perf_counter() - t1}
+                if method == "auto":  # every candidate's V scores, as `bench quality` keeps: a rule re-derivable
+                    row["auto"] = {k: v for k, v in (info or {}).get("auto", {}).items() if k != "note"}
                 rows.append(row)
                 _append_row(json_out, row)
                 log(f"{name} seed={seed} {combination:16s} {method:14s} teacher={100 * t_acc:.2f} "
