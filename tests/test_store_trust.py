@@ -291,7 +291,9 @@ def test_shards_are_parsed_from_arrow_memory_never_from_python_bytes(tmp_path, m
     open, `verify()` and adopting an orphan shard all read the file into memory first: Arrow's."""
     store, _ = labeled(tmp_path / "s")
     store.close()
-    shutil.copy(tmp_path / "s" / "shard-000004.parquet", tmp_path / "s" / "shard-000009.parquet")  # an orphan
+    more = np.array([f"id{i}" for i in range(400, 500)])
+    labeled(tmp_path / "o", ids=more)[0].close()  # an orphan shard of new ids: adopted as it is
+    shutil.copy(tmp_path / "o" / "shard-000001.parquet", tmp_path / "s" / "shard-000009.parquet")
     given = []
     real = pa.BufferReader
 
@@ -302,7 +304,8 @@ def test_shards_are_parsed_from_arrow_memory_never_from_python_bytes(tmp_path, m
     monkeypatch.setattr(pa, "BufferReader", spy)
     with TeacherStore.open(tmp_path / "s") as again:
         again.verify()
-        assert len(again) == len(IDS)
+        assert len(again) == len(IDS) + len(more)
+        np.testing.assert_allclose(again.read(more), faults.expected_probs(more), atol=1e-6)
     assert len(given) >= 2 * 4 + 1 and set(given) == {pa.Buffer}, given
 
 
