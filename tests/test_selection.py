@@ -314,3 +314,18 @@ def test_one_round_over_a_million_points():
     for name, extra in (("margin", {}), ("entropy", {}), ("rad", {"teacher_accuracy": 0.9})):
         chosen = select(name, cand, b, 0, probs=probs, **extra)
         assert len(np.unique(chosen)) == b and np.isin(chosen, cand).all()
+
+
+@pytest.mark.parametrize("c", [2, 3, 10, 64, 65, 200])
+def test_margin_and_top1_equal_a_full_sort_on_both_sides_of_the_column_loop(c):
+    """Up to 64 classes the margin and the top-1 come from a loop over the columns, above that
+    from numpy's row reductions: both equal the sorted rows' top two exactly, ties and zeros included."""
+    from mentor.active.selection import _row_max, student_margin
+    rng = np.random.default_rng(c)
+    p = rng.dirichlet(np.full(c, 0.3), 500).astype(np.float32)
+    p[:50, :2] = 0.5  # exact ties for the top two
+    p[50:60] = 0.0
+    p[50:60, 0] = 1.0
+    top = np.sort(p, 1)
+    np.testing.assert_array_equal(student_margin(p), top[:, -1] - top[:, -2])
+    np.testing.assert_array_equal(_row_max(p), top[:, -1])
