@@ -1,10 +1,10 @@
 """Uncertainty selection before vs after issue 14, in one process, on 1M × 10 probabilities.
 
-Times `select("margin" | "entropy" | "least-confidence", ...)` from mentor/selection.py as it is
+Times `select("margin" | "entropy" | "least-confidence", ...)` from mentor/active/selection.py as it is
 at a git revision (--before) and as it is in the working tree, plus the
 plainest numpy version of each score (np.partition for the top two, np.argpartition for the b
-smallest, no input checks): the floor a library could reach with numpy. modAL, small-text and
-scikit-activeml are not installed here, so they are not timed. Best of --repeats, in turn.
+smallest, no input checks): the floor a library could reach with numpy. The libraries themselves
+(modAL, small-text, scikit-activeml): `scripts/selection_vs_peers.py`. Best of --repeats, in turn.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/selection_speed_ab.py --before <rev> --json out.json
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_before(rev: str, where: str = "mentor/selection.py", package: str = "mentor"):
+def load_before(rev: str, where: str = "mentor/active/selection.py", package: str = "mentor.active"):
     """`where` at `rev`, imported as <package>._selection_before (its relative imports resolve in `package`)."""
     importlib.import_module(package)  # the package its relative imports resolve in
     src = subprocess.run(["git", "show", f"{rev}:{where}"], check=True, capture_output=True,
