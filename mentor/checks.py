@@ -57,6 +57,36 @@ def validate_probabilities(probs, n_classes: int | None = None, *, name: str = "
     return np.clip(arr, 0.0, 1.0)
 
 
+# Up to this many classes the row max and top two run as a loop over the columns (C elementwise
+# passes, exact: max and min only): numpy's reductions along short rows are 2-3x slower (1M x 10
+# float32: max 111 vs 35 ms, the top two by np.partition 81 vs 44 ms, on this machine).
+_COLUMN_LOOP_MAX = 64
+
+
+def row_max(p: np.ndarray) -> np.ndarray:
+    """Largest value per row of a 2-d array (the top-1 probability)."""
+    if p.shape[1] > _COLUMN_LOOP_MAX:
+        return p.max(axis=1)
+    top = p[:, 0].copy()
+    for j in range(1, p.shape[1]):
+        np.maximum(top, p[:, j], out=top)
+    return top
+
+
+def top_two_gap(p: np.ndarray) -> np.ndarray:
+    """Largest minus second-largest value per row of a 2-d array with >= 2 columns (the margin)."""
+    if p.shape[1] > _COLUMN_LOOP_MAX:
+        top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+        return top2[:, 1] - top2[:, 0]  # partition puts the largest last: no abs needed
+    first, second = np.maximum(p[:, 0], p[:, 1]), np.minimum(p[:, 0], p[:, 1])
+    tmp = np.empty_like(first)
+    for j in range(2, p.shape[1]):  # a new column c: second = max(second, min(first, c)), first = max(first, c)
+        c = p[:, j]
+        np.maximum(second, np.minimum(first, c, out=tmp), out=second)
+        np.maximum(first, c, out=first)
+    return np.subtract(first, second, out=first)
+
+
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
     z = z - z.max(axis=1, keepdims=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import softmax, validate_probabilities
+from .checks import softmax, top_two_gap, validate_probabilities
 from .errors import DataError, TeacherOutputError
 
 DEFAULT_MIN_VAL = 50
@@ -34,8 +34,7 @@ def teacher_margin(probs) -> np.ndarray:
     if p.shape[1] < 2:
         raise TeacherOutputError("no margin with one class: the teacher outputs a single class, so there is no "
                                  "runner-up to compare with. Give the teacher's full class distribution (C >= 2).")
-    top2 = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
-    return top2[:, 1] - top2[:, 0]
+    return top_two_gap(p)
 
 
 def check_validation(teacher_probs_val, val_labels, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -320,7 +320,8 @@ def test_one_round_over_a_million_points():
 def test_margin_and_top1_equal_a_full_sort_on_both_sides_of_the_column_loop(c):
     """Up to 64 classes the margin and the top-1 come from a loop over the columns, above that
     from numpy's row reductions: both equal the sorted rows' top two exactly, ties and zeros included."""
-    from mentor.active.selection import _row_max, student_margin
+    from mentor.active.selection import student_margin
+    from mentor.checks import row_max as _row_max
     rng = np.random.default_rng(c)
     p = rng.dirichlet(np.full(c, 0.3), 500).astype(np.float32)
     p[:50, :2] = 0.5  # exact ties for the top two
