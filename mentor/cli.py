@@ -764,12 +764,17 @@ def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, a
                                                                "write the rows as one JSON list)."),
                        work_dir: Path = typer.Option(Path("bench-out/students"), help="Run folders, stores, "
                                                      "model folders."),
-                       sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000.")):
+                       sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000."),
+                       set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE config override for "
+                                                                "every run, e.g. --set student.max_length=128 --set "
+                                                                "train.epochs=3 (repeatable; smoke/standard).")):
     """Shippable students from the same teacher outputs: accuracy, size, CPU latency, ONNX check, time, memory;
     `--suite memory`: rows pool_size, path (stream or in-memory), peak_rss_mb."""
     from .bench.students import bench_students, summarize
     split = lambda v: v.split(",") if v else None  # noqa: E731
     if suite in ("memory", "memory-sparse"):
+        if set_:
+            raise ConfigError("--set is for --suite smoke or standard; the memory suites have fixed settings.")
         options = {}
         if sizes:
             try:
@@ -782,7 +787,8 @@ def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, a
     if sizes:
         raise ConfigError("--sizes is for --suite memory or memory-sparse.")
     rows = bench_students(suite, seeds=seeds, first_seed=first_seed, entries=split(entries), students=split(students),
-                          methods=split(methods), json_out=json_out, work_dir=work_dir, log=out)
+                          methods=split(methods), json_out=json_out, work_dir=work_dir, overrides=_overrides(set_),
+                          log=out)
     out(summarize(rows))
 
 

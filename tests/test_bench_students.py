@@ -31,6 +31,30 @@ def test_smoke_suite_rows_and_summary(tmp_path):
     assert "| digits | mlp |" in table and "auto − vanilla-soft" in table
 
 
+def test_overrides_change_every_student_run_and_the_split(tmp_path):
+    """`--set` (overrides): student.* and train.* reach every student run, split.* also the teacher's
+    labeling run (the students' pool is the one labeled); the rows record them."""
+    sets = {"student.hidden": [16], "train.epochs": 2, "split.n_pool": 120}
+    rows = bench_students("smoke", seeds=1, methods=["vanilla-soft"], overrides=sets, work_dir=tmp_path,
+                          log=lambda *a: None)
+    (row,) = rows
+    assert row["params"] == 64 * 16 + 16 + 16 * 10 + 10 and row["n_pool"] == 120
+    assert row["train_config"]["epochs"] == 2 and row["overrides"] == sets
+    with pytest.raises(ConfigError, match="student.hiden"):  # refused before any teacher is trained
+        bench_students("smoke", seeds=1, overrides={"student.hiden": [3]}, work_dir=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_summary_pairs_each_student_with_the_first_by_seed():
+    rows = [{"dataset": "d", "student": st, "method": "vanilla-soft", "seed": seed, "test_accuracy": acc,
+             "teacher_accuracy": 0.7, "params": 1, "size_mb": 0.1, "train_seconds": 1.0, "peak_rss_mb": 1.0}
+            for st, seed, acc in [("tfidf", 0, 0.70), ("tfidf", 1, 0.72), ("transformer", 0, 0.75),
+                                  ("transformer", 1, 0.76), ("transformer", 2, 0.99)]]
+    table = summarize(rows)
+    # seed 2 has no tfidf row, so it is not paired: +5.00 and +4.00
+    assert "- d, vanilla-soft: transformer − tfidf +4.50 ± 0.71 (seeds 0, 1: +5.00, +4.00)" in table
+
+
 def test_unknown_suite_or_entry_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="smoke, standard"):
         bench_students("huge")

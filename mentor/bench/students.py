@@ -148,10 +148,27 @@ def _transformer_onnx(ctx, name: str) -> tuple[float | None, str]:
         f"exported with mentor.students.hf.export_onnx_hf (input_ids + attention_mask), checked on {len(rows)} V rows"
 
 
+def _with(config: dict, overrides: dict | None, students: bool = True) -> dict:
+    """A deep copy of an entry's config with dotted overrides applied (student.* and train.* only when
+    `students`: the teacher's labeling run keeps its own)."""
+    import copy
+    from ..config import _set_dotted
+    out = copy.deepcopy(config)
+    for key, value in (overrides or {}).items():
+        if students or key.split(".")[0] not in ("student", "train"):
+            _set_dotted(out, key, value)
+    return out
+
+
 def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: list[str] | None = None,
                 students: list[str] | None = None, methods: list[str] | None = None, json_out: Path | None = None,
-                work_dir: Path = Path("bench-out/students"), log: Callable = print) -> list[dict]:
-    """Run the suite's entries (all, or those named) for seeds first_seed .. first_seed+seeds-1."""
+                work_dir: Path = Path("bench-out/students"), overrides: dict | None = None,
+                log: Callable = print) -> list[dict]:
+    """Run the suite's entries (all, or those named) for seeds first_seed .. first_seed+seeds-1.
+
+    `overrides` (dotted keys, as `--set`) change the suite's settings, e.g. {"student.max_length": 128,
+    "train.epochs": 3} for a longer transformer run on a GPU: `student.*` and `train.*` keys apply to
+    every student run, the others (split, teacher, data) also to the teacher's labeling run."""
     from ..config import parse_config
     from ..evaluate import accuracy
     from ..pipeline import RunContext, student_test_probs, train, write_model_folder
@@ -159,12 +176,18 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
     unknown = sorted(set(entries or []) - set(configs))
     if unknown:
         raise ConfigError(f"unknown entries {unknown} in suite {suite!r}; it has {sorted(configs)}.")
+    for entry in entries or list(configs):  # a misspelt --set fails here, before any teacher is trained
+        spec = configs[entry]
+        parse_config(_with(spec["base"], overrides, students=False))
+        for over in spec["students"].values():
+            parse_config(_with({**spec["base"], **over}, overrides))
     rows = []
     for entry in entries or list(configs):
         spec = configs[entry]
         for seed in range(first_seed, first_seed + seeds):
             out_dir = Path(work_dir) / suite / entry.replace("/", "-") / f"seed-{seed}"
-            base = parse_config({**spec["base"], "seed": seed, "baseline": False, "output_dir": str(out_dir)})
+            base = parse_config(_with(spec["base"], overrides, students=False) | {
+                "seed": seed, "baseline": False, "output_dir": str(out_dir)})
             t0 = time.perf_counter()
             ctx, store, t_acc = labeled_seed(base)
             y_test = ctx.data.labels[ctx.splits.test]
@@ -175,8 +198,9 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                     continue
                 for method in methods or spec["methods"]:
                     options = CHEAP_AUTO if method == "auto" and student in spec.get("slow", ()) else {}
-                    cfg = parse_config({**spec["base"], **over, "seed": seed, "baseline": False,
-                                        "output_dir": str(out_dir), "method": method, "method_options": options})
+                    cfg = parse_config(_with({**spec["base"], **over}, overrides) | {
+                        "seed": seed, "baseline": False, "output_dir": str(out_dir), "method": method,
+                        "method_options": options})
                     sctx = RunContext(cfg, ctx.data, ctx.splits, ctx.out)
                     name = f"{student}-{method}"
                     with PeakRSS() as rss:
@@ -200,7 +224,8 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                            "auto_chosen": (info.get("auto") or {}).get("chosen"), "method_options": options,
                            "epochs": info.get("epochs"), "n_labeled": len(ctx.splits.labeled),
                            "n_val": len(ctx.splits.val), "n_pool": len(ctx.splits.pool), "n_test": len(y_test),
-                           "student_config": cfg.student.model_dump(), "train_config": cfg.train.model_dump()}
+                           "student_config": cfg.student.model_dump(), "train_config": cfg.train.model_dump(),
+                           "overrides": overrides or {}}
                     rows.append(row)
                     _append_row(json_out, row)
                     log(f"{entry} seed {seed} {student:18s} {method:12s} test {100 * acc:6.2f}  train {train_s:6.1f} s"
@@ -235,7 +260,25 @@ def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
                    f"{ref['size_mb']:.3g} | {lat('latency_ms_torch')} | {lat('latency_ms_onnx')} | "
                    f"{'' if diff is None else f'{diff:.1e}'} | "
                    f"{train_s} | {max(r['peak_rss_mb'] for r in mine):.0f} |")
-    return "\n".join(out)
+    return "\n".join(out + _paired_students(rows))
+
+
+def _paired_students(rows: list[dict]) -> list[str]:
+    """Each student against the entry's first student (e.g. transformer − tfidf), per method, paired by
+    seed: the same split, teacher outputs and labels, so the difference is the student's alone."""
+    out = []
+    for data in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == data]
+        names = list(dict.fromkeys(r["student"] for r in mine))
+        acc = {(r["student"], r["method"], r["seed"]): 100 * r["test_accuracy"] for r in mine}
+        for other in names[1:]:
+            for m in METHODS:
+                seeds = sorted(s for (st, me, s) in acc if st == other and me == m and (names[0], m, s) in acc)
+                if seeds:
+                    diffs = [acc[(other, m, s)] - acc[(names[0], m, s)] for s in seeds]
+                    out.append(f"- {data}, {m}: {other} − {names[0]} {_mean_std(diffs, signed=True)} "
+                               f"(seeds {', '.join(map(str, seeds))}: " + ", ".join(f"{d:+.2f}" for d in diffs) + ")")
+    return ([""] if out else []) + out
 
 
 # ---------------------------------------------------------------------------------------------- suite: memory
