@@ -105,6 +105,19 @@ def test_pipeline_trains_a_transformer_student(tiny, tmp_path, method):
         model, feat, _ = load_student(open_run(tmp_path / "run"))
         want = predict_proba(model, feat.transform(texts), device="cpu")
         np.testing.assert_allclose(FolderPredictor(folder).predict_proba(texts), want, atol=1e-5)
+        # and its ONNX graph (token ids + mask), checked on V, timed, and used by serve/predict --runtime onnx
+        import json
+        rec = json.loads((folder / "mentor_student.json").read_text())
+        assert rec["onnx"]["exported"] and rec["onnx"]["max_abs_diff"] <= 1e-4 and (folder / "model.onnx").is_file()
+        assert set(rec["onnx"]["inputs"]) == {"input_ids", "attention_mask"}
+        assert rec["latency_ms_per_example"]["onnx_b64_ms"] > 0
+        np.testing.assert_allclose(FolderPredictor(folder, "onnx").predict_proba(texts), want, atol=1e-4)
+        from mentor.students.export import predict_file
+        data = tmp_path / "new.parquet"
+        pq.write_table(pa.table({"id": [f"n{i}" for i in range(10)], "text": list(texts)}), data)
+        predict_file(folder, data, tmp_path / "p.parquet", runtime="onnx", batch_size=4)
+        got = pq.read_table(tmp_path / "p.parquet").to_pandas()
+        np.testing.assert_allclose(got[[f"prob_{c}" for c in range(N_CLASSES)]].to_numpy(), want, atol=1e-4)
 
 
 def test_transformer_student_trains_from_disk(tiny, tmp_path):

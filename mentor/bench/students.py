@@ -137,17 +137,6 @@ def _latency(lat: dict, runtime: str) -> dict | None:
     return {"b1": lat[f"{runtime}_b1_ms"], "b64": lat[f"{runtime}_b64_ms"]}
 
 
-def _transformer_onnx(ctx, name: str) -> tuple[float | None, str]:
-    """The transformer's own ONNX graph (ids + mask inputs, mentor.students.hf) checked on V."""
-    from ..pipeline import load_student
-    from ..students.hf import check_onnx_hf, export_onnx_hf
-    model, feat, _ = load_student(ctx, name)
-    path = export_onnx_hf(model, ctx.out / f"{name}.onnx")
-    rows = ctx.splits.val[:200]
-    return check_onnx_hf(path, model, feat.transform(ctx.data.features[rows])), \
-        f"exported with mentor.students.hf.export_onnx_hf (input_ids + attention_mask), checked on {len(rows)} V rows"
-
-
 def _with(config: dict, overrides: dict | None, students: bool = True) -> dict:
     """A deep copy of an entry's config with dotted overrides applied (student.* and train.* only when
     `students`: the teacher's labeling run keeps its own)."""
@@ -211,8 +200,6 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                         rec = write_model_folder(sctx, path=out_dir / "models" / name, name=name, onnx="auto")
                         onnx = rec.get("onnx") or {}
                         diff, note = onnx.get("max_abs_diff"), None if onnx.get("exported") else onnx.get("why")
-                        if cfg.student.kind == "transformer":
-                            diff, note = _transformer_onnx(sctx, name)
                     lat = rec.get("latency_ms_per_example") or {}
                     row = {"suite": suite, "dataset": entry, "student": student, "method": method, "seed": seed,
                            "test_accuracy": acc, "teacher_accuracy": t_acc, "params": rec["params"],

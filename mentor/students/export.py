@@ -10,6 +10,8 @@ A folder holds
     featurizer.safetensors its arrays (standardise: mean_/scale_; TF-IDF: idf_), when it has any
     model.onnx             the module with a softmax on top: input `features` (batch, d) float32,
                            outputs `logits` and `probs`; the featurizer runs in Python before it
+                           (a transformer student's graph takes `input_ids` and `attention_mask`,
+                           int64 (batch, length), and gives `probs`)
     README.md              the model card
 
 Nothing here unpickles: weights and arrays are read with safetensors, the rest is JSON. How a
@@ -63,13 +65,20 @@ class StudentFormat:
     load(folder, args) rebuilds the module; probs(model, x) gives its probabilities on featurised rows
     (the torch runtime, the ONNX check and the latency use it); onnx(model, example, file) writes a
     model.onnx whose input `features` takes those rows, or is None when this kind cannot export
-    (`why_no_onnx` says why).
+    (`why_no_onnx` says why). A graph with other inputs names them in `onnx_io` and builds them from
+    featurised rows with `onnx_feed(args, rows)` (args: what `save` returned).
     """
     save: Callable[[nn.Module, Path, dict], dict]
     load: Callable[[Path, dict], nn.Module]
     onnx: Callable[[nn.Module, np.ndarray, Path], None] | None = None
     why_no_onnx: str = ""
     probs: Callable[[nn.Module, np.ndarray], np.ndarray] | None = None  # default: torch_probs (softmax of a float matrix)
+    onnx_feed: Callable[[dict, np.ndarray], dict] | None = None  # default: {"features": rows}
+    onnx_io: dict | None = None  # the graph's inputs and outputs for the record; default: features -> logits, probs
+
+    def feed(self, args: dict) -> Callable[[np.ndarray], dict]:
+        """Featurised rows -> the ONNX session's inputs."""
+        return (lambda x: self.onnx_feed(args, x)) if self.onnx_feed else (lambda x: {"features": x})
 
 
 FORMATS: dict[str, StudentFormat] = {}
@@ -235,10 +244,21 @@ def _load_transformer(folder: Path, args: dict) -> nn.Module:
     return model.eval()
 
 
+def _export_transformer(model: nn.Module, example: np.ndarray, file: Path) -> None:
+    from .hf import export_onnx_hf
+    export_onnx_hf(model, file, example_ids=np.asarray(example, np.int64))
+
+
+def _transformer_feed(args: dict, ids: np.ndarray) -> dict:
+    ids = np.ascontiguousarray(ids, np.int64)
+    return {"input_ids": ids, "attention_mask": (ids != int(args["pad_token_id"])).astype(np.int64)}
+
+
+# the graph takes the featurizer's token ids and their mask (dynamic batch and length) and gives probs
 register_format("transformer", StudentFormat(
-    save=_save_transformer, load=_load_transformer, onnx=None,
-    why_no_onnx="a transformer student takes token ids and an attention mask, not a feature matrix; export it "
-                "with mentor.students.hf.export_onnx_hf (inputs input_ids + attention_mask, checked by check_onnx_hf)"))
+    save=_save_transformer, load=_load_transformer, onnx=_export_transformer, onnx_feed=_transformer_feed,
+    onnx_io={"inputs": {"input_ids": ["batch", "length"], "attention_mask": ["batch", "length"]},
+             "outputs": {"probs": ["batch", "n_classes"]}}))
 
 
 def _load_efficientnet(folder: Path, args: dict) -> nn.Module:
@@ -356,9 +376,12 @@ def onnx_session(file: Path):
     return ort.InferenceSession(str(file), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def onnx_probs(session, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    out = [session.run(["probs"], {"features": np.ascontiguousarray(dense_rows(x, s, s + batch_size))})[0]
-           for s in range(0, n_rows(x), batch_size)]
+def onnx_probs(session, x: np.ndarray, batch_size: int = 4096, feed: Callable[[np.ndarray], dict] | None = None
+               ) -> np.ndarray:
+    # float32 rows for a `features` graph; other graphs' feeds get the rows as they are (e.g. int64 token ids)
+    rows = (lambda s: x[s:s + batch_size]) if feed and not is_sparse(x) else (lambda s: dense_rows(x, s, s + batch_size))
+    feed = feed or (lambda part: {"features": part})
+    out = [session.run(["probs"], feed(np.ascontiguousarray(rows(s))))[0] for s in range(0, n_rows(x), batch_size)]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -387,9 +410,11 @@ def ms_per_example(fn: Callable[[np.ndarray], object], x: np.ndarray, batch: int
 
 
 def measure_latency(model: nn.Module, x: np.ndarray, onnx_file: Path | None, budget_s: float = 0.25,
-                    probs: Callable | None = None) -> dict:
+                    probs: Callable | None = None, feed: Callable[[np.ndarray], dict] | None = None) -> dict:
     """CPU ms per example at batch 1 and 64 for torch (and ONNX when exported), on featurised rows;
-    `probs(model, rows)` is the torch side (default: softmax of the module on a float matrix)."""
+    `probs(model, rows)` is the torch side (default: softmax of the module on a float matrix), `feed(rows)`
+    the graph's inputs (default: {"features": rows})."""
+    feed = feed or (lambda rows: {"features": rows})
     model = model.cpu().eval()
     run_torch = (lambda xb: probs(model, xb)) if probs else (lambda xb: torch_probs(model, xb))
     out = {"threads": torch.get_num_threads(), "featurizer_included": False}
@@ -398,7 +423,7 @@ def measure_latency(model: nn.Module, x: np.ndarray, onnx_file: Path | None, bud
     if onnx_file is not None:
         session = onnx_session(onnx_file)
         for b in (1, 64):
-            out[f"onnx_b{b}_ms"] = ms_per_example(lambda xb: session.run(["probs"], {"features": xb}), x, b, budget_s)
+            out[f"onnx_b{b}_ms"] = ms_per_example(lambda xb: session.run(["probs"], feed(xb)), x, b, budget_s)
     return out
 
 
@@ -437,10 +462,11 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
         record["student"] = {"kind": kind, "args": fmt.save(model, tmp, dict(meta["student"].get("args", {})))}
         record["featurizer"] = save_featurizer(featurizer, tmp)
         record["params"] = int(sum(p.numel() for p in model.parameters()))
-        record["onnx"] = _export_and_check(model, fmt, check_x, tmp, onnx)
+        feed = fmt.feed(record["student"]["args"])
+        record["onnx"] = _export_and_check(model, fmt, check_x, tmp, onnx, feed)
         onnx_file = tmp / ONNX_FILE if record["onnx"].get("exported") else None
         if latency:
-            record["latency_ms_per_example"] = measure_latency(model, check_x, onnx_file, probs=fmt.probs)
+            record["latency_ms_per_example"] = measure_latency(model, check_x, onnx_file, probs=fmt.probs, feed=feed)
         record["size_mb"] = {"weights": _mb(tmp / WEIGHTS_FILE) if (tmp / WEIGHTS_FILE).exists() else _mb_dir(tmp),
                              "onnx": _mb(onnx_file) if onnx_file else None, "folder": None}
         (tmp / CONFIG_FILE).write_text(json.dumps(record, indent=2, default=_plain, ensure_ascii=False))
@@ -458,7 +484,8 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
     return record
 
 
-def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: str) -> dict:
+def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: str,
+                      feed: Callable[[np.ndarray], dict]) -> dict:
     if mode == "off":
         return {"exported": False, "why": "not asked for (onnx: off)"}
     why = None
@@ -467,13 +494,13 @@ def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: st
     else:
         try:
             fmt.onnx(model, check_x[:2], folder / ONNX_FILE)
-            p_onnx = onnx_probs(onnx_session(folder / ONNX_FILE), check_x)
+            p_onnx = onnx_probs(onnx_session(folder / ONNX_FILE), check_x, feed=feed)
             diff = float(np.abs(p_onnx - (fmt.probs or torch_probs)(model, check_x)).max())
             if diff <= ONNX_TOLERANCE:
                 return {"exported": True, "file": ONNX_FILE, "max_abs_diff": diff, "checked_rows": len(check_x),
                         "tolerance": ONNX_TOLERANCE, "opset": _opset(folder / ONNX_FILE),
-                        "inputs": {"features": ["batch", int(np.prod(check_x.shape[1:]))]},
-                        "outputs": {"logits": ["batch", "n_classes"], "probs": ["batch", "n_classes"]}}
+                        **(fmt.onnx_io or {"inputs": {"features": ["batch", int(np.prod(check_x.shape[1:]))]},
+                                           "outputs": {"logits": ["batch", "n_classes"], "probs": ["batch", "n_classes"]}})}
             why = f"its probabilities differ from torch by {diff:.2e} on the check rows (tolerance {ONNX_TOLERANCE:g})"
         except DataError as e:
             why = str(e)
@@ -483,7 +510,7 @@ def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: st
     if mode == "required":
         raise DataError(f"the student could not be exported to ONNX: {why}. Predict with the torch runtime "
                         "(the folder without --require-onnx), or use a student kind that exports "
-                        f"({', '.join(BUILT_IN_KINDS)}).")
+                        f"({', '.join(k for k, f in FORMATS.items() if f.onnx is not None)}).")
     return {"exported": False, "why": why}
 
 
@@ -608,7 +635,8 @@ def folder_probs(folder: Path, meta: dict, runtime: str = "torch", batch_size: i
             why = onnx.get("why") or f"{folder / ONNX_FILE} is missing"
             raise DataError(f"{folder} has no checked model.onnx ({why}); use --runtime torch, or {EXPORT_HINT}.")
         session = onnx_session(folder / ONNX_FILE)
-        return lambda x: onnx_probs(session, x, batch_size)
+        feed = format_for(meta["student"]["kind"]).feed(meta["student"].get("args", {}))
+        return lambda x: onnx_probs(session, x, batch_size, feed)
     fmt = format_for(meta["student"]["kind"])
     model = fmt.load(folder, meta["student"].get("args", {}))
     return (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, batch_size))
@@ -727,9 +755,14 @@ def model_card(r: dict) -> str:
         lines.append("")
     lines += ["## ONNX", ""]
     if onnx.get("exported"):
-        lines += [f"`model.onnx` (opset {onnx.get('opset')}): input `features` float32 (batch, "
-                  f"{onnx['inputs']['features'][1]}), outputs `logits` and `probs` (batch, {r.get('n_classes')}); "
-                  f"the batch axis is dynamic. Checked with onnxruntime on {onnx['checked_rows']} validation rows: "
+        ins = onnx.get("inputs") or {}
+        ins = (f"input `features` float32 (batch, {ins['features'][1]})" if set(ins) == {"features"} else
+               "inputs " + " and ".join(f"`{k}` int64 ({', '.join(map(str, v))})" for k, v in ins.items()))
+        outs = " and ".join(f"`{k}`" for k in onnx.get("outputs") or {"logits": 0, "probs": 0})
+        lines += [f"`model.onnx` (opset {onnx.get('opset')}): {ins}, output{'s' if ' and ' in outs else ''} {outs} "
+                  f"(batch, {r.get('n_classes')}); the batch{'' if 'features' in ins else ' and length'} "
+                  f"ax{'i' if 'features' in ins else 'e'}s {'is' if 'features' in ins else 'are'} dynamic. Checked with onnxruntime on "
+                  f"{onnx['checked_rows']} validation rows: "
                   f"max |p_onnx - p_torch| = {onnx['max_abs_diff']:.2e} (tolerance {onnx['tolerance']:g}).", ""]
     else:
         lines += [f"Not exported: {onnx.get('why')}. Use the torch runtime.", ""]
