@@ -196,6 +196,33 @@ def test_custom_module_exports_onnx_but_is_not_rebuilt_by_torch(tmp_path):
         load_student_folder(tmp_path / "m")
 
 
+def test_writing_a_folder_respects_the_models_forward_batch(tmp_path):
+    """The ONNX check and the timings run the module on V's rows: a model with `predict_batch_size`
+    (a transformer: 64, EfficientNet: 256) must see no larger batch, or a big V takes gigabytes."""
+    from mentor.students.export import built_in_args, torch_probs
+
+    class Small(torch.nn.Module):
+        predict_batch_size = 7
+
+        def __init__(self):
+            super().__init__()
+            self.w, self.seen = torch.nn.Linear(4, 3), []
+
+        def forward(self, x):
+            self.seen.append(len(x))
+            return self.w(x)
+
+    x = np.random.default_rng(0).normal(size=(30, 4)).astype(np.float32)
+    model = Small()
+    kind, args = built_in_args("mlp", model, {"in_features": 4, "n_classes": 3, "hidden": [8]})
+    meta = {"student": {"kind": kind, "args": args}, "n_classes": 3, "class_names": None,
+            "data": {"name": "t", "kind": "tabular", "inputs": {"kind": "tabular", "n_features": 4}}}
+    save_student_folder(model, Featurizer().fit(x), meta, tmp_path / "m", check_x=x, onnx="off")
+    assert model.seen and max(model.seen) == 7  # the timings' torch side (batch 64), in forward batches of 7
+    model.seen.clear()
+    assert torch_probs(model, x, batch_size=10).shape == (30, 3) and max(model.seen) == 10  # an explicit batch wins
+
+
 def test_a_student_that_cannot_export_is_recorded_or_refused(tmp_path):
     class NoExport(torch.nn.Module):  # singular values: ONNX has no operator for them
         def __init__(self):

@@ -386,7 +386,10 @@ def onnx_probs(session, x: np.ndarray, batch_size: int = 4096, feed: Callable[[n
 
 
 @torch.no_grad()
-def torch_probs(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+def torch_probs(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Softmax of the module on featurised rows, in batches of `batch_size` (default: the model's
+    `predict_batch_size` when it has one, as a transformer or CNN whose activations are large, else 4096)."""
+    batch_size = batch_size or getattr(model, "predict_batch_size", 4096)
     model.eval()
     out = [torch.softmax(model(as_inputs(dense_rows(x, s, s + batch_size) if is_sparse(x) else x[s:s + batch_size])
                                ).float(), -1).numpy()
@@ -494,7 +497,8 @@ def _export_and_check(model, fmt: StudentFormat, check_x, folder: Path, mode: st
     else:
         try:
             fmt.onnx(model, check_x[:2], folder / ONNX_FILE)
-            p_onnx = onnx_probs(onnx_session(folder / ONNX_FILE), check_x, feed=feed)
+            p_onnx = onnx_probs(onnx_session(folder / ONNX_FILE), check_x, getattr(model, "predict_batch_size", 4096),
+                                feed=feed)
             diff = float(np.abs(p_onnx - (fmt.probs or torch_probs)(model, check_x)).max())
             if diff <= ONNX_TOLERANCE:
                 return {"exported": True, "file": ONNX_FILE, "max_abs_diff": diff, "checked_rows": len(check_x),
@@ -639,7 +643,8 @@ def folder_probs(folder: Path, meta: dict, runtime: str = "torch", batch_size: i
         return lambda x: onnx_probs(session, x, batch_size, feed)
     fmt = format_for(meta["student"]["kind"])
     model = fmt.load(folder, meta["student"].get("args", {}))
-    return (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, batch_size))
+    forward = min(batch_size, getattr(model, "predict_batch_size", batch_size))  # a transformer's activations are large
+    return (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, forward))
 
 
 def predict_file(model_dir, data_path, out_path, *, runtime: str = "torch", batch_size: int = 1024) -> dict:
