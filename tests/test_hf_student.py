@@ -112,6 +112,13 @@ def test_pipeline_trains_a_transformer_student(tiny, tmp_path, method):
         assert set(rec["onnx"]["inputs"]) == {"input_ids", "attention_mask"}
         assert rec["latency_ms_per_example"]["onnx_b64_ms"] > 0
         np.testing.assert_allclose(FolderPredictor(folder, "onnx").predict_proba(texts), want, atol=1e-4)
+        from mentor.students.export import format_for
+        pad = rec["student"]["args"]["pad_token_id"]
+        ids = feat.transform(np.asarray(tiny["texts"], dtype=object))  # right-padded to max_length (16)
+        ids = ids[np.argsort((ids != pad).sum(1))[:5]]  # the five shortest texts
+        fed = format_for("transformer").feed(rec["student"]["args"])(ids)  # cut to the longest row's width
+        longest = int((ids != pad).sum(1).max())
+        assert fed["input_ids"].shape == fed["attention_mask"].shape == (5, longest) and longest < ids.shape[1]
         from mentor.students.export import predict_file
         data = tmp_path / "new.parquet"
         pq.write_table(pa.table({"id": [f"n{i}" for i in range(10)], "text": list(texts)}), data)

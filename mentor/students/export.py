@@ -250,8 +250,12 @@ def _export_transformer(model: nn.Module, example: np.ndarray, file: Path) -> No
 
 
 def _transformer_feed(args: dict, ids: np.ndarray) -> dict:
-    ids = np.ascontiguousarray(ids, np.int64)
-    return {"input_ids": ids, "attention_mask": (ids != int(args["pad_token_id"])).astype(np.int64)}
+    """Right-padded ids cut to the batch's longest row, as the torch student's forward does: a short
+    text then costs a short sequence (the padding is masked out, so the probabilities are the same)."""
+    mask = np.asarray(ids) != int(args["pad_token_id"])
+    width = max(int(mask.sum(1).max()) if len(mask) else 1, 1)
+    return {"input_ids": np.ascontiguousarray(np.asarray(ids)[:, :width], np.int64),
+            "attention_mask": np.ascontiguousarray(mask[:, :width], np.int64)}
 
 
 # the graph takes the featurizer's token ids and their mask (dynamic batch and length) and gives probs
