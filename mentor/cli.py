@@ -749,7 +749,9 @@ def bench_active_cmd(suite: str = typer.Option("smoke", help="smoke (digits) or 
 @bench_app.command("students")
 @_guard
 def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, about a minute), standard "
-                                                 "(Fashion-MNIST, fortunes, fine-foods; hours on 2 CPU cores) or "
+                                                 "(Fashion-MNIST, fortunes, fine-foods; hours on 2 CPU cores), llm "
+                                                 "(the same text students distilled from SmolLM2 run locally: "
+                                                 "fortunes4, fine-foods; one store for every seed) or "
                                                  "memory (peak RSS of training from disk vs in memory at pool sizes "
                                                  "100k, 1M, 3M; memory-sparse: the same with TF-IDF-like sparse rows)."),
                        seeds: int = typer.Option(2, help="Number of seeds."),
@@ -767,14 +769,14 @@ def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, a
                        sizes: Optional[str] = typer.Option(None, help="memory suite: pool sizes, e.g. 100000,1000000."),
                        set_: Optional[list[str]] = typer.Option(None, "--set", help="KEY=VALUE config override for "
                                                                 "every run, e.g. --set student.max_length=128 --set "
-                                                                "train.epochs=3 (repeatable; smoke/standard).")):
+                                                                "train.epochs=3 (repeatable; smoke/standard/llm).")):
     """Shippable students from the same teacher outputs: accuracy, size, CPU latency, ONNX check, time, memory;
     `--suite memory`: rows pool_size, path (stream or in-memory), peak_rss_mb."""
     from .bench.students import bench_students, summarize
     split = lambda v: v.split(",") if v else None  # noqa: E731
     if suite in ("memory", "memory-sparse"):
         if set_:
-            raise ConfigError("--set is for --suite smoke or standard; the memory suites have fixed settings.")
+            raise ConfigError("--set is for --suite smoke, standard or llm; the memory suites have fixed settings.")
         options = {}
         if sizes:
             try:

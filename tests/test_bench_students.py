@@ -76,3 +76,22 @@ def test_memory_suite_with_sparse_rows(tmp_path):
         assert r["peak_rss_mb"] > 0 and r["test_accuracy"] > 0.8
     part = next((tmp_path / "pool-sparse-20000" / "joined").glob("part-*.parquet"))
     assert FEATURE_INDEX in pq.ParquetFile(part).schema_arrow.names
+
+
+def test_llm_suite_shares_one_store_across_seeds_and_a_rerun_pays_nothing(tmp_path):
+    """The LLM teacher (real SmolLM2, run locally) labels into one store for every seed: seed 1 adds
+    only its new texts to seed 0's store, and running seed 0 again pays for nothing."""
+    pytest.importorskip("transformers")
+    small = {"split.n_labeled": 12, "split.n_val": 12, "split.n_test": 8, "split.n_pool": 16,
+             "train.epochs": 2, "train.min_steps": 0}
+    run = lambda **kw: bench_students("llm", entries=["fortunes4"], students=["tfidf"],  # noqa: E731
+                                      methods=["vanilla-soft"], overrides=small, work_dir=tmp_path,
+                                      log=lambda *a: None, **kw)
+    first, second = run(seeds=2)
+    assert first["store_rows"] == 12 + 8 + 16  # V, test and the pool of seed 0
+    assert 36 < second["store_rows"] <= 72  # seed 1's texts that seed 0 did not have, added to its store
+    assert second["store_calls"] > first["store_calls"] and first["teacher_fingerprint"] == second["teacher_fingerprint"]
+    assert (tmp_path / "llm" / "fortunes4" / "store").is_dir()
+    (again,) = run(seeds=1)
+    assert again["store_calls"] == second["store_calls"] and again["store_rows"] == second["store_rows"]
+    assert again["test_accuracy"] == first["test_accuracy"]  # same stored answers, same seed

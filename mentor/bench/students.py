@@ -7,6 +7,9 @@ beside these. The `smoke` and `standard` suites run *entries*: one data set, one
 trained on A and labeled once per seed into the run's store; then every (student, method) of the
 entry is trained from those same stored outputs, scored on test, and written as a model folder
 (mentor.students.export: safetensors + JSON + model.onnx checked within 1e-4, CPU latency).
+The `llm` suite's entries have the LLM teacher of `bench llm --suite standard` (SmolLM2, zero-shot,
+label likelihood): its answers do not depend on the seed, so every seed shares one store
+(<work_dir>/llm/<entry>/store) and a text in several seeds' splits, or a rerun, is paid once.
 
 One JSON row per (entry, student, method, seed) with dataset, student, method, seed,
 test_accuracy, teacher_accuracy, params, size_mb (weights file; the transformer's is its
@@ -95,6 +98,13 @@ def _entries(suite: str) -> dict[str, dict]:
                          "teacher": {"kind": "minilm"}},
                 "students": text_students, "methods": METHODS, "slow": ["transformer"]},
         }
+    if suite == "llm":  # the LLM teacher of `bench llm --suite standard`, distilled into every text student
+        from .llm import llm_suite, student_config
+        spec = llm_suite("standard")
+        return {name: {"base": {k: v for k, v in student_config(spec, name, Path()).items()
+                                if k not in ("student", "train", "store")},
+                       "students": text_students, "methods": METHODS, "slow": ["transformer"], "shared_store": True}
+                for name in ("fortunes4", "fine-foods")}
     raise ConfigError(f"unknown students suite {suite!r}; choose one of {', '.join(SUITES)}.")
 
 
@@ -175,8 +185,10 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
         spec = configs[entry]
         for seed in range(first_seed, first_seed + seeds):
             out_dir = Path(work_dir) / suite / entry.replace("/", "-") / f"seed-{seed}"
+            shared = ({"store": {"path": str(Path(work_dir) / suite / entry.replace("/", "-") / "store")}}
+                      if spec.get("shared_store") else {})
             base = parse_config(_with(spec["base"], overrides, students=False) | {
-                "seed": seed, "baseline": False, "output_dir": str(out_dir)})
+                "seed": seed, "baseline": False, "output_dir": str(out_dir)} | shared)
             t0 = time.perf_counter()
             ctx, store, t_acc = labeled_seed(base)
             y_test = ctx.data.labels[ctx.splits.test]
@@ -189,7 +201,7 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                     options = CHEAP_AUTO if method == "auto" and student in spec.get("slow", ()) else {}
                     cfg = parse_config(_with({**spec["base"], **over}, overrides) | {
                         "seed": seed, "baseline": False, "output_dir": str(out_dir), "method": method,
-                        "method_options": options})
+                        "method_options": options} | shared)
                     sctx = RunContext(cfg, ctx.data, ctx.splits, ctx.out)
                     name = f"{student}-{method}"
                     with PeakRSS() as rss:
@@ -212,7 +224,8 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                            "epochs": info.get("epochs"), "n_labeled": len(ctx.splits.labeled),
                            "n_val": len(ctx.splits.val), "n_pool": len(ctx.splits.pool), "n_test": len(y_test),
                            "student_config": cfg.student.model_dump(), "train_config": cfg.train.model_dump(),
-                           "overrides": overrides or {}}
+                           "overrides": overrides or {}, "teacher_fingerprint": store.fingerprint,
+                           "store_rows": len(store), "store_calls": store.n_calls}
                     rows.append(row)
                     _append_row(json_out, row)
                     log(f"{entry} seed {seed} {student:18s} {method:12s} test {100 * acc:6.2f}  train {train_s:6.1f} s"
@@ -462,6 +475,7 @@ def _cpus() -> int:
 SUITES: dict[str, Callable[..., list[dict]]] = {
     "smoke": lambda **kw: run_entries("smoke", **kw),
     "standard": lambda **kw: run_entries("standard", **kw),
+    "llm": lambda **kw: run_entries("llm", **kw),
     "memory": memory_suite,
     "memory-sparse": lambda **kw: memory_suite(kind="sparse", **kw),
 }
