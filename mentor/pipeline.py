@@ -1001,8 +1001,9 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
                        seed_runs=(), name: str = "student") -> dict:
     """The trained student (`<name>.pt`) as a folder to ship (mentor.students.export): <output_dir>/model or
     `path`. Test metrics come from `metrics` or the run's metrics.json when it scored this student."""
-    from .students.export import built_in_args, save_student_folder
+    from .students.export import built_in_args, save_student_folder, unwrap, wrapped_args
     model, feat, info = load_student(ctx, name)
+    base = unwrap(model)  # a DHO or LELP student is written as its base kind plus the wrapper's tensors
     if metrics is None and (ctx.out / "metrics.json").is_file():
         metrics = json.loads((ctx.out / "metrics.json").read_text())
     if metrics is not None and json.loads(json.dumps(metrics.get("train_info"), default=_plain)) != \
@@ -1016,12 +1017,14 @@ def write_model_folder(ctx: RunContext, metrics: dict | None = None, *, path=Non
     if student_kind == "transformer":  # written in Hugging Face format with its tokenizer (students.export)
         kind, args = "transformer", {"tokenizer": feat.tokenizer}
     elif student_kind == "efficientnet-lite0":  # rebuilt from its args (students.efficientnet)
-        kind, args = student_kind, model.args()
+        kind, args = student_kind, base.args()
     else:  # an embedding student ships its head; the featurizer names the frozen encoder
-        kind, args = built_in_args((st.head or "logistic") if student_kind == "embedding" else student_kind, model, {
-            "in_features": int(x.shape[1]), "n_classes": ctx.n_classes,
+        n_out = ctx.n_classes * int(getattr(model, "subclasses", 1))  # LELP's base: an output per subclass
+        kind, args = built_in_args((st.head or "logistic") if student_kind == "embedding" else student_kind, base, {
+            "in_features": int(x.shape[1]), "n_classes": n_out,
             "image_shape": list(data.image_shape) if data.image_shape else None,
             "hidden": list(st.hidden), "dropout": st.dropout})
+    kind, args = wrapped_args(model, kind, args)
     record = config_record(ctx.cfg)
     t = record.get("teacher") or {"kind": "ensemble"}  # several teachers: named in the card's config
     teacher = {"kind": t["kind"], "fingerprint": info.get("teacher_fingerprint"),

@@ -123,3 +123,30 @@ def test_a_training_batch_of_one_image_trains_at_the_smallest_size():
     model(torch.rand(1, 64)).sum().backward()
     with pytest.raises(ConfigError, match="at least 33"):
         build_efficientnet_student(10, (1, 8, 8), image_size=32, pretrained=False)
+
+
+def test_a_dho_efficientnet_ships_as_its_base_folder_plus_the_second_head(tmp_path):
+    """Method dho trains the EfficientNet inside a DualHead; its folder holds the EfficientNet as its
+    kind writes it plus the wrapper's tensors, rebuilds in torch and exports (before: AttributeError
+    'DualHead' object has no attribute 'args' when the folder was written, after training)."""
+    from mentor.config import parse_config
+    from mentor.pipeline import load_student, open_run, run
+    from mentor.students.dual import DualHead
+    from mentor.students.train import predict_proba
+    cfg = {"seed": 0, "output_dir": str(tmp_path / "run"), "data": {"name": "digits"}, "method": "dho",
+           "split": {"n_labeled": 50, "n_val": 40, "n_test": 60, "n_pool": 60}, "teacher": {"kind": "logistic"},
+           "student": {"kind": "efficientnet-lite0", "image_size": 40},
+           "train": {"epochs": 1, "min_steps": 0, "batch_size": 32}, "baseline": False}
+    run(parse_config(cfg))
+    folder = tmp_path / "run" / "model"
+    record = json.loads((folder / "mentor_student.json").read_text())
+    assert record["student"]["kind"] == "dual-head" and record["student"]["args"]["base_kind"] == "efficientnet-lite0"
+    assert record["onnx"]["exported"] and record["onnx"]["max_abs_diff"] <= 1e-4
+    shipped, feat, _ = load_student_folder(folder)
+    assert isinstance(shipped, DualHead)
+    ctx = open_run(tmp_path / "run")
+    trained, _, _ = load_student(ctx)
+    x = feat.transform(ctx.data.features[ctx.splits.test])
+    assert float(shipped.blend) == float(trained.blend)
+    np.testing.assert_allclose(predict_proba(shipped, x, device="cpu"), predict_proba(trained, x, device="cpu"),
+                               atol=1e-6)

@@ -127,6 +127,29 @@ def test_pipeline_trains_a_transformer_student(tiny, tmp_path, method):
         np.testing.assert_allclose(got[[f"prob_{c}" for c in range(N_CLASSES)]].to_numpy(), want, atol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["dho", "lelp"])
+def test_a_wrapped_transformer_student_ships_as_a_hugging_face_folder(tiny, tmp_path, method):
+    """dho (a second head) and lelp (a unit per subclass) train the transformer inside a wrapper; the
+    folder holds the encoder in save_pretrained format plus the wrapper's tensors, rebuilds it in
+    torch and runs its ONNX graph (before: AttributeError, 'DualHead' object has no attribute
+    'encoder', after the student had trained). lelp needs a teacher's embeddings: the MiniLM teacher."""
+    from mentor.pipeline import load_student, open_run
+    from mentor.serve import FolderPredictor
+    over = {"teacher": {"kind": "minilm", "embeddings": True}} if method == "lelp" else {}
+    run(parse_config(_doc(tiny, tmp_path / "run", method=method, train={"epochs": 1}, **over)))
+    folder = tmp_path / "run" / "model"
+    import json
+    rec = json.loads((folder / "mentor_student.json").read_text())
+    assert rec["student"]["kind"] == {"dho": "dual-head", "lelp": "subclass"}[method]
+    assert rec["student"]["args"]["base_kind"] == "transformer" and (folder / "config.json").is_file()
+    assert rec["onnx"]["exported"] and rec["onnx"]["max_abs_diff"] <= 1e-4
+    texts = np.asarray(tiny["texts"][:12], dtype=object)
+    model, feat, _ = load_student(open_run(tmp_path / "run"))
+    want = predict_proba(model, feat.transform(texts), device="cpu")
+    np.testing.assert_allclose(FolderPredictor(folder).predict_proba(texts), want, atol=1e-6)
+    np.testing.assert_allclose(FolderPredictor(folder, "onnx").predict_proba(texts), want, atol=1e-4)
+
+
 def test_transformer_student_trains_from_disk(tiny, tmp_path):
     """train.data_path: stream with a transformer student: the pool is written as int64 token ids
     and read back a buffer at a time; the student learns as in memory (chance is 1/3)."""

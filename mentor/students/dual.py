@@ -77,19 +77,27 @@ class DualHead(nn.Module):
     def _keep_features(self, module, inputs, output):
         self._features = inputs[0]
 
-    def heads(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """(label head logits, teacher head logits)."""
-        label = self.base(x)
+    def heads(self, *inputs, call=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(label head logits, teacher head logits) of the base called on `inputs` (by `call`, default
+        its forward)."""
+        label = (call or self.base)(*inputs)
         features, self._features = self._features, None
         return label, self.teacher_head(features)
 
-    def forward(self, x):
-        label, teacher = self.heads(x)
+    def _output(self, label, teacher):
         if self.training:
             self.teacher_logits = teacher
             return label
         p = blend_probs(torch.softmax(label.float(), -1), torch.softmax(teacher.float(), -1), self.blend)
         return torch.log(p.clamp_min(1e-30))
+
+    def forward(self, x):
+        return self._output(*self.heads(x))
+
+    def logits(self, *inputs):
+        """As forward, through the base's `logits`: a transformer student's (input_ids, attention_mask)
+        path, which its ONNX export traces."""
+        return self._output(*self.heads(*inputs, call=self.base.logits))
 
     def param_groups(self) -> list[dict]:
         """The base's groups (e.g. a transformer's head lr scale); the teacher head joins the group of

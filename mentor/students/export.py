@@ -13,6 +13,8 @@ A folder holds
                            (a transformer student's graph takes `input_ids` and `attention_mask`,
                            int64 (batch, length), and gives `probs`)
     README.md              the model card
+    wrapper.safetensors    a student trained inside a wrapper (methods dho, lelp: WRAPPERS) keeps the
+                           wrapper's own tensors here; its base is written as the base kind writes it
 
 Nothing here unpickles: weights and arrays are read with safetensors, the rest is JSON. How a
 student kind is written and rebuilt is a `StudentFormat` in `FORMATS` (keyed by student kind), so
@@ -89,7 +91,11 @@ def register_format(kind: str, fmt: StudentFormat) -> None:
     FORMATS[kind] = fmt
 
 
-def format_for(kind: str) -> StudentFormat:
+def format_for(kind: str, args: dict | None = None) -> StudentFormat:
+    """The format of `kind`; a wrapped student's (WRAPPERS: DHO, LELP) is its base kind's, composed
+    from the base named in `args` (what the folder records)."""
+    if kind in WRAPPERS and args is not None and "base_args" in args:
+        return _wrapped_format(kind, args)
     if kind not in FORMATS:
         raise DataError(f"student kind {kind!r} has no folder format in this mentor (known: {sorted(FORMATS)}); "
                         "use a mentor version that knows it, or register one with "
@@ -157,7 +163,8 @@ def _build_subclass(args: dict) -> nn.Module:
 
 
 def _load_subclass(folder: Path, args: dict) -> nn.Module:
-    """A LELP student: a built-in kind whose output layer has a unit per subclass."""
+    """A LELP student of a folder written before wrapped students (flat args: a built-in kind whose
+    output layer has a unit per subclass, all weights in one file); newer folders name base_args."""
     try:
         model = _build_subclass(args)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
@@ -216,6 +223,75 @@ for _kind, _fmt in BUILT_IN.items():
     register_format(_kind, _fmt)
 register_format("custom", StudentFormat(save=save_weights, load=_load_custom, onnx=export_onnx_matrix))
 register_format("subclass", StudentFormat(save=save_weights, load=_load_subclass, onnx=export_onnx_matrix))
+
+
+# ------------------------------------------------------------------- wrapped students (methods dho, lelp)
+
+WRAPPER_FILE = "wrapper.safetensors"  # the wrapper's own tensors: DHO's teacher head and blend, LELP's subclass count
+
+
+def _dual_head(base: nn.Module, args: dict) -> nn.Module:
+    from .dual import DualHead
+    return DualHead(base)
+
+
+def _subclass_head(base: nn.Module, args: dict) -> nn.Module:
+    from .subclass import SubclassHead
+    return SubclassHead(base, int(args["n_classes"]), int(args["subclasses"]))
+
+
+# kind -> builder(base, args): methods that train the student inside a wrapper. Their folder holds the
+# base as its own kind writes it (e.g. a transformer's save_pretrained folder) plus WRAPPER_FILE.
+WRAPPERS: dict[str, Callable[[nn.Module, dict], nn.Module]] = {"dual-head": _dual_head, "subclass": _subclass_head}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The student inside a DHO or LELP wrapper (the module itself when it is not wrapped)."""
+    from .dual import DualHead
+    from .subclass import SubclassHead
+    while isinstance(model, (DualHead, SubclassHead)):
+        model = model.base
+    return model
+
+
+def wrapped_args(model: nn.Module, kind: str, args: dict) -> tuple[str, dict]:
+    """(kind, args) to record for `model`, given its unwrapped base's (kind, args)."""
+    from .dual import DualHead
+    from .subclass import SubclassHead
+    if isinstance(model, DualHead):
+        return "dual-head", {"base_kind": kind, "base_args": args}
+    if isinstance(model, SubclassHead):
+        return "subclass", {"base_kind": kind, "base_args": args, "n_classes": model.n_classes,
+                            "subclasses": int(model.subclasses)}
+    return kind, args
+
+
+def _wrapped_format(kind: str, args: dict) -> StudentFormat:
+    """The base kind's format, with the wrapper's tensors saved beside the base and put back on load."""
+    base = format_for(args.get("base_kind", "?"), args.get("base_args"))
+
+    def save(model: nn.Module, folder: Path, a: dict) -> dict:
+        from safetensors.torch import save_file
+        base_args = base.save(model.base, folder, dict(a["base_args"]))
+        own = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+               if not k.startswith("base.")}
+        save_file(own, str(folder / WRAPPER_FILE), metadata={"format": "pt"})
+        return {**a, "base_args": base_args}
+
+    def load(folder: Path, a: dict) -> nn.Module:
+        inner = base.load(folder, a["base_args"])
+        try:
+            model = WRAPPERS[kind](inner, a)
+        except (KeyError, TypeError, ValueError, ConfigError) as e:
+            raise DataError(f"{folder / CONFIG_FILE}: the {kind} student's args cannot rebuild it ({e}); "
+                            f"{EXPORT_HINT}.") from None
+        own = read_safetensors(folder / WRAPPER_FILE, "wrapper weights file")
+        state = {**{f"base.{k}": v for k, v in inner.state_dict().items()}, **own}
+        return load_into(model, state, folder, f"{kind} around {a['base_kind']}")
+
+    feed = (lambda a, x: base.onnx_feed(a["base_args"], x)) if base.onnx_feed else None
+    return StudentFormat(save=save, load=load, onnx=base.onnx, why_no_onnx=base.why_no_onnx, probs=base.probs,
+                         onnx_feed=feed, onnx_io=base.onnx_io)
 
 
 def _save_transformer(model: nn.Module, folder: Path, args: dict) -> dict:
@@ -284,15 +360,6 @@ register_format("efficientnet-lite0", StudentFormat(save=save_weights, load=_loa
 def built_in_args(kind: str, model: nn.Module, args: dict) -> tuple[str, dict]:
     """(kind, args) to record: `kind` when build_model(kind, **args) has `model`'s weights, else
     "custom" (any other torch module: weights and ONNX are written, the torch side cannot be rebuilt)."""
-    from .subclass import SubclassHead
-    if isinstance(model, SubclassHead) and kind in BUILT_IN_KINDS:  # a LELP student: rebuilt around its base
-        sub = {**args, "base_kind": kind, "subclasses": int(model.subclasses)}
-        try:
-            probe = _build_subclass(sub)
-            if {k: v.shape for k, v in probe.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}:
-                return "subclass", sub
-        except (KeyError, ConfigError):
-            pass
     if kind in BUILT_IN_KINDS:
         try:
             probe = build_model(kind, in_features=args["in_features"], n_classes=args["n_classes"],
@@ -454,7 +521,7 @@ def save_student_folder(model: nn.Module, featurizer: Featurizer, meta: dict, pa
         raise DataError(f"{path} exists and is not a mentor model folder (nor empty); it is left as it is. Choose a "
                         "new or empty folder for the model (an existing model folder there is replaced).")
     kind = meta["student"]["kind"]
-    fmt = format_for(kind)
+    fmt = format_for(kind, meta["student"].get("args"))
     model = model.cpu().eval()
     # a TF-IDF featurizer gives CSR rows; the graph and the timings take dense ones (token ids stay int64)
     check_x = dense_rows(check_x) if is_sparse(check_x) else np.asarray(check_x)
@@ -569,7 +636,7 @@ def load_student_folder(path) -> tuple[nn.Module, Featurizer, dict]:
     """(model in eval mode, featurizer, the folder's record) from a folder `save_student_folder` wrote."""
     folder = Path(path)
     meta = read_record(folder)
-    model = format_for(meta["student"]["kind"]).load(folder, meta["student"].get("args", {}))
+    model = format_for(meta["student"]["kind"], meta["student"].get("args")).load(folder, meta["student"].get("args", {}))
     return model, load_featurizer(folder), meta
 
 
@@ -643,9 +710,9 @@ def folder_probs(folder: Path, meta: dict, runtime: str = "torch", batch_size: i
             why = onnx.get("why") or f"{folder / ONNX_FILE} is missing"
             raise DataError(f"{folder} has no checked model.onnx ({why}); use --runtime torch, or {EXPORT_HINT}.")
         session = onnx_session(folder / ONNX_FILE)
-        feed = format_for(meta["student"]["kind"]).feed(meta["student"].get("args", {}))
+        feed = format_for(meta["student"]["kind"], meta["student"].get("args")).feed(meta["student"].get("args", {}))
         return lambda x: onnx_probs(session, x, batch_size, feed)
-    fmt = format_for(meta["student"]["kind"])
+    fmt = format_for(meta["student"]["kind"], meta["student"].get("args"))
     model = fmt.load(folder, meta["student"].get("args", {}))
     forward = min(batch_size, getattr(model, "predict_batch_size", batch_size))  # a transformer's activations are large
     return (lambda x: fmt.probs(model, x)) if fmt.probs else (lambda x: torch_probs(model, x, forward))

@@ -310,12 +310,14 @@ def export_onnx_hf(model: TransformerStudent, out_path, *, opset: int = 17, exam
     package, not onnxscript. Check the result with `check_onnx_hf`."""
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
+    from .export import unwrap
     model = model.cpu().eval()
+    pad = unwrap(model).pad_token_id  # the student may be inside a DHO or LELP wrapper (it has `logits` too)
     if example_ids is None:
-        example_ids = np.full((2, 8), model.pad_token_id, np.int64)
+        example_ids = np.full((2, 8), pad, np.int64)
         example_ids[:, :5] = 1
     ids = torch.as_tensor(example_ids, dtype=torch.long)
-    mask = (ids != model.pad_token_id).long()
+    mask = (ids != pad).long()
     tmp = out.with_name(out.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
         # the tracer warns about Python booleans in transformers' mask code; they depend only on

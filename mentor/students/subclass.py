@@ -116,22 +116,32 @@ class SubclassHead(nn.Module):
     def __init__(self, base: nn.Module, n_classes: int, subclasses: int):
         super().__init__()
         parent, attr, last = _last_linear_slot(base)
-        if last.out_features != n_classes:
+        if last.out_features == n_classes * subclasses and subclasses > 1:
+            pass  # already a unit per subclass: a shipped folder's base, rebuilt with its trained head
+        elif last.out_features != n_classes:
             raise ConfigError(f"the student's last linear layer has {last.out_features} outputs, not the "
                               f"{n_classes} classes; method lelp needs a student ending in its class logits.")
-        setattr(parent, attr, nn.Linear(last.in_features, n_classes * subclasses, bias=last.bias is not None))
+        else:
+            setattr(parent, attr, nn.Linear(last.in_features, n_classes * subclasses, bias=last.bias is not None))
         self.base, self.n_classes = base, int(n_classes)
         self.register_buffer("subclasses", torch.tensor(int(subclasses)))
         self.subclass_logits = None
         if hasattr(base, "predict_batch_size"):
             self.predict_batch_size = base.predict_batch_size
 
-    def forward(self, x):
-        z = self.base(x)
+    def _classes(self, z):
         if self.training:
             self.subclass_logits = z
         logp = torch.log_softmax(z.float(), -1).view(z.shape[0], self.n_classes, -1)
         return torch.logsumexp(logp, -1)
+
+    def forward(self, x):
+        return self._classes(self.base(x))
+
+    def logits(self, *inputs):
+        """As forward, through the base's `logits` (a transformer student's (input_ids, attention_mask),
+        which its ONNX export traces)."""
+        return self._classes(self.base.logits(*inputs))
 
     def param_groups(self) -> list[dict]:
         return self.base.param_groups() if hasattr(self.base, "param_groups") else [{"params": list(self.parameters())}]
