@@ -334,14 +334,11 @@ def export_onnx_hf(model: TransformerStudent, out_path, *, opset: int = 17, exam
 
 
 def onnx_probs(onnx_path, input_ids: np.ndarray, pad_token_id: int, *, batch_size: int = 64) -> np.ndarray:
-    """Probabilities from the exported model with onnxruntime (CPU), in batches."""
-    import onnxruntime as ort
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    out = []
-    for s in range(0, len(input_ids), batch_size):
-        ids = np.asarray(input_ids[s:s + batch_size], np.int64)
-        out.append(sess.run(["probs"], {"input_ids": ids, "attention_mask": (ids != pad_token_id).astype(np.int64)})[0])
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    """Probabilities from the exported model with onnxruntime (CPU), in batches, fed as a model
+    folder feeds it (each batch cut to its longest row)."""
+    from .export import _transformer_feed, onnx_probs as folder_onnx_probs, onnx_session
+    return folder_onnx_probs(onnx_session(Path(onnx_path)), np.asarray(input_ids, np.int64), batch_size,
+                             feed=lambda ids: _transformer_feed({"pad_token_id": pad_token_id}, ids))
 
 
 def check_onnx_hf(onnx_path, model: TransformerStudent, input_ids: np.ndarray, *, tolerance: float = 1e-4) -> float:
