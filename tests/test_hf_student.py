@@ -160,6 +160,9 @@ def test_a_wrapped_transformer_student_ships_as_a_hugging_face_folder(tiny, tmp_
     assert rec["student"]["kind"] == {"dho": "dual-head", "lelp": "subclass"}[method]
     assert rec["student"]["args"]["base_kind"] == "transformer" and (folder / "config.json").is_file()
     assert rec["onnx"]["exported"] and rec["onnx"]["max_abs_diff"] <= 1e-4
+    card = (folder / "README.md").read_text()
+    assert card.startswith("# data classifier: a `transformer` student")
+    assert {"dho": "with DHO's second head", "lelp": "with an output per LELP subclass"}[method] in card
     texts = np.asarray(tiny["texts"][:12], dtype=object)
     model, feat, _ = load_student(open_run(tmp_path / "run"))
     want = predict_proba(model, feat.transform(texts), device="cpu")

@@ -781,8 +781,13 @@ def model_card(r: dict) -> str:
     test, seeds = (r.get("metrics") or {}).get("test"), (r.get("metrics") or {}).get("seeds") or []
     teacher = r.get("teacher") or {}
     names = r.get("class_names")
-    lines = [f"# {data.get('name', 'mentor')} classifier: a `{student['kind']}` student distilled by mentor", "",
-             f"A student of kind `{student['kind']}` with {r.get('params', 0):,} parameters that sorts "
+    kind, described = student["kind"], f"`{student['kind']}`"
+    base = (student.get("args") or {}).get("base_kind") if kind in WRAPPERS else None
+    if base:  # a dho or lelp student is described as its base kind, e.g. `transformer` with DHO's second head
+        what = {"dual-head": "with DHO's second head", "subclass": "with an output per LELP subclass"}[kind]
+        kind, described = base, f"`{base}` ({what}; folder kind `{kind}`)"
+    lines = [f"# {data.get('name', 'mentor')} classifier: a `{kind}` student distilled by mentor", "",
+             f"A student of kind {described} with {r.get('params', 0):,} parameters that sorts "
              f"{data.get('kind', '')} inputs into {r.get('n_classes')} classes"
              + (f" ({', '.join(map(str, names[:20]))}{', ...' if len(names) > 20 else ''})" if names else "") + ".", "",
              "## How it was made", "",
