@@ -168,6 +168,10 @@ def test_a_wrapped_transformer_student_ships_as_a_hugging_face_folder(tiny, tmp_
     want = predict_proba(model, feat.transform(texts), device="cpu")
     np.testing.assert_allclose(FolderPredictor(folder).predict_proba(texts), want, atol=1e-6)
     np.testing.assert_allclose(FolderPredictor(folder, "onnx").predict_proba(texts), want, atol=1e-4)
+    (folder / "wrapper.safetensors").unlink()  # a folder copied without the wrapper's file: named, not a traceback
+    from mentor.students.export import load_student_folder
+    with pytest.raises(DataError, match="wrapper weights file .*wrapper.safetensors is missing"):
+        load_student_folder(folder)
 
 
 def test_transformer_student_trains_from_disk(tiny, tmp_path):
