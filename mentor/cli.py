@@ -760,7 +760,8 @@ def bench_students_cmd(suite: str = typer.Option("smoke", help="smoke (digits, a
                                                              "entries, e.g. fashion-mnist/A1000."),
                        students: Optional[str] = typer.Option(None, help="Comma-separated subset of the students."),
                        methods: Optional[str] = typer.Option(None, help="Comma-separated methods (default "
-                                                             "vanilla-soft,vanilla-hard,auto)."),
+                                                             "vanilla-soft,vanilla-hard,auto; labeled-only: the "
+                                                             "student on A alone)."),
                        json_out: Optional[Path] = typer.Option(None, "--json", help="Append one JSON row per "
                                                                "(entry, student, method, seed) here (memory: "
                                                                "write the rows as one JSON list)."),

@@ -242,9 +242,19 @@ class TrainSection(_Strict):
     device: str = "auto"                 # auto (CUDA when available), cpu, cuda, cuda:N or mps
     amp: bool = True                     # bfloat16 autocast on CUDA (ignored on CPU)
     progress: bool = False
+    select_on: Literal["last", "val_accuracy", "val_nll"] = "last"  # the weights kept: the last epoch's, or the
+                                         # epoch scoring best on V (accuracy, or NLL); V scores, never trains
+    patience: int | None = Field(None, ge=1)  # with select_on: stop after this many epochs without a better V score
     data_path: Literal["memory", "stream"] = "memory"  # stream: the pool's features and teacher outputs are
                                          # written to Parquet once and read a buffer at a time while training
                                          # (README: Training from disk); methods.streams() says which methods can
+
+    @model_validator(mode="after")
+    def _selection(self):
+        if self.patience is not None and self.select_on == "last":
+            raise ValueError(f"train.patience={self.patience} stops training when V stops improving, so it needs "
+                             "train.select_on: val_accuracy or val_nll; set one, or remove train.patience")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -358,6 +368,9 @@ class RunConfig(_Strict):
         if self.train.data_path == "stream" and not streams(self.trained_method(), self.method_options):
             raise ValueError(cannot_stream(self.trained_method(), self.method_options))  # before any call is paid
         self._check_teachers()
+        if self.train.select_on != "last" and self.split.n_val == 0:
+            raise ValueError(f"train.select_on: {self.train.select_on} keeps the epoch that scores best on V, but "
+                             "split.n_val is 0; give V some examples (split.n_val), or set train.select_on: last")
         if self.trained_method() == "lelp" and (self.teachers is not None or not self.teacher.embeddings):
             raise ValueError("method lelp builds its targets from the teacher's embeddings: set teacher.embeddings: "
                              "true (built-in mlp, cnn, cnn1d, logistic and minilm teachers; one teacher, not "

@@ -48,6 +48,9 @@ class MethodContext:
     pool_features: np.ndarray | None = None
     # Loads the teacher's embeddings of the pool rows (n_pool, d) from the store; LELP needs them.
     pool_embeddings: Callable | None = None
+    # train.select_on is set: each student keeps its best epoch on V, so auto cross-fits every candidate
+    # (its epoch chosen on the other folds), not only those that fit something on V
+    selects_epoch_on_val: bool = False
 
 
 @dataclass
@@ -61,25 +64,34 @@ class MethodPlan:
     distill_weight: float | None = None
     # wraps the student before training (DHO adds a second head); the caller trains and saves the wrapped one
     student_wrapper: Callable | None = None
+    # the V rows (a boolean mask) the trainer may choose its epoch on (train.select_on); None: all of V.
+    # auto's cross-fitting sets it, so that the V examples that judge a candidate never chose its epoch
+    val_rows: np.ndarray | None = None
 
     def targets(self, teacher_probs_pool: np.ndarray) -> np.ndarray:
         return teacher_probs_pool if self.pool_targets is None else self.pool_targets
 
 
-def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, plan: MethodPlan, config):
+def train_with_plan(model, x_labeled, y_labeled, x_pool, teacher_probs_pool, plan: MethodPlan, config, *,
+                    x_val=None, y_val=None):
     """`train_student` with a plan's objective, pool weights, targets and λ (when it sets them);
-    λ = 0 trains on A alone, exactly as the labeled-only baseline does."""
+    λ = 0 trains on A alone, exactly as the labeled-only baseline does. V (`x_val`, `y_val`; only
+    the plan's val_rows of it) is passed on for train.select_on."""
     from dataclasses import replace
 
+    from .students.rows import take_rows
     from .students.train import train_student
+    if x_val is not None and plan.val_rows is not None:
+        x_val, y_val = take_rows(x_val, plan.val_rows), np.asarray(y_val)[plan.val_rows]
     if hasattr(plan.objective, "bind"):  # an objective that reads the student itself (DHO's second head)
         plan.objective.bind(model)
     if plan.distill_weight is not None:
         config = replace(config, distill_weight=float(plan.distill_weight))
         if plan.distill_weight == 0:
-            return train_student(model, x_labeled, y_labeled, config=config)
+            return train_student(model, x_labeled, y_labeled, config=config, x_val=x_val, y_val=y_val)
     return train_student(model, x_labeled, y_labeled, x_pool=x_pool, teacher_probs=plan.targets(teacher_probs_pool),
-                         objective=plan.objective, pool_weights=plan.pool_weights, config=config)
+                         objective=plan.objective, pool_weights=plan.pool_weights, config=config,
+                         x_val=x_val, y_val=y_val)
 
 
 METHODS: dict[str, Callable[[MethodContext], MethodPlan]] = {}
@@ -729,8 +741,13 @@ def _fit_part(ctx: MethodContext, keep: np.ndarray) -> MethodContext:
     """ctx seeing only the V examples in `keep` (a two-pass method's V outputs are cut alike)."""
     from dataclasses import replace
     tp = ctx.train_and_predict
+
+    def train_and_predict(plan):  # a first-pass student chooses its epoch (select_on) on these rows too
+        plan.val_rows = keep
+        u, v = tp(plan)
+        return u, v[keep]
     return replace(ctx, teacher_probs_val=ctx.teacher_probs_val[keep], val_labels=np.asarray(ctx.val_labels)[keep],
-                   train_and_predict=None if tp is None else (lambda plan: (lambda u, v: (u, v[keep]))(*tp(plan))))
+                   train_and_predict=None if tp is None else train_and_predict)
 
 
 def _uses_val(candidate: str, options: dict) -> bool:
@@ -748,20 +765,23 @@ def auto_order(options: dict) -> list[str]:
 
 
 def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_labels, options: dict,
-                seed: int) -> dict:
+                seed: int, *, cross_fit_all: bool = False) -> dict:
     """Score every auto candidate on V (cross-fitted where it fits on V) and choose among them.
 
     `val_probs(name, keep)` trains the candidate `name`, fitting what it fits on V on the V examples
     where `keep` is true (None: all of V), and returns its probabilities on all of V. Shared by the
     in-memory `auto` and training from disk; returns choose_on_validation's record with the order,
-    the folds and a one-line note."""
+    the folds and a one-line note. `cross_fit_all`: every candidate is cross-fitted (each student
+    chooses its epoch on V, train.select_on), with auto_folds ≥ 2."""
     order = auto_order(options)
     val_labels = np.asarray(val_labels)
     folds = int(options.get("auto_folds", 2))
     fold = cross_fit_folds(len(val_labels), folds, seed)
     scores = np.zeros((len(order), len(val_labels)))
+    cross_fitted = []
     for i, name in enumerate(order):
-        parts = range(folds) if folds > 1 and _uses_val(name, options) else [None]
+        parts = range(folds) if folds > 1 and (cross_fit_all or _uses_val(name, options)) else [None]
+        cross_fitted += [name] if parts != [None] else []
         for f in parts:
             right = np.asarray(val_probs(name, None if f is None else fold != f)).argmax(1) == val_labels
             scores[i] = right if f is None else np.where(fold == f, right, scores[i])
@@ -800,7 +820,7 @@ def auto_choice(val_probs: Callable[[str, np.ndarray | None], np.ndarray], val_l
         est_pct = "; ".join(f"{rule(r['noise_se'])}: {100 * r['val_accuracy']:.2f}%" for r in choice["rules"])
         note += (f" Rule used: {rule(choice['rule_noise_se'])}, the rule whose choice scored highest on V examples "
                  f"it did not see ({est_pct}; {len(splits)} splits of V).")
-    return {**choice, "folds": folds, "order": order, "note": note,
+    return {**choice, "folds": folds, "order": order, "note": note, "cross_fitted": cross_fitted,
             "val_accuracy": {o: c[o]["val_accuracy"] for o in order},
             "val_right": {o: "".join("1" if x else "0" for x in scores[i]) for i, o in enumerate(order)}}
 
@@ -837,8 +857,11 @@ def _auto(ctx: MethodContext) -> MethodPlan:
                           "MethodContext.train_and_predict.")
 
     def val_probs(name, keep):
-        return ctx.train_and_predict(plan_method(name, ctx if keep is None else _fit_part(ctx, keep)))[1]
-    choice = auto_choice(val_probs, ctx.val_labels, ctx.options, ctx.seed)
+        plan = plan_method(name, ctx if keep is None else _fit_part(ctx, keep))
+        plan.val_rows = keep  # with train.select_on the epoch is chosen on the fitting folds only
+        return ctx.train_and_predict(plan)[1]
+    choice = auto_choice(val_probs, ctx.val_labels, ctx.options, ctx.seed, cross_fit_all=ctx.selects_epoch_on_val)
+    choice["epoch_chosen_on_val"] = ctx.selects_epoch_on_val
     chosen = choice["chosen"]
     plan = plan_method(chosen, ctx)  # fresh, on all of V: stateful objectives (TAID) start their schedule again
     plan.info = {**plan.info, "auto": choice}

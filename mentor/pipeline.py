@@ -688,7 +688,8 @@ def _train_config(ctx: RunContext, checkpoint: Path | None) -> TrainConfig:
     return TrainConfig(epochs=t.epochs, min_steps=t.min_steps, batch_size=t.batch_size, lr=t.lr,
                        weight_decay=t.weight_decay, distill_weight=t.distill_weight, device=t.device, amp=t.amp,
                        seed=ctx.cfg.seed, checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress,
-                       grad_accum=t.grad_accum, schedule=t.schedule, warmup_fraction=t.warmup_fraction)
+                       grad_accum=t.grad_accum, schedule=t.schedule, warmup_fraction=t.warmup_fraction,
+                       select_on=t.select_on, patience=t.patience)
 
 
 def epochs_info(n_examples: int, cfg: TrainConfig) -> dict:
@@ -721,11 +722,14 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
                                       + ".pt")
     info: dict = {"method": "labeled-only" if labeled_only else method,
                   **epochs_info(len(sp.labeled) + (0 if labeled_only else len(sp.pool)), _train_config(ctx, None))}
+    # V chooses the epoch kept (train.select_on); it is scored, never trained on
+    val = ({"x_val": feat.transform(data.features[sp.val]), "y_val": data.labels[sp.val]}
+           if ctx.cfg.train.select_on != "last" else {})
     if labeled_only:
-        result = train_student(model, x_lab, y_lab, config=_train_config(ctx, ckpt))
+        result = train_student(model, x_lab, y_lab, config=_train_config(ctx, ckpt), **val)
     elif ctx.cfg.train.data_path == "stream":
         store = store or open_store(ctx)
-        result = _train_stream(ctx, store, feat, model, x_lab, y_lab, method, ckpt, info)
+        result = _train_stream(ctx, store, feat, model, x_lab, y_lab, method, ckpt, info, val)
     else:
         store = store or open_store(ctx)
         x_pool = feat.transform(data.features[sp.pool])
@@ -744,14 +748,14 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
 
         def train_and_predict(plan):  # for two-pass methods: a first student's outputs on U and V
             m = _new_student(ctx, x_lab.shape[1])
-            train_with_plan(m, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, None))
+            train_with_plan(m, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, None), **val)
             return predict_proba(m, x_pool), predict_proba(m, x_val)
 
         mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=t_pool, teacher_probs_val=t_val,
                              val_labels=data.labels[sp.val], temperature=cfg_t.temperature, seed=ctx.cfg.seed,
                              train_and_predict=train_and_predict, options=dict(ctx.cfg.method_options),
                              n_epochs=epochs_for(n_rows(x_lab) + n_rows(x_pool), _train_config(ctx, None)),
-                             pool_features=x_pool,
+                             pool_features=x_pool, selects_epoch_on_val=bool(val),
                              pool_embeddings=lambda: pool_embeddings(store, data.ids[sp.pool][keep]))
         plan = plan_method(method, mctx)
         distributed.check_same(_key(plan.info), "the method's plan (auto's choice)")  # same weights, same V
@@ -764,11 +768,15 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         chosen = plan.info.get("auto", {}).get("chosen")
         if chosen:  # auto's final student resumes only a checkpoint of the same chosen candidate
             ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(chosen)}.pt")
-        result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt))
+        plan.val_rows = None  # the final student may choose its epoch on all of V
+        result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt), **val)
         if hasattr(model, "fit_blend"):  # DHO: the heads' blend weight is chosen on V, after training
             info.update(model.fit_blend(x_val, data.labels[sp.val], device=cfg_t.device))
         info["teacher_fingerprint"] = store.fingerprint
     info.update(seconds=result.seconds, final_loss=result.history[-1]["loss"] if result.history else None)
+    if val:
+        info.update(select_on=ctx.cfg.train.select_on, best_epoch=result.best_epoch,
+                    epochs_trained=len(result.history), stopped_early=result.stopped_early)
     if distributed.active():  # trained data-parallel: what launched it (the weights equal one process's)
         info["data_parallel"] = distributed.describe()
     if getattr(feat, "kind", None) == "embedding":
@@ -785,7 +793,7 @@ STUDENT_FORMAT = "mentor-student-2"  # tensors + plain data, loaded with weights
 
 
 def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_lab, method: str, ckpt: Path,
-                  info: dict):
+                  info: dict, val: dict):
     """train.data_path: stream. The pool is featurized and written to Parquet a chunk at a time
     (once per featurizer and split; dense rows, token ids or sparse TF-IDF rows as the student
     takes them), joined with the store by id, and read a buffer at a time."""
@@ -811,20 +819,21 @@ def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_la
                         val_labels=data.labels[sp.val], temperature=ctx.cfg.train.temperature,
                         options=dict(ctx.cfg.method_options), n_epochs=epochs_for(len(y_lab) + len(pool), cfg))
 
-    def train_from_disk(m, plan, config):
+    def train_from_disk(m, plan, config, rows=None):  # rows: the V rows that may choose the epoch
+        v = val if rows is None or not val else {"x_val": take_rows(val["x_val"], rows), "y_val": val["y_val"][rows]}
         if plan is None or plan.distill_weight == 0:  # labeled-only: A alone, as in memory
-            return train_student(m, x_lab, y_lab, config=replace(config, distill_weight=0.0))
+            return train_student(m, x_lab, y_lab, config=replace(config, distill_weight=0.0), **v)
         pool_rows = StreamingPool(joined, x_lab, y_lab, batch_size=config.batch_size, seed=config.seed)
-        return train_student_stream(m, pool_rows, plan=plan, config=config)
+        return train_student_stream(m, pool_rows, plan=plan, config=config, **v)
 
     if method == "auto":  # every candidate trained from disk, scored on V (in memory: V is small)
         x_val = feat.transform(data.features[sp.val])
 
-        def val_probs_of(plan):
+        def val_probs_of(plan, keep=None):
             m = _new_student(ctx, x_lab.shape[1])
-            train_from_disk(m, plan, _train_config(ctx, None))
+            train_from_disk(m, plan, _train_config(ctx, None), keep)
             return predict_proba(m, x_val)
-        plan = stream_auto_plan(val_probs_of, seed=ctx.cfg.seed, **plan_options)
+        plan = stream_auto_plan(val_probs_of, seed=ctx.cfg.seed, checkpoint_on_val=bool(val), **plan_options)
         ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(plan.info['auto']['chosen'])}.pt")  # resumes only the same choice
         if plan.distill_weight == 0:
             info.pop("epochs_note", None)

@@ -87,6 +87,9 @@ def run_record(run_dir) -> dict:
         hist = _json(run_dir / f"history-{name}.json")
         if isinstance(hist, list) and hist:
             series[f"train.loss.{name}"] = [(int(h["epoch"]), float(h["loss"])) for h in hist]
+            for key in ("val_accuracy", "val_nll"):  # scored each epoch with train.select_on
+                if all(key in h for h in hist):
+                    series[f"train.{key}.{name}"] = [(int(h["epoch"]), float(h[key])) for h in hist]
     active = _json(run_dir / "active.json")
     if isinstance(active, dict):
         metrics.update(_numbers({k: v for k, v in active.items() if not isinstance(v, list)}, "active."))

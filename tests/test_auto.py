@@ -324,3 +324,44 @@ def test_a_changed_choice_never_resumes_the_other_candidates_checkpoint(tmp_path
     second = train(ctx, store, name="student")
     assert second["auto"]["chosen"] == "vanilla-soft" and second.get("distill_weight") != 0.0
     assert not (student_probs(ctx, "student", ctx.splits.test) == before).all()
+
+
+# ------------------------------------------------------- each student keeps its best epoch on V (select_on)
+
+@pytest.mark.parametrize("selects", [False, True])
+def test_with_select_on_auto_cross_fits_every_candidate_and_its_epoch_is_chosen_on_the_fitting_folds(selects):
+    """A candidate whose epoch was chosen on V examples must not be judged on them: with
+    train.select_on every candidate is trained once per fold, choosing its epoch on the other folds."""
+    from mentor.methods import MethodContext, plan_method
+    rng = np.random.default_rng(0)
+    yv = rng.integers(0, 3, 60)
+    calls = []
+
+    def train_and_predict(plan):  # what the pipeline's trainer is given: the plan and its V rows
+        calls.append((plan.distill_weight, None if plan.val_rows is None else plan.val_rows.copy()))
+        return np.full((5, 3), 1 / 3), np.eye(3)[yv] * 0.8 + 0.2 / 3
+    ctx = MethodContext(n_classes=3, teacher_probs_pool=np.full((5, 3), 1 / 3), teacher_probs_val=np.eye(3)[yv],
+                        val_labels=yv, train_and_predict=train_and_predict, selects_epoch_on_val=selects,
+                        options={"auto_candidates": ["labeled-only", "vanilla-soft"]})
+    auto = plan_method("auto", ctx).info["auto"]
+    assert auto["epoch_chosen_on_val"] is selects
+    if not selects:  # neither fits anything on V: each trained once, on all of V
+        assert auto["cross_fitted"] == [] and [rows for _, rows in calls] == [None, None]
+        return
+    assert auto["cross_fitted"] == ["labeled-only", "vanilla-soft"] and len(calls) == 4
+    for k in (0, 2):  # each candidate's two trainings choose on complementary halves of V
+        a, b = calls[k][1], calls[k + 1][1]
+        assert a.dtype == bool and not (a & b).any() and (a | b).all() and 25 <= a.sum() <= 35
+
+
+def test_auto_with_select_on_end_to_end_records_the_epoch_kept(tmp_path):
+    ctx, store = _auto_run(tmp_path, candidates=["labeled-only", "vanilla-soft"])
+    ctx.cfg.train.select_on, ctx.cfg.train.patience = "val_accuracy", 2
+    info = train(ctx, store)
+    assert info["select_on"] == "val_accuracy" and info["auto"]["cross_fitted"] == ["labeled-only", "vanilla-soft"]
+    assert 1 <= info["best_epoch"] <= info["epochs_trained"] <= info["epochs"]
+    assert info["stopped_early"] == (info["epochs_trained"] < info["epochs"])
+    hist = json.loads((ctx.out / "history-student.json").read_text())
+    assert len(hist) == info["epochs_trained"] and all("val_accuracy" in h and "val_nll" in h for h in hist)
+    accs = [h["val_accuracy"] for h in hist]
+    assert info["best_epoch"] == 1 + int(np.argmax(accs))

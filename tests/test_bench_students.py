@@ -45,6 +45,28 @@ def test_overrides_change_every_student_run_and_the_split(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_labeled_only_rows_and_the_epoch_chosen_on_val(tmp_path):
+    """`--methods labeled-only` trains on A alone (the teacher's outputs are not read); with
+    `--set train.select_on=...` each row records the epoch kept, and the slow students' cheap auto
+    is cross-fitted (the V examples that chose an epoch must not judge it)."""
+    from mentor.bench.students import CHEAP_AUTO, cheap_auto
+    sets = {"train.select_on": "val_accuracy", "train.patience": 10, "train.epochs": 60}
+    rows = bench_students("smoke", seeds=1, methods=["labeled-only", "vanilla-soft"], overrides=sets,
+                          work_dir=tmp_path, log=lambda *a: None)
+    lab, soft = rows
+    assert lab["method"] == "labeled-only" and soft["method"] == "vanilla-soft"
+    for r in rows:
+        assert 1 <= r["best_epoch"] <= r["epochs_trained"] <= r["epochs"] and r["onnx_max_abs_diff"] <= 1e-4
+    assert lab["n_labeled"] == soft["n_labeled"] and lab["test_accuracy"] != soft["test_accuracy"]
+    header, _, body = summarize(rows).splitlines()[:3]
+    assert "| auto | labeled-only |" in header and f"| {100 * lab['test_accuracy']:.2f} ± 0.00 |" in body
+    assert lab["test_accuracy"] > 0.5  # it learned: the teacher-free student is a real baseline
+    assert cheap_auto(sets)["auto_folds"] == 2 and cheap_auto({}) == CHEAP_AUTO and CHEAP_AUTO["auto_folds"] == 1
+    with pytest.raises(ConfigError, match="unknown methods \\['labelled-only'\\]"):
+        bench_students("smoke", seeds=1, methods=["labelled-only"], work_dir=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+
+
 def test_summary_pairs_each_student_with_the_first_by_seed():
     rows = [{"dataset": "d", "student": st, "method": "vanilla-soft", "seed": seed, "test_accuracy": acc,
              "teacher_accuracy": 0.7, "params": 1, "size_mb": 0.1, "train_seconds": 1.0, "peak_rss_mb": 1.0}

@@ -218,12 +218,14 @@ def test_pipeline_stream_option_and_its_errors(tmp_path, digits):
     assert info["data_path"] == "stream" and info["epochs"] == 2 and info["teacher_fingerprint"] == "oracle"
 
 
-def test_auto_trains_from_disk_and_chooses_as_in_memory(tmp_path, digits):
+@pytest.mark.parametrize("select", [{}, {"select_on": "val_accuracy", "patience": 3}])
+def test_auto_trains_from_disk_and_chooses_as_in_memory(tmp_path, digits, select):
     """`method: auto` with train.data_path: stream trains every candidate from disk (labeled-only and
     method@λ included, cross-fitted on V). With one batch per epoch the example order cannot
     matter, so every candidate's V accuracy, the choice and the final weights equal the in-memory
     ones. The teacher is right on 60% of the digits and confidently wrong elsewhere, so the
-    candidates differ."""
+    candidates differ. With train.select_on every candidate keeps its best epoch, chosen on the
+    other fold, from disk as in memory."""
     from mentor.config import parse_config
     from mentor.pipeline import prepare, train
     rng = np.random.default_rng(0)
@@ -238,7 +240,7 @@ def test_auto_trains_from_disk_and_chooses_as_in_memory(tmp_path, digits):
                "method_options": {"min_val": 20, "auto_candidates": ["labeled-only", "vanilla-soft",
                                                                      "vanilla-soft@0.25", "weighted-margin", "slam"]},
                "split": {"n_labeled": 40, "n_val": 200, "n_test": 300}, "student": {"kind": "logistic"},
-               "train": {"epochs": 20, "min_steps": 0, "batch_size": 2048, "lr": 0.01, "data_path": path},
+               "train": {"epochs": 20, "min_steps": 0, "batch_size": 2048, "lr": 0.01, "data_path": path, **select},
                "export": {"model_folder": False}}
         ctx = prepare(parse_config(raw))
         info = train(ctx, store)
@@ -251,6 +253,9 @@ def test_auto_trains_from_disk_and_chooses_as_in_memory(tmp_path, digits):
     for name, acc in accs.items():
         assert disk["auto"]["val_accuracy"][name] == pytest.approx(acc, abs=1e-9), (name, disk["auto"])
     assert disk["auto"]["chosen"] == mem["auto"]["chosen"]
+    if select:
+        assert disk["auto"]["cross_fitted"] == mem["auto"]["cross_fitted"] == mem["auto"]["order"]
+        assert disk["best_epoch"] == mem["best_epoch"] and disk["epochs_trained"] == mem["epochs_trained"]
     for k, w in w_mem.items():
         torch.testing.assert_close(w_disk[k], w, rtol=1e-4, atol=1e-5)
 

@@ -19,7 +19,7 @@ def _config(out, **tracking):
         "seed": 0, "output_dir": str(out), "method": "vanilla-soft",
         "data": {"name": "digits"}, "split": {"n_labeled": 100, "n_val": 300, "n_test": 400, "n_pool": 600},
         "teacher": {"kind": "logistic"}, "student": {"kind": "logistic"},
-        "train": {"epochs": 12, "min_steps": 0}, "tracking": tracking})
+        "train": {"epochs": 12, "min_steps": 0, "select_on": "val_accuracy"}, "tracking": tracking})
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +66,9 @@ def test_tensorboard_events_hold_losses_metrics_and_plots(tracked):
     history = json.loads((out / "history-student.json").read_text())
     assert [e.step for e in loss] == list(range(1, 13))
     assert [e.value for e in loss] == pytest.approx([h["loss"] for h in history], rel=1e-6)
+    val = ea.Scalars("train.val_accuracy.student")  # V scored each epoch (train.select_on)
+    assert [e.value for e in val] == pytest.approx([h["val_accuracy"] for h in history], rel=1e-6)
+    assert metrics["train_info"]["best_epoch"] == 1 + max(range(12), key=lambda i: (history[i]["val_accuracy"], -i))
     assert ea.Scalars("test_accuracy")[0].value == pytest.approx(metrics["test_accuracy"], rel=1e-6)
     assert "plots/reliability" in ea.Tags()["images"]
     assert {"report/text_summary", "params/text_summary"} <= set(ea.Tags()["tensors"])

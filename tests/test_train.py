@@ -128,3 +128,87 @@ def test_teacher_rows_must_match_pool(toy):
     xl, yl, xu, t, *_ = toy
     with pytest.raises(DataError, match="one row per pool example"):
         train_student(_model(), xl, yl, x_pool=xu, teacher_probs=t[:10], config=TrainConfig(epochs=1))
+
+
+# ------------------------------------------------------------------ the epoch kept: chosen on V (select_on)
+
+def _val_acc(m, x, y):
+    return float((predict_proba(m, x).argmax(1) == y).mean())
+
+
+def test_select_on_keeps_the_weights_of_the_epoch_best_on_val(toy):
+    from mentor.students.train import val_scores
+    xl, yl, xu, t, xt, yt = toy
+    xv, yv_wrong = xl, (yl + 1) % 10  # a V that contradicts A: the more the student learns, the worse it scores
+    last, best = _model(), _model()
+    cfg = dict(epochs=8, min_steps=0, lr=3e-3)
+    r_last = train_student(last, xl, yl, x_pool=xu, teacher_probs=t, config=TrainConfig(**cfg),
+                           x_val=xv, y_val=yv_wrong)
+    r_best = train_student(best, xl, yl, x_pool=xu, teacher_probs=t, x_val=xv, y_val=yv_wrong,
+                           config=TrainConfig(**cfg, select_on="val_nll"))
+    nll = [h["val_nll"] for h in r_best.history]
+    assert [h["val_nll"] for h in r_last.history] == nll  # scoring V changes nothing in training
+    assert r_last.best_epoch is None and val_scores(last, xv, yv_wrong, "cpu")["val_nll"] == pytest.approx(nll[-1])
+    assert r_best.best_epoch == 1 + int(np.argmin(nll)) and len(r_best.history) == 8
+    assert val_scores(best, xv, yv_wrong, "cpu")["val_nll"] == pytest.approx(min(nll))  # best epoch's weights back
+    assert min(nll) < nll[-1] - 0.1  # so keeping the last epoch would have been different
+    acc = train_student(_model(), xl, yl, x_pool=xu, teacher_probs=t, x_val=xt, y_val=yt,
+                        config=TrainConfig(**cfg, select_on="val_accuracy"))
+    accs = [h["val_accuracy"] for h in acc.history]
+    assert acc.best_epoch == 1 + int(np.argmax(accs))  # the first of equal scores: the earlier epoch
+
+
+def test_patience_stops_training_after_epochs_without_a_better_val_score(toy):
+    xl, yl, xu, t, *_ = toy
+    r = train_student(_model(), xl, yl, x_pool=xu, teacher_probs=t, x_val=xl, y_val=(yl + 1) % 10,
+                      config=TrainConfig(epochs=30, min_steps=0, lr=3e-3, select_on="val_accuracy", patience=2))
+    assert r.stopped_early and len(r.history) == r.best_epoch + 2 < 30
+    accs = [h["val_accuracy"] for h in r.history]
+    assert max(accs[r.best_epoch:]) <= accs[r.best_epoch - 1]  # no later epoch was better
+
+
+def test_a_resumed_run_keeps_the_same_best_epoch_and_weights(toy, tmp_path):
+    xl, yl, xu, t, xv, yv = toy
+    ck = tmp_path / "ck.pt"
+    kw = dict(epochs=6, min_steps=0, lr=3e-3, select_on="val_accuracy", patience=3)
+    ref = _model()
+    r_ref = train_student(ref, xl, yl, x_pool=xu, teacher_probs=t, x_val=xv, y_val=yv, config=TrainConfig(**kw))
+    m = _model()
+    with pytest.raises(KeyboardInterrupt):
+        train_student(m, xl, yl, x_pool=xu, teacher_probs=t, objective=_Crash(4), x_val=xv, y_val=yv,
+                      config=TrainConfig(**kw, checkpoint_path=str(ck)))
+    m2 = _model(seed=123)
+    res = train_student(m2, xl, yl, x_pool=xu, teacher_probs=t, x_val=xv, y_val=yv,
+                        config=TrainConfig(**kw, checkpoint_path=str(ck)))
+    assert res.resumed_from_epoch == 3 and res.history == r_ref.history and res.best_epoch == r_ref.best_epoch
+    assert torch.allclose(_params(ref), _params(m2), atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, val, match", [
+    ({"select_on": "val_accuracy"}, False, "no V was given"),
+    ({"patience": 3}, True, "needs train.select_on"),
+    ({"select_on": "best"}, True, "must be one of last, val_accuracy, val_nll"),
+])
+def test_select_on_without_val_or_patience_without_select_on_is_a_clear_error(toy, kw, val, match):
+    xl, yl, _, _, xv, yv = toy
+    with pytest.raises(ConfigError, match=match):
+        train_student(_model(), xl, yl, config=TrainConfig(epochs=1, min_steps=0, **kw),
+                      **({"x_val": xv, "y_val": yv} if val else {}))
+
+
+def test_cli_names_the_fix_for_patience_without_select_on_and_select_on_without_val(tmp_path):
+    import subprocess
+    import sys
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"output_dir: {tmp_path / 'run'}\ndata: {{name: digits}}\n"
+                   "split: {n_labeled: 60, n_val: 100, n_test: 100}\ntrain: {epochs: 3, patience: 2}\n")
+    run = lambda *extra: subprocess.run([sys.executable, "-m", "mentor.cli", "check-config", str(cfg), *extra],  # noqa: E731
+                                        capture_output=True, text=True)
+    out = run()
+    said = " ".join((out.stderr + out.stdout).split())
+    assert out.returncode == 2 and "Traceback" not in said and "train.select_on: val_accuracy or val_nll" in said
+    out = run("--set", "train.select_on=val_nll", "--set", "split.n_val=0")
+    said = " ".join((out.stderr + out.stdout).split())
+    assert out.returncode == 2 and "split.n_val is 0" in said and "train.select_on: last" in said
+    out = run("--set", "train.select_on=val_nll")
+    assert out.returncode == 0 and "select_on: val_nll" in out.stdout and "patience: 2" in out.stdout

@@ -409,6 +409,8 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
     x_test, y_test = feat.transform(data.features[sp.test]), data.labels[sp.test]
     device = cfg.train.device
     pos_of = {x: i for i, x in enumerate(pool_ids.tolist())}
+    x_val = feat.transform(data.features[sp.val])
+    val = {"x_val": x_val, "y_val": data.labels[sp.val]} if cfg.train.select_on != "last" else {}  # epoch kept
 
     def student_path(r: int) -> Path:
         return out / "active" / f"student-round-{r}.pt"
@@ -424,23 +426,24 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
         tcfg = _train_config(ctx, ckpt)
         model = load_model(r - 1) if (cfg.retrain == "continue" and r > 0) else _new_student(ctx, x_lab.shape[1])
         if not len(queried):
-            train_student(model, x_lab, y_lab, config=tcfg)
+            train_student(model, x_lab, y_lab, config=tcfg, **val)
         else:
             xq, tq = x_pool[queried], store.read(pool_ids[queried])
             n_epochs = epochs_for(n_rows(x_lab) + n_rows(xq), tcfg)
 
             def train_and_predict(plan):  # two-pass corrections: a first student's outputs on the queried set and V
                 m = _new_student(ctx, x_lab.shape[1])
-                train_with_plan(m, x_lab, y_lab, xq, tq, plan, replace(tcfg, checkpoint_path=None))
-                return predict_proba(m, xq, device=device), predict_proba(
-                    m, feat.transform(data.features[sp.val]), device=device)
+                train_with_plan(m, x_lab, y_lab, xq, tq, plan, replace(tcfg, checkpoint_path=None), **val)
+                return predict_proba(m, xq, device=device), predict_proba(m, x_val, device=device)
 
             mctx = MethodContext(n_classes=ctx.n_classes, teacher_probs_pool=tq, teacher_probs_val=t_val,
                                  val_labels=y_val, temperature=cfg.train.temperature, seed=cfg.seed,
                                  train_and_predict=train_and_predict,
-                                 options=dict(getattr(cfg, "method_options", {}) or {}), n_epochs=n_epochs)
+                                 options=dict(getattr(cfg, "method_options", {}) or {}), n_epochs=n_epochs,
+                                 selects_epoch_on_val=bool(val))
             plan = plan_method(cfg.correction, mctx)
-            train_with_plan(model, x_lab, y_lab, xq, tq, plan, tcfg)
+            plan.val_rows = None
+            train_with_plan(model, x_lab, y_lab, xq, tq, plan, tcfg, **val)
         acc = accuracy(predict_proba(model, x_test, device=device), y_test)
         tmp = student_path(r).with_name(student_path(r).name + ".tmp")
         torch.save(model.state_dict(), tmp)

@@ -53,6 +53,19 @@ METHODS = ["vanilla-soft", "vanilla-hard", "auto"]
 # candidates every row of the grid has, plus the student that never sees the pool; the default
 # candidate list (mentor.methods.AUTO_CANDIDATES, 9 candidates, 2-fold cross-fitting) is used elsewhere
 CHEAP_AUTO = {"auto_candidates": ["labeled-only", "vanilla-soft", "vanilla-hard"], "auto_folds": 1}
+LABELED_ONLY = "labeled-only"  # a --methods entry: the student trained on A alone (no teacher)
+
+
+def cheap_auto(overrides: dict | None) -> dict:
+    """CHEAP_AUTO; cross-fitted (2 folds) when train.select_on lets each student choose its epoch on V,
+    so that the V examples that chose a candidate's epoch do not also judge it."""
+    selects = str((overrides or {}).get("train.select_on", "last")) != "last"
+    return {**CHEAP_AUTO, "auto_folds": 2} if selects else CHEAP_AUTO
+
+
+def _method_names() -> list[str]:
+    from ..methods import METHODS as registered
+    return list(registered)
 
 
 def _entries(suite: str) -> dict[str, dict]:
@@ -175,6 +188,10 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
     unknown = sorted(set(entries or []) - set(configs))
     if unknown:
         raise ConfigError(f"unknown entries {unknown} in suite {suite!r}; it has {sorted(configs)}.")
+    bad = sorted(set(methods or []) - set(METHODS) - {LABELED_ONLY} - set(_method_names()))
+    if bad:
+        raise ConfigError(f"unknown methods {bad} for bench students; use {', '.join(METHODS)}, {LABELED_ONLY} (the "
+                          "student trained on A alone) or another method of `mentor methods`.")
     for entry in entries or list(configs):  # a misspelt --set fails here, before any teacher is trained
         spec = configs[entry]
         parse_config(_with(spec["base"], overrides, students=False))
@@ -198,15 +215,17 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                 if student not in (students or spec.get("default_students") or spec["students"]):
                     continue
                 for method in methods or spec["methods"]:
-                    options = CHEAP_AUTO if method == "auto" and student in spec.get("slow", ()) else {}
+                    options = cheap_auto(overrides) if method == "auto" and student in spec.get("slow", ()) else {}
                     cfg = parse_config(_with({**spec["base"], **over}, overrides) | {
-                        "seed": seed, "baseline": False, "output_dir": str(out_dir), "method": method,
+                        "seed": seed, "baseline": False, "output_dir": str(out_dir),
+                        "method": "vanilla-soft" if method == LABELED_ONLY else method,
                         "method_options": options} | shared)
                     sctx = RunContext(cfg, ctx.data, ctx.splits, ctx.out)
                     name = f"{student}-{method}"
                     with PeakRSS() as rss:
                         t1 = time.perf_counter()
-                        info = train(sctx, store, method=method, name=name)
+                        info = (train(sctx, name=name, labeled_only=True) if method == LABELED_ONLY else
+                                train(sctx, store, method=method, name=name))
                         train_s = time.perf_counter() - t1
                         acc = accuracy(student_test_probs(sctx, name), y_test)
                         rec = write_model_folder(sctx, path=out_dir / "models" / name, name=name, onnx="auto")
@@ -221,7 +240,8 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
                            "latency_threads": lat.get("threads"), "onnx_max_abs_diff": diff, "onnx_note": note,
                            "train_seconds": train_s, "peak_rss_mb": rss.peak_mb,
                            "auto_chosen": (info.get("auto") or {}).get("chosen"), "method_options": options,
-                           "epochs": info.get("epochs"), "n_labeled": len(ctx.splits.labeled),
+                           "epochs": info.get("epochs"), "best_epoch": info.get("best_epoch"),
+                           "epochs_trained": info.get("epochs_trained"), "n_labeled": len(ctx.splits.labeled),
                            "n_val": len(ctx.splits.val), "n_pool": len(ctx.splits.pool), "n_test": len(y_test),
                            "student_config": cfg.student.model_dump(), "train_config": cfg.train.model_dump(),
                            "overrides": overrides or {}, "teacher_fingerprint": store.fingerprint,
@@ -235,17 +255,19 @@ def run_entries(suite: str, *, seeds: int = 2, first_seed: int = 0, entries: lis
 
 def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
     """Markdown: per entry and student, test accuracy per method (mean ± std over seeds), the teacher,
-    auto − vanilla-soft paired by seed, and size/latency/ONNX of the vanilla-soft student."""
-    out = ["| data | student | teacher | " + " | ".join(METHODS) + f" | auto − {baseline} (paired) | auto chose | "
-           "params | MB | torch ms b1 / b64 | onnx ms b1 / b64 | onnx diff | train s (soft / hard / auto) | "
+    auto − vanilla-soft paired by seed, and size/latency/ONNX of the vanilla-soft student. Columns: the
+    three methods, and labeled-only or other methods when the rows have them."""
+    cols = METHODS + [m for m in dict.fromkeys(r["method"] for r in rows) if m not in METHODS]
+    out = ["| data | student | teacher | " + " | ".join(cols) + f" | auto − {baseline} (paired) | auto chose | "
+           "params | MB | torch ms b1 / b64 | onnx ms b1 / b64 | onnx diff | train s (" + " / ".join(cols) + ") | "
            "peak RSS MB |",
-           "|---|---|---|" + "---|" * len(METHODS) + "---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|" + "---|" * len(cols) + "---|---|---|---|---|---|---|---|---|"]
     keys = list(dict.fromkeys((r["dataset"], r["student"]) for r in rows))
     for data, student in keys:
         mine = [r for r in rows if r["dataset"] == data and r["student"] == student]
-        by = {m: {r["seed"]: r for r in mine if r["method"] == m} for m in METHODS}
+        by = {m: {r["seed"]: r for r in mine if r["method"] == m} for m in cols}
         teacher = _mean_std([100 * r["teacher_accuracy"] for r in {r["seed"]: r for r in mine}.values()])
-        cells = [_mean_std([100 * r["test_accuracy"] for r in by[m].values()]) if by[m] else "" for m in METHODS]
+        cells = [_mean_std([100 * r["test_accuracy"] for r in by[m].values()]) if by[m] else "" for m in cols]
         seeds = sorted(set(by["auto"]) & set(by[baseline]))
         paired = _mean_std([100 * (by["auto"][s]["test_accuracy"] - by[baseline][s]["test_accuracy"]) for s in seeds],
                            signed=True) if seeds else ""
@@ -253,7 +275,7 @@ def summarize(rows: list[dict], baseline: str = "vanilla-soft") -> str:
         lat = lambda k: ("" if ref.get(k) is None else f"{ref[k]['b1']:.3g} / {ref[k]['b64']:.3g}")  # noqa: E731
         diff = ref.get("onnx_max_abs_diff")
         train_s = " / ".join(f"{sum(r['train_seconds'] for r in by[m].values()) / len(by[m]):.0f}" if by[m] else "-"
-                             for m in METHODS)  # mean over seeds
+                             for m in cols)  # mean over seeds
         chose = ", ".join(str(by["auto"][s].get("auto_chosen")) for s in sorted(by["auto"]))
         out.append(f"| {data} | {student} | {teacher} | " + " | ".join(cells) + f" | {paired} | {chose} | "
                    f"{ref['params']:,} | "

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import ConfigError, DataError, StoreError
 from ..methods import STREAM_METHODS, cannot_stream
 from .rows import dense_rows, is_sparse, n_rows, stack_rows, take_rows
-from .train import TrainConfig, VanillaObjective, batch_loss, fit, resolve_device, seed_everything
+from .train import TrainConfig, VanillaObjective, val_pair, batch_loss, fit, resolve_device, seed_everything
 
 FEATURES, PROBS, ID = "features", "probs", "id"
 # Three layouts of the `features` column: dense float32 rows (a fixed-size list), integer rows
@@ -556,12 +556,14 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
 
 def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *, n_classes: int, joined_dir,
                      teacher_probs_val, val_labels, temperature: float = 1.0, options: dict | None = None,
-                     n_epochs: int | None = None, seed: int = 0) -> StreamPlan:
+                     n_epochs: int | None = None, seed: int = 0, checkpoint_on_val: bool = False) -> StreamPlan:
     """`auto` from disk: every candidate trained from disk and scored on V exactly as in memory
     (methods.auto_choice: same candidates, cross-fitting, noise rule). `val_probs_of(plan)` trains
     a fresh student with that plan (None: on A alone, the labeled-only candidate) and returns its
     probabilities on V. Returns the chosen candidate's plan fitted on all of V (labeled-only: a plan
-    with λ = 0, which the caller trains on A alone); the choice is in its info["auto"]."""
+    with λ = 0, which the caller trains on A alone); the choice is in its info["auto"].
+    `checkpoint_on_val` (train.select_on): every candidate is cross-fitted, and `val_probs_of(plan,
+    keep)` is given the V rows its student may choose its epoch on."""
     from ..methods import (COMMON_OPTIONS, METHOD_OPTIONS, MethodContext, _require_val, auto_choice,
                            check_method_options, parse_candidate, streams)
     options = dict(options or {})
@@ -585,7 +587,12 @@ def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *,
             plan.info = {**plan.info, "distill_weight": lam}
         return plan
 
-    choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep)), yv, options, seed)
+    if checkpoint_on_val:
+        choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep), keep), yv, options, seed,
+                             cross_fit_all=True)
+    else:
+        choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep)), yv, options, seed)
+    choice["epoch_chosen_on_val"] = checkpoint_on_val
     plan = plan_of(choice["chosen"])
     if plan is None:  # labeled-only: the caller trains on A alone
         return StreamPlan(VanillaObjective(), info={"data_path": "stream", "distill_weight": 0.0, "auto": choice},
@@ -615,12 +622,13 @@ def check_not_distributed() -> None:
 
 
 def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: StreamPlan | None = None,
-                         config: TrainConfig | None = None, read_ahead: bool = False):
+                         config: TrainConfig | None = None, read_ahead: bool = False, x_val=None, y_val=None):
     """Train `model` in place on CE(A) + λ·mean_U(w·objective), reading U from disk.
 
     The same loss, schedule, checkpoints and epoch count (train.epochs raised by min_steps) as
     `train_student`; only the order of the examples differs (row groups and buffers instead of
-    one permutation of the whole pool). Returns a TrainResult."""
+    one permutation of the whole pool); V (`x_val`, `y_val`, in memory: it is small) is scored and
+    selects the kept epoch as there. Returns a TrainResult."""
     cfg = config or TrainConfig()
     check_not_distributed()
     device = resolve_device(cfg.device)
@@ -662,7 +670,8 @@ def train_student_stream(model: torch.nn.Module, pool: StreamingPool, *, plan: S
             pool_index=torch.arange(int(pool_rows.sum()), device=device),
             weights=None if w is None else torch.as_tensor(np.asarray(w, dtype=np.float32), device=device))
 
-    return fit(model, plan.objective, cfg, device, gen, pool.n_labeled + pool.n_pool, epoch_groups)
+    return fit(model, plan.objective, cfg, device, gen, pool.n_labeled + pool.n_pool, epoch_groups,
+               val=val_pair(x_val, y_val))
 
 
 def _batch_rows(x, mask: torch.Tensor, device) -> torch.Tensor:

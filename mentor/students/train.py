@@ -45,11 +45,17 @@ class TrainConfig:
     grad_accum: int = 1              # forward passes per optimiser step (effective batch batch_size × grad_accum)
     schedule: str = "constant"       # lr after warmup: constant, linear or cosine decay to 0 (see lr_factor)
     warmup_fraction: float = 0.0     # share of the optimiser steps with a linear warmup of lr
+    select_on: str = "last"          # the weights kept: the last epoch's, or the epoch best on V (see SELECT_ON)
+    patience: int | None = None      # with select_on: stop after this many epochs without a better V score
 
 
 # TrainConfig fields added later, at the values that mean what their absence meant: a checkpoint
 # written before they existed still matches a config that leaves them there
-_ADDED_FIELDS = {"grad_accum": 1, "schedule": "constant", "warmup_fraction": 0.0}
+_ADDED_FIELDS = {"grad_accum": 1, "schedule": "constant", "warmup_fraction": 0.0, "select_on": "last",
+                 "patience": None}
+# which epoch's weights training keeps: the last, or the one scoring best on V (higher accuracy; lower
+# NLL, i.e. mean −log p(true label)); V only scores, it never trains
+SELECT_ON = ("last", "val_accuracy", "val_nll")
 
 
 def _config_record(cfg: TrainConfig) -> dict:
@@ -58,9 +64,11 @@ def _config_record(cfg: TrainConfig) -> dict:
 
 @dataclass
 class TrainResult:
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, and V's accuracy and NLL when V was given
     seconds: float = 0.0
     resumed_from_epoch: int = 0
+    best_epoch: int | None = None    # with select_on: the epoch whose weights were kept (1-based)
+    stopped_early: bool = False      # patience ended training before the planned epochs
 
 
 class VanillaObjective:
@@ -215,13 +223,14 @@ def load_plain(path, *, map_location="cpu", what: str = "file", fix: str = "dele
 def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
                   x_pool=None, teacher_probs: np.ndarray | None = None,
                   objective=None, pool_weights: np.ndarray | None = None,
-                  config: TrainConfig | None = None) -> TrainResult:
+                  config: TrainConfig | None = None, x_val=None, y_val=None) -> TrainResult:
     """Train `model` in place on CE(A) + λ·mean_U(w·objective).
 
     Each epoch visits every example of A ∪ U once in a seeded random order; a batch mixes both
     kinds, and its loss is the sum of the per-example terms divided by the batch size. Inputs may
     be arrays (float features, int64 token ids) or scipy sparse matrices (TF-IDF); sparse rows are
-    densified one batch at a time.
+    densified one batch at a time. V (`x_val`, `y_val`), when given, is scored after each epoch
+    and, with config.select_on, chooses the epoch whose weights are kept (`fit`); it never trains.
     """
     cfg = config or TrainConfig()
     t0 = time.perf_counter()
@@ -266,7 +275,19 @@ def train_student(model: nn.Module, x_labeled, y_labeled: np.ndarray, *,
                                   t_pool=tu[pool_idx] if len(pool_idx) else None, pool_index=pool_idx,
                                   weights=None if wu is None or not len(pool_idx) else wu[pool_idx])
 
-    return fit(model, objective, cfg, device, gen, n_total, epoch_groups, t0=t0)
+    return fit(model, objective, cfg, device, gen, n_total, epoch_groups, t0=t0, val=val_pair(x_val, y_val))
+
+
+def val_pair(x_val, y_val):
+    """(x_val, y_val), None without V; one without the other is a DataError."""
+    if (x_val is None) != (y_val is None):
+        raise DataError("give both x_val and y_val (V's inputs and labels), or neither.")
+    if x_val is None:
+        return None
+    if n_rows(x_val) != len(y_val) or not len(y_val):
+        raise DataError(f"V must have one label per input and at least one row; got {n_rows(x_val)} inputs and "
+                        f"{len(y_val)} labels.")
+    return x_val, np.asarray(y_val)
 
 
 def batch_loss(model, objective, distill_weight: float, device, *, x_lab=None, y_lab=None, x_pool=None,
@@ -283,16 +304,54 @@ def batch_loss(model, objective, distill_weight: float, device, *, x_lab=None, y
     return loss
 
 
+def check_selection(cfg: TrainConfig, has_val: bool) -> None:
+    """select_on and patience must make sense together and with the data given (ConfigError naming the fix)."""
+    if cfg.select_on not in SELECT_ON:
+        raise ConfigError(f"train.select_on must be one of {', '.join(SELECT_ON)}, got {cfg.select_on!r}.")
+    if cfg.patience is not None and cfg.select_on == "last":
+        raise ConfigError(f"train.patience={cfg.patience} stops training when V stops improving, so it needs "
+                          "train.select_on: val_accuracy or val_nll; set one, or remove train.patience.")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ConfigError(f"train.patience must be >= 1 epoch, got {cfg.patience}.")
+    if cfg.select_on != "last" and not has_val:
+        raise ConfigError(f"train.select_on: {cfg.select_on} keeps the epoch that scores best on V, but no V was "
+                          "given (x_val, y_val; a run needs split.n_val > 0). Give V, or set train.select_on: last.")
+
+
+def val_scores(model: nn.Module, x_val, y_val, device) -> dict:
+    """V's accuracy and NLL (mean −log p of the true label) of `model` as it is now (eval mode)."""
+    log_p = torch.from_numpy(np.log(np.clip(predict_proba(model, x_val, device=str(device)), 1e-12, None)))
+    y = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
+    return {"val_accuracy": float((log_p.argmax(1) == y).double().mean()),
+            "val_nll": float(F.nll_loss(log_p.double(), y))}
+
+
+def _better(scores: dict, best: dict | None, select_on: str) -> bool:
+    if best is None:
+        return True
+    if select_on == "val_accuracy":
+        return scores["val_accuracy"] > best["score"]
+    return -scores["val_nll"] > best["score"]
+
+
 def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen: torch.Generator, n_total: int,
-        epoch_groups, *, t0: float | None = None) -> TrainResult:
+        epoch_groups, *, t0: float | None = None, val=None) -> TrainResult:
     """The optimisation loop shared by the in-memory and the streaming trainer.
 
     `epoch_groups(epoch)` yields, per optimiser step, (examples in the step, [callables returning
     each forward batch's summed loss]); the step's loss is their sum divided by the examples.
     Handles the lr schedule, bfloat16 autocast on CUDA, checkpoints (resume) and progress. Under
     torchrun (`distributed`) each rank's callables cover its share of the step; gradients are summed
-    over ranks before the step, and only rank 0 writes the checkpoint."""
+    over ranks before the step, and only rank 0 writes the checkpoint.
+
+    `val` = (x_val, y_val): after each epoch V's accuracy and NLL go into the history. With
+    cfg.select_on the weights of the best epoch on V are kept (a copy on the CPU, also in the
+    checkpoint, so a resumed run keeps the same one) and loaded at the end; with cfg.patience
+    training stops after that many epochs without a better V score. Every rank scores all of V, so
+    all reach the same decisions."""
     t0 = time.perf_counter() if t0 is None else t0
+    check_selection(cfg, val is not None)
+    best = None  # {"epoch", "score", "model"}: the epoch kept under select_on
     opt = torch.optim.Adam(param_groups(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = TrainResult()
     start_epoch = 0
@@ -309,6 +368,7 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
         torch.set_rng_state(state["torch_rng"])
         result.history = state["history"]
         start_epoch = result.resumed_from_epoch = state["epoch"]
+        best = state.get("best")
     distributed.check_same(f"{n_total} {cfg}", "the examples and the training config", "under torchrun every "
                            "rank must train on the same data (all of it: each takes its share) with the same config.")
     distributed.sync_params(model)  # every rank starts from rank 0's weights
@@ -327,6 +387,9 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
         task = progress.add_task("training student", total=n_epochs, completed=start_epoch)
     try:
         for epoch in range(start_epoch, n_epochs):
+            if cfg.patience is not None and best is not None and epoch - best["epoch"] >= cfg.patience:
+                result.stopped_early = True  # checked first, so a resumed run stops where it stopped
+                break
             model.train()
             total, steps = 0.0, 0
             for n_group, batches in epoch_groups(epoch):
@@ -349,17 +412,30 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
                 objective.on_epoch_end(epoch)
             total = distributed.sum_scalar(total, device)
             result.history.append({"epoch": epoch + 1, "loss": total / max(steps, 1)})
+            if val is not None:
+                rng = torch.get_rng_state()  # scoring V must not change the next epoch's dropout
+                scores = val_scores(model, *val, device)
+                torch.set_rng_state(rng)
+                result.history[-1].update(scores)
+                if cfg.select_on != "last" and _better(scores, best, cfg.select_on):
+                    best = {"epoch": epoch + 1, "score": scores["val_accuracy"] if cfg.select_on == "val_accuracy"
+                            else -scores["val_nll"],
+                            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
             if ckpt is not None and distributed.is_main():
                 ckpt.parent.mkdir(parents=True, exist_ok=True)
                 _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "objective": objective.state_dict(), "generator": gen.get_state(),
                                     "torch_rng": torch.get_rng_state(), "history": result.history,
-                                    "epoch": epoch + 1, "config": _config_record(cfg)}, ckpt)
+                                    "epoch": epoch + 1, "config": _config_record(cfg),
+                                    **({"best": best} if best is not None else {})}, ckpt)
             if progress is not None:
                 progress.update(task, advance=1, description=f"epoch {epoch + 1} loss {total / max(steps, 1):.4f}")
     finally:
         if progress is not None:
             progress.stop()
+    if best is not None:
+        model.load_state_dict(best["model"])
+        result.best_epoch = int(best["epoch"])
     distributed.check_same(distributed.digest(model), "the trained weights")
     result.seconds = time.perf_counter() - t0
     return result
