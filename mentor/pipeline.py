@@ -833,7 +833,7 @@ def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_la
             m = _new_student(ctx, x_lab.shape[1])
             train_from_disk(m, plan, _train_config(ctx, None), keep)
             return predict_proba(m, x_val)
-        plan = stream_auto_plan(val_probs_of, seed=ctx.cfg.seed, checkpoint_on_val=bool(val), **plan_options)
+        plan = stream_auto_plan(val_probs_of, seed=ctx.cfg.seed, selects_epoch_on_val=bool(val), **plan_options)
         ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(plan.info['auto']['chosen'])}.pt")  # resumes only the same choice
         if plan.distill_weight == 0:
             info.pop("epochs_note", None)

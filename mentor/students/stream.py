@@ -556,13 +556,13 @@ def stream_plan(method: str, *, n_classes: int, joined_dir=None, teacher_probs_v
 
 def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *, n_classes: int, joined_dir,
                      teacher_probs_val, val_labels, temperature: float = 1.0, options: dict | None = None,
-                     n_epochs: int | None = None, seed: int = 0, checkpoint_on_val: bool = False) -> StreamPlan:
+                     n_epochs: int | None = None, seed: int = 0, selects_epoch_on_val: bool = False) -> StreamPlan:
     """`auto` from disk: every candidate trained from disk and scored on V exactly as in memory
     (methods.auto_choice: same candidates, cross-fitting, noise rule). `val_probs_of(plan)` trains
     a fresh student with that plan (None: on A alone, the labeled-only candidate) and returns its
     probabilities on V. Returns the chosen candidate's plan fitted on all of V (labeled-only: a plan
     with λ = 0, which the caller trains on A alone); the choice is in its info["auto"].
-    `checkpoint_on_val` (train.select_on): every candidate is cross-fitted, and `val_probs_of(plan,
+    `selects_epoch_on_val` (train.select_on): every candidate is cross-fitted, and `val_probs_of(plan,
     keep)` is given the V rows its student may choose its epoch on."""
     from ..methods import (COMMON_OPTIONS, METHOD_OPTIONS, MethodContext, _require_val, auto_choice,
                            check_method_options, parse_candidate, streams)
@@ -587,12 +587,12 @@ def stream_auto_plan(val_probs_of: Callable[[StreamPlan | None], np.ndarray], *,
             plan.info = {**plan.info, "distill_weight": lam}
         return plan
 
-    if checkpoint_on_val:
+    if selects_epoch_on_val:
         choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep), keep), yv, options, seed,
                              cross_fit_all=True)
     else:
         choice = auto_choice(lambda name, keep: val_probs_of(plan_of(name, keep)), yv, options, seed)
-    choice["epoch_chosen_on_val"] = checkpoint_on_val
+    choice["epoch_chosen_on_val"] = selects_epoch_on_val
     plan = plan_of(choice["chosen"])
     if plan is None:  # labeled-only: the caller trains on A alone
         return StreamPlan(VanillaObjective(), info={"data_path": "stream", "distill_weight": 0.0, "auto": choice},
