@@ -317,7 +317,7 @@ ADDED_KEYS = {("train", "grad_accum"): 1, ("train", "schedule"): "constant", ("t
               ("student", "embedding_cache"): None, ("student", "encoder_batch_size"): None,
               ("student", "image_size"): None, ("student", "augment"): None,
               ("train", "data_path"): "memory", (None, "rad_m_scale"): 1.0,
-              ("teacher", "embeddings"): False}
+              ("teacher", "embeddings"): False, ("train", "select_on"): "last", ("train", "patience"): None}
 
 
 def without_added_defaults(dumped: dict, section: str | None = None) -> dict:
