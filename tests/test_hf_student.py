@@ -72,7 +72,7 @@ def _doc(tiny, out, **over):
            "split": {"n_labeled": 40, "n_val": 100, "n_test": 80},
            "teacher": {"kind": "file", "path": str(tiny["root"] / "teacher.parquet")},
            "student": {"kind": "transformer", "encoder": str(tiny["encoder"]), "max_length": 16},
-           "train": {"epochs": 2, "batch_size": 16, "lr": 1e-3}}
+           "train": {"epochs": 2, "min_steps": 0, "batch_size": 16, "lr": 1e-3}}
     for k, v in over.items():
         doc[k] = {**doc.get(k, {}), **v} if isinstance(v, dict) else v
     return doc
@@ -188,7 +188,7 @@ def test_transformer_student_trains_from_disk(tiny, tmp_path):
 def test_transformer_defaults_are_resolved_and_visible(tiny, tmp_path):
     cfg = parse_config({"data": {"name": "fortunes"}, "student": {"kind": "transformer"}})
     t = cfg.train
-    assert (t.lr, t.epochs, t.min_steps, t.batch_size, t.schedule, t.warmup_fraction) == (5e-5, 3, 0, 32, "linear", 0.1)
+    assert (t.lr, t.epochs, t.min_steps, t.batch_size, t.schedule, t.warmup_fraction) == (5e-5, 3, 100, 32, "linear", 0.1)
     assert cfg.student.head_lr == 1e-3
     small = parse_config({}).train  # the other students keep the old defaults: their results do not change
     assert (small.lr, small.epochs, small.min_steps, small.schedule, small.warmup_fraction) == (
