@@ -744,7 +744,8 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         t_val = teacher_outputs(store, data.ids[sp.val], required=False)
         cfg_t = ctx.cfg.train
 
-        x_val = feat.transform(data.features[sp.val])  # inputs only; the featurizer stays fit on A ∪ U
+        # inputs only (the featurizer stays fit on A ∪ U); featurized once, also for select_on
+        x_val = val["x_val"] if val else feat.transform(data.features[sp.val])
 
         def train_and_predict(plan):  # for two-pass methods: a first student's outputs on U and V
             m = _new_student(ctx, x_lab.shape[1])
@@ -768,7 +769,6 @@ def train(ctx: RunContext, store: TeacherStore | None = None, *, method: str | N
         chosen = plan.info.get("auto", {}).get("chosen")
         if chosen:  # auto's final student resumes only a checkpoint of the same chosen candidate
             ckpt = ckpt.with_name(f"{ckpt.stem}-{_key(chosen)}.pt")
-        plan.val_rows = None  # the final student may choose its epoch on all of V
         result = train_with_plan(model, x_lab, y_lab, x_pool, t_pool, plan, _train_config(ctx, ckpt), **val)
         if hasattr(model, "fit_blend"):  # DHO: the heads' blend weight is chosen on V, after training
             info.update(model.fit_blend(x_val, data.labels[sp.val], device=cfg_t.device))
@@ -827,7 +827,7 @@ def _train_stream(ctx: RunContext, store: TeacherStore, feat, model, x_lab, y_la
         return train_student_stream(m, pool_rows, plan=plan, config=config, **v)
 
     if method == "auto":  # every candidate trained from disk, scored on V (in memory: V is small)
-        x_val = feat.transform(data.features[sp.val])
+        x_val = val["x_val"] if val else feat.transform(data.features[sp.val])
 
         def val_probs_of(plan, keep=None):
             m = _new_student(ctx, x_lab.shape[1])

@@ -442,7 +442,6 @@ def active_loop(ctx, teacher, *, cfg: ActiveConfig | None = None, out: Path | No
                                  options=dict(getattr(cfg, "method_options", {}) or {}), n_epochs=n_epochs,
                                  selects_epoch_on_val=bool(val))
             plan = plan_method(cfg.correction, mctx)
-            plan.val_rows = None
             train_with_plan(model, x_lab, y_lab, xq, tq, plan, tcfg, **val)
         acc = accuracy(predict_proba(model, x_test, device=device), y_test)
         tmp = student_path(r).with_name(student_path(r).name + ".tmp")
