@@ -98,6 +98,8 @@ def cases(good: dict) -> list[tuple[str, dict | None, list[str]]]:
         ("method option out of range", with_(method="slam", method_options={"slam_alpha_floor": 2}), []),
         ("`split.n_val: true`", with_(split__n_val=True), []),
         ("negative epochs", with_(train__epochs=-3), []),
+        ("`train.patience` without `train.select_on`", with_(train__patience=3), []),
+        ("`train.select_on` with no V", with_(train__select_on="val_accuracy", split__n_val=0), []),
         ("training from disk with `cleanlab-filter` (it fits on the whole pool in memory)",
          with_(method="cleanlab-filter", train__data_path="stream"), []),
         ("training from disk with `auto` and a candidate that needs the pool in memory",
