@@ -687,7 +687,8 @@ def _train_config(ctx: RunContext, checkpoint: Path | None) -> TrainConfig:
     t = ctx.cfg.train
     return TrainConfig(epochs=t.epochs, min_steps=t.min_steps, batch_size=t.batch_size, lr=t.lr,
                        weight_decay=t.weight_decay, distill_weight=t.distill_weight, device=t.device, amp=t.amp,
-                       seed=ctx.cfg.seed, checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress,
+                       amp_on_cpu=t.amp_on_cpu, seed=ctx.cfg.seed,
+                       checkpoint_path=str(checkpoint) if checkpoint else None, progress=t.progress,
                        grad_accum=t.grad_accum, schedule=t.schedule, warmup_fraction=t.warmup_fraction,
                        select_on=t.select_on, patience=t.patience)
 

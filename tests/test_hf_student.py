@@ -144,6 +144,30 @@ def test_every_method_trains_a_transformer_student(tiny, tmp_path, method):
     assert np.isfinite(p).all() and np.allclose(p.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:train.amp_on_cpu is set")
+@pytest.mark.parametrize("method", ["vanilla-soft", "dho"])
+def test_a_transformer_student_trains_under_bfloat16_autocast_as_in_float32(tiny, tmp_path, method):
+    """train.amp_on_cpu (the autocast call train.amp makes on CUDA): the encoder's attention and the
+    head (and dho's second head) run in bfloat16 and the student matches the float32 one up to rounding."""
+    from mentor.pipeline import open_run, student_probs
+    probs, dtypes = {}, []
+    for amp in (False, True):
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda mod, _, out: dtypes.append((amp, out.dtype)) if isinstance(mod, torch.nn.Linear) and mod.training
+            else None)
+        try:
+            run(parse_config(_doc(tiny, tmp_path / f"run-{amp}", method=method, baseline=False,
+                                  train={"amp_on_cpu": amp}, export={"model_folder": False})))
+        finally:
+            hook.remove()
+        ctx = open_run(tmp_path / f"run-{amp}")
+        probs[amp] = student_probs(ctx, "student", ctx.splits.test)
+    assert {d for a, d in dtypes if a} == {torch.bfloat16} and {d for a, d in dtypes if not a} == {torch.float32}
+    assert np.isfinite(probs[True]).all() and np.abs(probs[True] - probs[False]).max() < 0.01
+    assert (probs[True].argmax(1) == probs[False].argmax(1)).mean() >= 0.95
+    assert not np.array_equal(probs[True], probs[False])  # so autocast changed the arithmetic
+
+
 @pytest.mark.parametrize("method", ["dho", "lelp"])
 def test_a_wrapped_transformer_student_ships_as_a_hugging_face_folder(tiny, tmp_path, method):
     """dho (a second head) and lelp (a unit per subclass) train the transformer inside a wrapper; the

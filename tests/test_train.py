@@ -212,3 +212,79 @@ def test_cli_names_the_fix_for_patience_without_select_on_and_select_on_without_
     assert out.returncode == 2 and "split.n_val is 0" in said and "train.select_on: last" in said
     out = run("--set", "train.select_on=val_nll")
     assert out.returncode == 0 and "select_on: val_nll" in out.stdout and "patience: 2" in out.stdout
+
+
+# --- bfloat16 autocast: train.amp (CUDA) and train.amp_on_cpu share one code path ---------------
+
+@pytest.fixture(scope="module")
+def labeled_digits(tmp_path_factory):
+    """One digits run prepared and labeled once (a logistic teacher with embeddings, for lelp)."""
+    from mentor.config import parse_config
+    from mentor.pipeline import get_teacher, label, prepare
+    base = {"data": {"name": "digits"}, "split": {"n_labeled": 60, "n_val": 60, "n_test": 100, "n_pool": 160},
+            "teacher": {"kind": "logistic", "embeddings": True}, "student": {"kind": "mlp", "hidden": [32]},
+            "train": {"epochs": 2, "min_steps": 0, "batch_size": 32}, "baseline": False,
+            "output_dir": str(tmp_path_factory.mktemp("amp") / "run")}
+    ctx = prepare(parse_config(base), force=True)
+    return base, ctx, label(ctx, get_teacher(ctx))
+
+
+def _train_probs(labeled, method, name, amp_on_cpu):
+    from mentor.config import parse_config
+    from mentor.pipeline import RunContext, student_probs, train
+    base, ctx, store = labeled
+    opts = {"auto_candidates": ["labeled-only", "vanilla-soft", "slam"], "auto_folds": 1} if method == "auto" else {}
+    cfg = parse_config({**base, "method": method, "method_options": opts,
+                        "train": {**base["train"], "amp_on_cpu": amp_on_cpu}})
+    train(RunContext(cfg, ctx.data, ctx.splits, ctx.out), store, method=method, name=name)
+    return student_probs(RunContext(cfg, ctx.data, ctx.splits, ctx.out), name, ctx.splits.test)
+
+
+def _linear_output_dtypes():
+    """Record the dtype of every training-mode nn.Linear output (a context: the hook is global)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        seen = []
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda mod, _, out: seen.append(out.dtype) if isinstance(mod, torch.nn.Linear) and mod.training else None)
+        try:
+            yield seen
+        finally:
+            hook.remove()
+    return ctx()
+
+
+@pytest.mark.filterwarnings("ignore:train.amp_on_cpu is set")
+@pytest.mark.parametrize("method", sorted(__import__("mentor.methods", fromlist=["METHODS"]).METHODS))
+def test_every_method_trains_under_bfloat16_autocast_as_in_float32(labeled_digits, method):
+    """train.amp runs each step under bfloat16 autocast on CUDA, train.amp_on_cpu on CPU: the same
+    torch.autocast call, so this CPU test covers what no GPU here can. Every method's objective and
+    weights must accept bfloat16 logits, and the student come out as the float32 one does, up to rounding."""
+    with _linear_output_dtypes() as fp32_dtypes:
+        fp32 = _train_probs(labeled_digits, method, f"fp32-{method}", False)
+    with _linear_output_dtypes() as dtypes:
+        bf16 = _train_probs(labeled_digits, method, f"bf16-{method}", True)
+    assert set(fp32_dtypes) == {torch.float32} and set(dtypes) == {torch.bfloat16}  # every training forward
+    assert np.isfinite(bf16).all() and np.allclose(bf16.sum(1), 1, atol=1e-5)
+    assert np.abs(bf16 - fp32).max() < 0.02 and (bf16.argmax(1) == fp32.argmax(1)).mean() >= 0.95
+    assert not np.array_equal(bf16, fp32)  # so autocast changed the arithmetic
+
+
+def test_amp_on_cpu_is_off_by_default_warns_without_native_bfloat16_and_old_checkpoints_match(monkeypatch):
+    import warnings
+    from mentor.config import ADDED_KEYS, TrainSection
+    from mentor.students import train as trainer
+    assert not TrainSection().amp_on_cpu and ADDED_KEYS[("train", "amp_on_cpu")] is False
+    assert "amp_on_cpu" not in trainer._config_record(TrainConfig())  # so a checkpoint from before it matches
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not trainer.uses_autocast(TrainConfig(), cpu) and trainer.uses_autocast(TrainConfig(), cuda)
+    assert not trainer.uses_autocast(TrainConfig(amp=False), cuda)
+    monkeypatch.setattr(trainer, "cpu_has_native_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        assert trainer.uses_autocast(TrainConfig(amp_on_cpu=True), cpu)
+    monkeypatch.setattr(trainer, "cpu_has_native_bfloat16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trainer.uses_autocast(TrainConfig(amp_on_cpu=True), cpu)

@@ -39,6 +39,7 @@ class TrainConfig:
     distill_weight: float = 1.0      # λ: weight of the pool term relative to CE on A
     device: str = "auto"             # "auto" picks CUDA when available
     amp: bool = True                 # bfloat16 autocast on CUDA; ignored on CPU
+    amp_on_cpu: bool = False         # bfloat16 autocast on CPU too: faster where the CPU has native bfloat16 (AMX)
     seed: int = 0
     checkpoint_path: str | None = None  # save after each epoch; resume from it when present
     progress: bool = False
@@ -52,7 +53,7 @@ class TrainConfig:
 # TrainConfig fields added later, at the values that mean what their absence meant: a checkpoint
 # written before they existed still matches a config that leaves them there
 _ADDED_FIELDS = {"grad_accum": 1, "schedule": "constant", "warmup_fraction": 0.0, "select_on": "last",
-                 "patience": None}
+                 "patience": None, "amp_on_cpu": False}
 # which epoch's weights training keeps: the last, or the one scoring best on V (higher accuracy; lower
 # NLL, i.e. mean −log p(true label)); V only scores, it never trains
 SELECT_ON = ("last", "val_accuracy", "val_nll")
@@ -304,6 +305,24 @@ def batch_loss(model, objective, distill_weight: float, device, *, x_lab=None, y
     return loss
 
 
+def uses_autocast(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether training steps run under bfloat16 autocast: on CUDA with train.amp, on CPU with
+    train.amp_on_cpu (off by default: CPUs without native bfloat16 emulate it, slower than float32)."""
+    if device.type == "cpu" and cfg.amp_on_cpu:
+        if not cpu_has_native_bfloat16():
+            warnings.warn("train.amp_on_cpu is set, but this CPU has no native bfloat16 (AMX or AVX512-BF16): "
+                          "autocast will emulate it, likely slower than float32. Remove train.amp_on_cpu here.",
+                          stacklevel=3)
+        return True
+    return cfg.amp and device.type == "cuda"
+
+
+def cpu_has_native_bfloat16() -> bool:
+    """AMX or AVX512-BF16, where oneDNN runs bfloat16 matmuls natively (torch's own checks)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
 def check_selection(cfg: TrainConfig, has_val: bool) -> None:
     """select_on and patience must make sense together and with the data given (ConfigError naming the fix)."""
     if cfg.select_on not in SELECT_ON:
@@ -374,7 +393,7 @@ def fit(model: nn.Module, objective, cfg: TrainConfig, device: torch.device, gen
     distributed.sync_params(model)  # every rank starts from rank 0's weights
     distributed.rank_seed(cfg.seed, start_epoch)
     trained = [p for g in opt.param_groups for p in g["params"]]
-    use_amp = cfg.amp and device.type == "cuda"
+    use_amp = uses_autocast(cfg, device)
     n_epochs = epochs_for(n_total, cfg)
     per_epoch = steps_per_epoch(n_total, cfg)
     total_steps = n_epochs * per_epoch
