@@ -3,8 +3,9 @@ shippable student in float32 and under bfloat16 autocast, interleaved, in one pr
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/amp_speed.py [--rounds 3] [--json OUT]
 
-Prints the median seconds per step and the ratio bf16 / fp32 (below 1: autocast is faster), and
-whether torch sees native bfloat16 (AMX or AVX512-BF16) on this CPU. Students: the fine-tuned
+Prints the median seconds per step and the ratio bf16 / fp32 (below 1: autocast is faster), how far
+autocast moves one batch's logits from float32's, and whether torch sees native bfloat16 (AMX or
+AVX512-BF16) on this CPU. Students: the fine-tuned
 MiniLM (batch 32, 128 tokens, fortunes), EfficientNet-Lite0 (batch 64, 48 px, Fashion-MNIST) and
 the MLP [256, 256] (batch 128, Fashion-MNIST), each with its pretrained weights where it has them.
 """
@@ -40,6 +41,25 @@ def _students():
     yield "mlp [256, 256] (128 images)", lambda: MLP(784, 10, (256, 256)), x, y
 
 
+def _logit_drift(model, x) -> dict:
+    """How far bfloat16 autocast moves the logits of one batch from float32's (relative L2), with the
+    same weights and dropout masks, in training mode (BatchNorm on the batch's statistics) and eval."""
+    import torch
+    out = {}
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # training mode updates BatchNorm's stats
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        logits = {}
+        for amp in (False, True):
+            torch.manual_seed(0)
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                logits[amp] = model(x).float()
+        out[f"logit_drift_{mode}"] = round(float((logits[True] - logits[False]).norm() / logits[False].norm()), 4)
+    model.load_state_dict(state)
+    model.train()
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
@@ -67,17 +87,19 @@ def main(argv=None) -> None:
             return time.perf_counter() - t
 
         step(False), step(True)  # warm up both paths (oneDNN kernels are built on first use)
+        drift = _logit_drift(model, x)
         times = {False: [], True: []}
         for _ in range(a.rounds):
             for amp in (False, True):
                 times[amp].append(step(amp))
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
         row = {"student": name, "fp32_s_per_step": round(fp32, 4), "bf16_s_per_step": round(bf16, 4),
-               "ratio_bf16_over_fp32": round(bf16 / fp32, 3), "rounds": a.rounds, "threads": torch.get_num_threads(),
+               "ratio_bf16_over_fp32": round(bf16 / fp32, 3), **drift, "rounds": a.rounds, "threads": torch.get_num_threads(),
                "native_bfloat16": native, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
-        print(f"{name:40s} fp32 {fp32:.3f} s/step   bf16 autocast {bf16:.3f} s/step   bf16/fp32 {bf16 / fp32:.2f}",
-              flush=True)
+        print(f"{name:40s} fp32 {fp32:.3f} s/step   bf16 autocast {bf16:.3f} s/step   bf16/fp32 {bf16 / fp32:.2f}   "
+              f"logits |bf16 - fp32| / |fp32|: training mode {drift['logit_drift_train']:.3f}, "
+              f"eval mode {drift['logit_drift_eval']:.3f}", flush=True)
         if a.json:
             with open(a.json, "a") as f:
                 f.write(json.dumps(row) + "\n")
