@@ -236,7 +236,7 @@ def test_old_run_folder_still_matches_its_config(tmp_path):
     from mentor.pipeline import claim_output_dir
     cfg = parse_config({"output_dir": str(tmp_path), "data": {"name": "digits"}})
     old = cfg.model_dump(mode="json")
-    for key in ("grad_accum", "schedule", "warmup_fraction", "data_path", "select_on", "patience"):
+    for key in ("grad_accum", "schedule", "warmup_fraction", "data_path", "select_on", "patience", "amp_on_cpu"):
         del old["train"][key]
     for key in ("encoder", "tokenizer", "max_length", "freeze_layers", "head_lr", "head", "embedding_cache",
                 "encoder_batch_size", "image_size", "augment"):
