@@ -5,9 +5,9 @@ shippable student in float32 and under bfloat16 autocast, interleaved, in one pr
 
 Prints the median seconds per step and the ratio bf16 / fp32 (below 1: autocast is faster), how far
 autocast moves one batch's logits from float32's, and whether torch sees native bfloat16 (AMX or
-AVX512-BF16) on this CPU. Students: the fine-tuned
-MiniLM (batch 32, 128 tokens, fortunes), EfficientNet-Lite0 (batch 64, 48 px, Fashion-MNIST) and
-the MLP [256, 256] (batch 128, Fashion-MNIST), each with its pretrained weights where it has them.
+AVX512-BF16) on this CPU. Students: the fine-tuned MiniLM (batch 32, 128 tokens, fortunes),
+EfficientNet-Lite0 (batch 64, 48 px, Fashion-MNIST) and the MLP [256, 256] (batch 128,
+Fashion-MNIST), each with its pretrained weights where it has them.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def main(argv=None) -> None:
                 times[amp].append(step(amp))
         fp32, bf16 = statistics.median(times[False]), statistics.median(times[True])
         row = {"student": name, "fp32_s_per_step": round(fp32, 4), "bf16_s_per_step": round(bf16, 4),
-               "ratio_bf16_over_fp32": round(bf16 / fp32, 3), **drift, "rounds": a.rounds, "threads": torch.get_num_threads(),
+               "ratio_bf16_over_fp32": round(bf16 / fp32, 3), **drift, "rounds": a.rounds,
+               "threads": torch.get_num_threads(),
                "native_bfloat16": native, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "machine": platform.processor() or platform.machine(), "torch": torch.__version__}
         print(f"{name:40s} fp32 {fp32:.3f} s/step   bf16 autocast {bf16:.3f} s/step   bf16/fp32 {bf16 / fp32:.2f}   "

@@ -236,8 +236,9 @@ def _train_probs(labeled, method, name, amp_on_cpu):
     opts = {"auto_candidates": ["labeled-only", "vanilla-soft", "slam"], "auto_folds": 1} if method == "auto" else {}
     cfg = parse_config({**base, "method": method, "method_options": opts,
                         "train": {**base["train"], "amp_on_cpu": amp_on_cpu}})
-    train(RunContext(cfg, ctx.data, ctx.splits, ctx.out), store, method=method, name=name)
-    return student_probs(RunContext(cfg, ctx.data, ctx.splits, ctx.out), name, ctx.splits.test)
+    run = RunContext(cfg, ctx.data, ctx.splits, ctx.out)
+    train(run, store, method=method, name=name)
+    return student_probs(run, name, ctx.splits.test)
 
 
 def _linear_output_dtypes():
