@@ -36,6 +36,16 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def _crash_stacks(stderr: str) -> str:
+    """The Python stacks faulthandler printed for a crashed rank, without its long list of extension
+    modules (the tail of stderr alone, torchrun's own report, leaves them out)."""
+    at = stderr.find("Fatal Python error")
+    if at < 0:
+        return ""
+    end = stderr.find("Extension modules", at)
+    return "\n--- faulthandler ---\n" + stderr[at:end if end > 0 else at + 6000][:6000] + "\n---\n"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The same config run once in this process and once by torchrun with 2 processes."""
@@ -47,7 +57,7 @@ def runs(tmp_path_factory):
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "mentor.cli", "run", str(config)], capture_output=True, text=True, env=env,
                          timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert res.returncode == 0, res.stdout[-2000:] + _crash_stacks(res.stderr) + res.stderr[-3000:]
     return root / "one", root / "two", one, res
 
 
@@ -99,3 +109,38 @@ def test_what_cannot_run_data_parallel_is_refused_before_anything_is_written(tmp
     assert res.exit_code == 2, res.output
     assert "`mentor label` does not run under torchrun" in res.output
     assert not (tmp_path / "out").exists()
+
+
+LEAVE_SCRIPT = '''
+import os
+import sys
+import torch
+from mentor.students import distributed
+distributed.init_from_env("cpu")
+model = torch.nn.Linear(3, 2)
+opt = torch.optim.Adam(model.parameters())  # the first optimiser imports torch._dynamo
+model(torch.ones(4, 3)).sum().backward()
+distributed.sum_gradients(model.parameters())
+opt.step()
+distributed.finish()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+with open(os.path.join(sys.argv[1], "threads-" + os.environ["RANK"]), "w") as f:
+    f.write(" ".join(sorted(names)))
+'''
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads thread names from Linux's /proc")
+def test_leaving_the_process_group_stops_its_threads(tmp_path):
+    """After finish() no gloo thread is left to the interpreter's exit, where CI saw rank 1 abort
+    (SIGABRT) after successful runs: torch._dynamo, imported after init_process_group (by the first
+    optimiser), kept references to the group, so destroy_process_group did not free it."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    for rank in (0, 1):
+        names = (tmp_path / f"threads-{rank}").read_text().split()
+        assert "python" in names  # the main thread (a sanity check of the reading)
+        assert not [n for n in names if "gloo" in n], names  # gloo_tcp_loop, pt_gloo_runloop: the group lives on

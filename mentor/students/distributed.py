@@ -102,6 +102,11 @@ def init_from_env(device: str = "auto", *, timeout_s: float | None = None) -> bo
     gpu = local_device(device)
     if gpu is not None:
         torch.cuda.set_device(gpu)
+    # torch._dynamo (imported by the first optimiser) keeps references to a process group that exists
+    # when it is imported, so destroy_process_group would not free it: gloo's threads then live until
+    # the interpreter exits, where a rank could abort (SIGABRT) after a run that succeeded. Imported
+    # first, it holds none.
+    import torch._dynamo  # noqa: F401
     dist.init_process_group("nccl" if gpu is not None else "gloo", timeout=timedelta(seconds=timeout_s))
     atexit.register(_shutdown)
     return True
@@ -115,9 +120,9 @@ def _shutdown() -> None:
 def finish() -> None:
     """Leave the process group together at the end of a command that succeeded on every rank: a
     barrier (the other ranks wait while rank 0 prints and writes its last files), then each rank
-    destroys the group while the interpreter is whole. Leaving one by one at exit let a rank tear
-    down its connections while rank 0 still held them open, and gloo aborted that rank (SIGABRT,
-    "terminate called without an active exception") after a run that had succeeded."""
+    destroys the group while the interpreter is whole, which stops gloo's threads (if nothing else
+    holds the group: see init_from_env). A group left to the interpreter's exit made CI see a rank
+    abort (SIGABRT, "terminate called without an active exception") after a run that had succeeded."""
     if not (dist.is_available() and dist.is_initialized()):
         return
     if dist.get_world_size() > 1:
