@@ -142,5 +142,5 @@ def test_leaving_the_process_group_stops_its_threads(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     for rank in (0, 1):
         names = (tmp_path / f"threads-{rank}").read_text().split()
-        assert "python" in names  # the main thread (a sanity check of the reading)
+        assert names  # at least the main thread (a check of the reading)
         assert not [n for n in names if "gloo" in n], names  # gloo_tcp_loop, pt_gloo_runloop: the group lives on
